@@ -1,0 +1,114 @@
+//! The commit thread: takes one batch at a time from the event loop, writes it
+//! to the store (two device flushes, about a millisecond), and wakes the loop
+//! with the outcome. The loop keeps serving reads meanwhile and collects the
+//! next batch, so throughput scales with the batch, not with the fsync.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mio::Waker;
+
+use crate::stepper::BatchId;
+use crate::store::{Store, StoreError};
+
+/// One group commit: the index after every mutation in the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitRequest {
+    pub batch: BatchId,
+    pub index: u64,
+}
+
+/// What the store said about a batch.
+#[derive(Debug)]
+pub struct CommitOutcome {
+    pub batch: BatchId,
+    pub result: Result<Duration, StoreError>,
+}
+
+pub struct Committer {
+    requests: Option<Sender<CommitRequest>>,
+    outcomes: Receiver<CommitOutcome>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Starts the thread; it owns the store from now on.
+    pub fn spawn(store: Store, waker: Arc<Waker>) -> std::io::Result<Committer> {
+        let (request_tx, request_rx) = mpsc::channel::<CommitRequest>();
+        let (outcome_tx, outcome_rx) = mpsc::channel::<CommitOutcome>();
+        let thread = thread::Builder::new()
+            .name("fibd-commit".into())
+            .spawn(move || run(&store, &request_rx, &outcome_tx, &waker))?;
+        Ok(Committer {
+            requests: Some(request_tx),
+            outcomes: outcome_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a batch over; the caller keeps at most one in flight.
+    pub fn submit(&self, request: CommitRequest) {
+        if let Some(tx) = &self.requests {
+            // A send only fails if the thread died, which `try_outcome` reports.
+            let _ = tx.send(request);
+        }
+    }
+
+    /// The next outcome, if one is ready. A dead commit thread is reported as
+    /// an outcome-less `Err` so the loop can stop acknowledging mutations.
+    pub fn try_outcome(&self) -> Result<Option<CommitOutcome>, CommitterGone> {
+        match self.outcomes.try_recv() {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(CommitterGone),
+        }
+    }
+
+    /// Waits for every submitted batch, then stops the thread.
+    pub fn shutdown(mut self) -> Vec<CommitOutcome> {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.outcomes.try_iter().collect()
+    }
+}
+
+/// The commit thread ended (it panicked or its store failed to open).
+#[derive(Debug, Clone, Copy)]
+pub struct CommitterGone;
+
+fn run(
+    store: &Store,
+    requests: &Receiver<CommitRequest>,
+    outcomes: &Sender<CommitOutcome>,
+    waker: &Waker,
+) {
+    let opened = store.with_table(|table| {
+        for request in requests.iter() {
+            let started = Instant::now();
+            let result = table.write_index(request.index).map(|()| started.elapsed());
+            if let Err(e) = &result {
+                log::error!("commit of index {} failed: {e}", request.index);
+            }
+            if outcomes
+                .send(CommitOutcome {
+                    batch: request.batch,
+                    result,
+                })
+                .is_err()
+            {
+                return;
+            }
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the event loop after a commit: {e}");
+            }
+        }
+    });
+    if let Err(e) = opened {
+        log::error!("commit thread cannot open the index table: {e}");
+        let _ = waker.wake();
+    }
+}

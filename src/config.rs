@@ -1,0 +1,270 @@
+//! Settings in two stages: raw strings from the command line and the
+//! environment, then one validated `Config` that the rest of the daemon reads
+//! by reference. No globals.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use crate::http::parse::Limits;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "fibd-data";
+pub const DEFAULT_MAX_INDEX: u64 = 10_000_000;
+/// Building the cursor at start-up is O(n log² n); past this it takes minutes
+/// and values no longer fit a 512 MB box's replies comfortably.
+pub const MAX_INDEX_CEILING: u64 = 100_000_000;
+pub const DEFAULT_CONNECTIONS_MAX: usize = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_index: u64,
+    pub connections_max: usize,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Serve(Config),
+    Help,
+    Version,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    UnknownFlag(String),
+    MissingValue(&'static str),
+    Invalid {
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::UnknownFlag(flag) => {
+                write!(f, "unknown argument {flag:?}; see fibd --help")
+            }
+            ConfigError::MissingValue(flag) => write!(f, "{flag} needs a value; see fibd --help"),
+            ConfigError::Invalid {
+                setting,
+                value,
+                expected,
+            } => write!(f, "invalid {setting} {value:?}: expected {expected}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const HELP: &str = "\
+fibd: a durable HTTP Fibonacci stepper
+
+USAGE:
+    fibd [OPTIONS]
+
+OPTIONS:
+    --listen ADDR:PORT        address to serve on [env FIBD_LISTEN] (default 127.0.0.1:8080)
+    --data-dir DIR            LMDB store directory [env FIBD_DATA_DIR, else $STATE_DIRECTORY,
+                              else ./fibd-data]
+    --max-index N             ceiling for /next [env FIBD_MAX_INDEX] (default 10000000)
+    --max-connections N       open connections at most; more wait in the listen backlog
+                              [env FIBD_MAX_CONNECTIONS] (default 10000)
+    -h, --help                print this help
+    -V, --version             print the version
+
+ENDPOINTS:
+    GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
+
+Logging follows RUST_LOG (default info).
+";
+
+/// The raw settings, before validation; later sources override earlier ones.
+#[derive(Default)]
+struct Raw {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    max_index: Option<String>,
+    connections_max: Option<String>,
+}
+
+/// Reads the command line (without the program name) and the environment.
+pub fn from_args(
+    args: impl IntoIterator<Item = String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    let mut raw = Raw {
+        listen: env("FIBD_LISTEN"),
+        data_dir: env("FIBD_DATA_DIR").or_else(|| env("STATE_DIRECTORY")),
+        max_index: env("FIBD_MAX_INDEX"),
+        connections_max: env("FIBD_MAX_CONNECTIONS"),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let slot = match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--listen" => &mut raw.listen,
+            "--data-dir" => &mut raw.data_dir,
+            "--max-index" => &mut raw.max_index,
+            "--max-connections" => &mut raw.connections_max,
+            _ => return Err(ConfigError::UnknownFlag(arg)),
+        };
+        let flag_name = static_flag(&flag);
+        let value = match inline_value {
+            Some(v) => v,
+            None => args.next().ok_or(ConfigError::MissingValue(flag_name))?,
+        };
+        *slot = Some(value);
+    }
+    validate(raw).map(Command::Serve)
+}
+
+fn static_flag(flag: &str) -> &'static str {
+    match flag {
+        "--listen" => "--listen",
+        "--data-dir" => "--data-dir",
+        "--max-index" => "--max-index",
+        _ => "--max-connections",
+    }
+}
+
+fn validate(raw: Raw) -> Result<Config, ConfigError> {
+    let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = resolve(&listen_text).ok_or(ConfigError::Invalid {
+        setting: "listen address",
+        value: listen_text,
+        expected: "ADDR:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+    })?;
+    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid {
+            setting: "data directory",
+            value: String::new(),
+            expected: "a directory path",
+        });
+    }
+    let max_index = number(
+        raw.max_index,
+        DEFAULT_MAX_INDEX,
+        "max index",
+        1..=MAX_INDEX_CEILING,
+        "an integer from 1 to 100000000",
+    )?;
+    let connections_max = number(
+        raw.connections_max,
+        DEFAULT_CONNECTIONS_MAX as u64,
+        "max connections",
+        1..=1_000_000,
+        "an integer from 1 to 1000000",
+    )? as usize;
+    Ok(Config {
+        listen,
+        data_dir,
+        max_index,
+        connections_max,
+        limits: Limits::default(),
+    })
+}
+
+fn resolve(text: &str) -> Option<SocketAddr> {
+    text.to_socket_addrs().ok()?.next()
+}
+
+fn number(
+    raw: Option<String>,
+    default: u64,
+    setting: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+    expected: &'static str,
+) -> Result<u64, ConfigError> {
+    let Some(text) = raw else {
+        return Ok(default);
+    };
+    match text.trim().replace('_', "").parse::<u64>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(ConfigError::Invalid {
+            setting,
+            value: text,
+            expected,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        from_args(args.iter().map(|s| (*s).to_owned()), move |key| {
+            env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env) {
+            Ok(Command::Serve(config)) => config,
+            other => panic!("expected a config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("fibd-data"));
+        assert_eq!(c.max_index, 10_000_000);
+    }
+
+    #[test]
+    fn flags_override_env_and_env_overrides_state_directory() {
+        let env = [
+            ("STATE_DIRECTORY", "/var/lib/fibd"),
+            ("FIBD_LISTEN", "127.0.0.1:1"),
+        ];
+        let c = serve(&[], &env);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/fibd"));
+        assert_eq!(c.listen.port(), 1);
+        let c = serve(&["--listen", "127.0.0.1:2", "--data-dir=/tmp/x"], &env);
+        assert_eq!((c.listen.port(), c.data_dir), (2, PathBuf::from("/tmp/x")));
+        let c = serve(&[], &[("FIBD_DATA_DIR", "/d"), ("STATE_DIRECTORY", "/s")]);
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+        assert!(matches!(parse(&["-V"], &[]), Ok(Command::Version)));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert_eq!(
+            parse(&["--bogus"], &[]).unwrap_err(),
+            ConfigError::UnknownFlag("--bogus".into())
+        );
+        assert_eq!(
+            parse(&["--listen"], &[]).unwrap_err(),
+            ConfigError::MissingValue("--listen")
+        );
+        for bad in ["0", "-1", "1e3", "100000001", "x"] {
+            let err = parse(&["--max-index", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("max index"), "{err}");
+        }
+        assert!(parse(&["--listen", "nonsense"], &[]).is_err());
+    }
+}

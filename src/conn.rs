@@ -1,0 +1,543 @@
+//! One client connection: the only code that reads or writes a socket.
+//!
+//! It shuttles bytes between the socket and the sans-IO parser, hands each
+//! complete request to a [`Respond`] implementation (the routes), and writes
+//! the replies back in request order. Sockets are registered once, edge
+//! triggered, for both directions; readiness is remembered here
+//! (`readable`/`writable`) and cleared on `WouldBlock`, so no per-request
+//! `epoll_ctl` is needed and a connection paused by backpressure resumes
+//! without waiting for a new edge.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::rc::Rc;
+
+use mio::net::TcpStream;
+
+use crate::error::ApiError;
+use crate::http::chunked::{ChunkProgress, ChunkedDecoder};
+use crate::http::parse::{self, BodyFraming, Limits, Parsed, Request};
+use crate::stepper::BatchId;
+
+/// Unanswered request bytes a connection may keep before it stops reading.
+const INPUT_KEPT_BYTES_MAX: usize = 64 * 1024;
+/// A written prefix of the output buffer this large is reclaimed.
+const COMPACT_BYTES_MIN: usize = 16 * 1024;
+/// An idle connection keeps at most this much output capacity.
+const OUTPUT_IDLE_CAPACITY_MAX: usize = 64 * 1024;
+/// Stop taking new requests from a connection whose unsent output is this
+/// large: a client that pipelines without reading must not grow our memory.
+const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
+/// Replies waiting on a commit, per connection.
+const SEGMENTS_MAX: usize = 1024;
+const IOVECS_MAX: usize = 64;
+
+/// What the routes do with requests; implemented by `routes::App`.
+pub trait Respond {
+    /// Appends the reply to `request` to `out`; returns whether the
+    /// connection must close after it.
+    fn respond(&mut self, request: &Request<'_>, out: &mut Output) -> Reply;
+    /// Appends the answer to a request that could not be framed.
+    fn reject(&mut self, error: ApiError, out: &mut Output);
+    /// Whether replies held for `batch` may be written.
+    fn is_released(&self, batch: BatchId) -> bool;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    KeepAlive,
+    Close,
+}
+
+/// Where the connection is in its request stream.
+enum Phase {
+    /// Waiting for or parsing the next request head.
+    Head,
+    /// Discarding a request body (fibd's endpoints take none) before the next head.
+    Body(BodySkip),
+    /// The last reply is queued; close once it is written.
+    Closing,
+}
+
+enum BodySkip {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// The outcome of driving a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drive {
+    Open,
+    Closed,
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    /// Request bytes kept between reads: a partial request, or requests not
+    /// yet answered because of backpressure. Usually empty: reads land in the
+    /// loop's shared scratch buffer and are answered from there.
+    input: Vec<u8>,
+    output: Output,
+    phase: Phase,
+    readable: bool,
+    writable: bool,
+    peer_closed: bool,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            input: Vec::new(),
+            output: Output::default(),
+            phase: Phase::Head,
+            readable: true,
+            writable: true,
+            peer_closed: false,
+        }
+    }
+
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub fn set_ready(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+
+    /// Whether a reply on this connection is waiting for a commit.
+    pub fn is_holding(&self, app: &impl Respond) -> bool {
+        self.output.has_unreleased_hold(|b| app.is_released(b))
+    }
+
+    /// Replaces replies that wait on failed batches with one error, then closes.
+    pub fn withdraw_held(&mut self, app: &mut impl Respond) {
+        if self.output.withdraw_unreleased(|b| app.is_released(b)) {
+            app.reject(ApiError::CommitFailed, &mut self.output);
+            self.phase = Phase::Closing;
+        }
+    }
+
+    /// Stops taking requests (shutdown): the connection closes once its
+    /// queued replies are written.
+    pub fn finish(&mut self) {
+        self.phase = Phase::Closing;
+    }
+
+    /// Reads, answers and writes as far as readiness and backpressure allow.
+    pub fn drive(&mut self, scratch: &mut [u8], app: &mut impl Respond, limits: &Limits) -> Drive {
+        loop {
+            let mut progress = self.answer_kept(app, limits);
+            if self.wants_input() && self.readable {
+                match self.read_and_answer(scratch, app, limits) {
+                    Ok(read) => progress |= read,
+                    Err(e) => return fail(&e),
+                }
+            }
+            match self.flush(app) {
+                Ok(wrote) => progress |= wrote,
+                Err(e) => return fail(&e),
+            }
+            if self.output.is_empty() {
+                if matches!(self.phase, Phase::Closing) || (self.peer_closed && !progress) {
+                    return Drive::Closed;
+                }
+                self.output.release_memory();
+            }
+            if !progress {
+                return Drive::Open;
+            }
+        }
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.peer_closed
+            && !matches!(self.phase, Phase::Closing)
+            && self.output.backlog_bytes() < OUTPUT_PAUSE_BYTES
+            && self.input.len() < INPUT_KEPT_BYTES_MAX
+    }
+
+    /// Answers requests kept from earlier reads (after backpressure eased).
+    fn answer_kept(&mut self, app: &mut impl Respond, limits: &Limits) -> bool {
+        if self.input.is_empty() || matches!(self.phase, Phase::Closing) {
+            return false;
+        }
+        let input = std::mem::take(&mut self.input);
+        let (used, progress) = answer(&mut self.phase, &mut self.output, &input, app, limits);
+        self.input = input;
+        self.input.drain(..used);
+        if self.input.is_empty() && self.input.capacity() > INPUT_KEPT_BYTES_MAX {
+            self.input = Vec::new();
+        }
+        progress
+    }
+
+    /// One read into the scratch buffer, answered from there; only what is
+    /// left unanswered is copied into the connection.
+    fn read_and_answer(
+        &mut self,
+        scratch: &mut [u8],
+        app: &mut impl Respond,
+        limits: &Limits,
+    ) -> io::Result<bool> {
+        let n = loop {
+            match self.stream.read(scratch) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    if !self.input.is_empty() && matches!(self.phase, Phase::Head) {
+                        // The client stopped mid-request; nothing to answer.
+                        self.input.clear();
+                    }
+                    return Ok(true);
+                }
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // A short read drained the socket: the next byte raises a new edge,
+        // so the extra read that would only say WouldBlock is skipped.
+        if n < scratch.len() {
+            self.readable = false;
+        }
+        let fresh = &scratch[..n];
+        if self.input.is_empty() {
+            let (used, _) = answer(&mut self.phase, &mut self.output, fresh, app, limits);
+            self.input.extend_from_slice(&fresh[used..]);
+        } else {
+            self.input.extend_from_slice(fresh);
+            self.answer_kept(app, limits);
+        }
+        Ok(true)
+    }
+
+    /// Writes what may be written: everything up to the first reply still
+    /// waiting for its commit.
+    fn flush(&mut self, app: &impl Respond) -> io::Result<bool> {
+        let mut wrote = false;
+        while self.writable {
+            let mut slices = [IoSlice::new(&[]); IOVECS_MAX];
+            let count = self.output.writable(&mut slices, |b| app.is_released(b));
+            if count == 0 {
+                break;
+            }
+            let result = if count == 1 {
+                self.stream.write(&slices[0])
+            } else {
+                self.stream.write_vectored(&slices[..count])
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.output.advance(n);
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(wrote)
+    }
+}
+
+fn fail(e: &io::Error) -> Drive {
+    log::debug!("connection closed on error: {e}");
+    Drive::Closed
+}
+
+/// Answers every complete request in `buffered`, in order, until it runs out,
+/// the connection must close, or backpressure says stop. Returns the bytes
+/// used and whether anything happened.
+fn answer(
+    phase: &mut Phase,
+    output: &mut Output,
+    buffered: &[u8],
+    app: &mut impl Respond,
+    limits: &Limits,
+) -> (usize, bool) {
+    let mut used = 0;
+    while output.backlog_bytes() < OUTPUT_PAUSE_BYTES && output.segments.len() < SEGMENTS_MAX {
+        let rest = &buffered[used..];
+        match phase {
+            Phase::Closing => break,
+            Phase::Body(skip) => match skip_body(skip, rest) {
+                Ok((n, done)) => {
+                    used += n;
+                    if !done {
+                        break;
+                    }
+                    *phase = Phase::Head;
+                }
+                Err(e) => return (buffered.len(), reject(phase, output, app, e)),
+            },
+            Phase::Head => match parse::parse(rest, limits) {
+                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Complete { request, head_len }) => {
+                    used += head_len;
+                    let framing = request.body;
+                    if request.expect_continue && framing != BodyFraming::None {
+                        output.extend(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    *phase = match (app.respond(&request, output), framing) {
+                        (Reply::Close, _) => Phase::Closing,
+                        (_, BodyFraming::None | BodyFraming::Length(0)) => Phase::Head,
+                        (_, BodyFraming::Length(n)) => Phase::Body(BodySkip::Length(n)),
+                        (_, BodyFraming::Chunked) => Phase::Body(BodySkip::Chunked(
+                            ChunkedDecoder::new(limits.body_bytes_max),
+                        )),
+                    };
+                }
+                Err(e) => return (buffered.len(), reject(phase, output, app, e.into())),
+            },
+        }
+    }
+    (used, used > 0)
+}
+
+fn reject(phase: &mut Phase, output: &mut Output, app: &mut impl Respond, error: ApiError) -> bool {
+    app.reject(error, output);
+    *phase = Phase::Closing;
+    true
+}
+
+/// Consumes body bytes; returns (bytes used, body finished).
+fn skip_body(skip: &mut BodySkip, buffered: &[u8]) -> Result<(usize, bool), ApiError> {
+    match skip {
+        BodySkip::Length(remaining) => {
+            let used = buffered
+                .len()
+                .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+            *remaining -= used as u64;
+            Ok((used, *remaining == 0))
+        }
+        BodySkip::Chunked(decoder) => match decoder.feed(buffered)? {
+            ChunkProgress::NeedMore { consumed } => Ok((consumed, false)),
+            ChunkProgress::Done { consumed } => Ok((consumed, true)),
+        },
+    }
+}
+
+/// Replies queued on a connection, in request order.
+///
+/// Plain bytes go into one buffer. Shared bodies (large values) and holds
+/// (a reply that must wait for a commit) are kept as segments between plain
+/// runs; with neither queued, `segments` is empty and a flush is a single
+/// `write` of the buffer.
+#[derive(Default)]
+pub struct Output {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    sent: usize,
+    /// `buf` bytes from here on come after every segment.
+    tail_start: usize,
+    segments: VecDeque<Segment>,
+}
+
+enum Segment {
+    /// `buf` bytes up to `end`.
+    Plain {
+        end: usize,
+    },
+    Shared {
+        body: Rc<[u8]>,
+        offset: usize,
+    },
+    /// Nothing after this leaves before `batch` is committed; `at` is where
+    /// `buf` stood, so a failed batch's replies can be cut off.
+    Hold {
+        batch: BatchId,
+        at: usize,
+    },
+}
+
+impl Output {
+    /// The buffer to append plain reply bytes to.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        self.compact();
+        &mut self.buf
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf().extend_from_slice(bytes);
+    }
+
+    /// Queues a body shared with other replies, without copying it.
+    pub fn push_shared(&mut self, body: Rc<[u8]>) {
+        self.close_plain_run();
+        self.segments.push_back(Segment::Shared { body, offset: 0 });
+    }
+
+    /// Everything queued after this waits until `batch` is committed.
+    pub fn push_hold(&mut self, batch: BatchId) {
+        self.close_plain_run();
+        let at = self.buf.len();
+        self.segments.push_back(Segment::Hold { batch, at });
+    }
+
+    pub fn has_unreleased_hold(&self, released: impl Fn(BatchId) -> bool) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Hold { batch, .. } if !released(*batch)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.sent == self.buf.len()
+    }
+
+    /// Plain bytes not yet written; shared bodies cost nothing per connection.
+    fn backlog_bytes(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    fn close_plain_run(&mut self) {
+        let plain_start = self.plain_tail_start();
+        if self.buf.len() > plain_start {
+            let end = self.buf.len();
+            self.segments.push_back(Segment::Plain { end });
+        }
+        self.tail_start = self.buf.len();
+    }
+
+    /// Where the plain bytes that follow every segment begin.
+    fn plain_tail_start(&self) -> usize {
+        if self.segments.is_empty() {
+            self.sent
+        } else {
+            self.tail_start
+        }
+    }
+
+    /// An idle connection gives back a buffer a large reply grew.
+    fn release_memory(&mut self) {
+        if self.buf.capacity() > OUTPUT_IDLE_CAPACITY_MAX {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Drops the first unreleased hold and everything after it; true if one was found.
+    fn withdraw_unreleased(&mut self, released: impl Fn(BatchId) -> bool) -> bool {
+        let found = self
+            .segments
+            .iter()
+            .position(|s| matches!(s, Segment::Hold { batch, .. } if !released(*batch)));
+        let Some(i) = found else {
+            return false;
+        };
+        if let Some(Segment::Hold { at, .. }) = self.segments.get(i) {
+            let at = *at;
+            self.buf.truncate(at);
+            self.tail_start = at;
+        }
+        self.segments.truncate(i);
+        true
+    }
+
+    /// Fills `slices` with what may be written now; returns how many.
+    fn writable<'a>(
+        &'a mut self,
+        slices: &mut [IoSlice<'a>; IOVECS_MAX],
+        released: impl Fn(BatchId) -> bool,
+    ) -> usize {
+        while let Some(Segment::Hold { batch, .. }) = self.segments.front() {
+            if !released(*batch) {
+                return 0;
+            }
+            self.segments.pop_front();
+        }
+        let mut count = 0;
+        let mut plain_from = self.sent;
+        for segment in &self.segments {
+            if count == IOVECS_MAX {
+                return count;
+            }
+            match segment {
+                Segment::Plain { end } => {
+                    if plain_from < *end {
+                        slices[count] = IoSlice::new(&self.buf[plain_from..*end]);
+                        count += 1;
+                    }
+                    plain_from = *end;
+                }
+                Segment::Shared { body, offset } => {
+                    slices[count] = IoSlice::new(&body[*offset..]);
+                    count += 1;
+                }
+                Segment::Hold { batch, .. } => {
+                    if !released(*batch) {
+                        return count;
+                    }
+                }
+            }
+        }
+        let tail_from = self.plain_tail_start();
+        if count < IOVECS_MAX && tail_from < self.buf.len() {
+            slices[count] = IoSlice::new(&self.buf[tail_from..]);
+            count += 1;
+        }
+        count
+    }
+
+    /// Marks `n` bytes as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            match self.segments.front_mut() {
+                Some(Segment::Plain { end }) => {
+                    let take = n.min(*end - self.sent);
+                    self.sent += take;
+                    n -= take;
+                    if self.sent == *end {
+                        self.segments.pop_front();
+                    }
+                }
+                Some(Segment::Shared { body, offset }) => {
+                    let take = n.min(body.len() - *offset);
+                    *offset += take;
+                    n -= take;
+                    if *offset == body.len() {
+                        self.segments.pop_front();
+                    }
+                }
+                Some(Segment::Hold { .. }) => {
+                    // Only released holds precede written bytes.
+                    self.segments.pop_front();
+                }
+                None => {
+                    self.sent += n;
+                    n = 0;
+                }
+            }
+        }
+        while matches!(self.segments.front(), Some(Segment::Plain { end }) if *end == self.sent) {
+            self.segments.pop_front();
+        }
+        if self.segments.is_empty() && self.sent == self.buf.len() {
+            self.buf.clear();
+            self.sent = 0;
+            self.tail_start = 0;
+        }
+    }
+
+    /// Reclaims the written prefix of a buffer a slow reader keeps non-empty.
+    fn compact(&mut self) {
+        if self.sent < COMPACT_BYTES_MIN || self.sent * 2 < self.buf.len() {
+            return;
+        }
+        let sent = self.sent;
+        self.buf.drain(..sent);
+        for segment in &mut self.segments {
+            match segment {
+                Segment::Plain { end } => *end -= sent,
+                Segment::Hold { at, .. } => *at = at.saturating_sub(sent),
+                Segment::Shared { .. } => {}
+            }
+        }
+        self.tail_start = self.tail_start.saturating_sub(sent);
+        self.sent = 0;
+    }
+}

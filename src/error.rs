@@ -1,0 +1,134 @@
+//! Every way a request can fail, and the one place where a failure becomes an
+//! HTTP status and a JSON body. Internal error text never reaches a client;
+//! each message says what to change.
+
+use crate::fib::digits;
+use crate::http::chunked::ChunkError;
+use crate::http::date::HttpDate;
+use crate::http::parse::ParseError;
+use crate::http::response::{ContentType, Head, Status, write_json_str};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request could not be framed; the connection closes after the answer.
+    Parse(ParseError),
+    Chunk(ChunkError),
+    NotFound,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    NotAcceptable,
+    /// A query parameter is wrong; `message` names the accepted range.
+    BadQuery {
+        message: &'static str,
+    },
+    AtCeiling {
+        max_index: u64,
+    },
+    /// The store could not make a step durable; the step was not applied.
+    CommitFailed,
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        ApiError::Parse(e)
+    }
+}
+
+impl From<ChunkError> for ApiError {
+    fn from(e: ChunkError) -> Self {
+        ApiError::Chunk(e)
+    }
+}
+
+impl ApiError {
+    pub fn status(self) -> Status {
+        match self {
+            ApiError::Parse(e) => parse_status(e),
+            ApiError::Chunk(ChunkError::BodyTooLarge) => Status::PAYLOAD_TOO_LARGE,
+            ApiError::Chunk(_) => Status::BAD_REQUEST,
+            ApiError::NotFound => Status::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => Status::METHOD_NOT_ALLOWED,
+            ApiError::NotAcceptable => Status::NOT_ACCEPTABLE,
+            ApiError::BadQuery { .. } => Status::BAD_REQUEST,
+            ApiError::AtCeiling { .. } => Status::CONFLICT,
+            ApiError::CommitFailed => Status::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ApiError::Parse(e) => e.message(),
+            ApiError::Chunk(e) => e.message(),
+            ApiError::NotFound => {
+                "no such resource; try /current, /next, /previous, /v1/fib?n=N or /v1/random"
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                "method not allowed here; the Allow header lists the ones that are"
+            }
+            ApiError::NotAcceptable => {
+                "no acceptable representation; send Accept: text/plain or application/json"
+            }
+            ApiError::BadQuery { message } => message,
+            ApiError::AtCeiling { .. } => {
+                "the index is at its ceiling (max_index); /next is refused, /previous still works"
+            }
+            ApiError::CommitFailed => {
+                "the step could not be made durable and was not applied; retry shortly"
+            }
+        }
+    }
+
+    /// Framing errors leave the connection in an unknown state, so it closes.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ApiError::Parse(_) | ApiError::Chunk(_) | ApiError::CommitFailed
+        )
+    }
+
+    /// Appends the whole response: head and JSON body (none for HEAD).
+    pub fn write(self, out: &mut Vec<u8>, date: &HttpDate, head_only: bool, close: bool) {
+        let status = self.status();
+        let body = self.body();
+        let mut head = Head::start(out, status, date);
+        head.content_type(ContentType::Json)
+            .header("Cache-Control", b"no-store");
+        if let ApiError::MethodNotAllowed { allow } = self {
+            head.header("Allow", allow.as_bytes());
+        }
+        if status == Status::SERVICE_UNAVAILABLE {
+            head.header("Retry-After", b"1");
+        }
+        head.finish(status, body.len(), close);
+        if !head_only {
+            out.extend_from_slice(&body);
+        }
+    }
+
+    /// The JSON body: `{"error": "...", "status": N, ...}`.
+    fn body(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"{\"error\": \"");
+        write_json_str(&mut out, self.message().as_bytes());
+        out.extend_from_slice(b"\", \"status\": ");
+        digits::write_u64(&mut out, u64::from(self.status().code()));
+        if let ApiError::AtCeiling { max_index } = self {
+            out.extend_from_slice(b", \"max_index\": ");
+            digits::write_u64(&mut out, max_index);
+        }
+        out.extend_from_slice(b"}\n");
+        out
+    }
+}
+
+fn parse_status(e: ParseError) -> Status {
+    match e {
+        ParseError::HeadTooLarge | ParseError::TooManyHeaders => Status::HEADERS_TOO_LARGE,
+        ParseError::UriTooLong => Status::URI_TOO_LONG,
+        ParseError::UnsupportedVersion | ParseError::Http2Preface => Status::VERSION_NOT_SUPPORTED,
+        ParseError::UnsupportedTransferEncoding => Status::NOT_IMPLEMENTED,
+        ParseError::BodyTooLarge => Status::PAYLOAD_TOO_LARGE,
+        _ => Status::BAD_REQUEST,
+    }
+}

@@ -1,0 +1,176 @@
+//! Writing response heads into a caller's buffer, with no allocation beyond the
+//! buffer's own growth. Bodies are appended by the caller (inline) or shared
+//! (`conn::Output::push_shared`), so this file only knows the head's grammar.
+
+use super::date::HttpDate;
+use crate::fib::digits;
+
+/// A status code with its reason phrase; only the codes fibd sends exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    code: u16,
+    reason: &'static str,
+}
+
+impl Status {
+    pub const OK: Status = Status::new(200, "OK");
+    pub const NOT_MODIFIED: Status = Status::new(304, "Not Modified");
+    pub const BAD_REQUEST: Status = Status::new(400, "Bad Request");
+    pub const NOT_FOUND: Status = Status::new(404, "Not Found");
+    pub const METHOD_NOT_ALLOWED: Status = Status::new(405, "Method Not Allowed");
+    pub const NOT_ACCEPTABLE: Status = Status::new(406, "Not Acceptable");
+    pub const REQUEST_TIMEOUT: Status = Status::new(408, "Request Timeout");
+    pub const CONFLICT: Status = Status::new(409, "Conflict");
+    pub const PAYLOAD_TOO_LARGE: Status = Status::new(413, "Content Too Large");
+    pub const URI_TOO_LONG: Status = Status::new(414, "URI Too Long");
+    pub const EXPECTATION_FAILED: Status = Status::new(417, "Expectation Failed");
+    pub const UNPROCESSABLE: Status = Status::new(422, "Unprocessable Content");
+    pub const TOO_MANY_REQUESTS: Status = Status::new(429, "Too Many Requests");
+    pub const HEADERS_TOO_LARGE: Status = Status::new(431, "Request Header Fields Too Large");
+    pub const INTERNAL_ERROR: Status = Status::new(500, "Internal Server Error");
+    pub const NOT_IMPLEMENTED: Status = Status::new(501, "Not Implemented");
+    pub const SERVICE_UNAVAILABLE: Status = Status::new(503, "Service Unavailable");
+    pub const VERSION_NOT_SUPPORTED: Status = Status::new(505, "HTTP Version Not Supported");
+
+    const fn new(code: u16, reason: &'static str) -> Status {
+        Status { code, reason }
+    }
+
+    pub fn code(self) -> u16 {
+        self.code
+    }
+
+    /// 1xx, 204 and 304 responses never carry a body, so no Content-Length
+    /// other than the one a GET would have had.
+    fn is_bodiless(self) -> bool {
+        self.code == 304
+    }
+}
+
+/// Content types fibd serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentType {
+    Text,
+    Json,
+    Prometheus,
+}
+
+impl ContentType {
+    fn as_str(self) -> &'static str {
+        match self {
+            ContentType::Text => "text/plain; charset=utf-8",
+            ContentType::Json => "application/json",
+            ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Appends one response head to `out`. Start with [`Head::start`], add
+/// headers, then [`Head::finish`] with the body length.
+pub struct Head<'o> {
+    out: &'o mut Vec<u8>,
+}
+
+impl<'o> Head<'o> {
+    pub fn start(out: &'o mut Vec<u8>, status: Status, date: &HttpDate) -> Head<'o> {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        digits::write_u64(out, u64::from(status.code));
+        out.push(b' ');
+        out.extend_from_slice(status.reason.as_bytes());
+        out.extend_from_slice(b"\r\nServer: fibd\r\nDate: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Head { out }
+    }
+
+    pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        digits::write_u64(self.out, value);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn content_type(&mut self, content_type: ContentType) -> &mut Self {
+        self.header("Content-Type", content_type.as_str().as_bytes())
+    }
+
+    /// Ends the head. `content_length` is the length of the body a GET gets,
+    /// also for HEAD (RFC 9110 §9.3.2); `close` adds `Connection: close`.
+    pub fn finish(self, status: Status, content_length: usize, close: bool) {
+        if !status.is_bodiless() || content_length > 0 {
+            self.out.extend_from_slice(b"Content-Length: ");
+            digits::write_u64(self.out, content_length as u64);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if close {
+            self.out.extend_from_slice(b"Connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends `s` as the inside of a JSON string literal, escaping what JSON
+/// requires; fibd's own messages are ASCII, but echoed input may not be.
+pub fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn date() -> HttpDate {
+        HttpDate::new(UNIX_EPOCH + Duration::from_secs(784_111_777))
+    }
+
+    #[test]
+    fn head_has_status_date_length_and_close() {
+        let mut out = Vec::new();
+        let mut head = Head::start(&mut out, Status::OK, &date());
+        head.content_type(ContentType::Text)
+            .header_u64("X-Fib-Index", 7);
+        head.finish(Status::OK, 3, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: fibd\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nX-Fib-Index: 7\r\n\
+             Content-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn not_modified_without_length_has_no_content_length() {
+        let mut out = Vec::new();
+        Head::start(&mut out, Status::NOT_MODIFIED, &date()).finish(Status::NOT_MODIFIED, 0, false);
+        assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_bytes() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, b"a\"b\\c\n\xff");
+        assert_eq!(out, b"a\\\"b\\\\c\\u000a\\u00ff");
+    }
+}

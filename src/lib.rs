@@ -1,0 +1,34 @@
+//! fibd: a durable HTTP Fibonacci stepper in one binary and one event-loop thread.
+//!
+//! # Layout
+//! The request flow is `socket → conn → http::parse → routes → service →
+//! store → reply → conn → socket`, one module a step:
+//!
+//! - [`server`]: the mio event loop, the only code that knows `Poll`; accepts,
+//!   drives connections, applies commit outcomes, handles signals.
+//! - [`conn`]: one connection's state machine, the only code that touches a
+//!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
+//! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
+//!   content negotiation, the Date header, response heads.
+//! - [`routes`]: resource and method dispatch; turns service results into replies.
+//! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
+//! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
+//! - [`fib`]: the Fibonacci engine: a compile-time table, fast doubling on big
+//!   integers, and a decimal cursor whose steps and printing are linear.
+//! - [`committer`]: the commit thread that runs the store off the event loop.
+//! - [`store`]: LMDB through heed; the only `unsafe` in the crate.
+//! - [`config`]: command line and environment, validated once.
+//!
+//! `main.rs` only wires these together.
+
+pub mod committer;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod fib;
+pub mod http;
+pub mod random;
+pub mod routes;
+pub mod server;
+pub mod stepper;
+pub mod store;

@@ -1,0 +1,330 @@
+//! The event loop: the only code that knows `mio::Poll`. One thread serves
+//! every socket; each pass runs a few named phases:
+//!
+//! 1. poll, then read the clock once;
+//! 2. accept, and drive every ready connection (read, parse, route, reply);
+//! 3. apply commit outcomes: release or withdraw the replies they held;
+//! 4. hand the batch collected meanwhile to the commit thread;
+//! 5. handle signals (a graceful stop waits for in-flight commits).
+//!
+//! The commit thread's fsync never runs here, so /current is answered from
+//! committed state while a commit is in flight.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::committer::{CommitOutcome, Committer};
+use crate::config::Config;
+use crate::conn::{Conn, Drive};
+use crate::routes::App;
+use crate::stepper::CommitEffect;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+/// Reads land here; a connection keeps only what it could not answer yet.
+const SCRATCH_BYTES: usize = 64 * 1024;
+const EVENTS_CAPACITY: usize = 1024;
+/// After EMFILE or ENFILE the pending connection stays in the backlog and the
+/// listener stays readable; accepting pauses this long instead of spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// A graceful stop gives slow clients this long to take their replies.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Open connections, indexed by their token.
+#[derive(Default)]
+struct Connections {
+    slots: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+}
+
+impl Connections {
+    fn insert(&mut self, conn: Conn) -> Token {
+        self.open += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(conn);
+                Token(i)
+            }
+            None => {
+                self.slots.push(Some(conn));
+                Token(self.slots.len() - 1)
+            }
+        }
+    }
+
+    fn get_mut(&mut self, token: Token) -> Option<&mut Conn> {
+        self.slots.get_mut(token.0).and_then(Option::as_mut)
+    }
+
+    fn remove(&mut self, token: Token) -> Option<Conn> {
+        let conn = self.slots.get_mut(token.0)?.take()?;
+        self.free.push(token.0);
+        self.open -= 1;
+        Some(conn)
+    }
+
+    fn tokens(&self) -> Vec<Token> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some())
+            .map(Token)
+            .collect()
+    }
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    committer: Committer,
+    app: App,
+    config: Config,
+    conns: Connections,
+    /// Connections with replies held for a commit; driven again on each outcome.
+    waiting: Vec<Token>,
+    scratch: Vec<u8>,
+    accept_paused_until: Option<Instant>,
+    stopping_since: Option<Instant>,
+}
+
+impl Server {
+    /// Registers the listener and signal handlers; the waker is created by
+    /// the caller from `poll` because the commit thread needs it first.
+    pub fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        committer: Committer,
+        app: App,
+        config: Config,
+    ) -> io::Result<Server> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            committer,
+            app,
+            config,
+            conns: Connections::default(),
+            waiting: Vec::new(),
+            scratch: vec![0; SCRATCH_BYTES],
+            accept_paused_until: None,
+            stopping_since: None,
+        })
+    }
+
+    /// The token the caller must create the commit thread's waker with.
+    pub fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
+        Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains and hands back the commit
+    /// thread for the caller to stop.
+    pub fn run(mut self) -> io::Result<Committer> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, self.poll_timeout()) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.app.date.update(SystemTime::now());
+            let mut accept_ready = false;
+            for event in &events {
+                match event.token() {
+                    LISTENER => accept_ready = true,
+                    WAKER => {}
+                    SIGNALS => self.on_signals(),
+                    token => {
+                        if let Some(conn) = self.conns.get_mut(token) {
+                            conn.set_ready(
+                                event.is_readable() || event.is_read_closed() || event.is_error(),
+                                event.is_writable() || event.is_write_closed(),
+                            );
+                            self.drive(token);
+                        }
+                    }
+                }
+            }
+            if accept_ready || self.accept_pause_over() {
+                self.accept();
+            }
+            self.apply_commit_outcomes()?;
+            self.submit_batch();
+            if self.stopping_since.is_some() && self.drained() {
+                return Ok(self.committer);
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let pause = self
+            .accept_paused_until
+            .map(|t| t.saturating_duration_since(now));
+        let stop = self
+            .stopping_since
+            .map(|t| (t + SHUTDOWN_GRACE).saturating_duration_since(now));
+        match (pause, stop) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept_pause_over(&mut self) -> bool {
+        match self.accept_paused_until {
+            Some(t) if Instant::now() >= t => {
+                self.accept_paused_until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Accepts until the backlog is empty or the connection cap is reached;
+    /// beyond the cap clients wait in the kernel's backlog, not refused.
+    fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        while self.conns.open < self.config.connections_max {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _peer)) => self.open(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_fd_exhaustion(&e) => {
+                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+                // The peer went away before we accepted it; nothing to do.
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+    }
+
+    fn open(&mut self, stream: TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("set TCP_NODELAY: {e}");
+        }
+        let token = self.conns.insert(Conn::new(stream));
+        let registered = match self.conns.get_mut(token) {
+            Some(conn) => self.poll.registry().register(
+                conn.stream_mut(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ),
+            None => return,
+        };
+        if let Err(e) = registered {
+            log::warn!("cannot register a connection: {e}");
+            self.conns.remove(token);
+        }
+    }
+
+    fn drive(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.drive(&mut self.scratch, &mut self.app, &self.config.limits) == Drive::Closed {
+            self.close(token);
+            return;
+        }
+        if conn.is_holding(&self.app) && !self.waiting.contains(&token) {
+            self.waiting.push(token);
+        }
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(mut conn) = self.conns.remove(token) {
+            let _ = self.poll.registry().deregister(conn.stream_mut());
+        }
+        // A freed slot may let a connection waiting in the backlog in.
+        if self.stopping_since.is_none() {
+            self.accept();
+        }
+    }
+
+    fn apply_commit_outcomes(&mut self) -> io::Result<()> {
+        loop {
+            let outcome = match self.committer.try_outcome() {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    return Err(io::Error::other(
+                        "the commit thread stopped; refusing to acknowledge more steps",
+                    ));
+                }
+            };
+            self.apply(outcome);
+        }
+    }
+
+    fn apply(&mut self, outcome: CommitOutcome) {
+        let succeeded = outcome.result.is_ok();
+        let effect = self.app.stepper.on_commit(outcome.batch, succeeded);
+        let waiting = std::mem::take(&mut self.waiting);
+        for token in waiting {
+            if let (CommitEffect::Failed { .. }, Some(conn)) = (effect, self.conns.get_mut(token)) {
+                conn.withdraw_held(&mut self.app);
+            }
+            self.drive(token);
+        }
+    }
+
+    fn submit_batch(&mut self) {
+        if let Some(request) = self.app.stepper.take_batch() {
+            self.committer.submit(request);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let mut stop = false;
+        for signal in self.signals.pending() {
+            stop |= signal == SIGTERM || signal == SIGINT;
+        }
+        if stop && self.stopping_since.is_none() {
+            log::info!("stopping: finishing in-flight requests and commits");
+            self.stopping_since = Some(Instant::now());
+            if let Some(mut listener) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+            for token in self.conns.tokens() {
+                if let Some(conn) = self.conns.get_mut(token) {
+                    conn.finish();
+                }
+                self.drive(token);
+            }
+        }
+    }
+
+    /// Stopped when nothing awaits a commit and every reply is out, or the
+    /// grace period is over (slow readers lose their replies; no step does).
+    fn drained(&self) -> bool {
+        let commits_done = self.app.stepper.is_settled() && self.waiting.is_empty();
+        let grace_over = self
+            .stopping_since
+            .is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
+        commits_done && (self.conns.open == 0 || grace_over)
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23): per-process and system-wide fd limits.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}

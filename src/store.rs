@@ -1,0 +1,160 @@
+//! The durable store: one LMDB environment (through heed) holding the stepper's
+//! index. This is the only file that knows LMDB, and the only place with
+//! `unsafe`. It does not know about threads or batching: `committer` runs it
+//! off the event loop, and `stepper` decides what to write.
+
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+
+const INDEX_KEY: &[u8] = b"index";
+/// The file is sparse and holds a few keys; the map only bounds its growth.
+const MAP_SIZE_BYTES: usize = 64 << 20;
+const LOCK_FILE: &str = "fibd.lock";
+
+type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug)]
+pub enum StoreError {
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    Locked {
+        dir: PathBuf,
+    },
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    Lmdb(heed::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::CreateDir { dir, source } => {
+                write!(
+                    f,
+                    "cannot create data directory {}: {source}",
+                    dir.display()
+                )
+            }
+            StoreError::Locked { dir } => write!(
+                f,
+                "data directory {} is in use by another fibd process",
+                dir.display()
+            ),
+            StoreError::Lock { dir, source } => {
+                write!(f, "cannot lock data directory {}: {source}", dir.display())
+            }
+            StoreError::Lmdb(e) => write!(f, "LMDB: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        StoreError::Lmdb(e)
+    }
+}
+
+/// An open LMDB environment in a data directory that this process alone
+/// writes (an advisory lock file keeps a second fibd out).
+pub struct Store {
+    env: Env<WithoutTls>,
+    _lock: File,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = lock_dir(dir)?;
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(MAP_SIZE_BYTES).max_dbs(1);
+        // SAFETY: the memory map is only unsound if the files are changed
+        // behind LMDB's back. This process holds the directory's lock file,
+        // so no other fibd writes them; LMDB's own locking covers readers.
+        // The default flags keep both syncs (no NO_SYNC / NO_META_SYNC), so a
+        // committed transaction is on disk when `commit` returns.
+        #[allow(unsafe_code)]
+        let env = unsafe { options.open(dir)? };
+        // A process killed mid-read leaves its slot in the reader table;
+        // cleared now so it cannot pin old pages forever.
+        let cleared = env.clear_stale_readers()?;
+        if cleared > 0 {
+            log::info!("cleared {cleared} stale LMDB reader slot(s) left by a crash");
+        }
+        Ok(Store { env, _lock: lock })
+    }
+
+    /// Runs `f` with the index table; the table borrows the environment, so
+    /// the commit thread keeps it for its whole life inside this call.
+    pub fn with_table<R>(&self, f: impl FnOnce(IndexTable<'_>) -> R) -> Result<R, StoreError> {
+        let wtxn = self.env.write_txn()?;
+        let db = self
+            .env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                let db: IndexDb<'_> = opener.create_database(wtxn, None)?;
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(db))
+            })?
+            .unwrap_commit();
+        Ok(f(IndexTable { env: &self.env, db }))
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(source)) => Err(StoreError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The stepper's one key.
+pub struct IndexTable<'e> {
+    env: &'e Env<WithoutTls>,
+    db: IndexDb<'e>,
+}
+
+impl IndexTable<'_> {
+    /// The last committed index; 0 for a new store.
+    pub fn read_index(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.db.get(&rtxn, INDEX_KEY)?.unwrap_or(0))
+    }
+
+    /// Writes the index in one transaction; returns once LMDB has synced the
+    /// data pages and the meta page, so the value survives a crash.
+    pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.db.put(&mut wtxn, INDEX_KEY, &index)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+}

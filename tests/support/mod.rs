@@ -1,0 +1,370 @@
+//! Shared helpers for the integration tests: start the real `fibd` binary on a
+//! free port with a fresh data directory, talk raw HTTP/1.1 to it, kill it.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// A data directory removed when the test ends.
+pub struct DataDir(PathBuf);
+
+impl DataDir {
+    pub fn new(tag: &str) -> DataDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fibd-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running fibd process.
+pub struct Fibd {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Log lines after the start line, for tests that check them.
+    pub log: mpsc::Receiver<String>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_fibd")
+}
+
+impl Fibd {
+    /// Starts fibd on 127.0.0.1 with an OS-chosen port and waits until it listens.
+    pub fn start(data: &DataDir, extra: &[&str]) -> Fibd {
+        Fibd::start_with(data, extra, &[])
+    }
+
+    pub fn start_with(data: &DataDir, extra: &[&str], env: &[(&str, &str)]) -> Fibd {
+        let mut command = Command::new(binary());
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("FIBD_LISTEN")
+            .env_remove("FIBD_DATA_DIR")
+            .env_remove("STATE_DIRECTORY")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn fibd");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("fibd did not report listening: {:?}", child.wait());
+                }
+            };
+            if let Some(addr) = listening_addr(&line) {
+                return Fibd {
+                    child,
+                    addr,
+                    log: rx,
+                };
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then the exit status (within the timeout).
+    pub fn terminate(mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("fibd exits after SIGTERM")
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// One request on a fresh connection.
+    pub fn get(&self, path: &str) -> Response {
+        self.connect().request("GET", path, &[])
+    }
+
+    pub fn post(&self, path: &str) -> Response {
+        self.connect().request("POST", path, &[])
+    }
+}
+
+impl Drop for Fibd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Runs fibd to completion (for start-up failures) and returns its status and stderr.
+pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env_remove("FIBD_LISTEN")
+        .env_remove("FIBD_DATA_DIR")
+        .env_remove("STATE_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fibd");
+    let status = wait_timeout(&mut child, Duration::from_secs(30)).expect("fibd exits");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .ok();
+    (status, stderr)
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("utf-8 body")
+    }
+
+    /// The stepper's `X-Fib-Index`.
+    pub fn index(&self) -> u64 {
+        self.header("X-Fib-Index")
+            .expect("X-Fib-Index header")
+            .parse()
+            .expect("numeric index")
+    }
+}
+
+/// One keep-alive connection that reads responses by their framing.
+pub struct Client {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to fibd");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buffered: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.send(&request_bytes(method, path, headers));
+        self.read_response(method == "HEAD")
+    }
+
+    /// Reads one response; `head_only` for replies to HEAD (no body despite Content-Length).
+    pub fn read_response(&mut self, head_only: bool) -> Response {
+        self.try_read_response(head_only)
+            .expect("a complete response")
+    }
+
+    /// None if the connection closed before a complete response.
+    pub fn try_read_response(&mut self, head_only: bool) -> Option<Response> {
+        let head_end = loop {
+            if let Some(i) = find(&self.buffered, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let head = String::from_utf8(self.buffered[..head_end].to_vec()).expect("ascii head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next()?;
+        let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let length: usize = if head_only || status == 304 || status / 100 == 1 {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().expect("numeric Content-Length"))
+                .expect("every response carries Content-Length")
+        };
+        while self.buffered.len() < head_end + length {
+            if !self.fill() {
+                return None;
+            }
+        }
+        let body = self.buffered[head_end..head_end + length].to_vec();
+        self.buffered.drain(..head_end + length);
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// True if the server closes the connection (with nothing more to read)
+    /// within half a second; a server that keeps it open makes this false.
+    pub fn is_closed_by_server(&mut self) -> bool {
+        if !self.buffered.is_empty() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(CLOSE_WAIT)).unwrap();
+        let mut byte = [0u8; 1];
+        let result = self.stream.read(&mut byte);
+        self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        match result {
+            Ok(0) => true,
+            Ok(_) => {
+                self.buffered.push(byte[0]);
+                false
+            }
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buffered.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+}
+
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: fibd.test\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST"
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        out.push_str("Content-Length: 0\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// F(n) by the plain iterative sum on decimal strings: slow, obviously right,
+/// and independent of the daemon's big-integer code.
+pub fn fib_decimal(n: u64) -> String {
+    let (mut a, mut b) = (vec![0u8], vec![1u8]); // little-endian decimal digits
+    for _ in 0..n {
+        let mut sum = Vec::with_capacity(b.len() + 1);
+        let mut carry = 0;
+        for (i, digit) in b.iter().enumerate() {
+            let d = digit + a.get(i).copied().unwrap_or(0) + carry;
+            sum.push(d % 10);
+            carry = d / 10;
+        }
+        if carry > 0 {
+            sum.push(carry);
+        }
+        a = std::mem::replace(&mut b, sum);
+    }
+    a.iter().rev().map(|d| char::from(b'0' + d)).collect()
+}
