@@ -27,6 +27,8 @@ pub enum ApiError {
     },
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
+    /// The OS CSPRNG failed; no number is better than a weak one.
+    RandomUnavailable,
 }
 
 impl From<ParseError> for ApiError {
@@ -52,7 +54,7 @@ impl ApiError {
             ApiError::NotAcceptable => Status::NOT_ACCEPTABLE,
             ApiError::BadQuery { .. } => Status::BAD_REQUEST,
             ApiError::AtCeiling { .. } => Status::CONFLICT,
-            ApiError::CommitFailed => Status::SERVICE_UNAVAILABLE,
+            ApiError::CommitFailed | ApiError::RandomUnavailable => Status::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,6 +77,9 @@ impl ApiError {
             }
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
+            }
+            ApiError::RandomUnavailable => {
+                "the operating system's random number generator failed; retry shortly"
             }
         }
     }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use fibd::committer::Committer;
 use fibd::config::{self, Command, Config};
 use fibd::http::date::HttpDate;
+use fibd::random::RandomSource;
 use fibd::routes::App;
 use fibd::server::Server;
 use fibd::stepper::Stepper;
@@ -59,7 +60,8 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config.data_dir.display(),
         recovered
     );
-    let app = App::new(stepper, HttpDate::new(SystemTime::now()));
+    let random = RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
+    let app = App::new(stepper, HttpDate::new(SystemTime::now()), random);
     let server = Server::new(poll, listener, committer, app, config)?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {

@@ -1,6 +1,6 @@
 //! From a parsed request to a reply: which resource, which method, which
-//! representation, and the service that answers. Services never see bytes of
-//! the connection; they write replies into its `Output`.
+//! representation, and the service that answers. Services never see the
+//! connection; they write replies into its `Output`.
 
 use crate::conn::{Output, Reply, Respond};
 use crate::error::ApiError;
@@ -9,6 +9,7 @@ use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status};
+use crate::random::{self, RandomQuery, RandomSource};
 use crate::stepper::{BatchId, Reading, Step, StepError, Stepper, Value};
 
 /// The resources fibd serves.
@@ -17,6 +18,7 @@ pub enum Route {
     Current,
     Next,
     Previous,
+    Random,
 }
 
 impl Route {
@@ -25,17 +27,26 @@ impl Route {
             b"/current" => Some(Route::Current),
             b"/next" => Some(Route::Next),
             b"/previous" => Some(Route::Previous),
+            b"/v1/random" => Some(Route::Random),
             _ => None,
         }
     }
 
     /// The methods a route takes, as the Allow header lists them.
     fn allow(self) -> &'static str {
-        "GET, HEAD, POST"
+        match self {
+            Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
+            Route::Random => "GET, HEAD",
+        }
     }
 
     fn accepts(self, method: Method) -> bool {
-        matches!(method, Method::Get | Method::Head | Method::Post)
+        match self {
+            Route::Current | Route::Next | Route::Previous => {
+                matches!(method, Method::Get | Method::Head | Method::Post)
+            }
+            Route::Random => matches!(method, Method::Get | Method::Head),
+        }
     }
 }
 
@@ -43,20 +54,32 @@ impl Route {
 pub struct App {
     pub stepper: Stepper,
     pub date: HttpDate,
+    random: RandomSource,
+    /// Reused between requests so a body built before its head costs no allocation.
+    body: Vec<u8>,
+    draws: Vec<i64>,
 }
 
 impl App {
-    pub fn new(stepper: Stepper, date: HttpDate) -> App {
-        App { stepper, date }
+    pub fn new(stepper: Stepper, date: HttpDate, random: RandomSource) -> App {
+        App {
+            stepper,
+            date,
+            random,
+            body: Vec::new(),
+            draws: Vec::new(),
+        }
     }
 
-    fn error(&self, error: ApiError, request: &Request<'_>, out: &mut Output) -> Reply {
-        let close = !request.keep_alive || error.closes_connection();
-        error.write(out.buf(), &self.date, request.method == Method::Head, close);
-        if close {
-            Reply::Close
-        } else {
-            Reply::KeepAlive
+    fn dispatch(
+        &mut self,
+        route: Route,
+        request: &Request<'_>,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
+        match route {
+            Route::Current | Route::Next | Route::Previous => self.stepper(route, request, out),
+            Route::Random => self.random(request, out),
         }
     }
 
@@ -65,11 +88,12 @@ impl App {
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
-    ) -> Result<Reply, ApiError> {
-        let format =
-            accept::negotiate(request.accept, Format::Text).ok_or(ApiError::NotAcceptable)?;
+    ) -> Result<(), ApiError> {
+        let format = negotiate(request, Format::Text)?;
         let reading = match route {
-            Route::Current => {
+            Route::Next => self.stepper.step(Step::Next).map_err(step_error)?,
+            Route::Previous => self.stepper.step(Step::Previous).map_err(step_error)?,
+            _ => {
                 let stepper = &self.stepper;
                 if out.has_unreleased_hold(|b| stepper.is_released(b)) {
                     stepper.current_after_own_steps()
@@ -77,31 +101,64 @@ impl App {
                     stepper.current()
                 }
             }
-            Route::Next => self.stepper.step(Step::Next).map_err(step_error)?,
-            Route::Previous => self.stepper.step(Step::Previous).map_err(step_error)?,
         };
         write_reading(out, &reading, format, request, &self.date);
-        Ok(keep_alive(request))
+        Ok(())
+    }
+
+    fn random(&mut self, request: &Request<'_>, out: &mut Output) -> Result<(), ApiError> {
+        let format = negotiate(request, Format::Json)?;
+        let query = RandomQuery::parse(request.query).map_err(|e| ApiError::BadQuery {
+            message: e.message(),
+        })?;
+        self.draws.clear();
+        for _ in 0..query.count.unwrap_or(1) {
+            let value = self
+                .random
+                .uniform(query.min, query.max)
+                .map_err(|_| ApiError::RandomUnavailable)?;
+            self.draws.push(value);
+        }
+        self.body.clear();
+        let content_type = match format {
+            Format::Json => {
+                random::write_json(&mut self.body, &query, &self.draws);
+                ContentType::Json
+            }
+            Format::Text => {
+                random::write_text(&mut self.body, &self.draws);
+                ContentType::Text
+            }
+        };
+        let mut head = Head::start(out.buf(), Status::OK, &self.date);
+        head.content_type(content_type)
+            .header("Cache-Control", b"no-store");
+        finish_with_body(head, request, &self.body);
+        Ok(())
     }
 }
 
 impl Respond for App {
     fn respond(&mut self, request: &Request<'_>, out: &mut Output) -> Reply {
-        let Some(route) = Route::from_path(request.path) else {
-            return self.error(ApiError::NotFound, request, out);
+        let result = match Route::from_path(request.path) {
+            None => Err(ApiError::NotFound),
+            Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
+                allow: route.allow(),
+            }),
+            Some(route) => self.dispatch(route, request, out),
         };
-        if !route.accepts(request.method) {
-            return self.error(
-                ApiError::MethodNotAllowed {
-                    allow: route.allow(),
-                },
-                request,
-                out,
-            );
-        }
-        match self.stepper(route, request, out) {
-            Ok(reply) => reply,
-            Err(error) => self.error(error, request, out),
+        let close = match result {
+            Ok(()) => !request.keep_alive,
+            Err(error) => {
+                let close = !request.keep_alive || error.closes_connection();
+                error.write(out.buf(), &self.date, request.method == Method::Head, close);
+                close
+            }
+        };
+        if close {
+            Reply::Close
+        } else {
+            Reply::KeepAlive
         }
     }
 
@@ -114,17 +171,21 @@ impl Respond for App {
     }
 }
 
+fn negotiate(request: &Request<'_>, default: Format) -> Result<Format, ApiError> {
+    accept::negotiate(request.accept, default).ok_or(ApiError::NotAcceptable)
+}
+
 fn step_error(e: StepError) -> ApiError {
     match e {
         StepError::AtCeiling { max_index } => ApiError::AtCeiling { max_index },
     }
 }
 
-fn keep_alive(request: &Request<'_>) -> Reply {
-    if request.keep_alive {
-        Reply::KeepAlive
-    } else {
-        Reply::Close
+/// Ends a head for an inline body and appends the body unless this is HEAD.
+fn finish_with_body(head: Head<'_>, request: &Request<'_>, body: &[u8]) {
+    let out = head.finish(Status::OK, body.len(), !request.keep_alive);
+    if request.method != Method::Head {
+        out.extend_from_slice(body);
     }
 }
 
@@ -143,19 +204,17 @@ fn write_reading(
         Format::Text => (ContentType::Text, 0, b"\n"),
         Format::Json => (
             ContentType::Json,
-            JSON_INDEX.len() + digits::u64_len(reading.index) + JSON_VALUE.len(),
+            JSON_INDEX.len() + digits::u128_len(u128::from(reading.index)) + JSON_VALUE.len(),
             b"\"}\n",
         ),
     };
     let length = prefix_len + reading.value.decimal_len() + suffix.len();
-    let head_only = request.method == Method::Head;
-    let buf = out.buf();
-    let mut head = Head::start(buf, Status::OK, date);
+    let mut head = Head::start(out.buf(), Status::OK, date);
     head.content_type(content_type)
         .header_u64("X-Fib-Index", reading.index)
         .header("Cache-Control", b"no-store");
-    head.finish(Status::OK, length, !request.keep_alive);
-    if head_only {
+    let buf = head.finish(Status::OK, length, !request.keep_alive);
+    if request.method == Method::Head {
         return;
     }
     if format == Format::Json {

@@ -103,9 +103,10 @@ impl<'o> Head<'o> {
         self.header("Content-Type", content_type.as_str().as_bytes())
     }
 
-    /// Ends the head. `content_length` is the length of the body a GET gets,
-    /// also for HEAD (RFC 9110 §9.3.2); `close` adds `Connection: close`.
-    pub fn finish(self, status: Status, content_length: usize, close: bool) {
+    /// Ends the head and hands the buffer back for the body. `content_length`
+    /// is the length of the body a GET gets, also for HEAD (RFC 9110 §9.3.2);
+    /// `close` adds `Connection: close`.
+    pub fn finish(self, status: Status, content_length: usize, close: bool) -> &'o mut Vec<u8> {
         if !status.is_bodiless() || content_length > 0 {
             self.out.extend_from_slice(b"Content-Length: ");
             digits::write_u64(self.out, content_length as u64);
@@ -115,6 +116,7 @@ impl<'o> Head<'o> {
             self.out.extend_from_slice(b"Connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
+        self.out
     }
 }
 
