@@ -18,6 +18,8 @@ use crate::store::{Store, StoreError};
 pub struct CommitRequest {
     pub batch: BatchId,
     pub index: u64,
+    /// Mutations in the batch, for the batch-size histogram.
+    pub steps: u64,
 }
 
 /// What the store said about a batch.

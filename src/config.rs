@@ -28,6 +28,9 @@ pub struct Config {
 #[derive(Debug)]
 pub enum Command {
     Serve(Config),
+    /// `fibd healthcheck`: GET /healthz on the configured address, for
+    /// container HEALTHCHECKs that have no curl.
+    Healthcheck(SocketAddr),
     Help,
     Version,
 }
@@ -66,6 +69,7 @@ fibd: a durable HTTP Fibonacci stepper
 
 USAGE:
     fibd [OPTIONS]
+    fibd healthcheck [--listen ADDR:PORT]    exit 0 if GET /healthz answers 200, else 1
 
 OPTIONS:
     --listen ADDR:PORT        address to serve on [env FIBD_LISTEN] (default 127.0.0.1:8080)
@@ -79,6 +83,11 @@ OPTIONS:
 
 ENDPOINTS:
     GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
+    GET /v1/random?min=A&max=B&count=N     unbiased random integers
+    GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
+
+Under systemd: socket activation (LISTEN_FDS), sd_notify (READY, STATUS,
+WATCHDOG, STOPPING) and journald priorities are used when present.
 
 Logging follows RUST_LOG (default info).
 ";
@@ -103,7 +112,8 @@ pub fn from_args(
         max_index: env("FIBD_MAX_INDEX"),
         connections_max: env("FIBD_MAX_CONNECTIONS"),
     };
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
+    let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
     while let Some(arg) = args.next() {
         let (flag, inline_value) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => {
@@ -127,7 +137,12 @@ pub fn from_args(
         };
         *slot = Some(value);
     }
-    validate(raw).map(Command::Serve)
+    let config = validate(raw)?;
+    Ok(if healthcheck {
+        Command::Healthcheck(config.listen)
+    } else {
+        Command::Serve(config)
+    })
 }
 
 fn static_flag(flag: &str) -> &'static str {
@@ -243,6 +258,14 @@ mod tests {
         assert_eq!((c.listen.port(), c.data_dir), (2, PathBuf::from("/tmp/x")));
         let c = serve(&[], &[("FIBD_DATA_DIR", "/d"), ("STATE_DIRECTORY", "/s")]);
         assert_eq!(c.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn healthcheck_takes_the_listen_address() {
+        let parsed = parse(&["healthcheck", "--listen", "127.0.0.1:9"], &[]);
+        assert!(matches!(parsed, Ok(Command::Healthcheck(a)) if a.port() == 9));
+        let parsed = parse(&["healthcheck"], &[("FIBD_LISTEN", "127.0.0.1:7")]);
+        assert!(matches!(parsed, Ok(Command::Healthcheck(a)) if a.port() == 7));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum ApiError {
     },
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
+    /// Commits are failing: the daemon is up but cannot make steps durable.
+    NotReady,
     /// The OS CSPRNG failed; no number is better than a weak one.
     RandomUnavailable,
 }
@@ -54,7 +56,9 @@ impl ApiError {
             ApiError::NotAcceptable => Status::NOT_ACCEPTABLE,
             ApiError::BadQuery { .. } => Status::BAD_REQUEST,
             ApiError::AtCeiling { .. } => Status::CONFLICT,
-            ApiError::CommitFailed | ApiError::RandomUnavailable => Status::SERVICE_UNAVAILABLE,
+            ApiError::CommitFailed | ApiError::RandomUnavailable | ApiError::NotReady => {
+                Status::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -77,6 +81,9 @@ impl ApiError {
             }
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
+            }
+            ApiError::NotReady => {
+                "the store is failing to commit; steps are refused until it recovers"
             }
             ApiError::RandomUnavailable => {
                 "the operating system's random number generator failed; retry shortly"

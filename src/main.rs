@@ -1,7 +1,10 @@
-//! Wires the daemon together: configuration, logging, store, event loop.
+//! Wires the daemon together: configuration, logging, store, listener, event
+//! loop. Nothing here decides anything the modules could.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fibd::committer::Committer;
 use fibd::config::{self, Command, Config};
@@ -11,6 +14,7 @@ use fibd::routes::App;
 use fibd::server::Server;
 use fibd::stepper::Stepper;
 use fibd::store::Store;
+use fibd::systemd::{self, Notifier};
 
 fn main() -> ExitCode {
     let command = match config::from_args(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -29,9 +33,9 @@ fn main() -> ExitCode {
             println!("fibd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Healthcheck(addr) => healthcheck(addr),
         Command::Serve(config) => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
+            fibd::logging::init();
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -44,25 +48,39 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Taken first: nothing else may run before the environment is cleaned.
+    let activated = systemd::take_activated_listener()?;
     let store = Store::open(&config.data_dir)?;
     let recovered = store.with_table(|table| table.read_index())??;
-    let listener = std::net::TcpListener::bind(config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    listener.set_nonblocking(true)?;
+    let from_systemd = activated.is_some();
+    let listener = match activated {
+        Some(listener) => listener,
+        None => {
+            let listener = std::net::TcpListener::bind(config.listen)
+                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            listener.set_nonblocking(true)?;
+            listener
+        }
+    };
     let listener = mio::net::TcpListener::from_std(listener);
     let stepper = Stepper::new(recovered, config.max_index);
     let poll = mio::Poll::new()?;
     let committer = Committer::spawn(store, Server::waker(&poll)?)?;
     log::info!(
-        "fibd {} listening on {} with data in {}; recovered index {}",
+        "fibd {} listening on {}{} with data in {}; recovered index {}",
         env!("CARGO_PKG_VERSION"),
         listener.local_addr()?,
+        if from_systemd {
+            " (socket activation)"
+        } else {
+            ""
+        },
         config.data_dir.display(),
         recovered
     );
     let random = RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
     let app = App::new(stepper, HttpDate::new(SystemTime::now()), random);
-    let server = Server::new(poll, listener, committer, app, config)?;
+    let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {
         if let Err(e) = outcome.result {
@@ -71,4 +89,28 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// Exit 0 if the daemon at `addr` answers GET /healthz with 200 within 2 s.
+fn healthcheck(addr: SocketAddr) -> ExitCode {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: fibd\r\nConnection: close\r\n\r\n")?;
+        let mut status_line = [0u8; 12];
+        stream.read_exact(&mut status_line)?;
+        Ok(&status_line == b"HTTP/1.1 200")
+    };
+    match attempt() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("fibd healthcheck: {addr} answered /healthz with an error");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("fibd healthcheck: {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

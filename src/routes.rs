@@ -8,7 +8,10 @@ use crate::fib::digits;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
+use std::time::{Duration, Instant};
+
 use crate::http::response::{ContentType, Head, Status};
+use crate::metrics::{Gauges, Metrics, RouteLabel};
 use crate::random::{self, RandomQuery, RandomSource};
 use crate::stepper::{BatchId, Reading, Step, StepError, Stepper, Value};
 
@@ -19,6 +22,9 @@ pub enum Route {
     Next,
     Previous,
     Random,
+    Healthz,
+    Readyz,
+    Metrics,
 }
 
 impl Route {
@@ -28,6 +34,9 @@ impl Route {
             b"/next" => Some(Route::Next),
             b"/previous" => Some(Route::Previous),
             b"/v1/random" => Some(Route::Random),
+            b"/healthz" => Some(Route::Healthz),
+            b"/readyz" => Some(Route::Readyz),
+            b"/metrics" => Some(Route::Metrics),
             _ => None,
         }
     }
@@ -36,7 +45,7 @@ impl Route {
     fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
-            Route::Random => "GET, HEAD",
+            _ => "GET, HEAD",
         }
     }
 
@@ -45,7 +54,19 @@ impl Route {
             Route::Current | Route::Next | Route::Previous => {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
-            Route::Random => matches!(method, Method::Get | Method::Head),
+            _ => matches!(method, Method::Get | Method::Head),
+        }
+    }
+
+    fn label(self) -> RouteLabel {
+        match self {
+            Route::Current => RouteLabel::Current,
+            Route::Next => RouteLabel::Next,
+            Route::Previous => RouteLabel::Previous,
+            Route::Random => RouteLabel::Random,
+            Route::Healthz => RouteLabel::Healthz,
+            Route::Readyz => RouteLabel::Readyz,
+            Route::Metrics => RouteLabel::Metrics,
         }
     }
 }
@@ -54,6 +75,9 @@ impl Route {
 pub struct App {
     pub stepper: Stepper,
     pub date: HttpDate,
+    pub metrics: Metrics,
+    /// False while commits fail: /readyz tells the load balancer.
+    pub store_ready: bool,
     random: RandomSource,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
@@ -65,6 +89,8 @@ impl App {
         App {
             stepper,
             date,
+            metrics: Metrics::default(),
+            store_ready: true,
             random,
             body: Vec::new(),
             draws: Vec::new(),
@@ -80,7 +106,41 @@ impl App {
         match route {
             Route::Current | Route::Next | Route::Previous => self.stepper(route, request, out),
             Route::Random => self.random(request, out),
+            Route::Healthz => {
+                self.fixed_json(request, out, b"{\"status\": \"ok\"}\n");
+                Ok(())
+            }
+            Route::Readyz if self.store_ready => {
+                self.fixed_json(request, out, b"{\"status\": \"ready\"}\n");
+                Ok(())
+            }
+            Route::Readyz => Err(ApiError::NotReady),
+            Route::Metrics => {
+                self.metrics_page(request, out);
+                Ok(())
+            }
         }
+    }
+
+    fn fixed_json(&self, request: &Request<'_>, out: &mut Output, body: &[u8]) {
+        let mut head = Head::start(out.buf(), Status::OK, &self.date);
+        head.content_type(ContentType::Json)
+            .header("Cache-Control", b"no-store");
+        finish_with_body(head, request, body);
+    }
+
+    fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
+        let gauges = Gauges {
+            committed_index: self.stepper.committed_index(),
+            pending_index: self.stepper.pending_index(),
+            ..Gauges::default()
+        };
+        let mut text = String::with_capacity(8 * 1024);
+        self.metrics.render(&gauges, &mut text);
+        let mut head = Head::start(out.buf(), Status::OK, &self.date);
+        head.content_type(ContentType::Prometheus)
+            .header("Cache-Control", b"no-store");
+        finish_with_body(head, request, text.as_bytes());
     }
 
     fn stepper(
@@ -140,21 +200,31 @@ impl App {
 
 impl Respond for App {
     fn respond(&mut self, request: &Request<'_>, out: &mut Output) -> Reply {
-        let result = match Route::from_path(request.path) {
+        let started = Instant::now();
+        let route = Route::from_path(request.path);
+        let result = match route {
             None => Err(ApiError::NotFound),
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
             Some(route) => self.dispatch(route, request, out),
         };
-        let close = match result {
-            Ok(()) => !request.keep_alive,
+        let (status, close) = match result {
+            Ok(()) => (Status::OK, !request.keep_alive),
             Err(error) => {
                 let close = !request.keep_alive || error.closes_connection();
                 error.write(out.buf(), &self.date, request.method == Method::Head, close);
-                close
+                (error.status(), close)
             }
         };
+        let label = route.map_or(RouteLabel::Other, Route::label);
+        self.metrics.request(label, status, started.elapsed());
+        log::debug!(
+            "{:?} {} -> {}",
+            request.method,
+            String::from_utf8_lossy(request.path),
+            status.code()
+        );
         if close {
             Reply::Close
         } else {
@@ -164,6 +234,9 @@ impl Respond for App {
 
     fn reject(&mut self, error: ApiError, out: &mut Output) {
         error.write(out.buf(), &self.date, false, true);
+        self.metrics
+            .request(RouteLabel::Other, error.status(), Duration::ZERO);
+        log::debug!("rejected a request: {}", error.status().code());
     }
 
     fn is_released(&self, batch: BatchId) -> bool {

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::conn::{Conn, Drive};
 use crate::routes::App;
 use crate::stepper::CommitEffect;
+use crate::systemd::Notifier;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -92,6 +93,12 @@ pub struct Server {
     scratch: Vec<u8>,
     accept_paused_until: Option<Instant>,
     stopping_since: Option<Instant>,
+    notifier: Notifier,
+    /// When the next WATCHDOG=1 is due; pinged from the loop itself so a
+    /// wedged loop, not only a dead process, gets restarted.
+    watchdog_due: Option<Instant>,
+    /// The index last reported in STATUS=, to send it only on change.
+    status_index: Option<u64>,
 }
 
 impl Server {
@@ -103,10 +110,11 @@ impl Server {
         committer: Committer,
         app: App,
         config: Config,
+        notifier: Notifier,
     ) -> io::Result<Server> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new(HANDLED_SIGNALS)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(Server {
@@ -121,6 +129,9 @@ impl Server {
             scratch: vec![0; SCRATCH_BYTES],
             accept_paused_until: None,
             stopping_since: None,
+            watchdog_due: notifier.watchdog_interval().map(|_| Instant::now()),
+            notifier,
+            status_index: None,
         })
     }
 
@@ -133,6 +144,7 @@ impl Server {
     /// thread for the caller to stop.
     pub fn run(mut self) -> io::Result<Committer> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        self.notifier.notify("READY=1");
         loop {
             if let Err(e) = self.poll.poll(&mut events, self.poll_timeout()) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -163,23 +175,43 @@ impl Server {
             }
             self.apply_commit_outcomes()?;
             self.submit_batch();
+            self.tell_systemd();
             if self.stopping_since.is_some() && self.drained() {
                 return Ok(self.committer);
             }
         }
     }
 
+    /// Sleeps until the earliest timer: an accept pause, the shutdown grace
+    /// or the watchdog ping; or until an event.
     fn poll_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
-        let pause = self
-            .accept_paused_until
-            .map(|t| t.saturating_duration_since(now));
-        let stop = self
-            .stopping_since
-            .map(|t| (t + SHUTDOWN_GRACE).saturating_duration_since(now));
-        match (pause, stop) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.accept_paused_until,
+            self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
+            self.watchdog_due,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| t.saturating_duration_since(now))
+        .min()
+    }
+
+    /// WATCHDOG=1 when due, and STATUS= when the committed index changed.
+    fn tell_systemd(&mut self) {
+        if let (Some(due), Some(interval)) = (self.watchdog_due, self.notifier.watchdog_interval())
+        {
+            let now = Instant::now();
+            if now >= due {
+                self.notifier.notify("WATCHDOG=1");
+                self.watchdog_due = Some(now + interval);
+            }
+        }
+        let index = self.app.stepper.committed_index();
+        if self.status_index != Some(index) {
+            self.status_index = Some(index);
+            self.notifier
+                .notify(&format!("STATUS=serving; committed index {index}"));
         }
     }
 
@@ -223,6 +255,7 @@ impl Server {
             log::debug!("set TCP_NODELAY: {e}");
         }
         let token = self.conns.insert(Conn::new(stream));
+        self.app.metrics.connection_opened();
         let registered = match self.conns.get_mut(token) {
             Some(conn) => self.poll.registry().register(
                 conn.stream_mut(),
@@ -253,6 +286,7 @@ impl Server {
     fn close(&mut self, token: Token) {
         if let Some(mut conn) = self.conns.remove(token) {
             let _ = self.poll.registry().deregister(conn.stream_mut());
+            self.app.metrics.connection_closed();
         }
         // A freed slot may let a connection waiting in the backlog in.
         if self.stopping_since.is_none() {
@@ -277,6 +311,15 @@ impl Server {
 
     fn apply(&mut self, outcome: CommitOutcome) {
         let succeeded = outcome.result.is_ok();
+        self.app
+            .metrics
+            .commit(outcome.result.as_ref().ok().copied());
+        if self.app.store_ready != succeeded {
+            self.app.store_ready = succeeded;
+            if succeeded {
+                log::info!("commits succeed again; ready");
+            }
+        }
         let effect = self.app.stepper.on_commit(outcome.batch, succeeded);
         let waiting = std::mem::take(&mut self.waiting);
         for token in waiting {
@@ -289,6 +332,7 @@ impl Server {
 
     fn submit_batch(&mut self) {
         if let Some(request) = self.app.stepper.take_batch() {
+            self.app.metrics.batch_submitted(request.steps);
             self.committer.submit(request);
         }
     }
@@ -297,9 +341,14 @@ impl Server {
         let mut stop = false;
         for signal in self.signals.pending() {
             stop |= signal == SIGTERM || signal == SIGINT;
+            #[cfg(feature = "wedge-trigger")]
+            if signal == signal_hook::consts::SIGUSR1 {
+                wedge();
+            }
         }
         if stop && self.stopping_since.is_none() {
             log::info!("stopping: finishing in-flight requests and commits");
+            self.notifier.notify("STOPPING=1");
             self.stopping_since = Some(Instant::now());
             if let Some(mut listener) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut listener);
@@ -321,6 +370,21 @@ impl Server {
             .stopping_since
             .is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
         commits_done && (self.conns.open == 0 || grace_over)
+    }
+}
+
+#[cfg(not(feature = "wedge-trigger"))]
+const HANDLED_SIGNALS: [i32; 2] = [SIGTERM, SIGINT];
+#[cfg(feature = "wedge-trigger")]
+const HANDLED_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, signal_hook::consts::SIGUSR1];
+
+/// Test builds only: blocks the event loop forever, as a bug might, so the
+/// systemd watchdog can be seen to restart the daemon.
+#[cfg(feature = "wedge-trigger")]
+fn wedge() -> ! {
+    log::warn!("SIGUSR1: wedging the event loop (wedge-trigger build)");
+    loop {
+        std::thread::park();
     }
 }
 

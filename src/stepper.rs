@@ -197,9 +197,14 @@ impl Stepper {
             index,
             value: self.pending_value.clone(),
         });
+        let steps = self.collecting_steps;
         self.collecting = batch.next();
         self.collecting_steps = 0;
-        Some(CommitRequest { batch, index })
+        Some(CommitRequest {
+            batch,
+            index,
+            steps,
+        })
     }
 
     /// Applies the commit thread's answer for the batch in flight.
@@ -284,7 +289,8 @@ mod tests {
             request,
             CommitRequest {
                 batch: BatchId(1),
-                index: 2
+                index: 2,
+                steps: 2
             }
         );
         assert_eq!(s.take_batch(), None, "one batch in flight at a time");
