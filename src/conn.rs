@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::rc::Rc;
 
+use mio::Token;
 use mio::net::TcpStream;
 
 use crate::error::ApiError;
@@ -32,11 +33,19 @@ const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
 const SEGMENTS_MAX: usize = 1024;
 const IOVECS_MAX: usize = 64;
 
+/// Names a connection across loop passes: tokens are reused after a close,
+/// so a reply that arrives later checks the serial too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    pub token: Token,
+    pub serial: u64,
+}
+
 /// What the routes do with requests; implemented by `routes::App`.
 pub trait Respond {
-    /// Appends the reply to `request` to `out`; returns whether the
-    /// connection must close after it.
-    fn respond(&mut self, request: &Request<'_>, out: &mut Output) -> Reply;
+    /// Appends the reply to `request` to `out`, or promises it later
+    /// ([`Reply::Deferred`], delivered through [`Conn::resume`]).
+    fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply;
     /// Appends the answer to a request that could not be framed.
     fn reject(&mut self, error: ApiError, out: &mut Output);
     /// Whether replies held for `batch` may be written.
@@ -47,6 +56,9 @@ pub trait Respond {
 pub enum Reply {
     KeepAlive,
     Close,
+    /// The answer needs work off the loop; requests behind it wait, so
+    /// replies stay in request order.
+    Deferred,
 }
 
 /// Where the connection is in its request stream.
@@ -55,6 +67,8 @@ enum Phase {
     Head,
     /// Discarding a request body (fibd's endpoints take none) before the next head.
     Body(BodySkip),
+    /// Waiting for a deferred reply; the request's body is skipped afterwards.
+    Deferred { body: BodyFraming, close: bool },
     /// The last reply is queued; close once it is written.
     Closing,
 }
@@ -73,6 +87,7 @@ pub enum Drive {
 
 pub struct Conn {
     stream: TcpStream,
+    serial: u64,
     /// Request bytes kept between reads: a partial request, or requests not
     /// yet answered because of backpressure. Usually empty: reads land in the
     /// loop's shared scratch buffer and are answered from there.
@@ -85,9 +100,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: TcpStream, serial: u64) -> Conn {
         Conn {
             stream,
+            serial,
             input: Vec::new(),
             output: Output::default(),
             phase: Phase::Head,
@@ -119,18 +135,44 @@ impl Conn {
         }
     }
 
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// Stops taking requests (shutdown): the connection closes once its
-    /// queued replies are written.
+    /// queued replies, a deferred one included, are written.
     pub fn finish(&mut self) {
-        self.phase = Phase::Closing;
+        match &mut self.phase {
+            Phase::Deferred { close, .. } => *close = true,
+            _ => self.phase = Phase::Closing,
+        }
+    }
+
+    /// Delivers a deferred reply; the caller drives the connection next.
+    pub fn resume(&mut self, limits: &Limits, reply: impl FnOnce(&mut Output) -> Reply) {
+        let Phase::Deferred { body, close } = self.phase else {
+            return;
+        };
+        let answer = reply(&mut self.output);
+        self.phase = next_phase(answer == Reply::Close || close, body, limits);
     }
 
     /// Reads, answers and writes as far as readiness and backpressure allow.
-    pub fn drive(&mut self, scratch: &mut [u8], app: &mut impl Respond, limits: &Limits) -> Drive {
+    pub fn drive(
+        &mut self,
+        token: Token,
+        scratch: &mut [u8],
+        app: &mut impl Respond,
+        limits: &Limits,
+    ) -> Drive {
+        let conn = ConnRef {
+            token,
+            serial: self.serial,
+        };
         loop {
-            let mut progress = self.answer_kept(app, limits);
+            let mut progress = self.answer_kept(conn, app, limits);
             if self.wants_input() && self.readable {
-                match self.read_and_answer(scratch, app, limits) {
+                match self.read_and_answer(conn, scratch, app, limits) {
                     Ok(read) => progress |= read,
                     Err(e) => return fail(&e),
                 }
@@ -159,12 +201,12 @@ impl Conn {
     }
 
     /// Answers requests kept from earlier reads (after backpressure eased).
-    fn answer_kept(&mut self, app: &mut impl Respond, limits: &Limits) -> bool {
-        if self.input.is_empty() || matches!(self.phase, Phase::Closing) {
+    fn answer_kept(&mut self, conn: ConnRef, app: &mut impl Respond, limits: &Limits) -> bool {
+        if self.input.is_empty() || matches!(self.phase, Phase::Closing | Phase::Deferred { .. }) {
             return false;
         }
         let input = std::mem::take(&mut self.input);
-        let (used, progress) = answer(&mut self.phase, &mut self.output, &input, app, limits);
+        let (used, progress) = answer(conn, &mut self.phase, &mut self.output, &input, app, limits);
         self.input = input;
         self.input.drain(..used);
         if self.input.is_empty() && self.input.capacity() > INPUT_KEPT_BYTES_MAX {
@@ -177,6 +219,7 @@ impl Conn {
     /// left unanswered is copied into the connection.
     fn read_and_answer(
         &mut self,
+        conn: ConnRef,
         scratch: &mut [u8],
         app: &mut impl Respond,
         limits: &Limits,
@@ -207,11 +250,11 @@ impl Conn {
         }
         let fresh = &scratch[..n];
         if self.input.is_empty() {
-            let (used, _) = answer(&mut self.phase, &mut self.output, fresh, app, limits);
+            let (used, _) = answer(conn, &mut self.phase, &mut self.output, fresh, app, limits);
             self.input.extend_from_slice(&fresh[used..]);
         } else {
             self.input.extend_from_slice(fresh);
-            self.answer_kept(app, limits);
+            self.answer_kept(conn, app, limits);
         }
         Ok(true)
     }
@@ -255,6 +298,7 @@ fn fail(e: &io::Error) -> Drive {
 /// the connection must close, or backpressure says stop. Returns the bytes
 /// used and whether anything happened.
 fn answer(
+    conn: ConnRef,
     phase: &mut Phase,
     output: &mut Output,
     buffered: &[u8],
@@ -265,7 +309,7 @@ fn answer(
     while output.backlog_bytes() < OUTPUT_PAUSE_BYTES && output.segments.len() < SEGMENTS_MAX {
         let rest = &buffered[used..];
         match phase {
-            Phase::Closing => break,
+            Phase::Closing | Phase::Deferred { .. } => break,
             Phase::Body(skip) => match skip_body(skip, rest) {
                 Ok((n, done)) => {
                     used += n;
@@ -284,13 +328,12 @@ fn answer(
                     if request.expect_continue && framing != BodyFraming::None {
                         output.extend(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
-                    *phase = match (app.respond(&request, output), framing) {
-                        (Reply::Close, _) => Phase::Closing,
-                        (_, BodyFraming::None | BodyFraming::Length(0)) => Phase::Head,
-                        (_, BodyFraming::Length(n)) => Phase::Body(BodySkip::Length(n)),
-                        (_, BodyFraming::Chunked) => Phase::Body(BodySkip::Chunked(
-                            ChunkedDecoder::new(limits.body_bytes_max),
-                        )),
+                    *phase = match app.respond(conn, &request, output) {
+                        Reply::Deferred => Phase::Deferred {
+                            body: framing,
+                            close: false,
+                        },
+                        reply => next_phase(reply == Reply::Close, framing, limits),
                     };
                 }
                 Err(e) => return (buffered.len(), reject(phase, output, app, e.into())),
@@ -298,6 +341,18 @@ fn answer(
         }
     }
     (used, used > 0)
+}
+
+/// After a reply: close, skip the request's body, or read the next head.
+fn next_phase(close: bool, body: BodyFraming, limits: &Limits) -> Phase {
+    match (close, body) {
+        (true, _) => Phase::Closing,
+        (false, BodyFraming::None | BodyFraming::Length(0)) => Phase::Head,
+        (false, BodyFraming::Length(n)) => Phase::Body(BodySkip::Length(n)),
+        (false, BodyFraming::Chunked) => Phase::Body(BodySkip::Chunked(ChunkedDecoder::new(
+            limits.body_bytes_max,
+        ))),
+    }
 }
 
 fn reject(phase: &mut Phase, output: &mut Output, app: &mut impl Respond, error: ApiError) -> bool {
@@ -539,5 +594,101 @@ impl Output {
         }
         self.tail_start = self.tail_start.saturating_sub(sent);
         self.sent = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes what `Output` offers, `chunk` bytes at most per "write", as a
+    /// socket with a small buffer would take it.
+    fn drain(out: &mut Output, chunk: usize, released: impl Fn(BatchId) -> bool + Copy) -> Vec<u8> {
+        let mut sent = Vec::new();
+        loop {
+            let mut slices = [IoSlice::new(&[]); IOVECS_MAX];
+            let count = out.writable(&mut slices, released);
+            if count == 0 {
+                return sent;
+            }
+            let mut taken = 0;
+            for slice in &slices[..count] {
+                let n = slice.len().min(chunk - taken);
+                sent.extend_from_slice(&slice[..n]);
+                taken += n;
+                if taken == chunk {
+                    break;
+                }
+            }
+            out.advance(taken);
+        }
+    }
+
+    fn batch(n: u64) -> BatchId {
+        BatchId::for_tests(n)
+    }
+
+    #[test]
+    fn plain_and_shared_bytes_leave_in_order_under_partial_writes() {
+        for chunk in [1, 3, 7, 64, 4096] {
+            let mut out = Output::default();
+            out.extend(b"head1|");
+            out.push_shared(Rc::from(&b"SHARED"[..]));
+            out.extend(b"|tail1|");
+            out.push_shared(Rc::from(&b"second"[..]));
+            out.push_shared(Rc::from(&b"third"[..]));
+            out.extend(b"|end");
+            assert_eq!(
+                drain(&mut out, chunk, |_| true),
+                b"head1|SHARED|tail1|secondthird|end"
+            );
+            assert!(out.is_empty());
+            assert_eq!(out.buf.len(), 0, "a flushed buffer is reset");
+        }
+    }
+
+    #[test]
+    fn nothing_after_a_hold_leaves_before_its_batch_commits() {
+        let (b1, b2) = (batch(1), batch(2));
+        let mut out = Output::default();
+        out.extend(b"before|");
+        out.push_hold(b1);
+        out.extend(b"step1|");
+        out.push_hold(b2);
+        out.extend(b"step2");
+        assert_eq!(drain(&mut out, 5, |_| false), b"before|");
+        assert!(out.has_unreleased_hold(|_| false));
+        assert_eq!(drain(&mut out, 5, |b| b == b1), b"step1|");
+        assert_eq!(drain(&mut out, 5, |_| true), b"step2");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_withdraws_its_replies_and_everything_after() {
+        let (b1, b2) = (batch(1), batch(2));
+        let mut out = Output::default();
+        out.extend(b"ok|");
+        out.push_hold(b1);
+        out.extend(b"one|");
+        out.push_hold(b2);
+        out.extend(b"two|");
+        assert!(out.withdraw_unreleased(|b| b == b1));
+        out.extend(b"error");
+        assert_eq!(drain(&mut out, 100, |b| b == b1), b"ok|one|error");
+        assert!(!out.withdraw_unreleased(|_| true));
+    }
+
+    #[test]
+    fn a_slow_readers_written_prefix_is_reclaimed() {
+        let mut out = Output::default();
+        out.extend(&vec![b'a'; 40 * 1024]);
+        let mut slices = [IoSlice::new(&[]); IOVECS_MAX];
+        out.writable(&mut slices, |_| true);
+        out.advance(30 * 1024);
+        out.extend(b"b");
+        assert_eq!(out.buf.len(), 10 * 1024 + 1, "the sent prefix was dropped");
+        let rest = drain(&mut out, 4096, |_| true);
+        assert_eq!(rest.len(), 10 * 1024 + 1);
+        assert_eq!(rest.last(), Some(&b'b'));
     }
 }

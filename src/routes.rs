@@ -2,7 +2,7 @@
 //! representation, and the service that answers. Services never see the
 //! connection; they write replies into its `Output`.
 
-use crate::conn::{Output, Reply, Respond};
+use crate::conn::{ConnRef, Output, Reply, Respond};
 use crate::error::ApiError;
 use crate::fib::digits;
 use crate::http::accept::{self, Format};
@@ -199,7 +199,7 @@ impl App {
 }
 
 impl Respond for App {
-    fn respond(&mut self, request: &Request<'_>, out: &mut Output) -> Reply {
+    fn respond(&mut self, _conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
         let started = Instant::now();
         let route = Route::from_path(request.path);
         let result = match route {

@@ -99,6 +99,10 @@ pub struct Server {
     watchdog_due: Option<Instant>,
     /// The index last reported in STATUS=, to send it only on change.
     status_index: Option<u64>,
+    /// Numbers connections so late replies never reach a reused token.
+    serial: u64,
+    /// EMFILE is logged once per streak, not once per retry.
+    fd_exhaustion_reported: bool,
 }
 
 impl Server {
@@ -132,6 +136,8 @@ impl Server {
             watchdog_due: notifier.watchdog_interval().map(|_| Instant::now()),
             notifier,
             status_index: None,
+            serial: 0,
+            fd_exhaustion_reported: false,
         })
     }
 
@@ -236,11 +242,17 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => self.open(stream),
+                Ok((stream, _peer)) => {
+                    self.fd_exhaustion_reported = false;
+                    self.open(stream);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_fd_exhaustion(&e) => {
-                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+                    if !self.fd_exhaustion_reported {
+                        self.fd_exhaustion_reported = true;
+                        log::warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?} at a time");
+                    }
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
@@ -254,7 +266,8 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set TCP_NODELAY: {e}");
         }
-        let token = self.conns.insert(Conn::new(stream));
+        self.serial += 1;
+        let token = self.conns.insert(Conn::new(stream, self.serial));
         self.app.metrics.connection_opened();
         let registered = match self.conns.get_mut(token) {
             Some(conn) => self.poll.registry().register(
@@ -274,7 +287,8 @@ impl Server {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if conn.drive(&mut self.scratch, &mut self.app, &self.config.limits) == Drive::Closed {
+        if conn.drive(token, &mut self.scratch, &mut self.app, &self.config.limits) == Drive::Closed
+        {
             self.close(token);
             return;
         }

@@ -149,3 +149,53 @@ fn the_daemon_keeps_serving_after_a_client_vanishes_mid_request() {
     assert_eq!(fibd.get("/current").index(), 0);
     assert_eq!(fibd.get("/next").index(), 1);
 }
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_stops_the_daemon() {
+    let data = DataDir::new("emfile");
+    // 32 descriptors: stdio, epoll, the store, a few spares; the rest are connections.
+    let fibd = Fibd::start_with(&data, &[], &[]);
+    let pid = fibd.pid();
+    let status = std::process::Command::new("prlimit")
+        .args(["--nofile=32:32", "--pid", &pid.to_string()])
+        .status()
+        .expect("prlimit");
+    assert!(status.success());
+    let mut held: Vec<Client> = (0..60).map(|_| Client::connect(fibd.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_millis(1000));
+    let spent = cpu_seconds(pid) - before;
+    assert!(
+        spent < 0.3,
+        "the loop spun at EMFILE: {spent} CPU seconds in one second"
+    );
+    let warned = fibd
+        .log
+        .try_iter()
+        .filter(|l| l.contains("pausing accepts"))
+        .count();
+    assert_eq!(
+        warned, 1,
+        "EMFILE was hit and reported once, not once per retry"
+    );
+    // Accepted connections are served; the rest wait in the backlog until fds free up.
+    let r = held[0].request("GET", "/current", &[]);
+    assert_eq!(r.status, 200);
+    held.truncate(5);
+    let mut late = Client::connect(fibd.addr);
+    assert_eq!(late.request("GET", "/current", &[]).status, 200);
+}
