@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -23,6 +24,7 @@ pub struct Config {
     pub max_index: u64,
     pub connections_max: usize,
     pub limits: Limits,
+    pub fib: FibLimits,
 }
 
 #[derive(Debug)]
@@ -78,11 +80,17 @@ OPTIONS:
     --max-index N             ceiling for /next [env FIBD_MAX_INDEX] (default 10000000)
     --max-connections N       open connections at most; more wait in the listen backlog
                               [env FIBD_MAX_CONNECTIONS] (default 10000)
+    --max-n N                 largest n for /v1/fib [env FIBD_MAX_N] (default 10000000)
+    --fib-cache-bytes N       bytes of rendered F(n) kept for /v1/fib [env FIBD_FIB_CACHE_BYTES]
+                              (default 67108864)
+    --fib-queue N             F(n) computations waiting at most; more get 503
+                              [env FIBD_FIB_QUEUE] (default 64)
     -h, --help                print this help
     -V, --version             print the version
 
 ENDPOINTS:
     GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
+    GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
 
@@ -99,6 +107,9 @@ struct Raw {
     data_dir: Option<String>,
     max_index: Option<String>,
     connections_max: Option<String>,
+    max_n: Option<String>,
+    fib_cache_bytes: Option<String>,
+    fib_queue: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -111,6 +122,9 @@ pub fn from_args(
         data_dir: env("FIBD_DATA_DIR").or_else(|| env("STATE_DIRECTORY")),
         max_index: env("FIBD_MAX_INDEX"),
         connections_max: env("FIBD_MAX_CONNECTIONS"),
+        max_n: env("FIBD_MAX_N"),
+        fib_cache_bytes: env("FIBD_FIB_CACHE_BYTES"),
+        fib_queue: env("FIBD_FIB_QUEUE"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -128,6 +142,9 @@ pub fn from_args(
             "--data-dir" => &mut raw.data_dir,
             "--max-index" => &mut raw.max_index,
             "--max-connections" => &mut raw.connections_max,
+            "--max-n" => &mut raw.max_n,
+            "--fib-cache-bytes" => &mut raw.fib_cache_bytes,
+            "--fib-queue" => &mut raw.fib_queue,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let flag_name = static_flag(&flag);
@@ -150,6 +167,9 @@ fn static_flag(flag: &str) -> &'static str {
         "--listen" => "--listen",
         "--data-dir" => "--data-dir",
         "--max-index" => "--max-index",
+        "--max-n" => "--max-n",
+        "--fib-cache-bytes" => "--fib-cache-bytes",
+        "--fib-queue" => "--fib-queue",
         _ => "--max-connections",
     }
 }
@@ -183,12 +203,38 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         1..=1_000_000,
         "an integer from 1 to 1000000",
     )? as usize;
+    let defaults = FibLimits::default();
+    let fib = FibLimits {
+        max_n: number(
+            raw.max_n,
+            defaults.max_n,
+            "max n",
+            0..=MAX_INDEX_CEILING,
+            "an integer from 0 to 100000000",
+        )?,
+        cache_bytes_max: number(
+            raw.fib_cache_bytes,
+            defaults.cache_bytes_max as u64,
+            "fib cache bytes",
+            0..=(1 << 40),
+            "a byte count from 0 to 2^40",
+        )? as usize,
+        queue_max: number(
+            raw.fib_queue,
+            defaults.queue_max as u64,
+            "fib queue",
+            1..=100_000,
+            "an integer from 1 to 100000",
+        )? as usize,
+        ..defaults
+    };
     Ok(Config {
         listen,
         data_dir,
         max_index,
         connections_max,
         limits: Limits::default(),
+        fib,
     })
 }
 

@@ -3,6 +3,7 @@
 //! each message says what to change.
 
 use crate::fib::digits;
+use crate::fib::request::NQueryError;
 use crate::http::chunked::ChunkError;
 use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
@@ -25,6 +26,13 @@ pub enum ApiError {
     AtCeiling {
         max_index: u64,
     },
+    /// /v1/fib's n is missing, malformed or out of range.
+    BadN {
+        error: NQueryError,
+        max_n: u64,
+    },
+    /// The compute queue is full; retry after a moment.
+    Busy,
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
     /// Commits are failing: the daemon is up but cannot make steps durable.
@@ -56,6 +64,12 @@ impl ApiError {
             ApiError::NotAcceptable => Status::NOT_ACCEPTABLE,
             ApiError::BadQuery { .. } => Status::BAD_REQUEST,
             ApiError::AtCeiling { .. } => Status::CONFLICT,
+            ApiError::BadN {
+                error: NQueryError::AboveMax | NQueryError::TooLarge,
+                ..
+            } => Status::UNPROCESSABLE,
+            ApiError::BadN { .. } => Status::BAD_REQUEST,
+            ApiError::Busy => Status::SERVICE_UNAVAILABLE,
             ApiError::CommitFailed | ApiError::RandomUnavailable | ApiError::NotReady => {
                 Status::SERVICE_UNAVAILABLE
             }
@@ -79,6 +93,8 @@ impl ApiError {
             ApiError::AtCeiling { .. } => {
                 "the index is at its ceiling (max_index); /next is refused, /previous still works"
             }
+            ApiError::BadN { error, .. } => error.message(),
+            ApiError::Busy => "too many large Fibonacci numbers are being computed; retry shortly",
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
             }
@@ -125,9 +141,16 @@ impl ApiError {
         write_json_str(&mut out, self.message().as_bytes());
         out.extend_from_slice(b"\", \"status\": ");
         digits::write_u64(&mut out, u64::from(self.status().code()));
-        if let ApiError::AtCeiling { max_index } = self {
-            out.extend_from_slice(b", \"max_index\": ");
-            digits::write_u64(&mut out, max_index);
+        match self {
+            ApiError::AtCeiling { max_index } => {
+                out.extend_from_slice(b", \"max_index\": ");
+                digits::write_u64(&mut out, max_index);
+            }
+            ApiError::BadN { max_n, .. } => {
+                out.extend_from_slice(b", \"min_n\": 0, \"max_n\": ");
+                digits::write_u64(&mut out, max_n);
+            }
+            _ => {}
         }
         out.extend_from_slice(b"}\n");
         out

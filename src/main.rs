@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use fibd::committer::Committer;
 use fibd::config::{self, Command, Config};
+use fibd::fib::service::FibService;
 use fibd::http::date::HttpDate;
 use fibd::random::RandomSource;
 use fibd::routes::App;
@@ -65,7 +66,13 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = mio::net::TcpListener::from_std(listener);
     let stepper = Stepper::new(recovered, config.max_index);
     let poll = mio::Poll::new()?;
-    let committer = Committer::spawn(store, Server::waker(&poll)?)?;
+    let waker = Server::waker(&poll)?;
+    let committer = Committer::spawn(store, waker.clone())?;
+    let fib = FibService::new(config.fib, move || {
+        if let Err(e) = waker.wake() {
+            log::error!("cannot wake the event loop after a computation: {e}");
+        }
+    })?;
     log::info!(
         "fibd {} listening on {}{} with data in {}; recovered index {}",
         env!("CARGO_PKG_VERSION"),
@@ -79,7 +86,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         recovered
     );
     let random = RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
-    let app = App::new(stepper, HttpDate::new(SystemTime::now()), random);
+    let app = App::new(stepper, HttpDate::new(SystemTime::now()), random, fib);
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {

@@ -10,6 +10,8 @@ use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
 use std::time::{Duration, Instant};
 
+use crate::fib::request;
+use crate::fib::service::{FibService, FibWaiter, Lookup};
 use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::{Gauges, Metrics, RouteLabel};
 use crate::random::{self, RandomQuery, RandomSource};
@@ -21,6 +23,7 @@ pub enum Route {
     Current,
     Next,
     Previous,
+    Fib,
     Random,
     Healthz,
     Readyz,
@@ -33,6 +36,7 @@ impl Route {
             b"/current" => Some(Route::Current),
             b"/next" => Some(Route::Next),
             b"/previous" => Some(Route::Previous),
+            b"/v1/fib" => Some(Route::Fib),
             b"/v1/random" => Some(Route::Random),
             b"/healthz" => Some(Route::Healthz),
             b"/readyz" => Some(Route::Readyz),
@@ -63,6 +67,7 @@ impl Route {
             Route::Current => RouteLabel::Current,
             Route::Next => RouteLabel::Next,
             Route::Previous => RouteLabel::Previous,
+            Route::Fib => RouteLabel::Fib,
             Route::Random => RouteLabel::Random,
             Route::Healthz => RouteLabel::Healthz,
             Route::Readyz => RouteLabel::Readyz,
@@ -78,6 +83,7 @@ pub struct App {
     pub metrics: Metrics,
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
+    pub fib: FibService,
     random: RandomSource,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
@@ -85,10 +91,11 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(stepper: Stepper, date: HttpDate, random: RandomSource) -> App {
+    pub fn new(stepper: Stepper, date: HttpDate, random: RandomSource, fib: FibService) -> App {
         App {
             stepper,
             date,
+            fib,
             metrics: Metrics::default(),
             store_ready: true,
             random,
@@ -99,26 +106,87 @@ impl App {
 
     fn dispatch(
         &mut self,
+        conn: ConnRef,
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Answer, ApiError> {
+        let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
         match route {
-            Route::Current | Route::Next | Route::Previous => self.stepper(route, request, out),
-            Route::Random => self.random(request, out),
+            Route::Current | Route::Next | Route::Previous => {
+                done(self.stepper(route, request, out))
+            }
+            Route::Fib => self.fib(conn, request, out),
+            Route::Random => done(self.random(request, out)),
             Route::Healthz => {
                 self.fixed_json(request, out, b"{\"status\": \"ok\"}\n");
-                Ok(())
+                done(Ok(()))
             }
             Route::Readyz if self.store_ready => {
                 self.fixed_json(request, out, b"{\"status\": \"ready\"}\n");
-                Ok(())
+                done(Ok(()))
             }
             Route::Readyz => Err(ApiError::NotReady),
             Route::Metrics => {
                 self.metrics_page(request, out);
-                Ok(())
+                done(Ok(()))
             }
+        }
+    }
+
+    /// /v1/fib: validated n, then 304, an answer now, or a deferred one.
+    fn fib(
+        &mut self,
+        conn: ConnRef,
+        request: &Request<'_>,
+        out: &mut Output,
+    ) -> Result<Answer, ApiError> {
+        let max_n = self.fib.max_n();
+        let n = request::parse_n(request.query, max_n)
+            .map_err(|error| ApiError::BadN { error, max_n })?;
+        let format = negotiate(request, Format::Json)?;
+        if request
+            .if_none_match
+            .is_some_and(|tags| request::if_none_match(tags, n))
+        {
+            let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
+            fib_cache_headers(&mut head, n);
+            head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
+            return Ok(Answer::Now(Status::NOT_MODIFIED));
+        }
+        let waiter = FibWaiter {
+            conn,
+            format,
+            head_only: request.method == Method::Head,
+            keep_alive: request.keep_alive,
+        };
+        let (lookup, hit) = self.fib.lookup(n, waiter);
+        self.metrics.fib_cache(hit);
+        match lookup {
+            Lookup::Ready(value) => {
+                write_fib(out, n, &value, &waiter, &self.date);
+                Ok(Answer::Now(Status::OK))
+            }
+            Lookup::Pending => Ok(Answer::Later),
+            Lookup::Busy => Err(ApiError::Busy),
+        }
+    }
+
+    /// Writes the reply of a request that waited for F(n).
+    pub fn fib_reply(
+        &mut self,
+        waiter: &FibWaiter,
+        n: u64,
+        value: &Value,
+        out: &mut Output,
+    ) -> Reply {
+        write_fib(out, n, value, waiter, &self.date);
+        self.metrics
+            .request(RouteLabel::Fib, Status::OK, Duration::ZERO);
+        if waiter.keep_alive {
+            Reply::KeepAlive
+        } else {
+            Reply::Close
         }
     }
 
@@ -133,7 +201,9 @@ impl App {
         let gauges = Gauges {
             committed_index: self.stepper.committed_index(),
             pending_index: self.stepper.pending_index(),
-            ..Gauges::default()
+            fib_cache_bytes: self.fib.cache_bytes(),
+            fib_cache_entries: self.fib.cache_len(),
+            fib_queue: self.fib.queued(),
         };
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&gauges, &mut text);
@@ -199,7 +269,7 @@ impl App {
 }
 
 impl Respond for App {
-    fn respond(&mut self, _conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
+    fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
         let started = Instant::now();
         let route = Route::from_path(request.path);
         let result = match route {
@@ -207,10 +277,11 @@ impl Respond for App {
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
-            Some(route) => self.dispatch(route, request, out),
+            Some(route) => self.dispatch(conn, route, request, out),
         };
         let (status, close) = match result {
-            Ok(()) => (Status::OK, !request.keep_alive),
+            Ok(Answer::Later) => return Reply::Deferred,
+            Ok(Answer::Now(status)) => (status, !request.keep_alive),
             Err(error) => {
                 let close = !request.keep_alive || error.closes_connection();
                 error.write(out.buf(), &self.date, request.method == Method::Head, close);
@@ -241,6 +312,52 @@ impl Respond for App {
 
     fn is_released(&self, batch: BatchId) -> bool {
         self.stepper.is_released(batch)
+    }
+}
+
+/// A service's answer: written now (with its status), or deferred.
+enum Answer {
+    Now(Status),
+    Later,
+}
+
+/// F(n) never changes: the ETag comes from n alone and caches may keep it forever.
+fn fib_cache_headers(head: &mut Head<'_>, n: u64) {
+    head.header_with("ETag", |out| request::write_etag(out, n))
+        .header("Cache-Control", b"public, max-age=31536000, immutable");
+}
+
+/// A /v1/fib reply: `{"n": N, "value": "F"}` as JSON, `F\n` as text.
+fn write_fib(out: &mut Output, n: u64, value: &Value, waiter: &FibWaiter, date: &HttpDate) {
+    let (content_type, prefix_len, suffix): (ContentType, usize, &[u8]) = match waiter.format {
+        Format::Text => (ContentType::Text, 0, b"\n"),
+        Format::Json => (
+            ContentType::Json,
+            JSON_N.len() + digits::u128_len(u128::from(n)) + JSON_VALUE.len(),
+            b"\"}\n",
+        ),
+    };
+    let length = prefix_len + value.decimal_len() + suffix.len();
+    let mut head = Head::start(out.buf(), Status::OK, date);
+    head.content_type(content_type);
+    fib_cache_headers(&mut head, n);
+    let buf = head.finish(Status::OK, length, !waiter.keep_alive);
+    if waiter.head_only {
+        return;
+    }
+    if waiter.format == Format::Json {
+        buf.extend_from_slice(JSON_N);
+        digits::write_u64(buf, n);
+        buf.extend_from_slice(JSON_VALUE);
+    }
+    write_value(out, value);
+    out.extend(suffix);
+}
+
+fn write_value(out: &mut Output, value: &Value) {
+    match value {
+        Value::Small(v) => digits::write_u128(out.buf(), *v),
+        Value::Big(shared) => out.push_shared(shared.clone()),
     }
 }
 
@@ -295,12 +412,10 @@ fn write_reading(
         digits::write_u64(buf, reading.index);
         buf.extend_from_slice(JSON_VALUE);
     }
-    match &reading.value {
-        Value::Small(v) => digits::write_u128(buf, *v),
-        Value::Big(shared) => out.push_shared(shared.clone()),
-    }
+    write_value(out, &reading.value);
     out.extend(suffix);
 }
 
 const JSON_INDEX: &[u8] = b"{\"index\": ";
+const JSON_N: &[u8] = b"{\"n\": ";
 const JSON_VALUE: &[u8] = b", \"value\": \"";

@@ -180,6 +180,7 @@ impl Server {
                 self.accept();
             }
             self.apply_commit_outcomes()?;
+            self.deliver_computations();
             self.submit_batch();
             self.tell_systemd();
             if self.stopping_since.is_some() && self.drained() {
@@ -344,6 +345,27 @@ impl Server {
         }
     }
 
+    /// Answers every request that waited for a finished F(n).
+    fn deliver_computations(&mut self) {
+        while let Some(finished) = self.app.fib.finished() {
+            self.app.metrics.fib_computed(finished.elapsed);
+            for waiter in &finished.waiters {
+                let token = waiter.conn.token;
+                let Some(conn) = self.conns.get_mut(token) else {
+                    continue;
+                };
+                if conn.serial() != waiter.conn.serial {
+                    continue; // that client left; its token now names another
+                }
+                let app = &mut self.app;
+                conn.resume(&self.config.limits, |out| {
+                    app.fib_reply(waiter, finished.n, &finished.value, out)
+                });
+                self.drive(token);
+            }
+        }
+    }
+
     fn submit_batch(&mut self) {
         if let Some(request) = self.app.stepper.take_batch() {
             self.app.metrics.batch_submitted(request.steps);
@@ -380,10 +402,11 @@ impl Server {
     /// grace period is over (slow readers lose their replies; no step does).
     fn drained(&self) -> bool {
         let commits_done = self.app.stepper.is_settled() && self.waiting.is_empty();
+        let computations_done = self.app.fib.is_idle();
         let grace_over = self
             .stopping_since
             .is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
-        commits_done && (self.conns.open == 0 || grace_over)
+        commits_done && ((computations_done && self.conns.open == 0) || grace_over)
     }
 }
 

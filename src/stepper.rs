@@ -9,10 +9,9 @@
 //! state carries the batch it must wait for (`durable_after`); the connection
 //! holds its bytes until that batch is committed.
 
-use std::rc::Rc;
-
 use crate::committer::CommitRequest;
-use crate::fib::{self, cursor::Cursor};
+pub use crate::fib::Value;
+use crate::fib::cursor::Cursor;
 
 /// Batches are numbered in commit order; 0 stands for the state recovered at
 /// start-up, so it is committed from the first moment.
@@ -28,34 +27,6 @@ impl BatchId {
     #[cfg(test)]
     pub(crate) const fn for_tests(n: u64) -> BatchId {
         BatchId(n)
-    }
-}
-
-/// F(index) ready to print: small values are formatted straight into the
-/// reply, large ones are rendered once and shared by every reply that needs them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Value {
-    Small(u128),
-    Big(Rc<[u8]>),
-}
-
-impl Value {
-    fn at(cursor: &Cursor) -> Value {
-        match fib::small(cursor.index()) {
-            Some(v) => Value::Small(v),
-            None => {
-                let mut digits = Vec::with_capacity(cursor.decimal_len());
-                cursor.write_decimal(&mut digits);
-                Value::Big(digits.into())
-            }
-        }
-    }
-
-    pub fn decimal_len(&self) -> usize {
-        match self {
-            Value::Small(v) => fib::digits::u128_len(*v),
-            Value::Big(digits) => digits.len(),
-        }
     }
 }
 
@@ -120,7 +91,7 @@ impl Stepper {
     /// is the one super-linear computation (seconds near 10^7), done once.
     pub fn new(recovered_index: u64, max_index: u64) -> Stepper {
         let cursor = Cursor::at(recovered_index);
-        let value = Value::at(&cursor);
+        let value = Value::at_cursor(&cursor);
         Stepper {
             max_index,
             committed_index: recovered_index,
@@ -185,7 +156,7 @@ impl Stepper {
             // on whatever pending steps put the index at 0.
             return Ok(self.pending_reading(self.latest_unfinished()));
         }
-        self.pending_value = Value::at(&self.cursor);
+        self.pending_value = Value::at_cursor(&self.cursor);
         self.collecting_steps += 1;
         Ok(self.pending_reading(Some(self.collecting)))
     }
@@ -272,6 +243,7 @@ impl Stepper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fib;
 
     fn digits(value: &Value) -> String {
         match value {

@@ -9,8 +9,14 @@
 //! - [`cursor`] keeps a position in decimal limbs so stepping and printing are
 //!   linear in the size of the number.
 
+pub mod cache;
 pub mod cursor;
 pub mod digits;
+pub mod request;
+pub mod service;
+pub mod worker;
+
+use std::rc::Rc;
 
 use ibig::UBig;
 
@@ -154,6 +160,35 @@ fn table_prev_and_current(k: u64) -> Option<(u128, u128)> {
         None => 1,
     };
     Some((prev, cur))
+}
+
+/// F(index) ready to print: small values are formatted straight into the
+/// reply, large ones are rendered once and shared by every reply that needs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Small(u128),
+    Big(Rc<[u8]>),
+}
+
+impl Value {
+    /// F(cursor's index), rendered once.
+    pub fn at_cursor(cursor: &cursor::Cursor) -> Value {
+        match small(cursor.index()) {
+            Some(v) => Value::Small(v),
+            None => {
+                let mut digits = Vec::with_capacity(cursor.decimal_len());
+                cursor.write_decimal(&mut digits);
+                Value::Big(digits.into())
+            }
+        }
+    }
+
+    pub fn decimal_len(&self) -> usize {
+        match self {
+            Value::Small(v) => digits::u128_len(*v),
+            Value::Big(digits) => digits.len(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,15 @@ impl<'o> Head<'o> {
         self
     }
 
+    /// A header whose value the caller formats straight into the buffer.
+    pub fn header_with(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        value(self.out);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
     pub fn header_u64(&mut self, name: &str, value: u64) -> &mut Self {
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b": ");
