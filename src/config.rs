@@ -5,7 +5,9 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 
@@ -16,6 +18,9 @@ pub const DEFAULT_MAX_INDEX: u64 = 10_000_000;
 /// and values no longer fit a 512 MB box's replies comfortably.
 pub const MAX_INDEX_CEILING: u64 = 100_000_000;
 pub const DEFAULT_CONNECTIONS_MAX: usize = 10_000;
+/// Slowloris guard: a request, once begun, must be complete within this.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -25,6 +30,7 @@ pub struct Config {
     pub connections_max: usize,
     pub limits: Limits,
     pub fib: FibLimits,
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug)]
@@ -85,6 +91,10 @@ OPTIONS:
                               (default 67108864)
     --fib-queue N             F(n) computations waiting at most; more get 503
                               [env FIBD_FIB_QUEUE] (default 64)
+    --request-timeout-ms N    a begun request must be complete within this, else 408
+                              [env FIBD_REQUEST_TIMEOUT_MS] (default 10000)
+    --idle-timeout-ms N       close connections idle this long [env FIBD_IDLE_TIMEOUT_MS]
+                              (default 60000)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -110,6 +120,8 @@ struct Raw {
     max_n: Option<String>,
     fib_cache_bytes: Option<String>,
     fib_queue: Option<String>,
+    request_timeout_ms: Option<String>,
+    idle_timeout_ms: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -125,6 +137,8 @@ pub fn from_args(
         max_n: env("FIBD_MAX_N"),
         fib_cache_bytes: env("FIBD_FIB_CACHE_BYTES"),
         fib_queue: env("FIBD_FIB_QUEUE"),
+        request_timeout_ms: env("FIBD_REQUEST_TIMEOUT_MS"),
+        idle_timeout_ms: env("FIBD_IDLE_TIMEOUT_MS"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -145,6 +159,8 @@ pub fn from_args(
             "--max-n" => &mut raw.max_n,
             "--fib-cache-bytes" => &mut raw.fib_cache_bytes,
             "--fib-queue" => &mut raw.fib_queue,
+            "--request-timeout-ms" => &mut raw.request_timeout_ms,
+            "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let flag_name = static_flag(&flag);
@@ -170,6 +186,8 @@ fn static_flag(flag: &str) -> &'static str {
         "--max-n" => "--max-n",
         "--fib-cache-bytes" => "--fib-cache-bytes",
         "--fib-queue" => "--fib-queue",
+        "--request-timeout-ms" => "--request-timeout-ms",
+        "--idle-timeout-ms" => "--idle-timeout-ms",
         _ => "--max-connections",
     }
 }
@@ -228,6 +246,22 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         )? as usize,
         ..defaults
     };
+    let timeouts = Timeouts {
+        request: Duration::from_millis(number(
+            raw.request_timeout_ms,
+            DEFAULT_REQUEST_TIMEOUT_MS,
+            "request timeout",
+            100..=3_600_000,
+            "milliseconds from 100 to 3600000",
+        )?),
+        idle: Duration::from_millis(number(
+            raw.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT_MS,
+            "idle timeout",
+            100..=86_400_000,
+            "milliseconds from 100 to 86400000",
+        )?),
+    };
     Ok(Config {
         listen,
         data_dir,
@@ -235,6 +269,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         connections_max,
         limits: Limits::default(),
         fib,
+        timeouts,
     })
 }
 

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use mio::Token;
 use mio::net::TcpStream;
@@ -97,11 +98,33 @@ pub struct Conn {
     readable: bool,
     writable: bool,
     peer_closed: bool,
+    last_activity: Instant,
+    /// Since when a request has been only partly received (slowloris guard).
+    incomplete_since: Option<Instant>,
+}
+
+/// How long a client may take; from `Config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To send a whole request (head and body) once it has begun.
+    pub request: Duration,
+    /// With no bytes moving in either direction.
+    pub idle: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// A request began but did not finish in time: 408, then close.
+    Request,
+    /// Nothing moved for too long: close quietly.
+    Idle,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, serial: u64) -> Conn {
+    pub fn new(stream: TcpStream, serial: u64, now: Instant) -> Conn {
         Conn {
+            last_activity: now,
+            incomplete_since: None,
             stream,
             serial,
             input: Vec::new(),
@@ -161,6 +184,7 @@ impl Conn {
     pub fn drive(
         &mut self,
         token: Token,
+        now: Instant,
         scratch: &mut [u8],
         app: &mut impl Respond,
         limits: &Limits,
@@ -169,28 +193,83 @@ impl Conn {
             token,
             serial: self.serial,
         };
+        let drive = self.drive_until_stuck(conn, scratch, app, limits);
+        self.stamp(now, drive.1);
+        drive.0
+    }
+
+    fn drive_until_stuck(
+        &mut self,
+        conn: ConnRef,
+        scratch: &mut [u8],
+        app: &mut impl Respond,
+        limits: &Limits,
+    ) -> (Drive, bool) {
+        let mut moved = false;
         loop {
             let mut progress = self.answer_kept(conn, app, limits);
             if self.wants_input() && self.readable {
                 match self.read_and_answer(conn, scratch, app, limits) {
                     Ok(read) => progress |= read,
-                    Err(e) => return fail(&e),
+                    Err(e) => return (fail(&e), moved),
                 }
             }
             match self.flush(app) {
                 Ok(wrote) => progress |= wrote,
-                Err(e) => return fail(&e),
+                Err(e) => return (fail(&e), moved),
             }
+            moved |= progress;
             if self.output.is_empty() {
                 if matches!(self.phase, Phase::Closing) || (self.peer_closed && !progress) {
-                    return Drive::Closed;
+                    return (Drive::Closed, moved);
                 }
                 self.output.release_memory();
             }
             if !progress {
-                return Drive::Open;
+                return (Drive::Open, moved);
             }
         }
+    }
+
+    /// Records activity and whether a request is half-received, for the timeouts.
+    fn stamp(&mut self, now: Instant, moved: bool) {
+        if moved {
+            self.last_activity = now;
+        }
+        let incomplete = match self.phase {
+            Phase::Body(_) => true,
+            Phase::Head => {
+                !self.input.is_empty() && self.output.backlog_bytes() < OUTPUT_PAUSE_BYTES
+            }
+            Phase::Deferred { .. } | Phase::Closing => false,
+        };
+        self.incomplete_since = match (incomplete, self.incomplete_since) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, since) => since,
+        };
+    }
+
+    /// Which timeout, if any, this connection has run into at `now`. A
+    /// connection waiting on the server (a commit, a computation) never does.
+    pub fn expired(&self, now: Instant, timeouts: &Timeouts, app: &impl Respond) -> Option<Expiry> {
+        if matches!(self.phase, Phase::Deferred { .. }) || self.is_holding(app) {
+            return None;
+        }
+        if self
+            .incomplete_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= timeouts.request)
+        {
+            return Some(Expiry::Request);
+        }
+        (now.saturating_duration_since(self.last_activity) >= timeouts.idle).then_some(Expiry::Idle)
+    }
+
+    /// Answers a request that took too long to arrive with 408, then closes.
+    pub fn time_out(&mut self, app: &mut impl Respond) {
+        self.input.clear();
+        app.reject(ApiError::RequestTimeout, &mut self.output);
+        self.phase = Phase::Closing;
     }
 
     fn wants_input(&self) -> bool {

