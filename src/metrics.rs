@@ -6,32 +6,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::http::response::Status;
+use crate::routes::Route;
 
-/// Route labels; `Other` counts requests that matched no route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RouteLabel {
-    Current,
-    Next,
-    Previous,
-    Fib,
-    Random,
-    Healthz,
-    Readyz,
-    Metrics,
-    Other,
-}
-
-const ROUTES: [(RouteLabel, &str); 9] = [
-    (RouteLabel::Current, "/current"),
-    (RouteLabel::Next, "/next"),
-    (RouteLabel::Previous, "/previous"),
-    (RouteLabel::Fib, "/v1/fib"),
-    (RouteLabel::Random, "/v1/random"),
-    (RouteLabel::Healthz, "/healthz"),
-    (RouteLabel::Readyz, "/readyz"),
-    (RouteLabel::Metrics, "/metrics"),
-    (RouteLabel::Other, "other"),
-];
+/// One row per route, plus one for requests that matched none.
+const ROUTE_ROWS: usize = Route::ALL.len() + 1;
 
 /// Status codes counted individually; anything else lands in the last slot.
 const CODES: [u16; 17] = [
@@ -104,7 +82,7 @@ pub struct Gauges {
 
 #[derive(Debug)]
 pub struct Metrics {
-    requests: [[u64; CODE_SLOTS]; ROUTES.len()],
+    requests: [[u64; CODE_SLOTS]; ROUTE_ROWS],
     request_seconds: Histogram,
     commit_seconds: Histogram,
     commit_batch_steps: Histogram,
@@ -120,7 +98,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: [[0; CODE_SLOTS]; ROUTES.len()],
+            requests: [[0; CODE_SLOTS]; ROUTE_ROWS],
             request_seconds: Histogram::new(&LATENCY_BOUNDS),
             commit_seconds: Histogram::new(&COMMIT_BOUNDS),
             commit_batch_steps: Histogram::new(&BATCH_BOUNDS),
@@ -136,13 +114,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&mut self, route: RouteLabel, status: Status, elapsed: Duration) {
+    /// Counts one answer; `route` is None for a path that matched no route.
+    pub fn request(&mut self, route: Option<Route>, status: Status, elapsed: Duration) {
         let code = status.code();
         let slot = CODES.iter().position(|&c| c == code).unwrap_or(CODES.len());
-        let row = ROUTES
-            .iter()
-            .position(|(r, _)| *r == route)
-            .unwrap_or(ROUTES.len() - 1);
+        let row = route.map_or(Route::ALL.len(), |r| r as usize);
         self.requests[row][slot] += 1;
         self.request_seconds.observe(elapsed.as_secs_f64());
         if code == 429 {
@@ -185,7 +161,8 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges, out: &mut String) {
         out.push_str("# HELP fibd_requests_total Requests answered, by route and status code.\n");
         out.push_str("# TYPE fibd_requests_total counter\n");
-        for (row, (_, route)) in self.requests.iter().zip(ROUTES) {
+        let labels = Route::ALL.iter().map(|r| r.path()).chain(["other"]);
+        for (row, route) in self.requests.iter().zip(labels) {
             for (slot, &count) in row.iter().enumerate() {
                 if count == 0 {
                     continue;
@@ -307,13 +284,9 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_and_counters_labelled() {
         let mut m = Metrics::default();
-        m.request(RouteLabel::Next, Status::OK, Duration::from_micros(20));
-        m.request(RouteLabel::Next, Status::OK, Duration::from_millis(3));
-        m.request(
-            RouteLabel::Other,
-            Status::NOT_FOUND,
-            Duration::from_micros(5),
-        );
+        m.request(Some(Route::Next), Status::OK, Duration::from_micros(20));
+        m.request(Some(Route::Next), Status::OK, Duration::from_millis(3));
+        m.request(None, Status::NOT_FOUND, Duration::from_micros(5));
         m.commit(Some(Duration::from_micros(900)));
         let mut out = String::new();
         m.render(&Gauges::default(), &mut out);

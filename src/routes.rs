@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::fib::request;
 use crate::fib::service::{FibService, FibWaiter, Lookup};
 use crate::http::response::{ContentType, Head, Status};
-use crate::metrics::{Gauges, Metrics, RouteLabel};
+use crate::metrics::{Gauges, Metrics};
 use crate::random::{self, RandomQuery, RandomSource};
 use crate::stepper::{BatchId, Reading, Step, StepError, Stepper, Value};
 
@@ -31,18 +31,32 @@ pub enum Route {
 }
 
 impl Route {
-    pub fn from_path(path: &[u8]) -> Option<Route> {
-        match path {
-            b"/current" => Some(Route::Current),
-            b"/next" => Some(Route::Next),
-            b"/previous" => Some(Route::Previous),
-            b"/v1/fib" => Some(Route::Fib),
-            b"/v1/random" => Some(Route::Random),
-            b"/healthz" => Some(Route::Healthz),
-            b"/readyz" => Some(Route::Readyz),
-            b"/metrics" => Some(Route::Metrics),
-            _ => None,
+    pub const ALL: [Route; 8] = [
+        Route::Current,
+        Route::Next,
+        Route::Previous,
+        Route::Fib,
+        Route::Random,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Current => "/current",
+            Route::Next => "/next",
+            Route::Previous => "/previous",
+            Route::Fib => "/v1/fib",
+            Route::Random => "/v1/random",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
         }
+    }
+
+    pub fn from_path(path: &[u8]) -> Option<Route> {
+        Route::ALL.into_iter().find(|r| r.path().as_bytes() == path)
     }
 
     /// The methods a route takes, as the Allow header lists them.
@@ -59,19 +73,6 @@ impl Route {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
             _ => matches!(method, Method::Get | Method::Head),
-        }
-    }
-
-    fn label(self) -> RouteLabel {
-        match self {
-            Route::Current => RouteLabel::Current,
-            Route::Next => RouteLabel::Next,
-            Route::Previous => RouteLabel::Previous,
-            Route::Fib => RouteLabel::Fib,
-            Route::Random => RouteLabel::Random,
-            Route::Healthz => RouteLabel::Healthz,
-            Route::Readyz => RouteLabel::Readyz,
-            Route::Metrics => RouteLabel::Metrics,
         }
     }
 }
@@ -182,7 +183,7 @@ impl App {
     ) -> Reply {
         write_fib(out, n, value, waiter, &self.date);
         self.metrics
-            .request(RouteLabel::Fib, Status::OK, Duration::ZERO);
+            .request(Some(Route::Fib), Status::OK, Duration::ZERO);
         if waiter.keep_alive {
             Reply::KeepAlive
         } else {
@@ -288,8 +289,7 @@ impl Respond for App {
                 (error.status(), close)
             }
         };
-        let label = route.map_or(RouteLabel::Other, Route::label);
-        self.metrics.request(label, status, started.elapsed());
+        self.metrics.request(route, status, started.elapsed());
         log::debug!(
             "{:?} {} -> {}",
             request.method,
@@ -305,8 +305,7 @@ impl Respond for App {
 
     fn reject(&mut self, error: ApiError, out: &mut Output) {
         error.write(out.buf(), &self.date, false, true);
-        self.metrics
-            .request(RouteLabel::Other, error.status(), Duration::ZERO);
+        self.metrics.request(None, error.status(), Duration::ZERO);
         log::debug!("rejected a request: {}", error.status().code());
     }
 
