@@ -37,6 +37,18 @@ fn main() -> ExitCode {
         Command::Healthcheck(addr) => healthcheck(addr),
         Command::Serve(config) => {
             fibd::logging::init();
+            // A panic ends the process (release builds abort): acknowledged
+            // steps are already on disk, and systemd restarts fibd. Say so at
+            // error priority so journalctl -p err shows it.
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let location = info.location().map(ToString::to_string).unwrap_or_default();
+                let message = info.payload_as_str().unwrap_or("(no message)");
+                log::error!(
+                    "panic at {location}: {message}; exiting so the service manager restarts fibd"
+                );
+                default_hook(info);
+            }));
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -416,10 +416,8 @@ impl Server {
         let mut stop = false;
         for signal in self.signals.pending() {
             stop |= signal == SIGTERM || signal == SIGINT;
-            #[cfg(feature = "wedge-trigger")]
-            if signal == signal_hook::consts::SIGUSR1 {
-                wedge();
-            }
+            #[cfg(any(debug_assertions, feature = "test-hooks"))]
+            test_hooks::on_signal(signal);
         }
         if stop && self.stopping_since.is_none() {
             log::info!("stopping: finishing in-flight requests and commits");
@@ -449,18 +447,32 @@ impl Server {
     }
 }
 
-#[cfg(not(feature = "wedge-trigger"))]
+#[cfg(not(any(debug_assertions, feature = "test-hooks")))]
 const HANDLED_SIGNALS: [i32; 2] = [SIGTERM, SIGINT];
-#[cfg(feature = "wedge-trigger")]
-const HANDLED_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, signal_hook::consts::SIGUSR1];
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
+const HANDLED_SIGNALS: [i32; 4] = [
+    SIGTERM,
+    SIGINT,
+    signal_hook::consts::SIGUSR1,
+    signal_hook::consts::SIGUSR2,
+];
 
-/// Test builds only: blocks the event loop forever, as a bug might, so the
-/// systemd watchdog can be seen to restart the daemon.
-#[cfg(feature = "wedge-trigger")]
-fn wedge() -> ! {
-    log::warn!("SIGUSR1: wedging the event loop (wedge-trigger build)");
-    loop {
-        std::thread::park();
+/// Faults on demand, for the tests that show what a wedged or panicking loop
+/// costs (debug builds, or release builds with the `test-hooks` feature).
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
+mod test_hooks {
+    use signal_hook::consts::{SIGUSR1, SIGUSR2};
+
+    pub fn on_signal(signal: i32) {
+        if signal == SIGUSR1 {
+            log::warn!("SIGUSR1: wedging the event loop (test hook)");
+            loop {
+                std::thread::park();
+            }
+        }
+        if signal == SIGUSR2 {
+            panic!("SIGUSR2: a panic in the event loop (test hook)");
+        }
     }
 }
 

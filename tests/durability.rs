@@ -122,3 +122,47 @@ fn sigterm_with_idle_keep_alive_connections_still_exits_promptly() {
         assert!(client.is_closed_by_server());
     }
 }
+
+#[test]
+fn a_panic_in_the_loop_exits_and_loses_no_acknowledged_step() {
+    let data = DataDir::new("panic");
+    let fibd = Fibd::start(&data, &[]);
+    let addr = fibd.addr;
+    let pid = fibd.pid();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut highest = 0;
+                let mut client = Client::connect(addr);
+                loop {
+                    client.send(&support::request_bytes("POST", "/next", &[]));
+                    match client.try_read_response(false) {
+                        Some(r) if r.status == 200 => highest = highest.max(r.index()),
+                        _ => return highest,
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // The debug build's test hook: SIGUSR2 panics inside the event loop.
+    support::signal(pid, "USR2");
+    let acknowledged = workers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .max()
+        .unwrap();
+    assert!(acknowledged > 0);
+    let (status, log) = fibd.wait_exit();
+    assert!(
+        !status.success(),
+        "a panic must not look like a clean exit: {status:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("ERROR") && l.contains("restarts fibd")),
+        "the panic is logged at error level: {log:?}"
+    );
+    let fibd = Fibd::start(&data, &[]);
+    assert!(fibd.get("/current").index() >= acknowledged);
+}

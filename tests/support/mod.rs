@@ -118,6 +118,16 @@ impl Fibd {
         wait_timeout(&mut self.child, Duration::from_secs(20)).expect("fibd exits after SIGTERM")
     }
 
+    /// Waits for the process to exit by itself; its status and remaining log.
+    pub fn wait_exit(mut self) -> (ExitStatus, Vec<String>) {
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20)).expect("fibd exits");
+        let mut lines = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(2)) {
+            lines.push(line);
+        }
+        (status, lines)
+    }
+
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }

@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# End-to-end test of fibd under a real systemd: boots systemd as PID 1 in a
+# podman container (runc runtime) over a debootstrap'd Debian bookworm root,
+# installs the binary and systemd/fibd.{service,socket}, and checks socket
+# activation, STATUS=, the journal, kill -9 with queued clients, the watchdog,
+# a clean SIGTERM stop and scripts/crash-test.sh in systemd mode.
+#
+#   scripts/systemd-e2e.sh [--binary PATH] [--keep]
+#
+#   --binary PATH  use this fibd instead of building one. By default it builds
+#                  `cargo build --release --features test-hooks` into
+#                  target/e2e (so target/release/fibd is never a wedge build).
+#                  The watchdog check needs a test-hooks build; it is
+#                  skipped for other binaries.
+#   --keep         leave the container running afterwards (for debugging).
+#
+# The Debian root is cached in $FIBD_E2E_ROOT (default /var/tmp/fibd-e2e-root)
+# and created on first use (about 3 minutes); the container runs on an overlay
+# over it (--rootfs ROOT:O), so the cache stays clean. Needs root, podman,
+# runc and debootstrap:  apt-get install -y podman runc debootstrap
+# Takes a minute or two; not for CI. Prints PASS/FAIL/SKIP per check and exits
+# 1 if any check failed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=${FIBD_E2E_ROOT:-/var/tmp/fibd-e2e-root}
+binary=""
+keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) [ $# -ge 2 ] || { echo "--binary needs a path" >&2; exit 2; }; binary=$2; shift 2 ;;
+        --keep) keep=1; shift ;;
+        -h|--help) sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "systemd-e2e: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+say() { printf 'systemd-e2e: %s\n' "$*"; }
+die() { printf 'systemd-e2e: error: %s\n' "$*" >&2; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "run as root (podman --rootfs with systemd needs it)"
+for tool in podman runc; do
+    command -v "$tool" >/dev/null || die "$tool not found: apt-get install -y podman runc debootstrap"
+done
+
+# --- the Debian root (cached) ---------------------------------------------------
+if [ ! -x "$ROOT/lib/systemd/systemd" ] || [ ! -x "$ROOT/usr/bin/curl" ]; then
+    command -v debootstrap >/dev/null || die "debootstrap not found: apt-get install -y debootstrap"
+    say "creating the Debian bookworm root in $ROOT (debootstrap, a few minutes)"
+    rm -rf "$ROOT.partial"
+    mkdir -p "$(dirname "$ROOT")"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl \
+        bookworm "$ROOT.partial" >"${TMPDIR:-/tmp}/fibd-e2e-debootstrap.log" 2>&1 ||
+        die "debootstrap failed; see ${TMPDIR:-/tmp}/fibd-e2e-debootstrap.log"
+    rm -rf "$ROOT"
+    mv "$ROOT.partial" "$ROOT"
+fi
+
+# --- the binary -------------------------------------------------------------------
+if [ -z "$binary" ]; then
+    features=()
+    if grep -q '^test-hooks *=' "$REPO/Cargo.toml"; then
+        features=(--features test-hooks)
+    else
+        say "Cargo.toml has no test-hooks feature yet; building without it"
+    fi
+    say "building: cargo build --release --locked ${features[*]} (target dir target/e2e)"
+    (cd "$REPO" && CARGO_TARGET_DIR="$REPO/target/e2e" cargo build --release --locked "${features[@]}")
+    binary=$REPO/target/e2e/release/fibd
+fi
+[ -x "$binary" ] || die "not an executable: $binary"
+wedge=0
+grep -aq 'wedging the event loop' "$binary" && wedge=1
+
+# --- results ------------------------------------------------------------------------
+passed=0 failed=0 skipped=0
+pass() { passed=$((passed + 1)); printf 'PASS  %-22s %s\n' "$1" "$2"; }
+fail() { failed=$((failed + 1)); printf 'FAIL  %-22s %s\n' "$1" "$2"; }
+skip() { skipped=$((skipped + 1)); printf 'SKIP  %-22s %s\n' "$1" "$2"; }
+check() { # check NAME DETAIL CONDITION...
+    local name=$1 detail=$2
+    shift 2
+    if "$@"; then pass "$name" "$detail"; else fail "$name" "$detail"; fi
+}
+
+# --- the container ------------------------------------------------------------------
+name=fibd-e2e-$$
+cleanup() {
+    if [ "$keep" = 1 ]; then
+        say "kept the container: podman exec -it $name bash ; podman rm -f $name"
+    else
+        podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "booting systemd in container $name (runc, rootfs $ROOT:O)"
+podman --runtime runc run -d --name "$name" \
+    --ulimit nofile=1024:1024 --ulimit nproc=1000:1000 \
+    --systemd=always --rootfs "$ROOT:O" /lib/systemd/systemd >/dev/null
+
+inside() { podman exec "$name" "$@"; }
+sh_in() { podman exec "$name" sh -c "$1"; }
+prop() { inside systemctl show -P "$1" fibd.service; }
+URL=http://127.0.0.1:8080
+
+state=""
+for _ in $(seq 120); do
+    state=$(inside timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+    case "$state" in running|degraded) break ;; esac
+    sleep 0.5
+done
+case "$state" in
+    running|degraded) say "systemd is up ($state): $(inside systemctl --version | head -n1)" ;;
+    *) die "systemd in the container did not come up (state '$state')" ;;
+esac
+
+# An index from the X-Fib-Index header of a request made inside the container;
+# empty if there was no 200.
+index_of() { # METHOD PATH
+    sh_in "curl -s -X $1 -o /dev/null -D - --max-time 20 $URL$2" 2>/dev/null |
+        awk 'toupper($0) ~ /^HTTP\// { s = $2 } tolower($0) ~ /^x-fib-index:/ && s == 200 { gsub(/\r/, ""); print $2 }' || true
+}
+
+# "2s", "200ms", "1min 30s" -> milliseconds.
+to_ms() {
+    local total=0 part
+    for part in $1; do
+        case "$part" in
+            *ms) total=$((total + ${part%ms})) ;;
+            *min) total=$((total + ${part%min} * 60000)) ;;
+            *s) total=$((total + ${part%s} * 1000)) ;;
+            *) total=$((total + part / 1000)) ;; # plain microseconds
+        esac
+    done
+    echo "$total"
+}
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# Waits until fibd.service runs with a main PID other than $1; prints it.
+wait_new_main_pid() {
+    local old=$1 pid
+    for _ in $(seq 300); do
+        pid=$(prop MainPID)
+        if [ "$pid" != 0 ] && [ "$pid" != "$old" ] && [ "$(prop ActiveState)" = active ]; then
+            echo "$pid"
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# --- install ---------------------------------------------------------------------------
+podman cp "$binary" "$name:/usr/local/bin/fibd"
+inside chmod 0755 /usr/local/bin/fibd
+podman cp "$REPO/systemd/fibd.service" "$name:/etc/systemd/system/fibd.service"
+podman cp "$REPO/systemd/fibd.socket" "$name:/etc/systemd/system/fibd.socket"
+inside systemctl daemon-reload
+say "installed $(inside /usr/local/bin/fibd --version) (test-hooks build: $([ $wedge = 1 ] && echo yes || echo no))"
+
+# 1. The units load and verify cleanly under this systemd.
+out=$(inside systemd-analyze verify /etc/systemd/system/fibd.service /etc/systemd/system/fibd.socket 2>&1 || echo "exit status $?")
+check units-verify "systemd-analyze verify: ${out:-clean}" test -z "$out"
+
+# 2. Socket activation: nothing runs until the first connection.
+inside systemctl enable --now --quiet fibd.socket
+before=$(inside systemctl is-active fibd.service || true)
+t0=$(now_ms)
+first=$(index_of POST /next)
+t1=$(now_ms)
+after=$(inside systemctl is-active fibd.service || true)
+check socket-activation "service '$before' before, first POST /next -> index '${first:-none}' in $((t1 - t0)) ms, service '$after' after" \
+    test "$before" = inactive -a "$first" = 1 -a "$after" = active
+
+# 3. STATUS= and systemctl status.
+index_of POST /next >/dev/null
+index_of POST /next >/dev/null
+cur=$(index_of GET /current)
+status_text=""
+for _ in $(seq 40); do
+    status_text=$(prop StatusText)
+    [[ $status_text =~ index\ $cur($|[^0-9]) ]] && break
+    sleep 0.05
+done
+status_out=$(inside systemctl status fibd.service --no-pager 2>&1 || true)
+check status-text "StatusText='$status_text' (index $cur); $(grep -o 'Active: [a-z]* ([a-z]*)' <<<"$status_out" || echo 'no Active line')" \
+    bash -c '[[ $1 =~ index\ $2($|[^0-9]) ]] && grep -q "Active: active (running)" <<<"$3" && grep -q "Status: \"" <<<"$3"' _ "$status_text" "$cur" "$status_out"
+
+# 4. The sandbox is really applied to the running process.
+pid=$(prop MainPID)
+proc=$(inside cat "/proc/$pid/status")
+uid=$(awk '/^Uid:/ { print $2 }' <<<"$proc")
+seccomp=$(awk '/^Seccomp:/ { print $2 }' <<<"$proc")
+nnp=$(awk '/^NoNewPrivs:/ { print $2 }' <<<"$proc")
+capeff=$(awk '/^CapEff:/ { print $2 }' <<<"$proc")
+netns_host=$(inside readlink /proc/1/ns/net)
+netns_fibd=$(inside readlink "/proc/$pid/ns/net")
+check sandbox "uid $uid, Seccomp $seccomp, NoNewPrivs $nnp, CapEff $capeff, own netns $([ "$netns_host" != "$netns_fibd" ] && echo yes || echo no)" \
+    test "$uid" != 0 -a "$seccomp" = 2 -a "$nnp" = 1 -a "$capeff" = 0000000000000000 -a "$netns_host" != "$netns_fibd"
+
+# 5. The journal: nothing at warning or worse on a clean run.
+warnings=$(inside journalctl -u fibd.service -p warning --no-pager -q -o cat 2>&1 || true)
+check journal-clean "journalctl -u fibd -p warning: $([ -z "$warnings" ] && echo empty || tr '\n' '|' <<<"$warnings")" test -z "$warnings"
+
+# 6. Log priorities: fibd's lines reach the journal with their level, prefix
+# stripped. An info line from fibd.service, and an error from a transient run
+# that cannot open its store.
+info_json=$(inside journalctl -u fibd.service -t fibd -o json --no-pager -q 2>/dev/null | grep 'listening on' | head -n1 || true)
+inside systemd-run --quiet --wait --collect --unit fibd-priority-probe -p User=nobody \
+    /usr/local/bin/fibd --listen 127.0.0.1:0 --data-dir /proc/fibd-no-such-dir >/dev/null 2>&1 || true
+err_lines=$(inside journalctl -u fibd-priority-probe -t fibd -p err..err -o cat --no-pager -q 2>/dev/null || true)
+raw_prefixes=$(inside journalctl -t fibd -o cat --no-pager -q 2>/dev/null | grep -c '^<[0-7]>' || true)
+info_priority=$(grep -o '"PRIORITY":"[0-9]"' <<<"$info_json" || true)
+check log-priorities "start line ${info_priority:-not found}; store error at err: '$(head -n1 <<<"$err_lines")'; raw <N> prefixes in journal: $raw_prefixes" \
+    test "$info_priority" = '"PRIORITY":"6"' -a -n "$err_lines" -a "$raw_prefixes" = 0
+
+# 7. SIGTERM (systemctl stop) exits cleanly and keeps the index.
+index_of POST /next >/dev/null
+index_of POST /next >/dev/null
+before=$(index_of GET /current)
+inside systemctl stop fibd.service 2>/dev/null
+result=$(prop Result)
+code=$(prop ExecMainStatus)
+stopped=$(inside systemctl is-active fibd.service || true)
+sock=$(inside systemctl is-active fibd.socket || true)
+after=$(index_of GET /current)
+check sigterm-stop "index $before before stop; Result=$result exit=$code service=$stopped socket=$sock; index ${after:-none} after re-activation" \
+    test "$result" = success -a "$code" = 0 -a "$stopped" = inactive -a "$sock" = active -a "$after" = "$before"
+
+# 8. kill -9 while 5 clients wait in the socket's backlog: SIGSTOP the main
+# process so the connections queue, start 5 POST /next, then SIGKILL it. The
+# next fibd must answer all five; none may be refused or reset.
+index_of GET /current >/dev/null
+pid=$(prop MainPID)
+restarts=$(prop NRestarts)
+before=$(index_of GET /current)
+inside rm -f /tmp/queued.1 /tmp/queued.2 /tmp/queued.3 /tmp/queued.4 /tmp/queued.5
+sh_in "kill -STOP $pid"
+sh_in "for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{http_code}' -X POST --max-time 20 $URL/next >/tmp/queued.\$i & done; wait" &
+queued=$!
+sleep 0.5
+t0=$(now_ms)
+sh_in "kill -KILL $pid"
+new_pid=$(wait_new_main_pid "$pid" || echo none)
+t1=$(now_ms)
+wait "$queued" || true
+codes=$(sh_in 'for i in 1 2 3 4 5; do printf "%s " "$(cat /tmp/queued.$i 2>/dev/null)"; done' || true)
+codes=${codes% }
+after=$(index_of GET /current)
+check kill9-queued "5 queued POST /next -> [$codes]; new MainPID $new_pid after $((t1 - t0)) ms; NRestarts $restarts -> $(prop NRestarts); index $before -> ${after:-none}" \
+    test "$codes" = "200 200 200 200 200" -a "$new_pid" != none -a "${after:-0}" = $((before + 5))
+
+# 9. The watchdog: SIGUSR1 wedges the event loop (test-hooks builds only);
+# systemd must kill it and start a new fibd within WatchdogSec + RestartSec,
+# with the index intact.
+if [ "$wedge" = 1 ]; then
+    watchdog_ms=$(to_ms "$(prop WatchdogUSec)")
+    restart_ms=$(to_ms "$(prop RestartUSec)")
+    before=$(index_of GET /current)
+    pid=$(prop MainPID)
+    restarts=$(prop NRestarts)
+    since=$(inside date +%s)
+    # Timed on the container's CLOCK_MONOTONIC (/proc/uptime, 10 ms steps)
+    # against systemd's ExecMainStartTimestampMonotonic, so podman exec's own
+    # latency is not counted.
+    sent_ms=$(sh_in "read up _ </proc/uptime; kill -USR1 $pid; echo \$up" | awk '{ printf "%d", $1 * 1000 }')
+    t0=$(now_ms)
+    new_pid=$(wait_new_main_pid "$pid" || echo none)
+    t1=$(now_ms)
+    started_ms=$(($(prop ExecMainStartTimestampMonotonic) / 1000))
+    after=$(index_of GET /current)
+    timeout_logged=$(inside journalctl -u fibd.service --since "@$since" -o cat --no-pager -q | grep -c 'Watchdog timeout' || true)
+    limit=$((watchdog_ms + restart_ms))
+    took=$((started_ms - sent_ms))
+    check watchdog "USR1 -> new fibd started after $took ms (WatchdogSec+RestartSec = $limit ms; $((t1 - t0)) ms until it was active, seen from outside); 'Watchdog timeout' logged $timeout_logged x; MainPID $pid -> $new_pid; NRestarts $restarts -> $(prop NRestarts); index $before -> ${after:-none}" \
+        test "$new_pid" != none -a "$took" -le "$limit" -a "$timeout_logged" -ge 1 -a "$after" = "$before"
+else
+    skip watchdog "binary not built with --features test-hooks"
+fi
+
+# 10. scripts/crash-test.sh in systemd mode, inside the container.
+podman cp "$REPO/scripts/crash-test.sh" "$name:/usr/local/bin/fibd-crash-test"
+crash_out=$(inside timeout 180 /usr/local/bin/fibd-crash-test --rounds 3 --max-seconds 150 2>&1) && crash_rc=0 || crash_rc=$?
+check crash-test "$(tail -n1 <<<"$crash_out")" test "$crash_rc" = 0
+[ "$crash_rc" = 0 ] || sed 's/^/    /' <<<"$crash_out"
+
+echo
+say "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]
