@@ -88,7 +88,7 @@ OPTIONS:
                               [env FIBD_MAX_CONNECTIONS] (default 10000)
     --max-n N                 largest n for /v1/fib [env FIBD_MAX_N] (default 10000000)
     --fib-cache-bytes N       bytes of rendered F(n) kept for /v1/fib [env FIBD_FIB_CACHE_BYTES]
-                              (default 67108864)
+                              (default 33554432)
     --fib-queue N             F(n) computations waiting at most; more get 503
                               [env FIBD_FIB_QUEUE] (default 64)
     --request-timeout-ms N    a begun request must be complete within this, else 408

@@ -21,15 +21,20 @@ use crate::http::chunked::{ChunkProgress, ChunkedDecoder};
 use crate::http::parse::{self, BodyFraming, Limits, Parsed, Request};
 use crate::stepper::BatchId;
 
+/// What a connection that keeps nothing may read while the shared budget is
+/// spent: room for a normal request, not for a flood.
+const LEAN_READ_BYTES: usize = 2048;
 /// Unanswered request bytes a connection may keep before it stops reading.
 const INPUT_KEPT_BYTES_MAX: usize = 64 * 1024;
 /// A written prefix of the output buffer this large is reclaimed.
 const COMPACT_BYTES_MIN: usize = 16 * 1024;
-/// An idle connection keeps at most this much output capacity.
-const OUTPUT_IDLE_CAPACITY_MAX: usize = 64 * 1024;
+/// A connection that has drained a buffer keeps at most this much of its
+/// capacity: thousands of connections that once pipelined a lot must not
+/// each sit on a large, empty buffer.
+const IDLE_CAPACITY_MAX: usize = 16 * 1024;
 /// Stop taking new requests from a connection whose unsent output is this
 /// large: a client that pipelines without reading must not grow our memory.
-const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
+const OUTPUT_PAUSE_BYTES: usize = 64 * 1024;
 /// Replies waiting on a commit, per connection.
 const SEGMENTS_MAX: usize = 1024;
 const IOVECS_MAX: usize = 64;
@@ -101,6 +106,33 @@ pub struct Conn {
     last_activity: Instant,
     /// Since when a request has been only partly received (slowloris guard).
     incomplete_since: Option<Instant>,
+    starved: bool,
+    /// Bytes last counted against `Shared::kept_bytes` for this connection.
+    accounted_bytes: usize,
+}
+
+/// What every connection shares: the buffer reads land in, and a budget for
+/// the bytes connections keep (unanswered input, unsent output), so many
+/// greedy clients together cannot grow memory past a bound either.
+pub struct Shared {
+    pub scratch: Vec<u8>,
+    pub kept_bytes: usize,
+    pub kept_bytes_max: usize,
+}
+
+impl Shared {
+    pub fn new(scratch_bytes: usize, kept_bytes_max: usize) -> Shared {
+        Shared {
+            scratch: vec![0; scratch_bytes],
+            kept_bytes: 0,
+            kept_bytes_max,
+        }
+    }
+
+    /// Whether starved connections may be driven again.
+    pub fn has_room(&self) -> bool {
+        self.kept_bytes < self.kept_bytes_max / 2
+    }
 }
 
 /// How long a client may take; from `Config`.
@@ -125,6 +157,8 @@ impl Conn {
         Conn {
             last_activity: now,
             incomplete_since: None,
+            starved: false,
+            accounted_bytes: 0,
             stream,
             serial,
             input: Vec::new(),
@@ -185,7 +219,7 @@ impl Conn {
         &mut self,
         token: Token,
         now: Instant,
-        scratch: &mut [u8],
+        shared: &mut Shared,
         app: &mut impl Respond,
         limits: &Limits,
     ) -> Drive {
@@ -193,23 +227,50 @@ impl Conn {
             token,
             serial: self.serial,
         };
-        let drive = self.drive_until_stuck(conn, scratch, app, limits);
+        let drive = self.drive_until_stuck(conn, shared, app, limits);
+        // Capacity, not length: what the allocator really holds for us.
+        let kept = self.input.capacity() + self.output.buf.capacity();
+        shared.kept_bytes = shared.kept_bytes - self.accounted_bytes + kept;
+        self.accounted_bytes = kept;
         self.stamp(now, drive.1);
         drive.0
+    }
+
+    /// What this connection counts against the shared budget; the server
+    /// gives it back when the connection closes.
+    pub fn accounted_bytes(&self) -> usize {
+        self.accounted_bytes
+    }
+
+    /// It has bytes to read but stopped because the shared budget is spent;
+    /// it must be driven again once the budget frees up (no new edge will come).
+    pub fn is_starved(&self) -> bool {
+        self.starved
     }
 
     fn drive_until_stuck(
         &mut self,
         conn: ConnRef,
-        scratch: &mut [u8],
+        shared: &mut Shared,
         app: &mut impl Respond,
         limits: &Limits,
     ) -> (Drive, bool) {
         let mut moved = false;
         loop {
             let mut progress = self.answer_kept(conn, app, limits);
-            if self.wants_input() && self.readable {
-                match self.read_and_answer(conn, scratch, app, limits) {
+            // Over budget, a connection that keeps nothing may still read a
+            // little (a new client's request gets in); one that keeps bytes waits.
+            let read_max = if shared.kept_bytes < shared.kept_bytes_max {
+                shared.scratch.len()
+            } else if self.input.capacity() == 0 && self.output.buf.capacity() <= IDLE_CAPACITY_MAX
+            {
+                LEAN_READ_BYTES
+            } else {
+                0
+            };
+            self.starved = self.readable && self.wants_input() && read_max == 0;
+            if self.wants_input() && self.readable && read_max > 0 {
+                match self.read_and_answer(conn, &mut shared.scratch[..read_max], app, limits) {
                     Ok(read) => progress |= read,
                     Err(e) => return (fail(&e), moved),
                 }
@@ -288,7 +349,7 @@ impl Conn {
         let (used, progress) = answer(conn, &mut self.phase, &mut self.output, &input, app, limits);
         self.input = input;
         self.input.drain(..used);
-        if self.input.is_empty() && self.input.capacity() > INPUT_KEPT_BYTES_MAX {
+        if self.input.is_empty() && self.input.capacity() > IDLE_CAPACITY_MAX {
             self.input = Vec::new();
         }
         progress
@@ -549,7 +610,7 @@ impl Output {
 
     /// An idle connection gives back a buffer a large reply grew.
     fn release_memory(&mut self) {
-        if self.buf.capacity() > OUTPUT_IDLE_CAPACITY_MAX {
+        if self.buf.capacity() > IDLE_CAPACITY_MAX {
             self.buf = Vec::new();
         }
     }

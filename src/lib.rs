@@ -30,6 +30,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod random;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod stepper;

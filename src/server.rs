@@ -21,7 +21,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::committer::{CommitOutcome, Committer};
 use crate::config::Config;
-use crate::conn::{Conn, Drive, Expiry};
+use crate::conn::{Conn, Drive, Expiry, Shared};
 use crate::routes::App;
 use crate::stepper::CommitEffect;
 use crate::systemd::Notifier;
@@ -31,6 +31,9 @@ const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 /// Reads land here; a connection keeps only what it could not answer yet.
 const SCRATCH_BYTES: usize = 64 * 1024;
+/// All connections together keep at most about this many bytes of unanswered
+/// requests and unsent replies (each also has its own smaller limits).
+const KEPT_BYTES_MAX: usize = 16 << 20;
 const EVENTS_CAPACITY: usize = 1024;
 /// After EMFILE or ENFILE the pending connection stays in the backlog and the
 /// listener stays readable; accepting pauses this long instead of spinning.
@@ -93,7 +96,9 @@ pub struct Server {
     conns: Connections,
     /// Connections with replies held for a commit; driven again on each outcome.
     waiting: Vec<Token>,
-    scratch: Vec<u8>,
+    shared: Shared,
+    /// Connections that stopped reading because `shared`'s budget was spent.
+    starved: Vec<Token>,
     accept_paused_until: Option<Instant>,
     stopping_since: Option<Instant>,
     notifier: Notifier,
@@ -136,7 +141,8 @@ impl Server {
             config,
             conns: Connections::default(),
             waiting: Vec::new(),
-            scratch: vec![0; SCRATCH_BYTES],
+            shared: Shared::new(SCRATCH_BYTES, KEPT_BYTES_MAX),
+            starved: Vec::new(),
             accept_paused_until: None,
             stopping_since: None,
             watchdog_due: notifier.watchdog_interval().map(|_| Instant::now()),
@@ -190,6 +196,7 @@ impl Server {
             }
             self.apply_commit_outcomes()?;
             self.deliver_computations();
+            self.feed_starved();
             self.submit_batch();
             self.tell_systemd();
             self.sweep_timeouts();
@@ -302,7 +309,7 @@ impl Server {
         let drive = conn.drive(
             token,
             self.now,
-            &mut self.scratch,
+            &mut self.shared,
             &mut self.app,
             &self.config.limits,
         );
@@ -313,10 +320,14 @@ impl Server {
         if conn.is_holding(&self.app) && !self.waiting.contains(&token) {
             self.waiting.push(token);
         }
+        if conn.is_starved() && !self.starved.contains(&token) {
+            self.starved.push(token);
+        }
     }
 
     fn close(&mut self, token: Token) {
         if let Some(mut conn) = self.conns.remove(token) {
+            self.shared.kept_bytes -= conn.accounted_bytes();
             let _ = self.poll.registry().deregister(conn.stream_mut());
             self.app.metrics.connection_closed();
         }
@@ -381,6 +392,17 @@ impl Server {
                     self.drive(token);
                 }
             }
+        }
+    }
+
+    /// Resumes connections that stopped reading for the shared budget, once
+    /// half of it is free again.
+    fn feed_starved(&mut self) {
+        if self.starved.is_empty() || !self.shared.has_room() {
+            return;
+        }
+        for token in std::mem::take(&mut self.starved) {
+            self.drive(token);
         }
     }
 

@@ -30,7 +30,7 @@ impl Default for FibLimits {
     fn default() -> Self {
         FibLimits {
             max_n: super::request::DEFAULT_MAX_N,
-            cache_bytes_max: 64 << 20,
+            cache_bytes_max: 32 << 20,
             queue_max: 64,
             waiters_max: 4096,
             threads: 1,
