@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
+use crate::ratelimit::RateLimitConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";
@@ -31,6 +32,7 @@ pub struct Config {
     pub limits: Limits,
     pub fib: FibLimits,
     pub timeouts: Timeouts,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug)]
@@ -95,6 +97,9 @@ OPTIONS:
                               [env FIBD_REQUEST_TIMEOUT_MS] (default 10000)
     --idle-timeout-ms N       close connections idle this long [env FIBD_IDLE_TIMEOUT_MS]
                               (default 60000)
+    --rate-limit N            tokens per second per client (X-API-Key, else IP); 0 turns
+                              rate limiting off [env FIBD_RATE_LIMIT] (default 5000)
+    --rate-burst N            bucket size per client [env FIBD_RATE_BURST] (default 10000)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -122,6 +127,8 @@ struct Raw {
     fib_queue: Option<String>,
     request_timeout_ms: Option<String>,
     idle_timeout_ms: Option<String>,
+    rate_limit: Option<String>,
+    rate_burst: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -139,6 +146,8 @@ pub fn from_args(
         fib_queue: env("FIBD_FIB_QUEUE"),
         request_timeout_ms: env("FIBD_REQUEST_TIMEOUT_MS"),
         idle_timeout_ms: env("FIBD_IDLE_TIMEOUT_MS"),
+        rate_limit: env("FIBD_RATE_LIMIT"),
+        rate_burst: env("FIBD_RATE_BURST"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -161,6 +170,8 @@ pub fn from_args(
             "--fib-queue" => &mut raw.fib_queue,
             "--request-timeout-ms" => &mut raw.request_timeout_ms,
             "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
+            "--rate-limit" => &mut raw.rate_limit,
+            "--rate-burst" => &mut raw.rate_burst,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let flag_name = static_flag(&flag);
@@ -188,6 +199,8 @@ fn static_flag(flag: &str) -> &'static str {
         "--fib-queue" => "--fib-queue",
         "--request-timeout-ms" => "--request-timeout-ms",
         "--idle-timeout-ms" => "--idle-timeout-ms",
+        "--rate-limit" => "--rate-limit",
+        "--rate-burst" => "--rate-burst",
         _ => "--max-connections",
     }
 }
@@ -262,6 +275,26 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             "milliseconds from 100 to 86400000",
         )?),
     };
+    let defaults = RateLimitConfig::default();
+    let rate_per_sec = number(
+        raw.rate_limit,
+        u64::from(defaults.rate_per_sec),
+        "rate limit",
+        0..=10_000_000,
+        "requests per second per client from 0 (off) to 10000000",
+    )? as u32;
+    let rate_limit = RateLimitConfig {
+        enabled: rate_per_sec > 0,
+        rate_per_sec,
+        burst: number(
+            raw.rate_burst,
+            u64::from(defaults.burst),
+            "rate burst",
+            1..=100_000_000,
+            "tokens from 1 to 100000000",
+        )? as u32,
+        ..defaults
+    };
     Ok(Config {
         listen,
         data_dir,
@@ -270,6 +303,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         limits: Limits::default(),
         fib,
         timeouts,
+        rate_limit,
     })
 }
 

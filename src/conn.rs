@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ const IOVECS_MAX: usize = 64;
 pub struct ConnRef {
     pub token: Token,
     pub serial: u64,
+    /// Who is charged when the request carries no API key.
+    pub peer: IpAddr,
 }
 
 /// What the routes do with requests; implemented by `routes::App`.
@@ -94,6 +97,7 @@ pub enum Drive {
 pub struct Conn {
     stream: TcpStream,
     serial: u64,
+    peer: IpAddr,
     /// Request bytes kept between reads: a partial request, or requests not
     /// yet answered because of backpressure. Usually empty: reads land in the
     /// loop's shared scratch buffer and are answered from there.
@@ -153,8 +157,9 @@ pub enum Expiry {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, serial: u64, now: Instant) -> Conn {
+    pub fn new(stream: TcpStream, peer: IpAddr, serial: u64, now: Instant) -> Conn {
         Conn {
+            peer,
             last_activity: now,
             incomplete_since: None,
             starved: false,
@@ -226,6 +231,7 @@ impl Conn {
         let conn = ConnRef {
             token,
             serial: self.serial,
+            peer: self.peer,
         };
         let drive = self.drive_until_stuck(conn, shared, app, limits);
         // Capacity, not length: what the allocator really holds for us.

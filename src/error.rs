@@ -33,6 +33,10 @@ pub enum ApiError {
     },
     /// The compute queue is full; retry after a moment.
     Busy,
+    /// The client spent its token bucket.
+    RateLimited {
+        retry_after_secs: u32,
+    },
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
     /// The client began a request and did not finish it in time.
@@ -73,6 +77,7 @@ impl ApiError {
             } => Status::UNPROCESSABLE,
             ApiError::BadN { .. } => Status::BAD_REQUEST,
             ApiError::Busy => Status::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => Status::TOO_MANY_REQUESTS,
             ApiError::CommitFailed | ApiError::RandomUnavailable | ApiError::NotReady => {
                 Status::SERVICE_UNAVAILABLE
             }
@@ -98,6 +103,9 @@ impl ApiError {
             }
             ApiError::BadN { error, .. } => error.message(),
             ApiError::Busy => "too many large Fibonacci numbers are being computed; retry shortly",
+            ApiError::RateLimited { .. } => {
+                "rate limit reached; retry after the number of seconds in Retry-After"
+            }
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
             }
@@ -126,17 +134,37 @@ impl ApiError {
 
     /// Appends the whole response: head and JSON body (none for HEAD).
     pub fn write(self, out: &mut Vec<u8>, date: &HttpDate, head_only: bool, close: bool) {
+        self.write_with(out, date, head_only, close, |_| {});
+    }
+
+    /// Like [`ApiError::write`], with headers only the caller can supply
+    /// (the rate limiter's policy and state).
+    pub fn write_with(
+        self,
+        out: &mut Vec<u8>,
+        date: &HttpDate,
+        head_only: bool,
+        close: bool,
+        extra: impl FnOnce(&mut Head<'_>),
+    ) {
         let status = self.status();
         let body = self.body();
         let mut head = Head::start(out, status, date);
         head.content_type(ContentType::Json)
             .header("Cache-Control", b"no-store");
-        if let ApiError::MethodNotAllowed { allow } = self {
-            head.header("Allow", allow.as_bytes());
+        match self {
+            ApiError::MethodNotAllowed { allow } => {
+                head.header("Allow", allow.as_bytes());
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                head.header_u64("Retry-After", u64::from(retry_after_secs));
+            }
+            _ if status == Status::SERVICE_UNAVAILABLE => {
+                head.header("Retry-After", b"1");
+            }
+            _ => {}
         }
-        if status == Status::SERVICE_UNAVAILABLE {
-            head.header("Retry-After", b"1");
-        }
+        extra(&mut head);
         head.finish(status, body.len(), close);
         if !head_only {
             out.extend_from_slice(&body);

@@ -11,6 +11,7 @@ use fibd::config::{self, Command, Config};
 use fibd::fib::service::FibService;
 use fibd::http::date::HttpDate;
 use fibd::random::RandomSource;
+use fibd::ratelimit::RateLimiter;
 use fibd::routes::App;
 use fibd::server::Server;
 use fibd::stepper::Stepper;
@@ -97,8 +98,17 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config.data_dir.display(),
         recovered
     );
-    let random = RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
-    let app = App::new(stepper, HttpDate::new(SystemTime::now()), random, fib);
+    let mut random =
+        RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
+    let key = hash_key(&mut random).map_err(|e| format!("no OS random number generator: {e}"))?;
+    let limiter = RateLimiter::new(config.rate_limit, key);
+    let app = App::new(
+        stepper,
+        HttpDate::new(SystemTime::now()),
+        random,
+        fib,
+        limiter,
+    );
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {
@@ -108,6 +118,15 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// A per-process secret for hashing API keys, so nobody can aim many keys
+/// at one rate-limit bucket.
+fn hash_key(random: &mut RandomSource) -> Result<[u8; 16], getrandom::Error> {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&random.next_u64()?.to_le_bytes());
+    key[8..].copy_from_slice(&random.next_u64()?.to_le_bytes());
+    Ok(key)
 }
 
 /// Exit 0 if the daemon at `addr` answers GET /healthz with 200 within 2 s.

@@ -78,6 +78,7 @@ pub struct Gauges {
     pub fib_cache_bytes: usize,
     pub fib_cache_entries: usize,
     pub fib_queue: usize,
+    pub rate_limit_clients: usize,
 }
 
 #[derive(Debug)]
@@ -259,6 +260,12 @@ impl Metrics {
             "fibd_rate_limited_total",
             "Requests refused with 429.",
             self.rate_limited,
+        );
+        gauge(
+            out,
+            "fibd_rate_limit_clients",
+            "Clients with a token bucket (bounded; full buckets are evicted first).",
+            gauges.rate_limit_clients as u64,
         );
     }
 }

@@ -15,6 +15,7 @@ use crate::fib::service::{FibService, FibWaiter, Lookup};
 use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::{Gauges, Metrics};
 use crate::random::{self, RandomQuery, RandomSource};
+use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::stepper::{BatchId, Reading, Step, StepError, Stepper, Value};
 
 /// The resources fibd serves.
@@ -85,6 +86,7 @@ pub struct App {
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
     pub fib: FibService,
+    limiter: RateLimiter,
     random: RandomSource,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
@@ -92,16 +94,57 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(stepper: Stepper, date: HttpDate, random: RandomSource, fib: FibService) -> App {
+    pub fn new(
+        stepper: Stepper,
+        date: HttpDate,
+        random: RandomSource,
+        fib: FibService,
+        limiter: RateLimiter,
+    ) -> App {
         App {
             stepper,
             date,
             fib,
+            limiter,
             metrics: Metrics::default(),
             store_ready: true,
             random,
             body: Vec::new(),
             draws: Vec::new(),
+        }
+    }
+
+    /// Charges the client's token bucket what the request will cost: 1 for
+    /// a cheap answer, the measured compute cost for an uncached F(n), a
+    /// share per 100 numbers for /v1/random. Health and metrics are free, so
+    /// probes never starve.
+    fn admit(
+        &mut self,
+        conn: ConnRef,
+        route: Route,
+        request: &Request<'_>,
+        now: Instant,
+    ) -> Result<(), ApiError> {
+        let cost = match route {
+            Route::Healthz | Route::Readyz | Route::Metrics => return Ok(()),
+            Route::Fib => match request::parse_n(request.query, self.fib.max_n()) {
+                Ok(n) if !self.fib.is_at_hand(n) => ratelimit::fib_compute_cost(n),
+                _ => 1,
+            },
+            Route::Random => RandomQuery::parse(request.query)
+                .ok()
+                .and_then(|q| q.count)
+                .map_or(1, |count| {
+                    u32::from(count).div_ceil(RANDOM_VALUES_PER_TOKEN)
+                }),
+            Route::Current | Route::Next | Route::Previous => 1,
+        };
+        let client = self.limiter.client_key(request.api_key, conn.peer);
+        match self.limiter.charge(client, cost, now) {
+            Decision::Allowed { .. } => Ok(()),
+            Decision::Limited { retry_after_secs } => {
+                Err(ApiError::RateLimited { retry_after_secs })
+            }
         }
     }
 
@@ -205,6 +248,7 @@ impl App {
             fib_cache_bytes: self.fib.cache_bytes(),
             fib_cache_entries: self.fib.cache_len(),
             fib_queue: self.fib.queued(),
+            rate_limit_clients: self.limiter.clients(),
         };
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&gauges, &mut text);
@@ -278,14 +322,26 @@ impl Respond for App {
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
-            Some(route) => self.dispatch(conn, route, request, out),
+            Some(route) => self
+                .admit(conn, route, request, started)
+                .and_then(|()| self.dispatch(conn, route, request, out)),
         };
         let (status, close) = match result {
             Ok(Answer::Later) => return Reply::Deferred,
             Ok(Answer::Now(status)) => (status, !request.keep_alive),
             Err(error) => {
                 let close = !request.keep_alive || error.closes_connection();
-                error.write(out.buf(), &self.date, request.method == Method::Head, close);
+                let limiter = &self.limiter;
+                let head_only = request.method == Method::Head;
+                error.write_with(out.buf(), &self.date, head_only, close, |head| {
+                    if let ApiError::RateLimited { retry_after_secs } = error {
+                        let limited = Decision::Limited { retry_after_secs };
+                        head.header_with(ratelimit::POLICY_HEADER, |v| limiter.write_policy(v))
+                            .header_with(ratelimit::STATE_HEADER, |v| {
+                                limiter.write_state(v, &limited)
+                            });
+                    }
+                });
                 (error.status(), close)
             }
         };
@@ -414,6 +470,9 @@ fn write_reading(
     write_value(out, &reading.value);
     out.extend(suffix);
 }
+
+/// /v1/random draws that cost one token (a thousand draws take about 30 µs).
+const RANDOM_VALUES_PER_TOKEN: u32 = 100;
 
 const JSON_INDEX: &[u8] = b"{\"index\": ";
 const JSON_N: &[u8] = b"{\"n\": ";

@@ -11,6 +11,7 @@
 //! committed state while a commit is in flight.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -261,9 +262,9 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     self.fd_exhaustion_reported = false;
-                    self.open(stream);
+                    self.open(stream, peer.ip());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -281,12 +282,14 @@ impl Server {
         }
     }
 
-    fn open(&mut self, stream: TcpStream) {
+    fn open(&mut self, stream: TcpStream, peer: IpAddr) {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set TCP_NODELAY: {e}");
         }
         self.serial += 1;
-        let token = self.conns.insert(Conn::new(stream, self.serial, self.now));
+        let token = self
+            .conns
+            .insert(Conn::new(stream, peer, self.serial, self.now));
         self.app.metrics.connection_opened();
         let registered = match self.conns.get_mut(token) {
             Some(conn) => self.poll.registry().register(

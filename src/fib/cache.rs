@@ -65,6 +65,11 @@ impl FibCache {
         }
     }
 
+    /// Whether F(n) is held, without touching the eviction order.
+    pub fn contains(&self, n: u64) -> bool {
+        self.index.contains_key(&n)
+    }
+
     /// The digits of F(n), if held; a hit makes n the last to be evicted.
     pub fn get(&mut self, n: u64) -> Option<Rc<[u8]>> {
         let slot = *self.index.get(&n)?;

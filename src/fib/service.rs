@@ -87,6 +87,11 @@ impl FibService {
         })
     }
 
+    /// Whether F(n) can be answered without computing it (for the rate limiter).
+    pub fn is_at_hand(&self, n: u64) -> bool {
+        small(n).is_some() || self.cache.contains(n)
+    }
+
     pub fn max_n(&self) -> u64 {
         self.limits.max_n
     }
