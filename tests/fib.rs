@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use ibig::UBig;
 use support::{Client, DataDir, Fibd, fib_decimal};
 
+/// These tests are about F(n), not the rate limiter, which would rightly
+/// refuse many uncached large values from one client (tests/ratelimit.rs).
+const UNLIMITED: &[&str] = &["--rate-limit", "0"];
+
 fn value(body: &str) -> String {
     let rest = body.split("\"value\": \"").nth(1).expect("a value");
     rest.split('"').next().unwrap().to_owned()
@@ -24,7 +28,7 @@ fn fib_big(fibd: &Fibd, n: u64) -> UBig {
 #[test]
 fn values_match_the_plain_sum_and_big_identities() {
     let data = DataDir::new("fib-values");
-    let fibd = Fibd::start(&data, &[]);
+    let fibd = Fibd::start(&data, UNLIMITED);
     let mut client = fibd.connect();
     for n in (0..=400).chain([186, 187, 1000, 2500, 2999]) {
         let r = client.request("GET", &format!("/v1/fib?n={n}"), &[]);
@@ -49,7 +53,7 @@ fn values_match_the_plain_sum_and_big_identities() {
 #[test]
 fn f_one_million_has_the_known_digits() {
     let data = DataDir::new("fib-million");
-    let fibd = Fibd::start(&data, &[]);
+    let fibd = Fibd::start(&data, UNLIMITED);
     let mut client = fibd.connect();
     let r = client.request("GET", "/v1/fib?n=1000000", &[("Accept", "text/plain")]);
     let text = r.text();
@@ -63,7 +67,7 @@ fn f_one_million_has_the_known_digits() {
 #[test]
 fn etag_304_head_and_immutable_caching() {
     let data = DataDir::new("fib-cache");
-    let fibd = Fibd::start(&data, &[]);
+    let fibd = Fibd::start(&data, UNLIMITED);
     let mut client = fibd.connect();
     let r = client.request("GET", "/v1/fib?n=90", &[]);
     let get_length = r.body.len().to_string();
@@ -141,7 +145,7 @@ fn metric(fibd: &Fibd, name: &str) -> f64 {
 #[test]
 fn concurrent_requests_for_one_n_share_one_computation() {
     let data = DataDir::new("fib-flight");
-    let fibd = Fibd::start(&data, &[]);
+    let fibd = Fibd::start(&data, UNLIMITED);
     let addr = fibd.addr;
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -166,7 +170,7 @@ fn concurrent_requests_for_one_n_share_one_computation() {
 #[test]
 fn a_full_compute_queue_answers_503_with_retry_after() {
     let data = DataDir::new("fib-queue");
-    let fibd = Fibd::start(&data, &["--fib-queue", "1"]);
+    let fibd = Fibd::start(&data, &["--fib-queue", "1", "--rate-limit", "0"]);
     let mut clients: Vec<Client> = (0..6).map(|_| fibd.connect()).collect();
     for (i, client) in clients.iter_mut().enumerate() {
         let n = 5_000_000 + i as u64;
@@ -206,7 +210,7 @@ fn a_full_compute_queue_answers_503_with_retry_after() {
 #[test]
 fn current_stays_fast_while_large_values_compute() {
     let data = DataDir::new("fib-loop");
-    let fibd = Fibd::start(&data, &[]);
+    let fibd = Fibd::start(&data, UNLIMITED);
     let addr = fibd.addr;
     let big: Vec<_> = (0..4u64)
         .map(|i| {
