@@ -329,9 +329,10 @@ impl Server {
     }
 
     fn close(&mut self, token: Token) {
-        if let Some(mut conn) = self.conns.remove(token) {
+        // Dropping the stream closes the socket, which also takes it out of
+        // the epoll set: no deregister call needed.
+        if let Some(conn) = self.conns.remove(token) {
             self.shared.kept_bytes -= conn.accounted_bytes();
-            let _ = self.poll.registry().deregister(conn.stream_mut());
             self.app.metrics.connection_closed();
         }
         // A freed slot may let a connection waiting in the backlog in.
