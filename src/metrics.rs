@@ -50,11 +50,16 @@ impl Histogram {
     }
 
     fn observe(&mut self, value: f64) {
+        self.observe_n(value, 1);
+    }
+
+    /// `n` observations of the same value.
+    fn observe_n(&mut self, value: f64, n: u64) {
         if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
-            self.counts[i] += 1;
+            self.counts[i] += n;
         }
-        self.sum += value;
-        self.count += 1;
+        self.sum += value * n as f64;
+        self.count += n;
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
@@ -116,15 +121,23 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one answer; `route` is None for a path that matched no route.
-    pub fn request(&mut self, route: Option<Route>, status: Status, elapsed: Duration) {
+    pub fn request(&mut self, route: Option<Route>, status: Status) {
         let code = status.code();
         let slot = CODES.iter().position(|&c| c == code).unwrap_or(CODES.len());
         let row = route.map_or(Route::ALL.len(), |r| r as usize);
         self.requests[row][slot] += 1;
-        self.request_seconds.observe(elapsed.as_secs_f64());
         if code == 429 {
             self.rate_limited += 1;
         }
+    }
+
+    /// `answered` requests read in one loop pass had their replies queued
+    /// `elapsed` after the pass began. Timed per connection, not per request:
+    /// requests that arrived in one read share their fate, and a clock read
+    /// per request cost 7% of the loop's time under pipelining.
+    pub fn answered(&mut self, answered: u64, elapsed: Duration) {
+        self.request_seconds
+            .observe_n(elapsed.as_secs_f64(), answered);
     }
 
     pub fn connection_opened(&mut self) {
@@ -178,7 +191,7 @@ impl Metrics {
         self.request_seconds.write(
             out,
             "fibd_request_duration_seconds",
-            "Time on the event loop to answer a request (waiting for a commit excluded).",
+            "From the loop pass that read a request to its reply being queued (waiting for a commit or a computation excluded).",
         );
         self.commit_seconds.write(
             out,
@@ -291,9 +304,11 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_and_counters_labelled() {
         let mut m = Metrics::default();
-        m.request(Some(Route::Next), Status::OK, Duration::from_micros(20));
-        m.request(Some(Route::Next), Status::OK, Duration::from_millis(3));
-        m.request(None, Status::NOT_FOUND, Duration::from_micros(5));
+        m.request(Some(Route::Next), Status::OK);
+        m.request(Some(Route::Next), Status::OK);
+        m.answered(2, Duration::from_micros(20));
+        m.answered(1, Duration::from_millis(3));
+        m.request(None, Status::NOT_FOUND);
         m.commit(Some(Duration::from_micros(900)));
         let mut out = String::new();
         m.render(&Gauges::default(), &mut out);

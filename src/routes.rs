@@ -8,7 +8,7 @@ use crate::fib::digits;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::fib::request;
 use crate::fib::service::{FibService, FibWaiter, Lookup};
@@ -83,6 +83,10 @@ pub struct App {
     pub stepper: Stepper,
     pub date: HttpDate,
     pub metrics: Metrics,
+    /// The loop pass's clock reading; the server sets it, nothing here reads a clock.
+    pub now: Instant,
+    /// Requests answered since the server last collected the count.
+    pub answered: u64,
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
     pub fib: FibService,
@@ -107,6 +111,8 @@ impl App {
             fib,
             limiter,
             metrics: Metrics::default(),
+            now: Instant::now(),
+            answered: 0,
             store_ready: true,
             random,
             body: Vec::new(),
@@ -123,7 +129,6 @@ impl App {
         conn: ConnRef,
         route: Route,
         request: &Request<'_>,
-        now: Instant,
     ) -> Result<(), ApiError> {
         let cost = match route {
             Route::Healthz | Route::Readyz | Route::Metrics => return Ok(()),
@@ -140,7 +145,7 @@ impl App {
             Route::Current | Route::Next | Route::Previous => 1,
         };
         let client = self.limiter.client_key(request.api_key, conn.peer);
-        match self.limiter.charge(client, cost, now) {
+        match self.limiter.charge(client, cost, self.now) {
             Decision::Allowed { .. } => Ok(()),
             Decision::Limited { retry_after_secs } => {
                 Err(ApiError::RateLimited { retry_after_secs })
@@ -225,8 +230,8 @@ impl App {
         out: &mut Output,
     ) -> Reply {
         write_fib(out, n, value, waiter, &self.date);
-        self.metrics
-            .request(Some(Route::Fib), Status::OK, Duration::ZERO);
+        self.metrics.request(Some(Route::Fib), Status::OK);
+        self.answered += 1;
         if waiter.keep_alive {
             Reply::KeepAlive
         } else {
@@ -315,7 +320,6 @@ impl App {
 
 impl Respond for App {
     fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
-        let started = Instant::now();
         let route = Route::from_path(request.path);
         let result = match route {
             None => Err(ApiError::NotFound),
@@ -323,7 +327,7 @@ impl Respond for App {
                 allow: route.allow(),
             }),
             Some(route) => self
-                .admit(conn, route, request, started)
+                .admit(conn, route, request)
                 .and_then(|()| self.dispatch(conn, route, request, out)),
         };
         let (status, close) = match result {
@@ -345,7 +349,8 @@ impl Respond for App {
                 (error.status(), close)
             }
         };
-        self.metrics.request(route, status, started.elapsed());
+        self.metrics.request(route, status);
+        self.answered += 1;
         log::debug!(
             "{:?} {} -> {}",
             request.method,
@@ -361,7 +366,8 @@ impl Respond for App {
 
     fn reject(&mut self, error: ApiError, out: &mut Output) {
         error.write(out.buf(), &self.date, false, true);
-        self.metrics.request(None, error.status(), Duration::ZERO);
+        self.metrics.request(None, error.status());
+        self.answered += 1;
         log::debug!("rejected a request: {}", error.status().code());
     }
 

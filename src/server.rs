@@ -174,6 +174,7 @@ impl Server {
                 return Err(e);
             }
             self.now = Instant::now();
+            self.app.now = self.now;
             self.app.date.update(SystemTime::now());
             let mut accept_ready = false;
             for event in &events {
@@ -316,6 +317,10 @@ impl Server {
             &mut self.app,
             &self.config.limits,
         );
+        if self.app.answered > 0 {
+            let answered = std::mem::take(&mut self.app.answered);
+            self.app.metrics.answered(answered, self.now.elapsed());
+        }
         if drive == Drive::Closed {
             self.close(token);
             return;
