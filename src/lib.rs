@@ -13,11 +13,21 @@
 //! - [`routes`]: resource and method dispatch; turns service results into replies.
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
-//! - [`fib`]: the Fibonacci engine: a compile-time table, fast doubling on big
-//!   integers, and a decimal cursor whose steps and printing are linear.
+//! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big
+//!   integers, a decimal cursor whose steps and printing are linear) and the
+//!   /v1/fib service (byte-bounded cache, single flight, compute worker).
+//! - [`random`]: the /v1/random service on the OS CSPRNG.
+//! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
-//! - [`store`]: LMDB through heed; the only `unsafe` in the crate.
+//! - [`store`]: LMDB through heed.
+//! - [`metrics`], [`logging`], [`systemd`]: Prometheus text, the journald-aware
+//!   log format, sd_notify and socket activation.
 //! - [`config`]: command line and environment, validated once.
+//!
+//! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a
+//! `SAFETY` note: opening the LMDB map (`store`), adopting the socket systemd
+//! passed and clearing its variables (`systemd`), and lowering the compute
+//! threads' priority (`fib::worker`).
 //!
 //! `main.rs` only wires these together.
 

@@ -56,7 +56,7 @@ impl RandomSource {
 
     /// Exactly uniform over `min..=max`: rejection sampling rather than a bare
     /// `%`, which would favour the low end of any range whose size does not
-    /// divide 2^64. See [`uniform_with`] for the edge cases.
+    /// divide 2^64. See `uniform_with` for the edge cases.
     pub fn uniform(&mut self, min: i64, max: i64) -> Result<i64, getrandom::Error> {
         uniform_with(|| self.next_u64(), min, max)
     }

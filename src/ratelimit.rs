@@ -131,7 +131,7 @@ struct Bucket {
 /// # Eviction
 /// Buckets sit in a list ordered by when their client was last seen. A new
 /// client, when the table is full, takes the slot of one of the
-/// [`EVICTION_CANDIDATES`] least recently seen buckets: the first one that
+/// `EVICTION_CANDIDATES` least recently seen buckets: the first one that
 /// has refilled to full if any, since its client would get a full bucket on
 /// return anyway (lossless); otherwise the one holding the most tokens, since
 /// evicting it gives its client back the fewest tokens.
