@@ -3,19 +3,23 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use support::{Client, DataDir, Fibd};
 
-/// Drives /next from `clients` connections until told to stop; returns the
-/// highest index any client was told.
-fn hammer(fibd: &Fibd, clients: usize, run_for: Duration) -> u64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let addr = fibd.addr;
-    let workers: Vec<_> = (0..clients)
+/// Starts `clients` connections that POST /next one after another until
+/// `stop` is set or the server stops answering; each returns the highest
+/// index it was told.
+fn stepping_clients(
+    addr: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<u64>> {
+    (0..clients)
         .map(|_| {
             let stop = stop.clone();
             thread::spawn(move || {
@@ -31,14 +35,25 @@ fn hammer(fibd: &Fibd, clients: usize, run_for: Duration) -> u64 {
                 highest
             })
         })
-        .collect();
-    thread::sleep(run_for);
-    stop.store(true, Ordering::Relaxed);
+        .collect()
+}
+
+/// The highest index any of the clients was told.
+fn acknowledged(workers: Vec<JoinHandle<u64>>) -> u64 {
     workers
         .into_iter()
         .map(|w| w.join().unwrap())
         .max()
         .unwrap_or(0)
+}
+
+/// Drives /next from `clients` connections for `run_for`.
+fn hammer(fibd: &Fibd, clients: usize, run_for: Duration) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = stepping_clients(fibd.addr, clients, &stop);
+    thread::sleep(run_for);
+    stop.store(true, Ordering::Relaxed);
+    acknowledged(workers)
 }
 
 #[test]
@@ -52,40 +67,18 @@ fn kill_9_under_load_loses_no_acknowledged_step() {
             recovered >= floor,
             "round {round}: recovered {recovered} < acknowledged {floor}"
         );
-        let addr = fibd.addr;
         let pid = fibd.pid();
-        let stop = Arc::new(AtomicBool::new(false));
-        // Kill while the clients are mid-flight, not after they stopped.
-        let killer = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                thread::sleep(Duration::from_millis(300 + 100 * round));
-                support::signal(pid, "KILL");
-                stop.store(true, Ordering::Relaxed);
-            })
-        };
-        let workers: Vec<_> = (0..8)
-            .map(|_| {
-                thread::spawn(move || {
-                    let mut highest = 0;
-                    let mut client = Client::connect(addr);
-                    loop {
-                        client.send(&support::request_bytes("POST", "/next", &[]));
-                        match client.try_read_response(false) {
-                            Some(r) if r.status == 200 => highest = highest.max(r.index()),
-                            _ => return highest,
-                        }
-                    }
-                })
-            })
-            .collect();
-        let acknowledged = workers
-            .into_iter()
-            .map(|w| w.join().unwrap())
-            .max()
-            .unwrap();
+        // Kill while the clients are mid-flight: they stop when it dies.
+        let killer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300 + 100 * round));
+            support::signal(pid, "KILL");
+        });
+        let acknowledged = acknowledged(stepping_clients(
+            fibd.addr,
+            8,
+            &Arc::new(AtomicBool::new(false)),
+        ));
         killer.join().unwrap();
-        assert!(stop.load(Ordering::Relaxed));
         assert!(
             acknowledged > floor,
             "round {round}: the load made progress"
@@ -127,31 +120,12 @@ fn sigterm_with_idle_keep_alive_connections_still_exits_promptly() {
 fn a_panic_in_the_loop_exits_and_loses_no_acknowledged_step() {
     let data = DataDir::new("panic");
     let fibd = Fibd::start(&data, &[]);
-    let addr = fibd.addr;
     let pid = fibd.pid();
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut highest = 0;
-                let mut client = Client::connect(addr);
-                loop {
-                    client.send(&support::request_bytes("POST", "/next", &[]));
-                    match client.try_read_response(false) {
-                        Some(r) if r.status == 200 => highest = highest.max(r.index()),
-                        _ => return highest,
-                    }
-                }
-            })
-        })
-        .collect();
+    let workers = stepping_clients(fibd.addr, 4, &Arc::new(AtomicBool::new(false)));
     thread::sleep(Duration::from_millis(300));
     // The debug build's test hook: SIGUSR2 panics inside the event loop.
     support::signal(pid, "USR2");
-    let acknowledged = workers
-        .into_iter()
-        .map(|w| w.join().unwrap())
-        .max()
-        .unwrap();
+    let acknowledged = acknowledged(workers);
     assert!(acknowledged > 0);
     let (status, log) = fibd.wait_exit();
     assert!(
