@@ -120,30 +120,11 @@ impl App {
         }
     }
 
-    /// Charges the client's token bucket what the request will cost: 1 for
-    /// a cheap answer, the measured compute cost for an uncached F(n), a
-    /// share per 100 numbers for /v1/random. Health and metrics are free, so
-    /// probes never starve.
-    fn admit(
-        &mut self,
-        conn: ConnRef,
-        route: Route,
-        request: &Request<'_>,
-    ) -> Result<(), ApiError> {
-        let cost = match route {
-            Route::Healthz | Route::Readyz | Route::Metrics => return Ok(()),
-            Route::Fib => match request::parse_n(request.query, self.fib.max_n()) {
-                Ok(n) if !self.fib.is_at_hand(n) => ratelimit::fib_compute_cost(n),
-                _ => 1,
-            },
-            Route::Random => RandomQuery::parse(request.query)
-                .ok()
-                .and_then(|q| q.count)
-                .map_or(1, |count| {
-                    u32::from(count).div_ceil(RANDOM_VALUES_PER_TOKEN)
-                }),
-            Route::Current | Route::Next | Route::Previous => 1,
-        };
+    /// Charges the client's token bucket what this request costs, once the
+    /// service knows it: 1 for a cheap answer, the measured compute cost for
+    /// an uncached F(n), one token per 100 numbers for /v1/random. Health and
+    /// metrics never call it, so probes never starve.
+    fn charge(&mut self, conn: ConnRef, request: &Request<'_>, cost: u32) -> Result<(), ApiError> {
         let client = self.limiter.client_key(request.api_key, conn.peer);
         match self.limiter.charge(client, cost, self.now) {
             Decision::Allowed { .. } => Ok(()),
@@ -163,10 +144,10 @@ impl App {
         let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
         match route {
             Route::Current | Route::Next | Route::Previous => {
-                done(self.stepper(route, request, out))
+                done(self.stepper(conn, route, request, out))
             }
             Route::Fib => self.fib(conn, request, out),
-            Route::Random => done(self.random(request, out)),
+            Route::Random => done(self.random(conn, request, out)),
             Route::Healthz => {
                 self.fixed_json(request, out, b"{\"status\": \"ok\"}\n");
                 done(Ok(()))
@@ -194,10 +175,16 @@ impl App {
         let n = request::parse_n(request.query, max_n)
             .map_err(|error| ApiError::BadN { error, max_n })?;
         let format = negotiate(request, Format::Json)?;
-        if request
+        let revalidated = request
             .if_none_match
-            .is_some_and(|tags| request::if_none_match(tags, n))
-        {
+            .is_some_and(|tags| request::if_none_match(tags, n));
+        let cost = if revalidated || self.fib.is_at_hand(n) {
+            1
+        } else {
+            ratelimit::fib_compute_cost(n)
+        };
+        self.charge(conn, request, cost)?;
+        if revalidated {
             let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
             fib_cache_headers(&mut head, n);
             head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
@@ -265,10 +252,12 @@ impl App {
 
     fn stepper(
         &mut self,
+        conn: ConnRef,
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
     ) -> Result<(), ApiError> {
+        self.charge(conn, request, 1)?;
         let format = negotiate(request, Format::Text)?;
         let reading = match route {
             Route::Next => self.stepper.step(Step::Next).map_err(step_error)?,
@@ -286,11 +275,18 @@ impl App {
         Ok(())
     }
 
-    fn random(&mut self, request: &Request<'_>, out: &mut Output) -> Result<(), ApiError> {
+    fn random(
+        &mut self,
+        conn: ConnRef,
+        request: &Request<'_>,
+        out: &mut Output,
+    ) -> Result<(), ApiError> {
         let format = negotiate(request, Format::Json)?;
         let query = RandomQuery::parse(request.query).map_err(|e| ApiError::BadQuery {
             message: e.message(),
         })?;
+        let values = u32::from(query.count.unwrap_or(1));
+        self.charge(conn, request, values.div_ceil(RANDOM_VALUES_PER_TOKEN))?;
         self.draws.clear();
         for _ in 0..query.count.unwrap_or(1) {
             let value = self
@@ -326,9 +322,7 @@ impl Respond for App {
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
-            Some(route) => self
-                .admit(conn, route, request)
-                .and_then(|()| self.dispatch(conn, route, request, out)),
+            Some(route) => self.dispatch(conn, route, request, out),
         };
         let (status, close) = match result {
             Ok(Answer::Later) => return Reply::Deferred,
