@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::fib::digits;
 use crate::http::query::{self, Lookup};
+use crate::http::trim_ows;
 
 /// The largest n served unless configured otherwise: F(10^7) has about two
 /// million digits and takes a second or two on a worker (design notes §2).
@@ -244,14 +245,6 @@ fn entity_tag(input: &[u8]) -> Option<(&[u8], &[u8])> {
         .iter()
         .all(|&b| b == 0x21 || (0x23..=0x7E).contains(&b) || b >= 0x80);
     valid.then(|| (opaque, rest.get(1..).unwrap_or_default()))
-}
-
-/// Strips optional whitespace (spaces and tabs, RFC 9110 §5.6.3) from both ends.
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
-    s.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]

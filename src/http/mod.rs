@@ -8,3 +8,12 @@ pub mod date;
 pub mod parse;
 pub mod query;
 pub mod response;
+
+/// Strips optional whitespace (spaces and tabs, RFC 9110 §5.6.3) from both
+/// ends of a header value or list element.
+pub fn trim_ows(s: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
+}

@@ -23,6 +23,8 @@ use std::fmt;
 
 use memchr::memchr;
 
+use super::trim_ows;
+
 /// Bounds on what one request may make us hold or read; units last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -579,13 +581,6 @@ fn finish<'b>(
         api_key: fields.api_key,
         expect_continue: fields.expect_continue,
     })
-}
-
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
-    s.get(start..end).unwrap_or_default()
 }
 
 /// `tchar` from RFC 9110 §5.6.2: what methods and field names are made of.
