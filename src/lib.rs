@@ -18,6 +18,7 @@
 //!   /v1/fib service (byte-bounded cache, single flight, compute worker).
 //! - [`random`]: the /v1/random service on the OS CSPRNG.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
+//! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
 //! - [`store`]: LMDB through heed.
 //! - [`metrics`], [`logging`], [`systemd`]: Prometheus text, the journald-aware
@@ -41,6 +42,7 @@ pub mod logging;
 pub mod metrics;
 pub mod random;
 pub mod ratelimit;
+pub mod recency;
 pub mod routes;
 pub mod server;
 pub mod stepper;

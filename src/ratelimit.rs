@@ -22,6 +22,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::fib::digits::write_u64;
+use crate::recency::Recency;
 
 /// Header field names for the values written by [`RateLimiter::write_policy`]
 /// and [`RateLimiter::write_state`].
@@ -39,9 +40,6 @@ const NANO_PER_TOKEN: u64 = 1_000_000_000;
 /// bounded sweep (constant work per new client), wide enough that one drained
 /// bucket among them is not the only choice.
 const EVICTION_CANDIDATES: usize = 8;
-
-/// "No neighbour" in the recency list.
-const NIL: usize = usize::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimitConfig {
@@ -114,16 +112,12 @@ pub enum Decision {
     Limited { retry_after_secs: u32 },
 }
 
-/// One client's bucket, also a node of the recency list.
+/// One client's bucket.
 struct Bucket {
     key: ClientKey,
     nano_tokens: u64,
     /// When `nano_tokens` was last brought up to date; also "last seen".
     updated: Instant,
-    /// Toward the most recently seen end.
-    newer: usize,
-    /// Toward the least recently seen end.
-    older: usize,
 }
 
 /// Token buckets for up to `clients_max` clients.
@@ -150,8 +144,8 @@ pub struct RateLimiter {
     clients_max: usize,
     index: HashMap<ClientKey, usize>,
     buckets: Vec<Bucket>,
-    newest: usize,
-    oldest: usize,
+    /// Buckets by when their client was last seen.
+    recency: Recency,
 }
 
 /// Hides the hash key, which would let a reader aim keys at one bucket.
@@ -175,8 +169,7 @@ impl RateLimiter {
             clients_max: config.clients_max.max(1),
             index: HashMap::new(),
             buckets: Vec::new(),
-            newest: NIL,
-            oldest: NIL,
+            recency: Recency::default(),
         }
     }
 
@@ -205,13 +198,10 @@ impl RateLimiter {
         }
         let cost_nano = u64::from(cost.min(self.config.burst)) * NANO_PER_TOKEN;
         let slot = match self.index.get(&client) {
-            Some(&slot) => {
-                self.unlink(slot);
-                slot
-            }
+            Some(&slot) => slot,
             None => self.admit(client, now),
         };
-        self.push_newest(slot);
+        self.recency.touch(slot);
         let rate = self.config.rate_per_sec;
         let capacity_nano = self.capacity_nano;
         let Some(bucket) = self.buckets.get_mut(slot) else {
@@ -280,8 +270,6 @@ impl RateLimiter {
             key,
             nano_tokens: capacity_nano,
             updated: now,
-            newer: NIL,
-            older: NIL,
         };
         let slot = if self.buckets.len() < self.clients_max {
             if self.buckets.len() == self.buckets.capacity() {
@@ -304,7 +292,7 @@ impl RateLimiter {
             self.buckets.len() - 1
         } else {
             let victim = self.eviction_victim(now);
-            self.unlink(victim);
+            self.recency.remove(victim);
             if let Some(bucket) = self.buckets.get_mut(victim) {
                 self.index.remove(&bucket.key);
                 *bucket = fresh(client);
@@ -317,56 +305,25 @@ impl RateLimiter {
 
     /// See "Eviction" on [`RateLimiter`].
     fn eviction_victim(&self, now: Instant) -> usize {
-        let mut best = self.oldest;
+        let oldest = self.recency.oldest().unwrap_or(0);
+        let mut best = oldest;
         let mut best_tokens = 0;
-        let mut slot = self.oldest;
+        let mut slot = Some(oldest);
         for _ in 0..EVICTION_CANDIDATES {
-            let Some(bucket) = self.buckets.get(slot) else {
+            let Some((s, bucket)) = slot.and_then(|s| Some((s, self.buckets.get(s)?))) else {
                 break;
             };
             let tokens = tokens_at(bucket, self.config.rate_per_sec, self.capacity_nano, now);
             if tokens >= self.capacity_nano {
-                return slot;
+                return s;
             }
-            if slot == self.oldest || tokens > best_tokens {
-                best = slot;
+            if s == oldest || tokens > best_tokens {
+                best = s;
                 best_tokens = tokens;
             }
-            slot = bucket.newer;
+            slot = self.recency.newer(s);
         }
         best
-    }
-
-    fn unlink(&mut self, slot: usize) {
-        let Some(bucket) = self.buckets.get_mut(slot) else {
-            return;
-        };
-        let (newer, older) = (bucket.newer, bucket.older);
-        bucket.newer = NIL;
-        bucket.older = NIL;
-        match self.buckets.get_mut(newer) {
-            Some(n) => n.older = older,
-            None if self.newest == slot => self.newest = older,
-            None => {}
-        }
-        match self.buckets.get_mut(older) {
-            Some(o) => o.newer = newer,
-            None if self.oldest == slot => self.oldest = newer,
-            None => {}
-        }
-    }
-
-    fn push_newest(&mut self, slot: usize) {
-        let old_newest = self.newest;
-        if let Some(bucket) = self.buckets.get_mut(slot) {
-            bucket.older = old_newest;
-            bucket.newer = NIL;
-        }
-        match self.buckets.get_mut(old_newest) {
-            Some(n) => n.newer = slot,
-            None => self.oldest = slot,
-        }
-        self.newest = slot;
     }
 }
 
@@ -781,10 +738,10 @@ mod tests {
             order.retain(|&k| k != ip(c));
             order.push(ip(c));
             let mut walked = Vec::new();
-            let mut slot = limiter.oldest;
-            while let Some(b) = limiter.buckets.get(slot) {
+            let mut slot = limiter.recency.oldest();
+            while let Some(b) = slot.and_then(|s| limiter.buckets.get(s)) {
                 walked.push(b.key);
-                slot = b.newer;
+                slot = slot.and_then(|s| limiter.recency.newer(s));
             }
             assert_eq!(walked.len(), limiter.clients());
             assert_eq!(walked.last(), order.last());

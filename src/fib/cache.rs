@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::rc::Rc;
 
+use crate::recency::Recency;
+
 /// Bytes charged per cached value on top of its digits: the hash-map entry
 /// (key, slot index, control byte: ~17 B, rounded up for load factor), the
 /// slot (n, `Rc` fat pointer, two links: 40 B) and the `Rc` header (two
@@ -19,37 +21,26 @@ use std::rc::Rc;
 /// the budget by much.
 pub const ENTRY_OVERHEAD_BYTES: usize = 96;
 
-/// Marks the end of the recency list. Never a valid slot index (a `Vec` of
-/// non-zero-sized slots cannot hold `usize::MAX` of them), so `slots.get(NIL)`
-/// is `None` and the list code needs no separate check.
-const NIL: usize = usize::MAX;
-
-/// One value and its place in the recency list, or a free slot (`digits`
-/// is `None`, `older` links the free list).
+/// One value, or a free slot (`digits` is `None`).
 struct Slot {
     n: u64,
     digits: Option<Rc<[u8]>>,
-    /// Toward the most recently used end.
-    newer: usize,
-    /// Toward the least recently used end.
-    older: usize,
 }
 
 /// Decimal digits of F(n) by n, bounded in bytes, least recently used first
 /// out.
 ///
-/// A hash map finds a value's slot; the slots form a doubly linked recency
-/// list by index inside one `Vec`, so a hit, an insert and an eviction are
-/// each O(1) and a hit allocates nothing. Freed slots are reused, so the
-/// `Vec` never grows past the most values held at once.
+/// A hash map finds a value's slot and [`Recency`] keeps the slots' order,
+/// so a hit, an insert and an eviction are each O(1) and a hit allocates
+/// nothing. Freed slots are reused, so the `Vec` never grows past the most
+/// values held at once.
 pub struct FibCache {
     bytes_max: usize,
     bytes: usize,
     index: HashMap<u64, usize>,
     slots: Vec<Slot>,
-    newest: usize,
-    oldest: usize,
-    free: usize,
+    recency: Recency,
+    free: Vec<usize>,
 }
 
 impl FibCache {
@@ -59,9 +50,8 @@ impl FibCache {
             bytes: 0,
             index: HashMap::new(),
             slots: Vec::new(),
-            newest: NIL,
-            oldest: NIL,
-            free: NIL,
+            recency: Recency::default(),
+            free: Vec::new(),
         }
     }
 
@@ -73,8 +63,7 @@ impl FibCache {
     /// The digits of F(n), if held; a hit makes n the last to be evicted.
     pub fn get(&mut self, n: u64) -> Option<Rc<[u8]>> {
         let slot = *self.index.get(&n)?;
-        self.unlink(slot);
-        self.push_newest(slot);
+        self.recency.touch(slot);
         self.slots.get(slot)?.digits.clone()
     }
 
@@ -91,13 +80,14 @@ impl FibCache {
             return;
         }
         while self.bytes.saturating_add(cost) > self.bytes_max {
-            let Some(oldest_n) = self.slots.get(self.oldest).map(|s| s.n) else {
+            let oldest = self.recency.oldest().and_then(|slot| self.slots.get(slot));
+            let Some(oldest_n) = oldest.map(|s| s.n) else {
                 break;
             };
             self.remove(oldest_n);
         }
         let slot = self.allocate(n, digits);
-        self.push_newest(slot);
+        self.recency.touch(slot);
         self.index.insert(n, slot);
         self.bytes += cost;
     }
@@ -120,14 +110,11 @@ impl FibCache {
         let Some(slot) = self.index.remove(&n) else {
             return;
         };
-        self.unlink(slot);
-        if let Some(s) = self.slots.get_mut(slot) {
-            if let Some(digits) = s.digits.take() {
-                self.bytes -= entry_cost(&digits);
-            }
-            s.older = self.free;
-            self.free = slot;
+        self.recency.remove(slot);
+        if let Some(digits) = self.slots.get_mut(slot).and_then(|s| s.digits.take()) {
+            self.bytes -= entry_cost(&digits);
         }
+        self.free.push(slot);
     }
 
     /// A slot holding `digits`, reusing a freed one when there is one.
@@ -135,14 +122,12 @@ impl FibCache {
         let fresh = Slot {
             n,
             digits: Some(digits),
-            newer: NIL,
-            older: NIL,
         };
-        match self.slots.get_mut(self.free) {
-            Some(s) => {
-                let slot = self.free;
-                self.free = s.older;
-                *s = fresh;
+        match self.free.pop() {
+            Some(slot) => {
+                if let Some(s) = self.slots.get_mut(slot) {
+                    *s = fresh;
+                }
                 slot
             }
             None => {
@@ -150,38 +135,6 @@ impl FibCache {
                 self.slots.len() - 1
             }
         }
-    }
-
-    fn unlink(&mut self, slot: usize) {
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
-        let (newer, older) = (s.newer, s.older);
-        s.newer = NIL;
-        s.older = NIL;
-        match self.slots.get_mut(newer) {
-            Some(t) => t.older = older,
-            None => self.newest = older,
-        }
-        match self.slots.get_mut(older) {
-            Some(t) => t.newer = newer,
-            None => self.oldest = newer,
-        }
-    }
-
-    /// Links an unlinked slot in at the most recently used end.
-    fn push_newest(&mut self, slot: usize) {
-        let previous = self.newest;
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
-        s.newer = NIL;
-        s.older = previous;
-        match self.slots.get_mut(previous) {
-            Some(t) => t.newer = slot,
-            None => self.oldest = slot,
-        }
-        self.newest = slot;
     }
 }
 
