@@ -48,7 +48,7 @@ pub enum Command {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConfigError {
     UnknownFlag(String),
-    MissingValue(&'static str),
+    MissingValue(String),
     Invalid {
         setting: &'static str,
         value: String,
@@ -174,10 +174,11 @@ pub fn from_args(
             "--rate-burst" => &mut raw.rate_burst,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
-        let flag_name = static_flag(&flag);
         let value = match inline_value {
             Some(v) => v,
-            None => args.next().ok_or(ConfigError::MissingValue(flag_name))?,
+            None => args
+                .next()
+                .ok_or_else(|| ConfigError::MissingValue(flag.clone()))?,
         };
         *slot = Some(value);
     }
@@ -187,22 +188,6 @@ pub fn from_args(
     } else {
         Command::Serve(config)
     })
-}
-
-fn static_flag(flag: &str) -> &'static str {
-    match flag {
-        "--listen" => "--listen",
-        "--data-dir" => "--data-dir",
-        "--max-index" => "--max-index",
-        "--max-n" => "--max-n",
-        "--fib-cache-bytes" => "--fib-cache-bytes",
-        "--fib-queue" => "--fib-queue",
-        "--request-timeout-ms" => "--request-timeout-ms",
-        "--idle-timeout-ms" => "--idle-timeout-ms",
-        "--rate-limit" => "--rate-limit",
-        "--rate-burst" => "--rate-burst",
-        _ => "--max-connections",
-    }
 }
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
@@ -397,7 +382,7 @@ mod tests {
         );
         assert_eq!(
             parse(&["--listen"], &[]).unwrap_err(),
-            ConfigError::MissingValue("--listen")
+            ConfigError::MissingValue("--listen".into())
         );
         for bad in ["0", "-1", "1e3", "100000001", "x"] {
             let err = parse(&["--max-index", bad], &[]).unwrap_err();
