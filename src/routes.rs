@@ -149,11 +149,13 @@ impl App {
             Route::Fib => self.fib(conn, request, out),
             Route::Random => done(self.random(conn, request, out)),
             Route::Healthz => {
-                self.fixed_json(request, out, b"{\"status\": \"ok\"}\n");
+                let body = b"{\"status\": \"ok\"}\n";
+                write_no_store(out, &self.date, request, ContentType::Json, body);
                 done(Ok(()))
             }
             Route::Readyz if self.store_ready => {
-                self.fixed_json(request, out, b"{\"status\": \"ready\"}\n");
+                let body = b"{\"status\": \"ready\"}\n";
+                write_no_store(out, &self.date, request, ContentType::Json, body);
                 done(Ok(()))
             }
             Route::Readyz => Err(ApiError::NotReady),
@@ -226,13 +228,6 @@ impl App {
         }
     }
 
-    fn fixed_json(&self, request: &Request<'_>, out: &mut Output, body: &[u8]) {
-        let mut head = Head::start(out.buf(), Status::OK, &self.date);
-        head.content_type(ContentType::Json)
-            .header("Cache-Control", b"no-store");
-        finish_with_body(head, request, body);
-    }
-
     fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
         let gauges = Gauges {
             committed_index: self.stepper.committed_index(),
@@ -244,10 +239,8 @@ impl App {
         };
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&gauges, &mut text);
-        let mut head = Head::start(out.buf(), Status::OK, &self.date);
-        head.content_type(ContentType::Prometheus)
-            .header("Cache-Control", b"no-store");
-        finish_with_body(head, request, text.as_bytes());
+        let body = text.as_bytes();
+        write_no_store(out, &self.date, request, ContentType::Prometheus, body);
     }
 
     fn stepper(
@@ -306,10 +299,7 @@ impl App {
                 ContentType::Text
             }
         };
-        let mut head = Head::start(out.buf(), Status::OK, &self.date);
-        head.content_type(content_type)
-            .header("Cache-Control", b"no-store");
-        finish_with_body(head, request, &self.body);
+        write_no_store(out, &self.date, request, content_type, &self.body);
         Ok(())
     }
 }
@@ -426,8 +416,17 @@ fn step_error(e: StepError) -> ApiError {
     }
 }
 
-/// Ends a head for an inline body and appends the body unless this is HEAD.
-fn finish_with_body(head: Head<'_>, request: &Request<'_>, body: &[u8]) {
+/// A 200 with an inline body that no cache may keep; HEAD gets the head only.
+fn write_no_store(
+    out: &mut Output,
+    date: &HttpDate,
+    request: &Request<'_>,
+    content_type: ContentType,
+    body: &[u8],
+) {
+    let mut head = Head::start(out.buf(), Status::OK, date);
+    head.content_type(content_type)
+        .header("Cache-Control", b"no-store");
     let out = head.finish(Status::OK, body.len(), !request.keep_alive);
     if request.method != Method::Head {
         out.extend_from_slice(body);
