@@ -374,29 +374,15 @@ fn fib_cache_headers(head: &mut Head<'_>, n: u64) {
 
 /// A /v1/fib reply: `{"n": N, "value": "F"}` as JSON, `F\n` as text.
 fn write_fib(out: &mut Output, n: u64, value: &Value, waiter: &FibWaiter, date: &HttpDate) {
-    let (content_type, prefix_len, suffix): (ContentType, usize, &[u8]) = match waiter.format {
-        Format::Text => (ContentType::Text, 0, b"\n"),
-        Format::Json => (
-            ContentType::Json,
-            JSON_N.len() + digits::u128_len(u128::from(n)) + JSON_VALUE.len(),
-            b"\"}\n",
-        ),
+    let shape = NumberReply {
+        json_key: JSON_N,
+        key: n,
+        value,
+        format: waiter.format,
+        head_only: waiter.head_only,
+        close: !waiter.keep_alive,
     };
-    let length = prefix_len + value.decimal_len() + suffix.len();
-    let mut head = Head::start(out.buf(), Status::OK, date);
-    head.content_type(content_type);
-    fib_cache_headers(&mut head, n);
-    let buf = head.finish(Status::OK, length, !waiter.keep_alive);
-    if waiter.head_only {
-        return;
-    }
-    if waiter.format == Format::Json {
-        buf.extend_from_slice(JSON_N);
-        digits::write_u64(buf, n);
-        buf.extend_from_slice(JSON_VALUE);
-    }
-    write_value(out, value);
-    out.extend(suffix);
+    write_number(out, date, &shape, |head| fib_cache_headers(head, n));
 }
 
 fn write_value(out: &mut Output, value: &Value) {
@@ -444,29 +430,59 @@ fn write_reading(
     if let Some(batch) = reading.durable_after {
         out.push_hold(batch);
     }
-    let (content_type, prefix_len, suffix): (ContentType, usize, &[u8]) = match format {
+    let shape = NumberReply {
+        json_key: JSON_INDEX,
+        key: reading.index,
+        value: &reading.value,
+        format,
+        head_only: request.method == Method::Head,
+        close: !request.keep_alive,
+    };
+    write_number(out, date, &shape, |head| {
+        head.header_u64("X-Fib-Index", reading.index)
+            .header("Cache-Control", b"no-store");
+    });
+}
+
+/// What the stepper's and /v1/fib's replies have in common: a Fibonacci
+/// value, keyed by its index, as text or JSON.
+struct NumberReply<'a> {
+    json_key: &'static [u8],
+    key: u64,
+    value: &'a Value,
+    format: Format,
+    head_only: bool,
+    close: bool,
+}
+
+fn write_number(
+    out: &mut Output,
+    date: &HttpDate,
+    reply: &NumberReply<'_>,
+    headers: impl FnOnce(&mut Head<'_>),
+) {
+    let (content_type, prefix_len, suffix): (ContentType, usize, &[u8]) = match reply.format {
         Format::Text => (ContentType::Text, 0, b"\n"),
         Format::Json => (
             ContentType::Json,
-            JSON_INDEX.len() + digits::u128_len(u128::from(reading.index)) + JSON_VALUE.len(),
+            reply.json_key.len() + digits::u128_len(u128::from(reply.key)) + JSON_VALUE.len(),
             b"\"}\n",
         ),
     };
-    let length = prefix_len + reading.value.decimal_len() + suffix.len();
+    let length = prefix_len + reply.value.decimal_len() + suffix.len();
     let mut head = Head::start(out.buf(), Status::OK, date);
-    head.content_type(content_type)
-        .header_u64("X-Fib-Index", reading.index)
-        .header("Cache-Control", b"no-store");
-    let buf = head.finish(Status::OK, length, !request.keep_alive);
-    if request.method == Method::Head {
+    head.content_type(content_type);
+    headers(&mut head);
+    let buf = head.finish(Status::OK, length, reply.close);
+    if reply.head_only {
         return;
     }
-    if format == Format::Json {
-        buf.extend_from_slice(JSON_INDEX);
-        digits::write_u64(buf, reading.index);
+    if reply.format == Format::Json {
+        buf.extend_from_slice(reply.json_key);
+        digits::write_u64(buf, reply.key);
         buf.extend_from_slice(JSON_VALUE);
     }
-    write_value(out, &reading.value);
+    write_value(out, reply.value);
     out.extend(suffix);
 }
 
