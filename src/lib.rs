@@ -10,7 +10,9 @@
 //!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
 //! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
 //!   content negotiation, the Date header, response heads.
-//! - [`routes`]: resource and method dispatch; turns service results into replies.
+//! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
+//!   one file of replies per service (`stepper`, `fib`, `random`, `ops`, with
+//!   `number` the value writer the stepper and /v1/fib share).
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
 //! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big

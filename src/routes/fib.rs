@@ -1,0 +1,98 @@
+//! /v1/fib replies: validation, revalidation (ETag, 304), the cache or the
+//! compute worker, and the reply of a request that waited for F(n).
+
+use super::number::{JSON_N, NumberReply, write_number};
+use super::{Answer, App, Route, negotiate};
+use crate::conn::{ConnRef, Output, Reply};
+use crate::error::ApiError;
+use crate::fib::request;
+use crate::fib::service::{FibWaiter, Lookup};
+use crate::http::accept::Format;
+use crate::http::date::HttpDate;
+use crate::http::parse::{Method, Request};
+use crate::http::response::{Head, Status};
+use crate::ratelimit;
+use crate::stepper::Value;
+
+impl App {
+    /// /v1/fib: validated n, then 304, an answer now, or a deferred one.
+    pub(super) fn fib(
+        &mut self,
+        conn: ConnRef,
+        request: &Request<'_>,
+        out: &mut Output,
+    ) -> Result<Answer, ApiError> {
+        let max_n = self.fib.max_n();
+        let n = request::parse_n(request.query, max_n)
+            .map_err(|error| ApiError::BadN { error, max_n })?;
+        let format = negotiate(request, Format::Json)?;
+        let revalidated = request
+            .if_none_match
+            .is_some_and(|tags| request::if_none_match(tags, n));
+        let cost = if revalidated || self.fib.is_at_hand(n) {
+            1
+        } else {
+            ratelimit::fib_compute_cost(n)
+        };
+        self.charge(conn, request, cost)?;
+        if revalidated {
+            let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
+            fib_cache_headers(&mut head, n);
+            head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
+            return Ok(Answer::Now(Status::NOT_MODIFIED));
+        }
+        let waiter = FibWaiter {
+            conn,
+            format,
+            head_only: request.method == Method::Head,
+            keep_alive: request.keep_alive,
+        };
+        let (lookup, hit) = self.fib.lookup(n, waiter);
+        self.metrics.fib_cache(hit);
+        match lookup {
+            Lookup::Ready(value) => {
+                write_fib(out, n, &value, &waiter, &self.date);
+                Ok(Answer::Now(Status::OK))
+            }
+            Lookup::Pending => Ok(Answer::Later),
+            Lookup::Busy => Err(ApiError::Busy),
+        }
+    }
+
+    /// Writes the reply of a request that waited for F(n).
+    pub fn fib_reply(
+        &mut self,
+        waiter: &FibWaiter,
+        n: u64,
+        value: &Value,
+        out: &mut Output,
+    ) -> Reply {
+        write_fib(out, n, value, waiter, &self.date);
+        self.metrics.request(Some(Route::Fib), Status::OK);
+        self.answered += 1;
+        if waiter.keep_alive {
+            Reply::KeepAlive
+        } else {
+            Reply::Close
+        }
+    }
+}
+
+/// F(n) never changes: the ETag comes from n alone and caches may keep it forever.
+fn fib_cache_headers(head: &mut Head<'_>, n: u64) {
+    head.header_with("ETag", |out| request::write_etag(out, n))
+        .header("Cache-Control", b"public, max-age=31536000, immutable");
+}
+
+/// A /v1/fib reply: `{"n": N, "value": "F"}` as JSON, `F\n` as text.
+fn write_fib(out: &mut Output, n: u64, value: &Value, waiter: &FibWaiter, date: &HttpDate) {
+    let shape = NumberReply {
+        json_key: JSON_N,
+        key: n,
+        value,
+        format: waiter.format,
+        head_only: waiter.head_only,
+        close: !waiter.keep_alive,
+    };
+    write_number(out, date, &shape, |head| fib_cache_headers(head, n));
+}
