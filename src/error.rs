@@ -33,6 +33,8 @@ pub enum ApiError {
     },
     /// The compute queue is full; retry after a moment.
     Busy,
+    /// Too many requests wait for a later answer already.
+    Overloaded,
     /// The client spent its token bucket.
     RateLimited {
         retry_after_secs: u32,
@@ -76,7 +78,7 @@ impl ApiError {
                 ..
             } => Status::UNPROCESSABLE,
             ApiError::BadN { .. } => Status::BAD_REQUEST,
-            ApiError::Busy => Status::SERVICE_UNAVAILABLE,
+            ApiError::Busy | ApiError::Overloaded => Status::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => Status::TOO_MANY_REQUESTS,
             ApiError::CommitFailed | ApiError::RandomUnavailable | ApiError::NotReady => {
                 Status::SERVICE_UNAVAILABLE
@@ -103,6 +105,7 @@ impl ApiError {
             }
             ApiError::BadN { error, .. } => error.message(),
             ApiError::Busy => "too many large Fibonacci numbers are being computed; retry shortly",
+            ApiError::Overloaded => "too many requests are waiting for an answer; retry shortly",
             ApiError::RateLimited { .. } => {
                 "rate limit reached; retry after the number of seconds in Retry-After"
             }

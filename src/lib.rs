@@ -10,6 +10,8 @@
 //!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
 //! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
 //!   content negotiation, the Date header, response heads.
+//! - [`park`]: replies answered later: a ticket per parked request, which the
+//!   service keeps instead of the connection, and the deadlines they expire at.
 //! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
 //!   one file of replies per service (`stepper`, `fib`, `random`, `ops`, with
 //!   `number` the value writer the stepper and /v1/fib share).
@@ -42,6 +44,7 @@ pub mod fib;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod park;
 pub mod random;
 pub mod ratelimit;
 pub mod recency;

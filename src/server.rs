@@ -22,7 +22,8 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::committer::{CommitOutcome, Committer};
 use crate::config::Config;
-use crate::conn::{Conn, Drive, Expiry, Shared};
+use crate::conn::{Conn, Drive, Expiry, Output, Reply, Shared};
+use crate::park::Ticket;
 use crate::routes::App;
 use crate::stepper::CommitEffect;
 use crate::systemd::Notifier;
@@ -420,20 +421,33 @@ impl Server {
         while let Some(finished) = self.app.fib.finished() {
             self.app.metrics.fib_computed(finished.elapsed);
             for waiter in &finished.waiters {
-                let token = waiter.conn.token;
-                let Some(conn) = self.conns.get_mut(token) else {
-                    continue;
-                };
-                if conn.serial() != waiter.conn.serial {
-                    continue; // that client left; its token now names another
-                }
-                let app = &mut self.app;
-                conn.resume(&self.config.limits, |out| {
+                self.resume_parked(waiter.ticket, |app, out| {
                     app.fib_reply(waiter, finished.n, &finished.value, out)
                 });
-                self.drive(token);
             }
         }
+    }
+
+    /// Writes the later answer of a parked request, if its client is still
+    /// connected, and drives the connection on.
+    fn resume_parked(
+        &mut self,
+        ticket: Ticket,
+        reply: impl FnOnce(&mut App, &mut Output) -> Reply,
+    ) {
+        let Some((conn_ref, _)) = self.app.parking.take(ticket) else {
+            return;
+        };
+        let token = conn_ref.token;
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.serial() != conn_ref.serial {
+            return; // that client left; its token now names another
+        }
+        let app = &mut self.app;
+        conn.resume(&self.config.limits, |out| reply(app, out));
+        self.drive(token);
     }
 
     fn submit_batch(&mut self) {
@@ -470,7 +484,7 @@ impl Server {
     /// grace period is over (slow readers lose their replies; no step does).
     fn drained(&self) -> bool {
         let commits_done = self.app.stepper.is_settled() && self.waiting.is_empty();
-        let computations_done = self.app.fib.is_idle();
+        let computations_done = self.app.parking.is_empty();
         let grace_over = self
             .stopping_since
             .is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);

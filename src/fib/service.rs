@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::cache::{FibCache, Joined, SingleFlight};
 use super::worker::FibWorker;
 use super::{Value, small};
-use crate::conn::ConnRef;
 use crate::http::accept::Format;
+use crate::park::Ticket;
 
 /// Above this n, F(n) is computed off the loop. Measured here: F(20,000)
 /// with its decimal rendering takes about 0.1 ms, F(10^5) about 1 ms.
@@ -38,24 +38,36 @@ impl Default for FibLimits {
     }
 }
 
-/// A request waiting for a computation, with what its reply needs.
+/// A request waiting for a computation: its parking ticket and what its
+/// reply needs.
 #[derive(Clone, Copy, Debug)]
 pub struct FibWaiter {
-    pub conn: ConnRef,
+    pub ticket: Ticket,
+    pub shape: FibShape,
+}
+
+/// How a /v1/fib reply is written, decided when the request arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FibShape {
     pub format: Format,
     pub head_only: bool,
     pub keep_alive: bool,
 }
 
-/// Where a request's value stands.
+/// F(n) when it can be had on the loop.
 #[derive(Debug)]
-pub enum Lookup {
-    Ready(Value),
-    /// Computing; the waiter is answered from [`FibService::finished`].
-    Pending,
-    /// The queue or the waiter table is full: 503 with Retry-After.
-    Busy,
+pub enum AtHand {
+    /// From the table or the cache.
+    Hit(Value),
+    /// Computed just now on the loop (small enough to be cheap).
+    Computed(Value),
+    /// Needs the compute worker: see [`FibService::wait_for`].
+    Missing,
 }
+
+/// The queue or the waiter table is full: 503 with Retry-After.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busy;
 
 /// A computation that finished, with everyone who waited for it.
 #[derive(Debug)]
@@ -96,32 +108,33 @@ impl FibService {
         self.limits.max_n
     }
 
-    /// F(n) now if it is cheap or cached; otherwise queues the waiter.
-    /// Returns whether the cache answered, for the hit/miss counters.
-    pub fn lookup(&mut self, n: u64, waiter: FibWaiter) -> (Lookup, bool) {
+    /// F(n) now if it is in the table or the cache, or cheap to compute.
+    pub fn at_hand(&mut self, n: u64) -> AtHand {
         if let Some(v) = small(n) {
-            return (Lookup::Ready(Value::Small(v)), true);
+            return AtHand::Hit(Value::Small(v));
         }
         if let Some(digits) = self.cache.get(n) {
-            return (Lookup::Ready(Value::Big(digits)), true);
+            return AtHand::Hit(Value::Big(digits));
         }
-        if n <= INLINE_N_MAX {
-            let digits: Rc<[u8]> = super::decimal(n).into_bytes().into();
-            self.cache.insert(n, digits.clone());
-            return (Lookup::Ready(Value::Big(digits)), false);
+        if n > INLINE_N_MAX {
+            return AtHand::Missing;
         }
-        let lookup = match self.flight.join(n, waiter) {
-            Ok(Joined::Follower) => Lookup::Pending,
-            Ok(Joined::Leader) => match self.worker.submit(n) {
-                Ok(()) => Lookup::Pending,
-                Err(_) => {
-                    self.flight.abandon(n);
-                    Lookup::Busy
-                }
-            },
-            Err(_) => Lookup::Busy,
-        };
-        (lookup, false)
+        let digits: Rc<[u8]> = super::decimal(n).into_bytes().into();
+        self.cache.insert(n, digits.clone());
+        AtHand::Computed(Value::Big(digits))
+    }
+
+    /// Queues `waiter` for F(n), sharing a computation already under way;
+    /// it is answered from [`FibService::finished`].
+    pub fn wait_for(&mut self, n: u64, waiter: FibWaiter) -> Result<(), Busy> {
+        match self.flight.join(n, waiter) {
+            Ok(Joined::Follower) => Ok(()),
+            Ok(Joined::Leader) => self.worker.submit(n).map_err(|_| {
+                self.flight.abandon(n);
+                Busy
+            }),
+            Err(_) => Err(Busy),
+        }
     }
 
     /// The next finished computation, cached and with its waiters.
@@ -147,10 +160,5 @@ impl FibService {
 
     pub fn queued(&self) -> usize {
         self.worker.queued()
-    }
-
-    /// Whether any request still waits for a computation.
-    pub fn is_idle(&self) -> bool {
-        self.flight.in_flight() == 0
     }
 }

@@ -2,11 +2,11 @@
 //! compute worker, and the reply of a request that waited for F(n).
 
 use super::number::{JSON_N, NumberReply, write_number};
-use super::{Answer, App, Route, negotiate};
+use super::{Answer, App, Route, Waiting, negotiate};
 use crate::conn::{ConnRef, Output, Reply};
 use crate::error::ApiError;
 use crate::fib::request;
-use crate::fib::service::{FibWaiter, Lookup};
+use crate::fib::service::{AtHand, FibShape, FibWaiter};
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
@@ -41,22 +41,29 @@ impl App {
             head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
             return Ok(Answer::Now(Status::NOT_MODIFIED));
         }
-        let waiter = FibWaiter {
-            conn,
+        let value = match self.fib.at_hand(n) {
+            AtHand::Hit(value) => Some((value, true)),
+            AtHand::Computed(value) => Some((value, false)),
+            AtHand::Missing => None,
+        };
+        self.metrics
+            .fib_cache(value.as_ref().is_some_and(|(_, hit)| *hit));
+        let shape = FibShape {
             format,
             head_only: request.method == Method::Head,
             keep_alive: request.keep_alive,
         };
-        let (lookup, hit) = self.fib.lookup(n, waiter);
-        self.metrics.fib_cache(hit);
-        match lookup {
-            Lookup::Ready(value) => {
-                write_fib(out, n, &value, &waiter, &self.date);
-                Ok(Answer::Now(Status::OK))
-            }
-            Lookup::Pending => Ok(Answer::Later),
-            Lookup::Busy => Err(ApiError::Busy),
+        if let Some((value, _)) = value {
+            write_fib(out, n, &value, &shape, &self.date);
+            return Ok(Answer::Now(Status::OK));
         }
+        let ticket = self.park(conn, Waiting::Fib, None)?;
+        let waiter = FibWaiter { ticket, shape };
+        if self.fib.wait_for(n, waiter).is_err() {
+            self.parking.take(ticket);
+            return Err(ApiError::Busy);
+        }
+        Ok(Answer::Later)
     }
 
     /// Writes the reply of a request that waited for F(n).
@@ -67,10 +74,10 @@ impl App {
         value: &Value,
         out: &mut Output,
     ) -> Reply {
-        write_fib(out, n, value, waiter, &self.date);
+        write_fib(out, n, value, &waiter.shape, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
         self.answered += 1;
-        if waiter.keep_alive {
+        if waiter.shape.keep_alive {
             Reply::KeepAlive
         } else {
             Reply::Close
@@ -85,14 +92,14 @@ fn fib_cache_headers(head: &mut Head<'_>, n: u64) {
 }
 
 /// A /v1/fib reply: `{"n": N, "value": "F"}` as JSON, `F\n` as text.
-fn write_fib(out: &mut Output, n: u64, value: &Value, waiter: &FibWaiter, date: &HttpDate) {
+fn write_fib(out: &mut Output, n: u64, value: &Value, shape: &FibShape, date: &HttpDate) {
     let shape = NumberReply {
         json_key: JSON_N,
         key: n,
         value,
-        format: waiter.format,
-        head_only: waiter.head_only,
-        close: !waiter.keep_alive,
+        format: shape.format,
+        head_only: shape.head_only,
+        close: !shape.keep_alive,
     };
     write_number(out, date, &shape, |head| fib_cache_headers(head, n));
 }

@@ -23,6 +23,7 @@ use std::time::Instant;
 use crate::fib::service::FibService;
 use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::Metrics;
+use crate::park::{Parking, Ticket};
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::stepper::{BatchId, Stepper};
 
@@ -86,6 +87,17 @@ impl Route {
     }
 }
 
+/// Requests parked at most, across every service: each costs a few words
+/// here and a connection slot, which `--max-connections` bounds anyway.
+const PARKED_MAX: usize = 65_536;
+
+/// Which service settles a parked request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// A /v1/fib request waiting for the compute worker.
+    Fib,
+}
+
 /// Everything a reply may need, owned by the event loop's thread.
 pub struct App {
     pub stepper: Stepper,
@@ -98,6 +110,8 @@ pub struct App {
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
     pub fib: FibService,
+    /// Requests answered later, by ticket; services keep only the tickets.
+    pub parking: Parking<Waiting>,
     limiter: RateLimiter,
     random: crate::random::RandomSource,
     /// Reused between requests so a body built before its head costs no allocation.
@@ -117,6 +131,7 @@ impl App {
             stepper,
             date,
             fib,
+            parking: Parking::new(PARKED_MAX),
             limiter,
             metrics: Metrics::default(),
             now: Instant::now(),
@@ -140,6 +155,18 @@ impl App {
                 Err(ApiError::RateLimited { retry_after_secs })
             }
         }
+    }
+
+    /// Parks a request for a service to answer later (503 when the table is full).
+    fn park(
+        &mut self,
+        conn: ConnRef,
+        owner: Waiting,
+        deadline: Option<Instant>,
+    ) -> Result<Ticket, ApiError> {
+        self.parking
+            .park(conn, owner, deadline)
+            .map_err(|_| ApiError::Overloaded)
     }
 
     fn dispatch(
