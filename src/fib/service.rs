@@ -11,6 +11,7 @@ use super::worker::FibWorker;
 use super::{Value, small};
 use crate::conn::ConnRef;
 use crate::http::accept::Format;
+use crate::http::response::Persistence;
 
 /// Above this n, F(n) is computed off the loop. Measured here: F(20,000)
 /// with its decimal rendering takes about 0.1 ms, F(10^5) about 1 ms.
@@ -44,7 +45,7 @@ pub struct FibWaiter {
     pub conn: ConnRef,
     pub format: Format,
     pub head_only: bool,
-    pub keep_alive: bool,
+    pub persistence: Persistence,
 }
 
 /// Where a request's value stands.

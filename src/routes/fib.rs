@@ -3,6 +3,7 @@
 
 use super::number::{JSON_N, NumberReply, write_number};
 use super::{Answer, App, Route, negotiate};
+use crate::access::Caller;
 use crate::conn::{ConnRef, Output, Reply};
 use crate::error::ApiError;
 use crate::fib::request;
@@ -19,6 +20,7 @@ impl App {
     pub(super) fn fib(
         &mut self,
         conn: ConnRef,
+        caller: &Caller,
         request: &Request<'_>,
         out: &mut Output,
     ) -> Result<Answer, ApiError> {
@@ -34,18 +36,18 @@ impl App {
         } else {
             ratelimit::fib_compute_cost(n)
         };
-        self.charge(conn, request, cost)?;
+        self.charge(caller, cost)?;
         if revalidated {
             let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
             fib_cache_headers(&mut head, n);
-            head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
+            head.finish(Status::NOT_MODIFIED, 0, request.persistence());
             return Ok(Answer::Now(Status::NOT_MODIFIED));
         }
         let waiter = FibWaiter {
             conn,
             format,
             head_only: request.method == Method::Head,
-            keep_alive: request.keep_alive,
+            persistence: request.persistence(),
         };
         let (lookup, hit) = self.fib.lookup(n, waiter);
         self.metrics.fib_cache(hit);
@@ -70,10 +72,10 @@ impl App {
         write_fib(out, n, value, waiter, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
         self.answered += 1;
-        if waiter.keep_alive {
-            Reply::KeepAlive
-        } else {
+        if waiter.persistence.closes() {
             Reply::Close
+        } else {
+            Reply::KeepAlive
         }
     }
 }
@@ -92,7 +94,7 @@ fn write_fib(out: &mut Output, n: u64, value: &Value, waiter: &FibWaiter, date: 
         value,
         format: waiter.format,
         head_only: waiter.head_only,
-        close: !waiter.keep_alive,
+        persistence: waiter.persistence,
     };
     write_number(out, date, &shape, |head| fib_cache_headers(head, n));
 }
