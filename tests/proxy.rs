@@ -87,6 +87,10 @@ fn a_trusted_proxys_forwarded_addresses_choose_the_bucket() {
     // The access log names the forwarded client.
     fibd.wait_log("203.0.113.1 key=- Get /current -> 429");
     fibd.wait_log("2001:db8::9 key=- Get /current -> 200");
+    // Also for answers that never reach a service.
+    let r = proxy.request("GET", "/nowhere", &[("X-Forwarded-For", "203.0.113.44")]);
+    assert_eq!(r.status, 404);
+    fibd.wait_log("203.0.113.44 key=- Get /nowhere -> 404");
 }
 
 #[test]

@@ -210,13 +210,7 @@ impl Access {
     /// the file is a 401; without a file, keys are ignored.
     pub fn identify(&self, peer: IpAddr, request: &Request<'_>) -> Result<Caller, ApiError> {
         let peer = cidr::canonical(peer);
-        let trusted = |ip: IpAddr| self.config.trusted_proxies.iter().any(|c| c.contains(ip));
-        let addr = cidr::canonical(forwarded::client_address(
-            peer,
-            request.forwarded,
-            request.x_forwarded_for,
-            trusted,
-        ));
+        let addr = self.client_address(peer, request);
         if let (Some(_), Some(presented)) = (&self.config.api_keys, request.api_key) {
             let hash = self.hash(presented);
             let found = self
@@ -234,7 +228,8 @@ impl Access {
                 limit: entry.limit,
             });
         }
-        let exempt = !self.config.rate_limit_loopback && peer.is_loopback() && !trusted(peer);
+        let exempt =
+            !self.config.rate_limit_loopback && peer.is_loopback() && !self.is_trusted(peer);
         Ok(Caller {
             addr,
             key: None,
@@ -245,6 +240,21 @@ impl Access {
                 self.rate_limit.default_limit()
             },
         })
+    }
+
+    /// The client's address: the peer's, or the one a trusted proxy forwarded
+    /// (see `http::forwarded`).
+    pub fn client_address(&self, peer: IpAddr, request: &Request<'_>) -> IpAddr {
+        cidr::canonical(forwarded::client_address(
+            cidr::canonical(peer),
+            request.forwarded,
+            request.x_forwarded_for,
+            |ip| self.is_trusted(ip),
+        ))
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
     /// 401 without a key, 403 with one that lacks `scope`, when the scope is

@@ -271,7 +271,10 @@ impl App {
         if !log::log_enabled!(target: "fibd::access", log::Level::Debug) {
             return;
         }
-        let addr = caller.map_or(conn.peer, |c| c.addr);
+        let addr = caller.map_or_else(
+            || self.access.client_address(conn.peer, request),
+            |c| c.addr,
+        );
         let key = caller
             .and_then(|c| c.key)
             .map_or("-", |k| self.access.key_name(k));
