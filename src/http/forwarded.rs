@@ -317,6 +317,51 @@ mod tests {
         assert_eq!(resolve(PROXY, None, Some(&short)), v4(203, 0, 113, 5));
     }
 
+    /// The obvious slow walk: split the whole list, go right to left.
+    fn naive_xff(peer: IpAddr, xff: &str) -> IpAddr {
+        let mut client = peer;
+        for entry in xff
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .rev()
+        {
+            match node_address(entry.as_bytes()) {
+                None => return client,
+                Some(ip) if !trusted(ip) => return ip,
+                Some(ip) => client = ip,
+            }
+        }
+        client
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_from_any_peer_never_panic(
+            forwarded in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            xff in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            // Whatever a trusted proxy passes on, the walk ends without a panic.
+            client_address(PROXY, Some(&forwarded), Some(&xff), trusted);
+            let from_stranger = client_address(STRANGER, Some(&forwarded), Some(&xff), trusted);
+            proptest::prop_assert_eq!(from_stranger, STRANGER);
+        }
+
+        #[test]
+        fn x_forwarded_for_agrees_with_the_naive_walk(
+            hops in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "10.0.0.2", "10.0.0.3", "203.0.113.5", "198.51.100.1", "unknown", "", " ",
+                    "[2001:db8::1]:80", "10.0.0.9:1",
+                ]),
+                0..(HOPS_MAX - 1),
+            )
+        ) {
+            let xff = hops.join(",");
+            proptest::prop_assert_eq!(resolve(PROXY, None, Some(&xff)), naive_xff(PROXY, &xff));
+        }
+    }
+
     #[test]
     fn arbitrary_input_never_panics() {
         let samples: &[&[u8]] = &[
