@@ -27,6 +27,19 @@ fn http_1_0_keep_alive_is_announced_on_every_answer_it_keeps() {
         let r = client.read_response(false);
         assert_eq!(r.status, status);
         assert_eq!(r.header("Connection"), Some("keep-alive"), "{r:?}");
+        if status == 404 {
+            // The 404 lists every resource, the operator's too.
+            for path in [
+                "/current",
+                "/v1/fib",
+                "/v1/random",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ] {
+                assert!(r.text().contains(path), "{path} in {}", r.text());
+            }
+        }
     }
     assert!(!client.is_closed_by_server(), "it stays open as announced");
     // The last one without keep-alive: announced and done.
