@@ -278,47 +278,4 @@ mod tests {
         sub_assign(&mut acc, &[max, max]);
         assert!(acc.is_empty());
     }
-
-    /// Run with `cargo test --release -- --ignored --nocapture timings`.
-    #[test]
-    #[ignore]
-    fn timings() {
-        use std::time::Instant;
-        for n in [100_000u64, 1_000_000, 10_000_000] {
-            let t = Instant::now();
-            let digits = decimal(n);
-            let decimal_time = t.elapsed();
-            let t = Instant::now();
-            let big_time = {
-                let v = crate::fib::big(n);
-                let e = t.elapsed();
-                drop(v);
-                e
-            };
-            let t = Instant::now();
-            let mut cursor = Cursor::at(n);
-            let at_time = t.elapsed();
-            let mut out = Vec::with_capacity(cursor.decimal_len() + 64);
-            let t = Instant::now();
-            cursor.write_decimal(&mut out);
-            let write_time = t.elapsed();
-            assert_eq!(out, digits.as_bytes());
-            let steps = 1000;
-            let t = Instant::now();
-            for _ in 0..steps {
-                cursor.forward();
-            }
-            let forward_time = t.elapsed() / steps;
-            let t = Instant::now();
-            for _ in 0..steps {
-                cursor.back();
-            }
-            let back_time = t.elapsed() / steps;
-            println!(
-                "n={n}: digits={} big={big_time:?} decimal={decimal_time:?} at={at_time:?} \
-                 forward={forward_time:?} back={back_time:?} write_decimal={write_time:?}",
-                digits.len()
-            );
-        }
-    }
 }
