@@ -11,6 +11,7 @@ use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 use crate::ratelimit::RateLimitConfig;
+use crate::smart::{SmartConfig, UpstreamTarget};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";
@@ -33,8 +34,11 @@ pub struct Config {
     pub fib: FibLimits,
     pub timeouts: Timeouts,
     pub rate_limit: RateLimitConfig,
+    pub smart: SmartConfig,
 }
 
+// Made once at start-up: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
     Serve(Config),
@@ -100,6 +104,13 @@ OPTIONS:
     --rate-limit N            tokens per second per client (X-API-Key, else IP); 0 turns
                               rate limiting off [env FIBD_RATE_LIMIT] (default 5000)
     --rate-burst N            bucket size per client [env FIBD_RATE_BURST] (default 10000)
+    --upstream URL            the http:// upstream /api/smart calls, resolved at start-up
+                              [env FIBD_UPSTREAM] (default none: /api/smart answers 503)
+    --hedge-after MS          send two more attempts when the first has not succeeded
+                              this long [env FIBD_HEDGE_AFTER] (default 300)
+    --upstream-max-conns N    outbound connections at most, idle ones included; past it
+                              /api/smart answers 503 at once [env FIBD_UPSTREAM_MAX_CONNS]
+                              (default 512)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -107,6 +118,7 @@ ENDPOINTS:
     GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
+    GET /api/smart?timeout=MS               the upstream's JSON, hedged, within MS (1 to 60000)
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
 
 Under systemd: socket activation (LISTEN_FDS), sd_notify (READY, STATUS,
@@ -129,6 +141,9 @@ struct Raw {
     idle_timeout_ms: Option<String>,
     rate_limit: Option<String>,
     rate_burst: Option<String>,
+    upstream: Option<String>,
+    hedge_after_ms: Option<String>,
+    upstream_conns_max: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -148,6 +163,9 @@ pub fn from_args(
         idle_timeout_ms: env("FIBD_IDLE_TIMEOUT_MS"),
         rate_limit: env("FIBD_RATE_LIMIT"),
         rate_burst: env("FIBD_RATE_BURST"),
+        upstream: env("FIBD_UPSTREAM"),
+        hedge_after_ms: env("FIBD_HEDGE_AFTER"),
+        upstream_conns_max: env("FIBD_UPSTREAM_MAX_CONNS"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -172,6 +190,9 @@ pub fn from_args(
             "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
             "--rate-limit" => &mut raw.rate_limit,
             "--rate-burst" => &mut raw.rate_burst,
+            "--upstream" => &mut raw.upstream,
+            "--hedge-after" => &mut raw.hedge_after_ms,
+            "--upstream-max-conns" => &mut raw.upstream_conns_max,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -280,6 +301,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         )? as u32,
         ..defaults
     };
+    let smart = smart_config(raw.upstream, raw.hedge_after_ms, raw.upstream_conns_max)?;
     Ok(Config {
         listen,
         data_dir,
@@ -289,6 +311,46 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         fib,
         timeouts,
         rate_limit,
+        smart,
+    })
+}
+
+/// /api/smart's upstream (resolved here, once: never a lookup on the loop),
+/// hedge delay and outbound connection bound.
+fn smart_config(
+    upstream: Option<String>,
+    hedge_after_ms: Option<String>,
+    conns_max: Option<String>,
+) -> Result<SmartConfig, ConfigError> {
+    let defaults = SmartConfig::default();
+    let upstream = match upstream.filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => {
+            Some(
+                UpstreamTarget::resolve(&url).map_err(|expected| ConfigError::Invalid {
+                    setting: "upstream",
+                    value: url,
+                    expected,
+                })?,
+            )
+        }
+    };
+    Ok(SmartConfig {
+        upstream,
+        hedge_after: Duration::from_millis(number(
+            hedge_after_ms,
+            defaults.hedge_after.as_millis() as u64,
+            "hedge delay",
+            1..=60_000,
+            "milliseconds from 1 to 60000",
+        )?),
+        conns_max: number(
+            conns_max,
+            defaults.conns_max as u64,
+            "upstream max conns",
+            1..=100_000,
+            "an integer from 1 to 100000",
+        )? as usize,
     })
 }
 
@@ -389,5 +451,30 @@ mod tests {
             assert!(err.to_string().contains("max index"), "{err}");
         }
         assert!(parse(&["--listen", "nonsense"], &[]).is_err());
+        let err = parse(&["--upstream", "https://127.0.0.1/"], &[]).unwrap_err();
+        assert!(err.to_string().contains("TLS proxy"), "{err}");
+        for bad in ["0", "60001", "x"] {
+            let err = parse(&["--hedge-after", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("hedge delay"), "{err}");
+        }
+        assert!(parse(&["--upstream-max-conns", "0"], &[]).is_err());
+    }
+
+    #[test]
+    fn the_upstream_is_resolved_at_start_up() {
+        let c = serve(
+            &[
+                "--upstream",
+                "http://127.0.0.1:9000/api/data",
+                "--hedge-after=50",
+            ],
+            &[("FIBD_UPSTREAM_MAX_CONNS", "7")],
+        );
+        let upstream = c.smart.upstream.expect("an upstream");
+        assert_eq!(upstream.addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(upstream.target, "/api/data");
+        assert_eq!(c.smart.hedge_after, Duration::from_millis(50));
+        assert_eq!(c.smart.conns_max, 7);
+        assert_eq!(serve(&[], &[]).smart, SmartConfig::default());
     }
 }

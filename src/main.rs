@@ -13,10 +13,12 @@ use fibd::http::date::HttpDate;
 use fibd::random::RandomSource;
 use fibd::ratelimit::RateLimiter;
 use fibd::routes::App;
-use fibd::server::Server;
+use fibd::server::{self as server, Server};
+use fibd::smart::SmartService;
 use fibd::stepper::Stepper;
 use fibd::store::Store;
 use fibd::systemd::{self, Notifier};
+use fibd::upstream::{Client, ClientConfig, ResponseLimits};
 
 fn main() -> ExitCode {
     let command = match config::from_args(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -102,13 +104,28 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
     let key = hash_key(&mut random).map_err(|e| format!("no OS random number generator: {e}"))?;
     let limiter = RateLimiter::new(config.rate_limit, key);
+    if let Some(upstream) = &config.smart.upstream {
+        log::info!(
+            "/api/smart calls http://{}{} at {}",
+            upstream.host,
+            upstream.target,
+            upstream.addr
+        );
+    }
+    let upstream = Client::new(ClientConfig {
+        conns_max: config.smart.conns_max,
+        idle_timeout: UPSTREAM_IDLE_TIMEOUT,
+        limits: ResponseLimits::default(),
+        token_base: server::UPSTREAM_TOKEN_BASE,
+    });
     let app = App::new(
         stepper,
         HttpDate::new(SystemTime::now()),
         random,
         fib,
         limiter,
-    );
+    )
+    .with_upstream(SmartService::new(config.smart.clone()), upstream);
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {
@@ -119,6 +136,11 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     log::info!("stopped cleanly");
     Ok(())
 }
+
+/// Pooled upstream connections unused this long are closed: shorter than
+/// the usual server keep-alive timeouts (uvicorn 5 s, nginx 75 s), so fibd
+/// usually closes first.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A per-process secret for hashing API keys, so nobody can aim many keys
 /// at one rate-limit bucket.
