@@ -202,10 +202,9 @@ impl UpConn {
                         Err(_) => self.failed(CallError::Closed),
                     };
                 }
+                // No short-read shortcut: a close that arrived with the last
+                // bytes raises no new edge, and it may end the body.
                 Ok(n) => {
-                    if n < buf.len() {
-                        self.readable = false;
-                    }
                     self.input
                         .extend_from_slice(buf.get(..n).unwrap_or_default());
                     match self.reader.feed(&self.input) {

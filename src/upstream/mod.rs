@@ -503,3 +503,53 @@ impl<T: Copy> Client<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_encoded_once_with_host_fields_and_length() {
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let get = Outbound::new(
+            "GET",
+            addr,
+            "h:9000",
+            "/a?b=1",
+            &[("Accept", "application/json")],
+            b"",
+        );
+        assert_eq!(
+            &*get.bytes,
+            b"GET /a?b=1 HTTP/1.1\r\nHost: h:9000\r\nAccept: application/json\r\n\r\n"
+        );
+        assert!(!get.head_only);
+        let post = Outbound::new(
+            "POST",
+            addr,
+            "h",
+            "/v3/kv/range",
+            &[],
+            b"{\"key\":\"Zm9v\"}",
+        );
+        assert_eq!(
+            &*post.bytes,
+            b"POST /v3/kv/range HTTP/1.1\r\nHost: h\r\nContent-Length: 14\r\n\r\n{\"key\":\"Zm9v\"}"
+        );
+        assert!(Outbound::new("HEAD", addr, "h", "/", &[], b"").head_only);
+    }
+
+    #[test]
+    fn a_client_without_connections_refuses_at_once() {
+        let mut client: Client<u8> = Client::new(ClientConfig::unused());
+        let request = Outbound::new("GET", "127.0.0.1:9".parse().unwrap(), "h", "/", &[], b"");
+        let now = Instant::now();
+        assert_eq!(
+            client.send(1, &request, now, now),
+            Err(SendError::Saturated)
+        );
+        assert!(!client.has_work());
+        assert_eq!(client.next_deadline(), None);
+        assert!(!client.owns(Token(0)));
+    }
+}

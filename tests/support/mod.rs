@@ -2,6 +2,8 @@
 //! free port with a fresh data directory, talk raw HTTP/1.1 to it, kill it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod upstream;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
