@@ -236,11 +236,15 @@ fn judge(result: Result<Response, CallError>) -> Result<Vec<u8>, Failure> {
     if !(200..300).contains(&response.status) {
         return Err(Failure::Status(response.status));
     }
-    let json = response.body.trim_ascii();
-    if !is_json(json) {
+    let mut body = response.body;
+    let end = body.len() - body.trim_ascii_end().len();
+    body.truncate(body.len() - end);
+    let start = body.len() - body.trim_ascii_start().len();
+    body.drain(..start);
+    if !is_json(&body) {
         return Err(Failure::NotJson);
     }
-    Ok(json.to_vec())
+    Ok(body)
 }
 
 /// Whether `bytes` is one JSON value, so it can be embedded verbatim.
