@@ -25,8 +25,8 @@
 //!
 //! # Pool
 //! At most `conns_max` connections are open or being opened, idle ones
-//! included; a send past that fails at once ([`SendError::Saturated`]) rather
-//! than queueing. Idle connections are reused most recent first and closed
+//! included (an idle one to another address is closed to make room); a send
+//! past that fails at once ([`SendError::Saturated`]) rather than queueing. Idle connections are reused most recent first and closed
 //! after `idle_timeout`. A reused connection that fails before any byte of
 //! the answer arrives (the upstream closed it while it sat idle) is retried
 //! once on a fresh connection, and that is not the call's failure.
@@ -246,7 +246,11 @@ impl<T: Copy> Client<T> {
     ) -> Result<CallId, SendError> {
         let idle = self.take_idle(request.addr);
         if idle.is_none() && self.open + self.pending.len() >= self.config.conns_max {
-            return Err(SendError::Saturated);
+            // Room held by an idle connection to another address is given up.
+            match self.idle.front() {
+                Some(&lru) => self.close(lru),
+                None => return Err(SendError::Saturated),
+            }
         }
         self.next_call += 1;
         let id = CallId(self.next_call);
@@ -537,6 +541,152 @@ mod tests {
             b"POST /v3/kv/range HTTP/1.1\r\nHost: h\r\nContent-Length: 14\r\n\r\n{\"key\":\"Zm9v\"}"
         );
         assert!(Outbound::new("HEAD", addr, "h", "/", &[], b"").head_only);
+    }
+
+    /// Registers with a real poller, as the server does.
+    struct TestRegistrar<'r>(&'r mio::Registry);
+
+    impl Registrar for TestRegistrar<'_> {
+        fn register(&mut self, stream: &mut TcpStream, token: Token) -> io::Result<()> {
+            self.0.register(
+                stream,
+                token,
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            )
+        }
+    }
+
+    /// A loopback upstream answering `answers` requests per connection with
+    /// a fixed JSON body, then closing; it reports each accepted connection.
+    fn upstream(answers: usize) -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(8) {
+                let Ok(mut stream) = stream else { return };
+                let _ = tx.send(());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    for _ in 0..answers {
+                        match stream.read(&mut buf) {
+                            Ok(n) if n > 0 => {}
+                            _ => return,
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Polls and drives `client` until a call completes (bounded).
+    fn run_until_done(client: &mut Client<u8>, poll: &mut mio::Poll) -> Completion<u8> {
+        let mut events = mio::Events::with_capacity(64);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "no completion");
+            let registry = poll.registry().try_clone().unwrap();
+            client.drive(Instant::now(), &mut TestRegistrar(&registry));
+            if let Some(done) = client.completed() {
+                return done;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            for event in &events {
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                client.on_ready(event.token(), readable, writable, Instant::now());
+            }
+        }
+    }
+
+    fn config(conns_max: usize) -> ClientConfig {
+        ClientConfig {
+            conns_max,
+            idle_timeout: Duration::from_secs(10),
+            limits: ResponseLimits::default(),
+            token_base: 1000,
+        }
+    }
+
+    #[test]
+    fn calls_reuse_pooled_connections_and_retry_a_closed_one_once() {
+        let (addr, accepted) = upstream(2);
+        let mut poll = mio::Poll::new().unwrap();
+        let mut client: Client<u8> = Client::new(config(4));
+        let request = Outbound::new("GET", addr, "up", "/", &[], b"");
+        let later = Instant::now() + Duration::from_secs(5);
+        for tag in 0..3u8 {
+            let call = client.send(tag, &request, later, Instant::now()).unwrap();
+            let done = run_until_done(&mut client, &mut poll);
+            assert_eq!((done.call, done.tag), (call, tag));
+            assert_eq!(done.result.unwrap().body, b"{}");
+        }
+        // Two answers per connection: the third call found its pooled
+        // connection closed and went to a fresh one, not as a failure.
+        assert_eq!(accepted.try_iter().count(), 2);
+        let stats = client.stats();
+        assert_eq!((stats.reused, stats.open, stats.idle), (2, 1, 1));
+        assert_eq!(stats.retried, 1);
+    }
+
+    #[test]
+    fn an_idle_connection_to_another_address_makes_room() {
+        let (first, _) = upstream(10);
+        let (second, accepted) = upstream(10);
+        let mut poll = mio::Poll::new().unwrap();
+        let mut client: Client<u8> = Client::new(config(1));
+        let later = Instant::now() + Duration::from_secs(5);
+        let to_first = Outbound::new("GET", first, "a", "/", &[], b"");
+        client.send(1, &to_first, later, Instant::now()).unwrap();
+        assert!(run_until_done(&mut client, &mut poll).result.is_ok());
+        assert_eq!(client.stats().idle, 1);
+        let to_second = Outbound::new("GET", second, "b", "/", &[], b"");
+        client.send(2, &to_second, later, Instant::now()).unwrap();
+        assert_eq!(
+            client.send(3, &to_second, later, Instant::now()),
+            Err(SendError::Saturated),
+            "the one connection is taken"
+        );
+        assert!(run_until_done(&mut client, &mut poll).result.is_ok());
+        assert_eq!(accepted.try_iter().count(), 1);
+        assert_eq!(client.stats().open, 1);
+    }
+
+    #[test]
+    fn a_deadline_and_a_refused_connect_are_typed_errors() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut client: Client<u8> = Client::new(config(4));
+        let request = Outbound::new("GET", silent.local_addr().unwrap(), "s", "/", &[], b"");
+        let soon = Instant::now() + Duration::from_millis(30);
+        client.send(1, &request, soon, Instant::now()).unwrap();
+        let done = run_until_done(&mut client, &mut poll);
+        assert_eq!(done.result, Err(CallError::Timeout));
+        assert!(done.elapsed >= Duration::from_millis(30));
+        assert_eq!(client.stats().open, 0, "its socket was closed");
+        let closed = silent.local_addr().unwrap();
+        drop(silent);
+        let request = Outbound::new("GET", closed, "s", "/", &[], b"");
+        client
+            .send(
+                2,
+                &request,
+                Instant::now() + Duration::from_secs(5),
+                Instant::now(),
+            )
+            .unwrap();
+        let done = run_until_done(&mut client, &mut poll);
+        assert_eq!(
+            done.result,
+            Err(CallError::Connect(io::ErrorKind::ConnectionRefused))
+        );
     }
 
     #[test]
