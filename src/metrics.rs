@@ -36,9 +36,11 @@ const UPSTREAM_BOUNDS: [f64; 12] = [
 ];
 /// Attempts sent for one /api/smart call: 0 (none could be sent) to 3.
 const ATTEMPT_BOUNDS: [f64; 4] = [0.0, 1.0, 2.0, 3.0];
-/// /api/smart outcomes, as the `error` codes of its failures (and "ok").
-const SMART_OUTCOMES: [&str; 6] = [
+/// /api/smart outcomes, as the `error` codes of its failures (and "ok", and
+/// "client_gone" for a caller that hung up first).
+const SMART_OUTCOMES: [&str; 7] = [
     "ok",
+    "client_gone",
     "upstream_timeout",
     "upstream_error",
     "upstream_unavailable",

@@ -366,6 +366,10 @@ impl Server {
         if let Some(conn) = self.conns.remove(token) {
             self.shared.kept_bytes -= conn.accounted_bytes();
             self.app.metrics.connection_closed();
+            // A client that left gives up the request it waited for.
+            if let Some((ticket, owner)) = self.app.parking.left_by(token, conn.serial()) {
+                self.app.abandon(ticket, owner);
+            }
         }
         // A freed slot may let a connection waiting in the backlog in.
         if self.stopping_since.is_none() {

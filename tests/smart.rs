@@ -447,3 +447,34 @@ fn current_stays_fast_while_hundreds_of_calls_hang() {
     );
     assert_eq!(metric(&mut client, "fibd_upstream_connections_open"), 600.0);
 }
+
+#[test]
+fn a_caller_that_hangs_up_cancels_its_attempts() {
+    let upstream = FakeUpstream::start(|_| Answer::silent());
+    let data = DataDir::new("smart-gone");
+    let fibd = fibd_for(&data, &upstream, &[]);
+    let mut caller = fibd.connect();
+    caller.send(&support::request_bytes(
+        "GET",
+        "/api/smart?timeout=30000",
+        &[],
+    ));
+    assert!(
+        upstream.wait_until(ms(2000), |u| u.requests() == 3),
+        "hedged"
+    );
+    drop(caller);
+    assert!(
+        upstream.wait_until(ms(2000), |u| u.peer_closed() == 3),
+        "the attempts outlived their caller"
+    );
+    let mut client = fibd.connect();
+    assert_eq!(metric(&mut client, "fibd_upstream_connections_open"), 0.0);
+    assert_eq!(
+        metric(
+            &mut client,
+            "fibd_smart_calls_total{outcome=\"client_gone\"}"
+        ),
+        1.0
+    );
+}

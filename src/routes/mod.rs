@@ -193,6 +193,17 @@ impl App {
         }
     }
 
+    /// A parked request's client left: its owner stops working for it
+    /// (an /api/smart call cancels its attempts) and the ticket is freed.
+    pub fn abandon(&mut self, ticket: Ticket, owner: Waiting) {
+        match owner {
+            // The computation may serve others; its reply finds no ticket.
+            Waiting::Fib => {}
+            Waiting::Smart => self.abandon_smart(ticket),
+        }
+        self.parking.take(ticket);
+    }
+
     /// The next reply decided for a parked request, for the loop to deliver.
     pub fn take_settled(&mut self) -> Option<(Ticket, LateReply)> {
         self.settled.pop_front()

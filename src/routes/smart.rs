@@ -116,6 +116,16 @@ impl App {
         }
     }
 
+    pub(super) fn abandon_smart(&mut self, ticket: Ticket) {
+        if let Some(live) = self.smart.remove(ticket) {
+            for call in live.calls {
+                self.upstream.cancel(call);
+            }
+            self.metrics
+                .smart_outcome("client_gone", live.plan.attempts());
+        }
+    }
+
     fn smart_attempt_done(&mut self, ticket: Ticket, done: Completion<Caller>) {
         self.metrics.upstream_call(done.elapsed);
         let Some(live) = self.smart.get_mut(ticket) else {
