@@ -451,6 +451,7 @@ pub fn parse_timeout(query: &[u8]) -> Result<Duration, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -616,6 +617,77 @@ mod tests {
         assert_eq!(service.due_hedge(t0 + ms(330)), Some(tickets[2]));
         assert_eq!(service.due_hedge(t0 + ms(330)), None);
         assert_eq!(service.len(), 2);
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Event {
+        Tick(u64),
+        Success,
+        Failed(Failure),
+        Expire,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0u64..1000).prop_map(Event::Tick),
+            Just(Event::Success),
+            Just(Event::Failed(Failure::Status(500))),
+            Just(Event::Failed(Failure::Closed)),
+            Just(Event::Failed(Failure::Refused)),
+            Just(Event::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, in any order: at most three attempts, hedges
+        /// sent once, exactly one answer, and nothing after it. Outcomes
+        /// only come for attempts in flight, as the client reports them.
+        #[test]
+        fn the_plan_answers_once_and_never_sends_more_than_three(
+            events in proptest::collection::vec(event(), 0..20),
+            room in proptest::collection::vec(0u8..=3, 2),
+        ) {
+            let t0 = Instant::now();
+            let (mut plan, first) = Plan::start(t0, ms(300));
+            let mut in_flight = 0u8;
+            let mut answers = 0;
+            let mut sends = 0;
+            let mut room = room.into_iter();
+            let mut step = first;
+            for e in events.into_iter().map(Some).chain([Some(Event::Expire), None]) {
+                // Carry out the step as the service would.
+                while let Step::Send(n) = step {
+                    sends += 1;
+                    let sent = n.min(room.next().unwrap_or(n));
+                    in_flight += sent;
+                    step = plan.sent(n, sent);
+                }
+                if let Step::Answer(_) = step {
+                    answers += 1;
+                    in_flight = 0;
+                }
+                prop_assert!(plan.attempts() <= ATTEMPTS_MAX);
+                prop_assert!(sends <= 2);
+                let Some(e) = e else { break };
+                step = match e {
+                    Event::Tick(at) => plan.tick(t0 + ms(at)),
+                    Event::Success if in_flight > 0 => {
+                        in_flight -= 1;
+                        plan.succeeded()
+                    }
+                    Event::Failed(f) if in_flight > 0 => {
+                        in_flight -= 1;
+                        plan.failed(f)
+                    }
+                    Event::Success | Event::Failed(_) => Step::Wait,
+                    Event::Expire => plan.expire(),
+                };
+                if answers > 0 {
+                    prop_assert_eq!(step, Step::Wait, "a step after the answer");
+                }
+            }
+            prop_assert_eq!(answers, 1);
+        }
     }
 
     #[test]

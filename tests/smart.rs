@@ -123,12 +123,13 @@ fn every_attempt_slow_is_a_timeout_at_the_deadline() {
         let attempts = if timeout > 300 { 3 } else { 1 };
         assert_eq!(json["attempts"], attempts);
         let time = json["time"].as_u64().unwrap();
+        // At the deadline, not after it: a few ms of slack for a busy machine.
         assert!(
-            (timeout..timeout + 5).contains(&time),
+            (timeout..timeout + 10).contains(&time),
             "time {time} for {timeout}"
         );
         assert!(elapsed >= ms(timeout), "{elapsed:?}");
-        assert!(elapsed < ms(timeout + 50), "{elapsed:?} for {timeout}");
+        assert!(elapsed < ms(timeout + 100), "{elapsed:?} for {timeout}");
         assert!(json["detail"].as_str().unwrap().contains("timeout"));
     }
     assert_eq!(r#try(&mut client), 200, "the connection stays usable");
