@@ -288,7 +288,7 @@ impl App {
                 self.metrics_page(request, out);
                 done(Ok(()))
             }
-            Route::Smart => self.smart(conn, request, out),
+            Route::Smart => self.smart(conn, request),
         }
     }
 }

@@ -34,7 +34,6 @@ impl App {
         &mut self,
         conn: ConnRef,
         request: &Request<'_>,
-        _out: &mut Output,
     ) -> Result<Answer, ApiError> {
         let timeout = smart::parse_timeout(request.query)
             .map_err(|message| ApiError::BadQuery { message })?;

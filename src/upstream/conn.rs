@@ -90,11 +90,11 @@ impl UpConn {
         matches!(self.phase, Phase::Idle { .. })
     }
 
-    /// When it became idle; only meaningful while it is.
-    pub(super) fn idle_since(&self) -> Instant {
+    /// When it became idle, while it is.
+    pub(super) fn idle_since(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Idle { since } => since,
-            _ => Instant::now(),
+            Phase::Idle { since } => Some(since),
+            _ => None,
         }
     }
 

@@ -299,8 +299,8 @@ impl<T: Copy> Client<T> {
         self.drop_stale_deadlines();
         let call = self.deadlines.peek().map(|Reverse((at, _))| *at);
         let idle = self.idle.front().and_then(|&slot| {
-            let conn = self.slots.get(slot)?.as_ref()?;
-            Some(conn.idle_since() + self.config.idle_timeout)
+            let since = self.slots.get(slot)?.as_ref()?.idle_since()?;
+            Some(since + self.config.idle_timeout)
         });
         call.into_iter().chain(idle).min()
     }
@@ -479,7 +479,7 @@ impl<T: Copy> Client<T> {
                 .slots
                 .get(slot)
                 .and_then(Option::as_ref)
-                .map(UpConn::idle_since);
+                .and_then(UpConn::idle_since);
             match since {
                 Some(since) if since + self.config.idle_timeout > now => break,
                 _ => self.close(slot),
