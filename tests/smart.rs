@@ -6,12 +6,22 @@
 
 mod support;
 
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::upstream::{Answer, FakeUpstream, Kind, Seen};
 use support::{Client, DataDir, Fibd, Response};
+
+/// Tests that time fibd, and the one that loads it with 800 sockets, run
+/// one at a time: on a 2-CPU machine they would otherwise time each other.
+fn timing() -> MutexGuard<'static, ()> {
+    static TIMING: Mutex<()> = Mutex::new(());
+    TIMING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Starts fibd calling `upstream`, rate limiting off unless `extra` says.
 fn fibd_for(data: &DataDir, upstream: &FakeUpstream, extra: &[&str]) -> Fibd {
@@ -74,6 +84,7 @@ fn a_fast_success_is_one_attempt_embedded_verbatim() {
 
 #[test]
 fn a_slow_first_attempt_is_rescued_by_a_hedge() {
+    let _timing = timing();
     let upstream = FakeUpstream::start(|seen: Seen| match seen.index {
         0 => Answer::json(3000, "{\"who\": \"slow\"}"),
         _ => Answer::json(50, "{\"who\": \"hedge\"}"),
@@ -94,6 +105,7 @@ fn a_slow_first_attempt_is_rescued_by_a_hedge() {
 
 #[test]
 fn a_fast_failure_sends_the_hedges_at_once() {
+    let _timing = timing();
     let upstream = FakeUpstream::start(|seen: Seen| match seen.index {
         0 => Answer::status(0, 500),
         _ => Answer::json(20, "{\"ok\": true}"),
@@ -111,6 +123,7 @@ fn a_fast_failure_sends_the_hedges_at_once() {
 
 #[test]
 fn every_attempt_slow_is_a_timeout_at_the_deadline() {
+    let _timing = timing();
     let upstream = FakeUpstream::start(|_| Answer::silent());
     let data = DataDir::new("smart-timeout");
     let fibd = fibd_for(&data, &upstream, &[]);
@@ -125,11 +138,11 @@ fn every_attempt_slow_is_a_timeout_at_the_deadline() {
         let time = json["time"].as_u64().unwrap();
         // At the deadline, not after it: a few ms of slack for a busy machine.
         assert!(
-            (timeout..timeout + 10).contains(&time),
+            (timeout..timeout + 20).contains(&time),
             "time {time} for {timeout}"
         );
         assert!(elapsed >= ms(timeout), "{elapsed:?}");
-        assert!(elapsed < ms(timeout + 100), "{elapsed:?} for {timeout}");
+        assert!(elapsed < ms(timeout + 150), "{elapsed:?} for {timeout}");
         assert!(json["detail"].as_str().unwrap().contains("timeout"));
     }
     assert_eq!(r#try(&mut client), 200, "the connection stays usable");
@@ -141,6 +154,7 @@ fn r#try(client: &mut Client) -> u16 {
 
 #[test]
 fn every_attempt_failing_names_the_status_at_once() {
+    let _timing = timing();
     let upstream = FakeUpstream::start(|_| Answer::status(0, 500));
     let data = DataDir::new("smart-500");
     let fibd = fibd_for(&data, &upstream, &[]);
@@ -157,6 +171,7 @@ fn every_attempt_failing_names_the_status_at_once() {
 
 #[test]
 fn an_upstream_that_is_down_is_unavailable() {
+    let _timing = timing();
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -293,6 +308,7 @@ fn pooled_connections_are_reused() {
 
 #[test]
 fn an_upstream_closing_idle_connections_costs_no_attempt() {
+    let _timing = timing();
     // Closes after every answer, without saying so.
     let upstream = FakeUpstream::start(|_| Answer::json(0, "{\"n\": 2}").then_close());
     let data = DataDir::new("smart-idle-close");
@@ -362,6 +378,7 @@ fn bad_timeout_values_name_the_range() {
 
 #[test]
 fn past_the_connection_bound_the_answer_is_at_once() {
+    let _timing = timing();
     let upstream = FakeUpstream::start(|_| Answer::silent());
     let data = DataDir::new("smart-bound");
     let fibd = fibd_for(&data, &upstream, &["--upstream-max-conns", "1"]);
@@ -418,6 +435,7 @@ fn a_call_costs_tokens() {
 
 #[test]
 fn current_stays_fast_while_hundreds_of_calls_hang() {
+    let _timing = timing();
     let upstream = FakeUpstream::start(|_| Answer::silent());
     let data = DataDir::new("smart-hang");
     let fibd = fibd_for(&data, &upstream, &["--upstream-max-conns", "1000"]);
