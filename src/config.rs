@@ -12,6 +12,7 @@ use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 use crate::ratelimit::RateLimitConfig;
+use crate::smart::{SmartConfig, UpstreamTarget};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";
@@ -35,8 +36,11 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub rate_limit: RateLimitConfig,
     pub access: AccessConfig,
+    pub smart: SmartConfig,
 }
 
+// Made once at start-up: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
     Serve(Box<Config>),
@@ -111,6 +115,13 @@ OPTIONS:
                               (needs --api-keys) [env FIBD_PROTECT_STEPS=1]
     --trusted-proxy CIDR      believe Forwarded / X-Forwarded-For from peers in this range;
                               repeatable [env FIBD_TRUSTED_PROXIES, comma-separated]
+    --upstream URL            the http:// upstream /api/smart calls, resolved at start-up
+                              [env FIBD_UPSTREAM] (default none: /api/smart answers 503)
+    --hedge-after MS          send two more attempts when the first has not succeeded
+                              this long [env FIBD_HEDGE_AFTER] (default 300)
+    --upstream-max-conns N    outbound connections at most, idle ones included; past it
+                              /api/smart answers 503 at once [env FIBD_UPSTREAM_MAX_CONNS]
+                              (default 512)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -118,6 +129,7 @@ ENDPOINTS:
     GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
+    GET /api/smart?timeout=MS               the upstream's JSON, hedged, within MS (1 to 60000)
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
 
 SIGHUP rereads the --api-keys file; a bad file is logged and the old keys kept.
@@ -148,6 +160,9 @@ struct Raw {
     /// Comma-separated, from the environment; replaced by any flags.
     trusted_proxies: Option<String>,
     trusted_proxy_flags: Vec<String>,
+    upstream: Option<String>,
+    hedge_after_ms: Option<String>,
+    upstream_conns_max: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -172,6 +187,9 @@ pub fn from_args(
         protect_steps: env("FIBD_PROTECT_STEPS"),
         trusted_proxies: env("FIBD_TRUSTED_PROXIES"),
         trusted_proxy_flags: Vec::new(),
+        upstream: env("FIBD_UPSTREAM"),
+        hedge_after_ms: env("FIBD_HEDGE_AFTER"),
+        upstream_conns_max: env("FIBD_UPSTREAM_MAX_CONNS"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -208,6 +226,9 @@ pub fn from_args(
             "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
             "--rate-limit" => &mut raw.rate_limit,
             "--rate-burst" => &mut raw.rate_burst,
+            "--upstream" => &mut raw.upstream,
+            "--hedge-after" => &mut raw.hedge_after_ms,
+            "--upstream-max-conns" => &mut raw.upstream_conns_max,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -324,6 +345,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         raw.trusted_proxies,
         raw.trusted_proxy_flags,
     )?;
+    let smart = smart_config(raw.upstream, raw.hedge_after_ms, raw.upstream_conns_max)?;
     Ok(Config {
         listen,
         data_dir,
@@ -334,6 +356,46 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         timeouts,
         rate_limit,
         access,
+        smart,
+    })
+}
+
+/// /api/smart's upstream (resolved here, once: never a lookup on the loop),
+/// hedge delay and outbound connection bound.
+fn smart_config(
+    upstream: Option<String>,
+    hedge_after_ms: Option<String>,
+    conns_max: Option<String>,
+) -> Result<SmartConfig, ConfigError> {
+    let defaults = SmartConfig::default();
+    let upstream = match upstream.filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => {
+            Some(
+                UpstreamTarget::resolve(&url).map_err(|expected| ConfigError::Invalid {
+                    setting: "upstream",
+                    value: url,
+                    expected,
+                })?,
+            )
+        }
+    };
+    Ok(SmartConfig {
+        upstream,
+        hedge_after: Duration::from_millis(number(
+            hedge_after_ms,
+            defaults.hedge_after.as_millis() as u64,
+            "hedge delay",
+            1..=60_000,
+            "milliseconds from 1 to 60000",
+        )?),
+        conns_max: number(
+            conns_max,
+            defaults.conns_max as u64,
+            "upstream max conns",
+            1..=100_000,
+            "an integer from 1 to 100000",
+        )? as usize,
     })
 }
 
@@ -496,6 +558,31 @@ mod tests {
             assert!(err.to_string().contains("max index"), "{err}");
         }
         assert!(parse(&["--listen", "nonsense"], &[]).is_err());
+        let err = parse(&["--upstream", "https://127.0.0.1/"], &[]).unwrap_err();
+        assert!(err.to_string().contains("TLS proxy"), "{err}");
+        for bad in ["0", "60001", "x"] {
+            let err = parse(&["--hedge-after", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("hedge delay"), "{err}");
+        }
+        assert!(parse(&["--upstream-max-conns", "0"], &[]).is_err());
+    }
+
+    #[test]
+    fn the_upstream_is_resolved_at_start_up() {
+        let c = serve(
+            &[
+                "--upstream",
+                "http://127.0.0.1:9000/api/data",
+                "--hedge-after=50",
+            ],
+            &[("FIBD_UPSTREAM_MAX_CONNS", "7")],
+        );
+        let upstream = c.smart.upstream.expect("an upstream");
+        assert_eq!(upstream.addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(upstream.target, "/api/data");
+        assert_eq!(c.smart.hedge_after, Duration::from_millis(50));
+        assert_eq!(c.smart.conns_max, 7);
+        assert_eq!(serve(&[], &[]).smart, SmartConfig::default());
     }
 
     #[test]

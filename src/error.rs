@@ -10,6 +10,7 @@ use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
 use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
 use crate::ratelimit::{self, Decision, Limit};
+use crate::smart::{Failure, UpstreamFailure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApiError {
@@ -60,6 +61,8 @@ pub enum ApiError {
     NotReady,
     /// The OS CSPRNG failed; no number is better than a weak one.
     RandomUnavailable,
+    /// /api/smart got no successful answer from its upstream, and why.
+    Upstream(UpstreamFailure),
 }
 
 impl From<ParseError> for ApiError {
@@ -95,9 +98,10 @@ impl ApiError {
             ApiError::RateLimited { .. } => Status::TOO_MANY_REQUESTS,
             ApiError::UnknownKey | ApiError::KeyRequired { .. } => Status::UNAUTHORIZED,
             ApiError::ScopeMissing { .. } => Status::FORBIDDEN,
-            ApiError::CommitFailed | ApiError::RandomUnavailable | ApiError::NotReady => {
-                Status::SERVICE_UNAVAILABLE
-            }
+            ApiError::CommitFailed
+            | ApiError::RandomUnavailable
+            | ApiError::NotReady
+            | ApiError::Upstream(_) => Status::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -150,6 +154,7 @@ impl ApiError {
             ApiError::RandomUnavailable => {
                 "the operating system's random number generator failed; retry shortly"
             }
+            ApiError::Upstream(f) => upstream_detail(f.failure),
         }
     }
 
@@ -222,6 +227,9 @@ impl ApiError {
 
     /// The JSON body: `{"error": "...", "status": N, ...}`.
     fn body(self) -> Vec<u8> {
+        if let ApiError::Upstream(f) = self {
+            return upstream_body(f);
+        }
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"{\"error\": \"");
         write_json_str(&mut out, self.message().as_bytes());
@@ -243,6 +251,47 @@ impl ApiError {
         }
         out.extend_from_slice(b"}\n");
         out
+    }
+}
+
+/// /api/smart's failure: the kind as `error` (for programs), elapsed
+/// `time` and `attempts` sent, and a `detail` for people.
+fn upstream_body(f: UpstreamFailure) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200);
+    out.extend_from_slice(b"{\"error\": \"");
+    out.extend_from_slice(f.failure.code().as_bytes());
+    out.extend_from_slice(b"\", \"status\": 503, \"time\": ");
+    digits::write_u64(&mut out, f.time_ms);
+    out.extend_from_slice(b", \"attempts\": ");
+    digits::write_u64(&mut out, u64::from(f.attempts));
+    if let Failure::Status(status) = f.failure {
+        out.extend_from_slice(b", \"upstream_status\": ");
+        digits::write_u64(&mut out, u64::from(status));
+    }
+    out.extend_from_slice(b", \"detail\": \"");
+    write_json_str(&mut out, upstream_detail(f.failure).as_bytes());
+    if let Failure::Status(status) = f.failure {
+        out.extend_from_slice(b" ");
+        digits::write_u64(&mut out, u64::from(status));
+    }
+    out.extend_from_slice(b"\"}\n");
+    out
+}
+
+fn upstream_detail(failure: Failure) -> &'static str {
+    match failure {
+        Failure::Timeout => "no attempt answered successfully within the timeout",
+        Failure::Status(_) => "the upstream answered with an error status:",
+        Failure::Refused => "the upstream refused the connection or could not be reached",
+        Failure::Closed => "the upstream closed or reset the connection before a whole answer",
+        Failure::Saturated => {
+            "every outbound connection fibd may open (--upstream-max-conns) is in use; retry shortly"
+        }
+        Failure::BadHttp(e) => e.message(),
+        Failure::NotJson => "the upstream's answer is not JSON",
+        Failure::NotConfigured => {
+            "fibd was started without --upstream, so /api/smart has no upstream to call"
+        }
     }
 }
 

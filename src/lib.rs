@@ -10,12 +10,13 @@
 //!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
 //! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
 //!   content negotiation, the Date header, response heads (and the one rule
-//!   for the `Connection` field), the client address behind trusted proxies.
+//!   for the `Connection` field), the client address behind trusted proxies,
+//!   and the reader of upstream responses (`http::upstream`).
 //! - [`park`]: replies answered later: a ticket per parked request, which the
 //!   service keeps instead of the connection, and the deadlines they expire at.
 //! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
-//!   one file of replies per service (`stepper`, `fib`, `random`, `ops`, with
-//!   `number` the value writer the stepper and /v1/fib share).
+//!   one file of replies per service (`stepper`, `fib`, `random`, `smart`,
+//!   `ops`, with `number` the value writer the stepper and /v1/fib share).
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
 //! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big
@@ -25,6 +26,11 @@
 //! - [`access`]: who the client is and what it may do: API keys (a file,
 //!   reloaded on SIGHUP) and their scopes, trusted reverse proxies, and which
 //!   bucket and limit a request is charged to.
+//! - [`smart`]: the /api/smart service: the hedging plan as a sans-IO state
+//!   machine, and the live calls with their hedge timers.
+//! - [`upstream`]: the outbound HTTP/1.1 client inside the loop (non-blocking
+//!   connect, bounded keep-alive pool, deadlines), the only code that touches
+//!   an upstream socket; the server drives it through a token range.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
@@ -55,6 +61,8 @@ pub mod ratelimit;
 pub mod recency;
 pub mod routes;
 pub mod server;
+pub mod smart;
 pub mod stepper;
 pub mod store;
 pub mod systemd;
+pub mod upstream;

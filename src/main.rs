@@ -14,10 +14,12 @@ use fibd::http::date::HttpDate;
 use fibd::random::RandomSource;
 use fibd::ratelimit::RateLimiter;
 use fibd::routes::App;
-use fibd::server::Server;
+use fibd::server::{self as server, Server};
+use fibd::smart::SmartService;
 use fibd::stepper::Stepper;
 use fibd::store::Store;
 use fibd::systemd::{self, Notifier};
+use fibd::upstream::{Client, ClientConfig, ResponseLimits};
 
 fn main() -> ExitCode {
     let command = match config::from_args(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -113,6 +115,20 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     );
     log_access_settings(&config, &access);
     let limiter = RateLimiter::new(config.rate_limit.clients_max);
+    if let Some(upstream) = &config.smart.upstream {
+        log::info!(
+            "/api/smart calls http://{}{} at {}",
+            upstream.host,
+            upstream.target,
+            upstream.addr
+        );
+    }
+    let upstream = Client::new(ClientConfig {
+        conns_max: config.smart.conns_max,
+        idle_timeout: UPSTREAM_IDLE_TIMEOUT,
+        limits: ResponseLimits::default(),
+        token_base: server::UPSTREAM_TOKEN_BASE,
+    });
     let app = App::new(
         stepper,
         HttpDate::new(SystemTime::now()),
@@ -120,7 +136,8 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         fib,
         access,
         limiter,
-    );
+    )
+    .with_upstream(SmartService::new(config.smart.clone()), upstream);
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {
@@ -156,6 +173,11 @@ fn log_access_settings(config: &Config, access: &Access) {
         },
     );
 }
+
+/// Pooled upstream connections unused this long are closed: shorter than
+/// the usual server keep-alive timeouts (uvicorn 5 s, nginx 75 s), so fibd
+/// usually closes first.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A per-process secret for hashing API keys: nobody can relate a hash, or
 /// how long comparing it takes, to a key.

@@ -30,6 +30,24 @@ const BATCH_BOUNDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 25
 /// Seconds; F(10^7) takes about two.
 const COMPUTE_BOUNDS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 10.0];
 
+/// Seconds; one upstream attempt, from its send to its outcome.
+const UPSTREAM_BOUNDS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+/// Attempts sent for one /api/smart call: 0 (none could be sent) to 3.
+const ATTEMPT_BOUNDS: [f64; 4] = [0.0, 1.0, 2.0, 3.0];
+/// /api/smart outcomes, as the `error` codes of its failures (and "ok", and
+/// "client_gone" for a caller that hung up first).
+const SMART_OUTCOMES: [&str; 7] = [
+    "ok",
+    "client_gone",
+    "upstream_timeout",
+    "upstream_error",
+    "upstream_unavailable",
+    "upstream_malformed",
+    "upstream_not_configured",
+];
+
 /// A cumulative histogram with fixed bounds.
 #[derive(Debug)]
 struct Histogram {
@@ -84,6 +102,7 @@ pub struct Gauges {
     pub fib_cache_entries: usize,
     pub fib_queue: usize,
     pub rate_limit_clients: usize,
+    pub upstream: crate::upstream::PoolStats,
 }
 
 #[derive(Debug)]
@@ -99,6 +118,9 @@ pub struct Metrics {
     fib_cache_misses: u64,
     fib_compute_seconds: Histogram,
     rate_limited: u64,
+    smart_outcomes: [u64; SMART_OUTCOMES.len()],
+    smart_attempts: Histogram,
+    upstream_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -115,6 +137,9 @@ impl Default for Metrics {
             fib_cache_misses: 0,
             fib_compute_seconds: Histogram::new(&COMPUTE_BOUNDS),
             rate_limited: 0,
+            smart_outcomes: [0; SMART_OUTCOMES.len()],
+            smart_attempts: Histogram::new(&ATTEMPT_BOUNDS),
+            upstream_seconds: Histogram::new(&UPSTREAM_BOUNDS),
         }
     }
 }
@@ -169,6 +194,20 @@ impl Metrics {
 
     pub fn fib_computed(&mut self, elapsed: Duration) {
         self.fib_compute_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// One /api/smart call ended with `code` ("ok" or its error code)
+    /// after sending `attempts`.
+    pub fn smart_outcome(&mut self, code: &str, attempts: u8) {
+        if let Some(i) = SMART_OUTCOMES.iter().position(|&c| c == code) {
+            self.smart_outcomes[i] += 1;
+        }
+        self.smart_attempts.observe(f64::from(attempts));
+    }
+
+    /// One outbound call finished (answered or failed) after `elapsed`.
+    pub fn upstream_call(&mut self, elapsed: Duration) {
+        self.upstream_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// The exposition, in the Prometheus text format 0.0.4.
@@ -279,6 +318,53 @@ impl Metrics {
             "fibd_rate_limit_clients",
             "Clients with a token bucket (bounded; full buckets are evicted first).",
             gauges.rate_limit_clients as u64,
+        );
+        self.render_upstream(gauges, out);
+    }
+
+    fn render_upstream(&self, gauges: &Gauges, out: &mut String) {
+        out.push_str("# HELP fibd_smart_calls_total /api/smart calls answered, by outcome.\n");
+        out.push_str("# TYPE fibd_smart_calls_total counter\n");
+        for (outcome, count) in SMART_OUTCOMES.iter().zip(self.smart_outcomes) {
+            let _ = writeln!(
+                out,
+                "fibd_smart_calls_total{{outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        self.smart_attempts.write(
+            out,
+            "fibd_smart_attempts",
+            "Upstream attempts sent per /api/smart call.",
+        );
+        self.upstream_seconds.write(
+            out,
+            "fibd_upstream_duration_seconds",
+            "Outbound calls, from the send to the answer or failure (cancelled ones excluded).",
+        );
+        let pool = gauges.upstream;
+        gauge(
+            out,
+            "fibd_upstream_connections_open",
+            "Outbound connections open or opening, idle ones included.",
+            pool.open as u64,
+        );
+        gauge(
+            out,
+            "fibd_upstream_connections_idle",
+            "Outbound keep-alive connections idle in the pool.",
+            pool.idle as u64,
+        );
+        counter(
+            out,
+            "fibd_upstream_reused_total",
+            "Outbound calls sent on a pooled keep-alive connection.",
+            pool.reused,
+        );
+        counter(
+            out,
+            "fibd_upstream_retried_total",
+            "Outbound calls retried on a fresh connection because the pooled one had been closed.",
+            pool.retried,
         );
     }
 }

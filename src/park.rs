@@ -18,6 +18,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Instant;
 
+use mio::Token;
+
 use crate::conn::ConnRef;
 
 /// Names one parked request. Opaque: only this table makes them.
@@ -42,6 +44,10 @@ pub struct Parking<T> {
     parked: HashMap<Ticket, Parked<T>>,
     /// May hold tickets already taken; they are skipped when they surface.
     deadlines: BinaryHeap<Reverse<(Instant, Ticket)>>,
+    /// The ticket of each connection (token, serial) that has one, so a
+    /// client that leaves gives its request up (a connection waits for one
+    /// parked request at a time).
+    by_conn: HashMap<(Token, u64), Ticket>,
     parked_max: usize,
 }
 
@@ -51,6 +57,7 @@ impl<T: Copy> Parking<T> {
             next: 0,
             parked: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            by_conn: HashMap::new(),
             parked_max,
         }
     }
@@ -69,7 +76,16 @@ impl<T: Copy> Parking<T> {
         self.next += 1;
         let ticket = Ticket(self.next);
         self.parked.insert(ticket, Parked { conn, owner });
+        self.by_conn.insert((conn.token, conn.serial), ticket);
         if let Some(at) = deadline {
+            // Settled tickets leave their deadline behind until it surfaces;
+            // with long deadlines and a high rate that is a lot of garbage,
+            // so rebuild before it outnumbers the live entries.
+            if self.deadlines.len() > 64 + 2 * self.parked.len() {
+                let parked = &self.parked;
+                self.deadlines
+                    .retain(|Reverse((_, ticket))| parked.contains_key(ticket));
+            }
             self.deadlines.push(Reverse((at, ticket)));
         }
         Ok(ticket)
@@ -79,11 +95,22 @@ impl<T: Copy> Parking<T> {
     /// (it expired, or was settled).
     pub fn take(&mut self, ticket: Ticket) -> Option<(ConnRef, T)> {
         let parked = self.parked.remove(&ticket)?;
+        let key = (parked.conn.token, parked.conn.serial);
+        if self.by_conn.get(&key) == Some(&ticket) {
+            self.by_conn.remove(&key);
+        }
         if self.parked.is_empty() {
             // Nothing can be due any more: drop the stale deadlines at once.
             self.deadlines.clear();
         }
         Some((parked.conn, parked.owner))
+    }
+
+    /// The request the connection `token` (with `serial`) left parked when
+    /// it closed, with its owner; it stays parked until the caller takes it.
+    pub fn left_by(&self, token: Token, serial: u64) -> Option<(Ticket, T)> {
+        let ticket = *self.by_conn.get(&(token, serial))?;
+        self.parked.get(&ticket).map(|p| (ticket, p.owner))
     }
 
     /// The earliest deadline of a request still parked, for the loop's sleep.
@@ -125,7 +152,6 @@ impl<T: Copy> Parking<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mio::Token;
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
 
@@ -156,6 +182,33 @@ mod tests {
         parking.take(a);
         assert!(parking.park(conn(2), (), None).is_ok());
         assert_eq!(parking.len(), 2);
+    }
+
+    #[test]
+    fn a_closed_connection_finds_its_ticket() {
+        let mut parking = Parking::new(4);
+        let t = parking.park(conn(3), 'x', None).unwrap();
+        assert_eq!(parking.left_by(Token(3), 3), Some((t, 'x')));
+        assert_eq!(parking.left_by(Token(3), 4), None, "another serial");
+        parking.take(t);
+        assert_eq!(parking.left_by(Token(3), 3), None);
+    }
+
+    #[test]
+    fn settled_deadlines_do_not_pile_up() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut parking = Parking::new(8);
+        let _held = parking.park(conn(1), (), Some(far)).unwrap();
+        for _ in 0..10_000 {
+            let t = parking.park(conn(2), (), Some(far)).unwrap();
+            parking.take(t);
+        }
+        assert!(
+            parking.deadlines.len() <= 64 + 2 * 2 + 1,
+            "{}",
+            parking.deadlines.len()
+        );
+        assert_eq!(parking.next_deadline(), Some(far));
     }
 
     #[test]

@@ -4,9 +4,18 @@
 //! 1. poll, then read the clock once;
 //! 2. accept, and drive every ready connection (read, parse, route, reply);
 //! 3. apply commit outcomes: release or withdraw the replies they held;
-//! 4. hand the batch collected meanwhile to the commit thread;
-//! 5. handle signals (a graceful stop waits for in-flight commits; SIGHUP
+//! 4. deliver finished computations to their parked requests;
+//! 5. timers and outbound calls: expire parked requests whose deadline
+//!    passed, send due hedges, let the outbound client connect and expire,
+//!    and deliver the replies all of that decided;
+//! 6. hand the batch collected meanwhile to the commit thread;
+//! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
 //!    rereads the API keys).
+//!
+//! Outbound sockets (`crate::upstream`) live in a token range of their own,
+//! from [`UPSTREAM_TOKEN_BASE`]: readiness there goes to the client, and the
+//! client registers new sockets through [`Registrar`], the one piece of the
+//! poller it sees.
 //!
 //! The commit thread's fsync never runs here, so /current is answered from
 //! committed state while a commit is in flight.
@@ -17,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -28,10 +37,14 @@ use crate::park::Ticket;
 use crate::routes::App;
 use crate::stepper::CommitEffect;
 use crate::systemd::Notifier;
+use crate::upstream::Registrar;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+/// Tokens from here up to the three above belong to the outbound client;
+/// client connections count up from 0.
+pub const UPSTREAM_TOKEN_BASE: usize = usize::MAX / 2;
 /// Reads land here; a connection keeps only what it could not answer yet.
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// All connections together keep at most about this many bytes of unanswered
@@ -169,7 +182,8 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.notifier.notify("READY=1");
         loop {
-            if let Err(e) = self.poll.poll(&mut events, self.poll_timeout()) {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -184,6 +198,12 @@ impl Server {
                     LISTENER => accept_ready = true,
                     WAKER => {}
                     SIGNALS => self.on_signals(),
+                    token if self.app.upstream.owns(token) => self.app.upstream.on_ready(
+                        token,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_write_closed() || event.is_error(),
+                        self.now,
+                    ),
                     token => {
                         if let Some(conn) = self.conns.get_mut(token) {
                             conn.set_ready(
@@ -200,6 +220,7 @@ impl Server {
             }
             self.apply_commit_outcomes()?;
             self.deliver_computations();
+            self.timers_and_calls();
             self.feed_starved();
             self.submit_batch();
             self.tell_systemd();
@@ -210,11 +231,16 @@ impl Server {
         }
     }
 
-    /// Sleeps until the earliest timer: an accept pause, the shutdown grace
-    /// or the watchdog ping; or until an event.
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// Sleeps until the earliest timer: an accept pause, the shutdown grace,
+    /// the watchdog ping, a parked request's deadline or an outbound call's
+    /// timer; or until an event. Not at all while replies wait to be delivered.
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if self.app.has_work() {
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         [
+            self.app.next_timer(),
             self.accept_paused_until,
             self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
             self.watchdog_due,
@@ -341,6 +367,10 @@ impl Server {
         if let Some(conn) = self.conns.remove(token) {
             self.shared.kept_bytes -= conn.accounted_bytes();
             self.app.metrics.connection_closed();
+            // A client that left gives up the request it waited for.
+            if let Some((ticket, owner)) = self.app.parking.left_by(token, conn.serial()) {
+                self.app.abandon(ticket, owner);
+            }
         }
         // A freed slot may let a connection waiting in the backlog in.
         if self.stopping_since.is_none() {
@@ -426,6 +456,22 @@ impl Server {
                     app.fib_reply(waiter, finished.n, &finished.value, out)
                 });
             }
+        }
+    }
+
+    /// Expired parks, due hedges and the outbound client's own work, then
+    /// the replies they decided.
+    fn timers_and_calls(&mut self) {
+        self.app.settle_upstream();
+        while let Some((ticket, owner)) = self.app.parking.expired(self.now) {
+            self.app.expire(ticket, owner);
+        }
+        self.app.run_smart_timers(self.now);
+        let mut registrar = PollRegistrar(self.poll.registry());
+        self.app.upstream.drive(self.now, &mut registrar);
+        self.app.settle_upstream();
+        while let Some((ticket, reply)) = self.app.take_settled() {
+            self.resume_parked(ticket, |app, out| app.write_late(reply, out));
         }
     }
 
@@ -527,6 +573,16 @@ mod test_hooks {
         if signal == SIGUSR2 {
             panic!("SIGUSR2: a panic in the event loop (test hook)");
         }
+    }
+}
+
+/// The outbound client's view of the poller: registration only.
+struct PollRegistrar<'r>(&'r Registry);
+
+impl Registrar for PollRegistrar<'_> {
+    fn register(&mut self, stream: &mut TcpStream, token: Token) -> io::Result<()> {
+        self.0
+            .register(stream, token, Interest::READABLE | Interest::WRITABLE)
     }
 }
 

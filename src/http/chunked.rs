@@ -1,9 +1,10 @@
 //! Framing of `Transfer-Encoding: chunked` request bodies (RFC 9112 §7.1).
 //!
 //! fibd never uses a request body, but it must find where one ends to reach
-//! the next pipelined request, so this decoder skips the data instead of
-//! returning it. It is sans-IO and byte-resumable: feed whatever arrived, in
-//! any split, and it reports how much it consumed. It owns the chunk syntax
+//! the next pipelined request, so [`ChunkedDecoder::feed`] skips the data; the
+//! upstream response reader (`super::upstream`) keeps it, through
+//! [`ChunkedDecoder::feed_with`]. It is sans-IO and byte-resumable: feed
+//! whatever arrived, in any split, and it reports how much it consumed. It owns the chunk syntax
 //! and its limits; the head parser (`super::parse`) decides a body is chunked.
 //!
 //! Unlike the head parser, every line here must end in CRLF: lenient line
@@ -125,6 +126,16 @@ impl ChunkedDecoder {
     /// Consumes as much of `buf` as belongs to the body. After `Done`, further
     /// calls consume nothing and report `Done { consumed: 0 }`.
     pub fn feed(&mut self, buf: &[u8]) -> Result<ChunkProgress, ChunkError> {
+        self.feed_with(buf, |_| {})
+    }
+
+    /// Like [`ChunkedDecoder::feed`], handing each run of chunk data to `data`
+    /// in order (a chunk split across feeds arrives in several runs).
+    pub fn feed_with(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<ChunkProgress, ChunkError> {
         let mut pos = 0;
         while let Some(rest) = buf.get(pos..).filter(|rest| !rest.is_empty()) {
             match self.state {
@@ -133,6 +144,7 @@ impl ChunkedDecoder {
                 State::Data { remaining } => {
                     let skipped =
                         usize::try_from(remaining).map_or(rest.len(), |r| r.min(rest.len()));
+                    data(rest.get(..skipped).unwrap_or_default());
                     // `skipped` is at most `remaining`, so this cannot underflow.
                     let remaining = remaining - skipped as u64;
                     self.state = if remaining == 0 {
@@ -446,6 +458,20 @@ mod tests {
             whole(&many_extensions, MAX),
             Err(ChunkError::InvalidChunkFraming)
         );
+    }
+
+    #[test]
+    fn feed_with_hands_over_the_data_in_any_split() {
+        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut decoder = ChunkedDecoder::new(MAX);
+            let mut data = Vec::new();
+            let (a, b) = body.split_at(split);
+            decoder.feed_with(a, |d| data.extend_from_slice(d)).unwrap();
+            let done = decoder.feed_with(b, |d| data.extend_from_slice(d));
+            assert_eq!(done, Ok(ChunkProgress::Done { consumed: b.len() }));
+            assert_eq!(data, b"hello world", "split at {split}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP/1.1 as bytes: parsing requests and writing responses, with no socket in
 //! sight. Everything here is sans-IO so it can be tested byte by byte; the
-//! connection state machine in `conn` feeds it.
+//! connection state machine in `conn` feeds it, and the outbound client
+//! (`crate::upstream`) feeds `upstream` the responses it receives.
 
 pub mod accept;
 pub mod chunked;
@@ -9,6 +10,7 @@ pub mod forwarded;
 pub mod parse;
 pub mod query;
 pub mod response;
+pub mod upstream;
 
 /// Strips optional whitespace (spaces and tabs, RFC 9110 §5.6.3) from both
 /// ends of a header value or list element.

@@ -236,10 +236,7 @@ const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
 /// by then is too large whatever follows, which also bounds each call's work.
 pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, ParseError> {
     let window = buf.get(..limits.head_bytes_max).unwrap_or(buf);
-    let mut lines = Lines {
-        buf: window,
-        pos: 0,
-    };
+    let mut lines = Lines::new(window);
 
     let line = loop {
         match lines.next_line() {
@@ -293,13 +290,23 @@ fn incomplete<'b>(buf: &[u8], limits: &Limits) -> Result<Parsed<'b>, ParseError>
 }
 
 /// Splits lines on LF, dropping one CR before it (see the module doc).
-struct Lines<'b> {
+/// Shared with the upstream response reader (`super::upstream`).
+pub(super) struct Lines<'b> {
     buf: &'b [u8],
     pos: usize,
 }
 
 impl<'b> Lines<'b> {
-    fn next_line(&mut self) -> Option<&'b [u8]> {
+    pub(super) fn new(buf: &'b [u8]) -> Lines<'b> {
+        Lines { buf, pos: 0 }
+    }
+
+    /// Bytes consumed so far: the start of what follows the last line taken.
+    pub(super) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub(super) fn next_line(&mut self) -> Option<&'b [u8]> {
         let rest = self.rest();
         let lf = memchr(b'\n', rest)?;
         let (line, _) = rest.split_at(lf);
@@ -468,7 +475,7 @@ fn valid_percent_escapes(s: &[u8]) -> bool {
 }
 
 /// Splits `name: value`, trimming optional whitespace around the value.
-fn field_line(line: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
+pub(super) fn field_line(line: &[u8]) -> Result<(&[u8], &[u8]), ParseError> {
     if matches!(line.first(), Some(b' ' | b'\t')) {
         return Err(ParseError::ObsFold);
     }
@@ -549,7 +556,7 @@ impl<'b> Fields<'b> {
     }
 }
 
-fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+pub(super) fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
     if value.is_empty() {
         return Err(ParseError::InvalidContentLength);
     }
@@ -658,7 +665,7 @@ fn is_target_char(b: u8) -> bool {
 }
 
 /// Field values allow visible ASCII, SP, HTAB and obs-text (RFC 9110 §5.5).
-fn is_field_byte(b: u8) -> bool {
+pub(super) fn is_field_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 

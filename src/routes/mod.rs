@@ -4,13 +4,14 @@
 //!
 //! This file holds the route table, dispatch, charging and the answers every
 //! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `random`, `ops`), and `number` is the one writer of a
-//! Fibonacci value that the stepper and /v1/fib share.
+//! (`stepper`, `fib`, `random`, `smart`, `ops`), and `number` is the one
+//! writer of a Fibonacci value that the stepper and /v1/fib share.
 
 mod fib;
 mod number;
 mod ops;
 mod random;
+mod smart;
 mod stepper;
 
 use crate::access::{Access, Caller, Scope};
@@ -19,6 +20,7 @@ use crate::error::ApiError;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::fib::service::FibService;
@@ -26,7 +28,11 @@ use crate::http::response::{ContentType, Head, Persistence, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
 use crate::ratelimit::{Decision, RateLimiter};
+use crate::smart::{SmartConfig, SmartService};
 use crate::stepper::{BatchId, Stepper};
+use crate::upstream::{Client, ClientConfig};
+
+pub use smart::SmartReply;
 
 /// The resources fibd serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +45,11 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    Smart,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -51,6 +58,7 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::Smart,
     ];
 
     pub fn path(self) -> &'static str {
@@ -63,6 +71,7 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::Smart => "/api/smart",
         }
     }
 
@@ -105,6 +114,22 @@ const PARKED_MAX: usize = 65_536;
 pub enum Waiting {
     /// A /v1/fib request waiting for the compute worker.
     Fib,
+    /// An /api/smart request waiting for its upstream attempts.
+    Smart,
+}
+
+/// Who made an outbound call, so its completion reaches the right service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOwner {
+    /// One attempt of the /api/smart request parked under this ticket.
+    Smart(Ticket),
+}
+
+/// A parked request's reply, decided outside request handling (an upstream
+/// answer, a timer, an expired deadline) and queued for the loop to deliver.
+#[derive(Debug)]
+pub enum LateReply {
+    Smart(SmartReply),
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -123,6 +148,11 @@ pub struct App {
     pub parking: Parking<Waiting>,
     /// Keys, scopes and trusted proxies; the server reloads its keys on SIGHUP.
     pub access: Access,
+    pub smart: SmartService,
+    /// The outbound HTTP/1.1 client; the server drives its sockets.
+    pub upstream: Client<CallOwner>,
+    /// Replies to parked requests, decided and waiting to be delivered.
+    settled: VecDeque<(Ticket, LateReply)>,
     limiter: RateLimiter,
     random: crate::random::RandomSource,
     /// Reused between requests so a body built before its head costs no allocation.
@@ -145,6 +175,9 @@ impl App {
             fib,
             parking: Parking::new(PARKED_MAX),
             access,
+            smart: SmartService::new(SmartConfig::default()),
+            upstream: Client::new(ClientConfig::unused()),
+            settled: VecDeque::new(),
             limiter,
             metrics: Metrics::default(),
             now: Instant::now(),
@@ -154,6 +187,63 @@ impl App {
             body: Vec::new(),
             draws: Vec::new(),
         }
+    }
+
+    /// Gives /api/smart its upstream and the outbound client it calls through.
+    pub fn with_upstream(mut self, smart: SmartService, upstream: Client<CallOwner>) -> App {
+        self.smart = smart;
+        self.upstream = upstream;
+        self
+    }
+
+    /// A parked request's deadline passed: its owner gives it up and
+    /// queues the reply it gets then (see [`App::take_settled`]).
+    pub fn expire(&mut self, ticket: Ticket, owner: Waiting) {
+        match owner {
+            // /v1/fib parks without a deadline.
+            Waiting::Fib => {}
+            Waiting::Smart => self.expire_smart(ticket),
+        }
+    }
+
+    /// A parked request's client left: its owner stops working for it
+    /// (an /api/smart call cancels its attempts) and the ticket is freed.
+    pub fn abandon(&mut self, ticket: Ticket, owner: Waiting) {
+        match owner {
+            // The computation may serve others; its reply finds no ticket.
+            Waiting::Fib => {}
+            Waiting::Smart => self.abandon_smart(ticket),
+        }
+        self.parking.take(ticket);
+    }
+
+    /// The next reply decided for a parked request, for the loop to deliver.
+    pub fn take_settled(&mut self) -> Option<(Ticket, LateReply)> {
+        self.settled.pop_front()
+    }
+
+    /// Writes a reply taken from [`App::take_settled`].
+    pub fn write_late(&mut self, reply: LateReply, out: &mut Output) -> Reply {
+        match reply {
+            LateReply::Smart(reply) => self.write_smart(reply, out),
+        }
+    }
+
+    /// Whether the loop must run another pass before it sleeps.
+    pub fn has_work(&self) -> bool {
+        !self.settled.is_empty() || self.upstream.has_work()
+    }
+
+    /// The earliest timer of a parked request or an outbound call.
+    pub fn next_timer(&mut self) -> Option<Instant> {
+        [
+            self.parking.next_deadline(),
+            self.smart.next_hedge(),
+            self.upstream.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Charges the client's token bucket what this request costs, once the
@@ -230,6 +320,7 @@ impl App {
                 self.metrics_page(request, out);
                 done(Ok(()))
             }
+            Route::Smart => self.smart(conn, caller, request),
         }
     }
 }

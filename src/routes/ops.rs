@@ -15,6 +15,7 @@ impl App {
             fib_cache_entries: self.fib.cache_len(),
             fib_queue: self.fib.queued(),
             rate_limit_clients: self.limiter.clients(),
+            upstream: self.upstream.stats(),
         };
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&gauges, &mut text);

@@ -1,0 +1,302 @@
+//! /api/smart replies: the timeout checked, the call charged and parked with
+//! the caller's deadline, attempts sent through the outbound client as the
+//! plan (`crate::smart`) says, and the reply once the plan answers.
+
+use std::time::{Duration, Instant};
+
+use super::{Answer, App, CallOwner, LateReply, Route, Waiting};
+use crate::access::Caller;
+use crate::conn::{ConnRef, Output, Reply};
+use crate::error::ApiError;
+use crate::fib::digits;
+use crate::http::parse::{Method, Request};
+use crate::http::response::{ContentType, Head, Status};
+use crate::park::Ticket;
+use crate::smart::{self, Failure, Live, Outcome, Plan, Shape, Step, UpstreamFailure};
+use crate::upstream::{CallError, Completion, Response};
+
+/// Tokens one call costs: it may hold up to three outbound connections for
+/// up to a minute, so it weighs more than a cached answer.
+const SMART_COST: u32 = 10;
+
+/// A decided /api/smart reply.
+#[derive(Debug)]
+pub struct SmartReply {
+    outcome: Outcome,
+    time_ms: u64,
+    /// The winning attempt's JSON, trimmed; empty for a failure.
+    answer: Vec<u8>,
+    shape: Shape,
+}
+
+impl App {
+    /// GET /api/smart?timeout=MS: parks the request and sends the first attempt.
+    pub(super) fn smart(
+        &mut self,
+        conn: ConnRef,
+        caller: &Caller,
+        request: &Request<'_>,
+    ) -> Result<Answer, ApiError> {
+        let timeout = smart::parse_timeout(request.query)
+            .map_err(|message| ApiError::BadQuery { message })?;
+        if self.smart.request().is_none() {
+            self.metrics.smart_outcome(Failure::NotConfigured.code(), 0);
+            return Err(ApiError::Upstream(UpstreamFailure {
+                failure: Failure::NotConfigured,
+                time_ms: 0,
+                attempts: 0,
+            }));
+        }
+        self.charge(caller, SMART_COST)?;
+        let deadline = self.now + timeout;
+        let ticket = self.park(conn, Waiting::Smart, Some(deadline))?;
+        let (plan, step) = Plan::start(self.now, self.smart.config().hedge_after);
+        let live = Live {
+            plan,
+            started: self.now,
+            deadline,
+            shape: Shape {
+                head_only: request.method == Method::Head,
+                persistence: request.persistence(),
+            },
+            calls: Vec::with_capacity(usize::from(smart::ATTEMPTS_MAX)),
+        };
+        self.smart.insert(ticket, live);
+        match self.smart_step(ticket, step, Vec::new()) {
+            // Not even the first attempt found a connection: say so now.
+            Some(SmartReply {
+                outcome: Outcome::Failure { failure, attempts },
+                time_ms,
+                ..
+            }) => {
+                self.parking.take(ticket);
+                Err(ApiError::Upstream(UpstreamFailure {
+                    failure,
+                    time_ms,
+                    attempts,
+                }))
+            }
+            Some(reply) => {
+                self.settled.push_back((ticket, LateReply::Smart(reply)));
+                Ok(Answer::Later)
+            }
+            None => Ok(Answer::Later),
+        }
+    }
+
+    /// Routes every finished outbound call to the service that made it.
+    pub fn settle_upstream(&mut self) {
+        while let Some(done) = self.upstream.completed() {
+            match done.tag {
+                CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
+            }
+        }
+    }
+
+    /// Sends the hedges of every call whose hedge delay has passed.
+    pub fn run_smart_timers(&mut self, now: Instant) {
+        while let Some(ticket) = self.smart.due_hedge(now) {
+            let Some(live) = self.smart.get_mut(ticket) else {
+                continue;
+            };
+            let step = live.plan.tick(now);
+            self.smart_settle(ticket, step, Vec::new());
+        }
+    }
+
+    pub(super) fn expire_smart(&mut self, ticket: Ticket) {
+        match self.smart.get_mut(ticket) {
+            Some(live) => {
+                let step = live.plan.expire();
+                self.smart_settle(ticket, step, Vec::new());
+            }
+            // Nothing left to answer it: free the ticket.
+            None => {
+                self.parking.take(ticket);
+            }
+        }
+    }
+
+    pub(super) fn abandon_smart(&mut self, ticket: Ticket) {
+        if let Some(live) = self.smart.remove(ticket) {
+            for call in live.calls {
+                self.upstream.cancel(call);
+            }
+            self.metrics
+                .smart_outcome("client_gone", live.plan.attempts());
+        }
+    }
+
+    fn smart_attempt_done(&mut self, ticket: Ticket, done: Completion<CallOwner>) {
+        self.metrics.upstream_call(done.elapsed);
+        let Some(live) = self.smart.get_mut(ticket) else {
+            return;
+        };
+        live.calls.retain(|&call| call != done.call);
+        let (step, answer) = match judge(done.result) {
+            Ok(answer) => (live.plan.succeeded(), answer),
+            Err(failure) => (live.plan.failed(failure), Vec::new()),
+        };
+        self.smart_settle(ticket, step, answer);
+    }
+
+    /// Runs a step and queues the reply if the plan answered.
+    fn smart_settle(&mut self, ticket: Ticket, step: Step, answer: Vec<u8>) {
+        if let Some(reply) = self.smart_step(ticket, step, answer) {
+            self.settled.push_back((ticket, LateReply::Smart(reply)));
+        }
+    }
+
+    /// Carries out the plan's steps until it waits or answers; an answer
+    /// ends the call and cancels its attempts still in flight.
+    fn smart_step(
+        &mut self,
+        ticket: Ticket,
+        mut step: Step,
+        answer: Vec<u8>,
+    ) -> Option<SmartReply> {
+        loop {
+            match step {
+                Step::Wait => return None,
+                Step::Send(asked) => {
+                    let request = self.smart.request()?.clone();
+                    let live = self.smart.get_mut(ticket)?;
+                    let mut sent = 0;
+                    while sent < asked {
+                        let tag = CallOwner::Smart(ticket);
+                        match self.upstream.send(tag, &request, live.deadline, self.now) {
+                            Ok(call) => live.calls.push(call),
+                            Err(_) => break,
+                        }
+                        sent += 1;
+                    }
+                    step = live.plan.sent(asked, sent);
+                }
+                Step::Answer(outcome) => {
+                    let live = self.smart.remove(ticket)?;
+                    for call in live.calls {
+                        self.upstream.cancel(call);
+                    }
+                    let (code, attempts) = match outcome {
+                        Outcome::Success { attempts } => ("ok", attempts),
+                        Outcome::Failure { failure, attempts } => (failure.code(), attempts),
+                    };
+                    self.metrics.smart_outcome(code, attempts);
+                    return Some(SmartReply {
+                        outcome,
+                        time_ms: millis(self.now.saturating_duration_since(live.started)),
+                        answer,
+                        shape: live.shape,
+                    });
+                }
+            }
+        }
+    }
+
+    /// `{"time": T, "api": <the upstream's JSON>, "attempts": N}`, or the
+    /// failure's 503.
+    pub(super) fn write_smart(&mut self, reply: SmartReply, out: &mut Output) -> Reply {
+        let persistence = reply.shape.persistence;
+        let status = match reply.outcome {
+            Outcome::Success { attempts } => {
+                self.body.clear();
+                self.body.extend_from_slice(b"{\"time\": ");
+                digits::write_u64(&mut self.body, reply.time_ms);
+                self.body.extend_from_slice(b", \"api\": ");
+                self.body.extend_from_slice(&reply.answer);
+                self.body.extend_from_slice(b", \"attempts\": ");
+                digits::write_u64(&mut self.body, u64::from(attempts));
+                self.body.extend_from_slice(b"}\n");
+                let mut head = Head::start(out.buf(), Status::OK, &self.date);
+                head.content_type(ContentType::Json)
+                    .header("Cache-Control", b"no-store");
+                let buf = head.finish(Status::OK, self.body.len(), persistence);
+                if !reply.shape.head_only {
+                    buf.extend_from_slice(&self.body);
+                }
+                Status::OK
+            }
+            Outcome::Failure { failure, attempts } => {
+                let error = ApiError::Upstream(UpstreamFailure {
+                    failure,
+                    time_ms: reply.time_ms,
+                    attempts,
+                });
+                error.write(out.buf(), &self.date, reply.shape.head_only, persistence);
+                error.status()
+            }
+        };
+        self.metrics.request(Some(Route::Smart), status);
+        self.answered += 1;
+        if persistence.closes() {
+            Reply::Close
+        } else {
+            Reply::KeepAlive
+        }
+    }
+}
+
+/// An attempt's result as the plan sees it: the JSON answer, or why not.
+fn judge(result: Result<Response, CallError>) -> Result<Vec<u8>, Failure> {
+    let response = result.map_err(|e| match e {
+        CallError::Connect(_) => Failure::Refused,
+        CallError::Closed => Failure::Closed,
+        CallError::Timeout => Failure::Timeout,
+        CallError::Response(e) => Failure::BadHttp(e),
+    })?;
+    if !(200..300).contains(&response.status) {
+        return Err(Failure::Status(response.status));
+    }
+    let mut body = response.body;
+    let end = body.len() - body.trim_ascii_end().len();
+    body.truncate(body.len() - end);
+    let start = body.len() - body.trim_ascii_start().len();
+    body.drain(..start);
+    if !is_json(&body) {
+        return Err(Failure::NotJson);
+    }
+    Ok(body)
+}
+
+/// Whether `bytes` is one JSON value, so it can be embedded verbatim.
+fn is_json(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(status: u16, body: &[u8]) -> Result<Response, CallError> {
+        Ok(Response {
+            status,
+            body: body.to_vec(),
+            keep_alive: true,
+        })
+    }
+
+    #[test]
+    fn only_a_2xx_json_answer_succeeds() {
+        assert_eq!(
+            judge(ok(200, b" {\"a\": [1, 2]}\n")),
+            Ok(b"{\"a\": [1, 2]}".to_vec())
+        );
+        assert_eq!(judge(ok(204, b"")), Err(Failure::NotJson));
+        assert_eq!(judge(ok(200, b"{\"a\": ")), Err(Failure::NotJson));
+        assert_eq!(judge(ok(200, b"{} {}")), Err(Failure::NotJson));
+        assert_eq!(judge(ok(200, b"\"\xff\"")), Err(Failure::NotJson));
+        assert_eq!(judge(ok(500, b"{}")), Err(Failure::Status(500)));
+        assert_eq!(judge(Err(CallError::Closed)), Err(Failure::Closed));
+        assert_eq!(
+            judge(Err(CallError::Connect(
+                std::io::ErrorKind::ConnectionRefused
+            ))),
+            Err(Failure::Refused)
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! The /api/smart service: hedged calls to a slow, flaky upstream that still
+//! answer within the caller's deadline whenever any attempt can.
+//!
+//! The plan: send one request. If it has not answered successfully within the
+//! hedge delay, or it fails sooner, send two more at once. The first
+//! successful answer (a 2xx whose body is JSON) wins and the others are
+//! cancelled; when every attempt sent has failed, the answer is the most
+//! telling failure; at the caller's deadline it is `upstream_timeout`.
+//!
+//! [`Plan`] is that rule as a sans-IO state machine: events in (a tick of the
+//! clock, an attempt's outcome, the deadline), [`Step`]s out (send N more,
+//! wait, answer). Time is an argument, so every path is tested without a
+//! socket or a sleep. [`SmartService`] keeps the live plans by park ticket and
+//! their hedge timers; the glue that sends through the outbound client and
+//! writes replies is in `routes/smart.rs`. Deadlines are the park's
+//! (`crate::park`): the loop expires them.
+
+use crate::http::response::Persistence;
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::http::query::{self, Lookup};
+use crate::http::upstream::ResponseError;
+use crate::park::Ticket;
+use crate::upstream::{CallId, Outbound};
+
+/// Attempts per call at most: the first, then two hedges.
+pub const ATTEMPTS_MAX: u8 = 3;
+/// The accepted range of `timeout`, in milliseconds.
+pub const TIMEOUT_MS_MIN: u64 = 1;
+pub const TIMEOUT_MS_MAX: u64 = 60_000;
+pub const DEFAULT_HEDGE_AFTER: Duration = Duration::from_millis(300);
+
+/// Where the upstream is, resolved once at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub addr: SocketAddr,
+    /// The `Host` field: the URL's authority as given.
+    pub host: String,
+    /// Path and query, as given (`/` when the URL has none).
+    pub target: String,
+}
+
+impl UpstreamTarget {
+    /// Parses `http://host[:port][/path][?query]` and resolves the host
+    /// (start-up only: a DNS lookup never runs on the loop).
+    pub fn resolve(url: &str) -> Result<UpstreamTarget, &'static str> {
+        if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+            return Err("plain http:// only; put a local TLS proxy in front of an HTTPS upstream");
+        }
+        let rest = url
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+            .and_then(|_| url.get(7..))
+            .ok_or("an http:// URL")?;
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (host, target) = rest.split_at(split);
+        if host.is_empty() || host.contains('@') || target.contains('#') {
+            return Err("an http://HOST[:PORT]/PATH URL without user info or fragment");
+        }
+        let target = match target {
+            "" => "/".to_owned(),
+            t if t.starts_with('?') => format!("/{t}"),
+            t => t.to_owned(),
+        };
+        if target.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err("a URL whose path is printable ASCII (percent-encode the rest)");
+        }
+        let with_port = if host.rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']'))
+        }) {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or("an upstream host that resolves")?;
+        Ok(UpstreamTarget {
+            addr,
+            host: host.to_owned(),
+            target,
+        })
+    }
+
+    /// The request every attempt sends.
+    pub fn request(&self) -> Outbound {
+        Outbound::new(
+            "GET",
+            self.addr,
+            &self.host,
+            &self.target,
+            &[("Accept", "application/json"), ("User-Agent", "fibd")],
+            b"",
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmartConfig {
+    pub upstream: Option<UpstreamTarget>,
+    pub hedge_after: Duration,
+    /// Outbound connections at most, idle pooled ones included.
+    pub conns_max: usize,
+}
+
+impl Default for SmartConfig {
+    fn default() -> Self {
+        SmartConfig {
+            upstream: None,
+            hedge_after: DEFAULT_HEDGE_AFTER,
+            conns_max: 512,
+        }
+    }
+}
+
+/// Why an attempt, or the whole call, failed. The variants group into the
+/// kinds a client sees ([`Failure::code`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The deadline passed with no successful answer.
+    Timeout,
+    /// The upstream answered with a status other than 2xx.
+    Status(u16),
+    /// The connection could not be opened.
+    Refused,
+    /// The upstream closed or reset the connection before a whole answer.
+    Closed,
+    /// Every outbound connection fibd may open is busy.
+    Saturated,
+    /// The answer was not HTTP/1.1 fibd accepts, or over the size cap.
+    BadHttp(ResponseError),
+    /// A 2xx whose body is not JSON.
+    NotJson,
+    /// No `--upstream` was given.
+    NotConfigured,
+}
+
+impl Failure {
+    /// The `error` field: what kind of failure, for programs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::Timeout => "upstream_timeout",
+            Failure::Status(_) => "upstream_error",
+            Failure::Refused | Failure::Closed | Failure::Saturated => "upstream_unavailable",
+            Failure::BadHttp(_) | Failure::NotJson => "upstream_malformed",
+            Failure::NotConfigured => "upstream_not_configured",
+        }
+    }
+
+    /// Which failure the answer names when attempts failed differently: an
+    /// upstream that answered says more than one that could not be reached.
+    fn rank(self) -> u8 {
+        match self {
+            Failure::Status(_) => 5,
+            Failure::BadHttp(_) | Failure::NotJson => 4,
+            Failure::Closed => 3,
+            Failure::Refused => 2,
+            Failure::Saturated => 1,
+            Failure::Timeout | Failure::NotConfigured => 0,
+        }
+    }
+}
+
+/// What a client is told when no attempt succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    pub failure: Failure,
+    /// Elapsed since the request was read.
+    pub time_ms: u64,
+    pub attempts: u8,
+}
+
+/// What the plan decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An attempt answered; `attempts` were sent in all.
+    Success {
+        attempts: u8,
+    },
+    Failure {
+        failure: Failure,
+        attempts: u8,
+    },
+}
+
+/// What to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Wait,
+    /// Send this many more attempts now, then report with [`Plan::sent`].
+    Send(u8),
+    /// Answer now and cancel what is still in flight.
+    Answer(Outcome),
+}
+
+/// One call's hedging plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    hedge_at: Instant,
+    hedged: bool,
+    sent: u8,
+    in_flight: u8,
+    /// The most telling failure so far.
+    failure: Option<Failure>,
+    done: bool,
+}
+
+impl Plan {
+    /// A plan started at `now`; its first step is to send one attempt.
+    pub fn start(now: Instant, hedge_after: Duration) -> (Plan, Step) {
+        let plan = Plan {
+            hedge_at: now + hedge_after,
+            hedged: false,
+            sent: 0,
+            in_flight: 0,
+            failure: None,
+            done: false,
+        };
+        (plan, Step::Send(1))
+    }
+
+    /// Attempts sent (attempts counts what was sent).
+    pub fn attempts(&self) -> u8 {
+        self.sent
+    }
+
+    /// When the hedges are due, while they are not sent.
+    pub fn hedge_at(&self) -> Option<Instant> {
+        (!self.hedged && !self.done).then_some(self.hedge_at)
+    }
+
+    /// `sent` of the attempts last asked for went out; the rest found no
+    /// free connection.
+    pub fn sent(&mut self, asked: u8, sent: u8) -> Step {
+        self.sent += sent;
+        self.in_flight += sent;
+        if sent < asked {
+            self.note(Failure::Saturated);
+        }
+        if self.in_flight == 0 && !self.done {
+            return self.fail();
+        }
+        Step::Wait
+    }
+
+    /// The clock moved: the hedges go once their moment has come.
+    pub fn tick(&mut self, now: Instant) -> Step {
+        if self.done || self.hedged || now < self.hedge_at {
+            return Step::Wait;
+        }
+        self.hedge()
+    }
+
+    pub fn succeeded(&mut self) -> Step {
+        if self.done {
+            return Step::Wait;
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.done = true;
+        Step::Answer(Outcome::Success {
+            attempts: self.sent,
+        })
+    }
+
+    /// An attempt failed: hedge at once if not yet done, answer when nothing
+    /// is left in flight.
+    pub fn failed(&mut self, failure: Failure) -> Step {
+        if self.done {
+            return Step::Wait;
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.note(failure);
+        if !self.hedged {
+            return self.hedge();
+        }
+        if self.in_flight == 0 {
+            return self.fail();
+        }
+        Step::Wait
+    }
+
+    /// The caller's deadline passed.
+    pub fn expire(&mut self) -> Step {
+        if self.done {
+            return Step::Wait;
+        }
+        self.done = true;
+        Step::Answer(Outcome::Failure {
+            failure: Failure::Timeout,
+            attempts: self.sent,
+        })
+    }
+
+    fn hedge(&mut self) -> Step {
+        self.hedged = true;
+        Step::Send(ATTEMPTS_MAX - self.sent)
+    }
+
+    fn note(&mut self, failure: Failure) {
+        if self.failure.is_none_or(|f| failure.rank() >= f.rank()) {
+            self.failure = Some(failure);
+        }
+    }
+
+    fn fail(&mut self) -> Step {
+        self.done = true;
+        Step::Answer(Outcome::Failure {
+            failure: self.failure.unwrap_or(Failure::Saturated),
+            attempts: self.sent,
+        })
+    }
+}
+
+/// How the reply is to be written, kept from the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub head_only: bool,
+    pub persistence: Persistence,
+}
+
+/// A call in progress.
+#[derive(Debug)]
+pub struct Live {
+    pub plan: Plan,
+    pub started: Instant,
+    pub deadline: Instant,
+    pub shape: Shape,
+    /// Attempts in flight.
+    pub calls: Vec<CallId>,
+}
+
+/// The live calls by park ticket, and their hedge moments in time order.
+#[derive(Debug)]
+pub struct SmartService {
+    config: SmartConfig,
+    request: Option<Outbound>,
+    live: HashMap<Ticket, Live>,
+    /// The hedge delay is the same for every call, so starting order is
+    /// hedge order: a queue, not a heap. Settled calls are skipped.
+    hedges: VecDeque<(Instant, Ticket)>,
+}
+
+impl SmartService {
+    pub fn new(config: SmartConfig) -> SmartService {
+        SmartService {
+            request: config.upstream.as_ref().map(UpstreamTarget::request),
+            config,
+            live: HashMap::new(),
+            hedges: VecDeque::new(),
+        }
+    }
+
+    /// The request attempts send; `None` without `--upstream`.
+    pub fn request(&self) -> Option<&Outbound> {
+        self.request.as_ref()
+    }
+
+    pub fn config(&self) -> &SmartConfig {
+        &self.config
+    }
+
+    pub fn insert(&mut self, ticket: Ticket, live: Live) {
+        if let Some(at) = live.plan.hedge_at() {
+            self.hedges.push_back((at, ticket));
+        }
+        self.live.insert(ticket, live);
+    }
+
+    pub fn get_mut(&mut self, ticket: Ticket) -> Option<&mut Live> {
+        self.live.get_mut(&ticket)
+    }
+
+    pub fn remove(&mut self, ticket: Ticket) -> Option<Live> {
+        let live = self.live.remove(&ticket);
+        if self.live.is_empty() {
+            self.hedges.clear();
+        }
+        live
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// A call whose hedge moment has come (at or before `now`).
+    pub fn due_hedge(&mut self, now: Instant) -> Option<Ticket> {
+        self.drop_settled_hedges();
+        let &(at, ticket) = self.hedges.front()?;
+        if at > now {
+            return None;
+        }
+        self.hedges.pop_front();
+        Some(ticket)
+    }
+
+    /// The next hedge moment, for the loop's sleep.
+    pub fn next_hedge(&mut self) -> Option<Instant> {
+        self.drop_settled_hedges();
+        self.hedges.front().map(|&(at, _)| at)
+    }
+
+    fn drop_settled_hedges(&mut self) {
+        while let Some((_, ticket)) = self.hedges.front() {
+            let pending = self
+                .live
+                .get(ticket)
+                .is_some_and(|l| l.plan.hedge_at().is_some());
+            if pending {
+                return;
+            }
+            self.hedges.pop_front();
+        }
+    }
+}
+
+/// `timeout=MS`, required, in the accepted range; no other parameter.
+pub fn parse_timeout(query: &[u8]) -> Result<Duration, &'static str> {
+    const RANGE: &str = "timeout is required: an integer number of milliseconds from 1 to 60000, as in /api/smart?timeout=800";
+    if query::has_unknown(query, &["timeout"]).is_some() {
+        return Err(
+            "unknown query parameter; /api/smart takes only timeout, milliseconds from 1 to 60000",
+        );
+    }
+    let Lookup::Present(raw) = query::get(query, "timeout") else {
+        return Err(RANGE);
+    };
+    let mut buf = [0u8; 8];
+    let len = query::decode_into(raw, &mut buf).map_err(|_| RANGE)?;
+    let digits = buf.get(..len).unwrap_or_default();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(RANGE);
+    }
+    let ms = digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    if !(TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&ms) {
+        return Err(RANGE);
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_fast_success_sends_one_attempt() {
+        let t0 = Instant::now();
+        let (mut plan, step) = Plan::start(t0, ms(300));
+        assert_eq!(step, Step::Send(1));
+        assert_eq!(plan.sent(1, 1), Step::Wait);
+        assert_eq!(plan.tick(t0 + ms(299)), Step::Wait);
+        assert_eq!(
+            plan.succeeded(),
+            Step::Answer(Outcome::Success { attempts: 1 })
+        );
+        assert_eq!(
+            plan.tick(t0 + ms(400)),
+            Step::Wait,
+            "no hedge after the answer"
+        );
+        assert_eq!(plan.hedge_at(), None);
+    }
+
+    #[test]
+    fn a_slow_first_attempt_is_hedged_at_the_delay_and_rescued() {
+        let t0 = Instant::now();
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        plan.sent(1, 1);
+        assert_eq!(plan.hedge_at(), Some(t0 + ms(300)));
+        assert_eq!(plan.tick(t0 + ms(300)), Step::Send(2));
+        assert_eq!(plan.sent(2, 2), Step::Wait);
+        assert_eq!(plan.tick(t0 + ms(900)), Step::Wait, "hedges go once");
+        assert_eq!(
+            plan.succeeded(),
+            Step::Answer(Outcome::Success { attempts: 3 })
+        );
+    }
+
+    #[test]
+    fn a_fast_failure_hedges_at_once() {
+        let t0 = Instant::now();
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        plan.sent(1, 1);
+        assert_eq!(plan.failed(Failure::Status(500)), Step::Send(2));
+        plan.sent(2, 2);
+        assert_eq!(plan.failed(Failure::Refused), Step::Wait);
+        assert_eq!(
+            plan.succeeded(),
+            Step::Answer(Outcome::Success { attempts: 3 })
+        );
+    }
+
+    #[test]
+    fn all_failing_answers_the_most_telling_failure_at_once() {
+        let t0 = Instant::now();
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        plan.sent(1, 1);
+        plan.failed(Failure::Refused);
+        plan.sent(2, 2);
+        assert_eq!(plan.failed(Failure::Status(502)), Step::Wait);
+        assert_eq!(
+            plan.failed(Failure::Closed),
+            Step::Answer(Outcome::Failure {
+                failure: Failure::Status(502),
+                attempts: 3
+            })
+        );
+        assert_eq!(plan.expire(), Step::Wait, "answered once");
+    }
+
+    #[test]
+    fn the_deadline_answers_timeout_with_what_was_sent() {
+        let t0 = Instant::now();
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        plan.sent(1, 1);
+        plan.tick(t0 + ms(300));
+        plan.sent(2, 2);
+        plan.failed(Failure::Status(500));
+        assert_eq!(
+            plan.expire(),
+            Step::Answer(Outcome::Failure {
+                failure: Failure::Timeout,
+                attempts: 3
+            })
+        );
+        assert_eq!(
+            plan.succeeded(),
+            Step::Wait,
+            "a late success changes nothing"
+        );
+    }
+
+    #[test]
+    fn no_free_connection_fails_at_once_and_limits_the_hedges() {
+        let t0 = Instant::now();
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        assert_eq!(
+            plan.sent(1, 0),
+            Step::Answer(Outcome::Failure {
+                failure: Failure::Saturated,
+                attempts: 0
+            })
+        );
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        plan.sent(1, 1);
+        assert_eq!(plan.tick(t0 + ms(301)), Step::Send(2));
+        assert_eq!(plan.sent(2, 1), Step::Wait);
+        plan.failed(Failure::Closed);
+        assert_eq!(
+            plan.failed(Failure::Closed),
+            Step::Answer(Outcome::Failure {
+                failure: Failure::Closed,
+                attempts: 2
+            })
+        );
+        // Hedges that found no connection after a failure: nothing in flight.
+        let (mut plan, _) = Plan::start(t0, ms(300));
+        plan.sent(1, 1);
+        assert_eq!(plan.failed(Failure::Refused), Step::Send(2));
+        assert_eq!(
+            plan.sent(2, 0),
+            Step::Answer(Outcome::Failure {
+                failure: Failure::Refused,
+                attempts: 1
+            })
+        );
+    }
+
+    #[test]
+    fn hedge_moments_surface_in_order_and_settled_calls_never() {
+        let t0 = Instant::now();
+        let mut service = SmartService::new(SmartConfig::default());
+        let mut parking = crate::park::Parking::new(8);
+        let conn = crate::conn::ConnRef {
+            token: mio::Token(1),
+            serial: 1,
+            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
+        let shape = Shape {
+            head_only: false,
+            persistence: Persistence::KeepAlive,
+        };
+        let mut tickets = Vec::new();
+        for i in 0..3 {
+            let ticket = parking.park(conn, (), None).unwrap();
+            let (mut plan, _) = Plan::start(t0 + ms(i * 10), ms(300));
+            plan.sent(1, 1);
+            let live = Live {
+                plan,
+                started: t0,
+                deadline: t0 + ms(1000),
+                shape,
+                calls: Vec::new(),
+            };
+            service.insert(ticket, live);
+            tickets.push(ticket);
+        }
+        service.remove(tickets[0]);
+        assert_eq!(service.next_hedge(), Some(t0 + ms(310)));
+        assert_eq!(service.due_hedge(t0 + ms(309)), None);
+        assert_eq!(service.due_hedge(t0 + ms(330)), Some(tickets[1]));
+        assert_eq!(service.due_hedge(t0 + ms(330)), Some(tickets[2]));
+        assert_eq!(service.due_hedge(t0 + ms(330)), None);
+        assert_eq!(service.len(), 2);
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Event {
+        Tick(u64),
+        Success,
+        Failed(Failure),
+        Expire,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0u64..1000).prop_map(Event::Tick),
+            Just(Event::Success),
+            Just(Event::Failed(Failure::Status(500))),
+            Just(Event::Failed(Failure::Closed)),
+            Just(Event::Failed(Failure::Refused)),
+            Just(Event::Expire),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, in any order: at most three attempts, hedges
+        /// sent once, exactly one answer, and nothing after it. Outcomes
+        /// only come for attempts in flight, as the client reports them.
+        #[test]
+        fn the_plan_answers_once_and_never_sends_more_than_three(
+            events in proptest::collection::vec(event(), 0..20),
+            room in proptest::collection::vec(0u8..=3, 2),
+        ) {
+            let t0 = Instant::now();
+            let (mut plan, first) = Plan::start(t0, ms(300));
+            let mut in_flight = 0u8;
+            let mut answers = 0;
+            let mut sends = 0;
+            let mut room = room.into_iter();
+            let mut step = first;
+            for e in events.into_iter().map(Some).chain([Some(Event::Expire), None]) {
+                // Carry out the step as the service would.
+                while let Step::Send(n) = step {
+                    sends += 1;
+                    let sent = n.min(room.next().unwrap_or(n));
+                    in_flight += sent;
+                    step = plan.sent(n, sent);
+                }
+                if let Step::Answer(_) = step {
+                    answers += 1;
+                    in_flight = 0;
+                }
+                prop_assert!(plan.attempts() <= ATTEMPTS_MAX);
+                prop_assert!(sends <= 2);
+                let Some(e) = e else { break };
+                step = match e {
+                    Event::Tick(at) => plan.tick(t0 + ms(at)),
+                    Event::Success if in_flight > 0 => {
+                        in_flight -= 1;
+                        plan.succeeded()
+                    }
+                    Event::Failed(f) if in_flight > 0 => {
+                        in_flight -= 1;
+                        plan.failed(f)
+                    }
+                    Event::Success | Event::Failed(_) => Step::Wait,
+                    Event::Expire => plan.expire(),
+                };
+                if answers > 0 {
+                    prop_assert_eq!(step, Step::Wait, "a step after the answer");
+                }
+            }
+            prop_assert_eq!(answers, 1);
+        }
+    }
+
+    #[test]
+    fn timeouts_outside_the_range_are_refused() {
+        for good in [
+            "timeout=1",
+            "timeout=800",
+            "timeout=60000",
+            "timeout=%38%30",
+        ] {
+            assert!(parse_timeout(good.as_bytes()).is_ok(), "{good}");
+        }
+        assert_eq!(parse_timeout(b"timeout=800"), Ok(ms(800)));
+        for bad in [
+            "",
+            "timeout",
+            "timeout=",
+            "timeout=0",
+            "timeout=60001",
+            "timeout=-5",
+            "timeout=1.5",
+            "timeout=1e3",
+            "timeout=99999999999",
+            "timeout=1&timeout=2",
+            "timeout=5&x=1",
+        ] {
+            let message = parse_timeout(bad.as_bytes()).unwrap_err();
+            assert!(message.contains("1 to 60000"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let t = UpstreamTarget::resolve("http://127.0.0.1:9000/api/data?x=1").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            (t.host.as_str(), t.target.as_str()),
+            ("127.0.0.1:9000", "/api/data?x=1")
+        );
+        let t = UpstreamTarget::resolve("http://127.0.0.1").unwrap();
+        assert_eq!((t.addr.port(), t.target.as_str()), (80, "/"));
+        let t = UpstreamTarget::resolve("HTTP://[::1]:81?q").unwrap();
+        assert_eq!((t.addr.port(), t.target.as_str()), (81, "/?q"));
+        let https = UpstreamTarget::resolve("https://127.0.0.1/").unwrap_err();
+        assert!(https.contains("TLS proxy"));
+        for bad in [
+            "127.0.0.1:9000",
+            "ftp://x/",
+            "http://",
+            "http://u@127.0.0.1/",
+            "http://127.0.0.1/a b",
+        ] {
+            assert!(UpstreamTarget::resolve(bad).is_err(), "{bad}");
+        }
+    }
+}
