@@ -8,6 +8,7 @@ use crate::http::chunked::ChunkError;
 use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
+use crate::request_id::RequestId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApiError {
@@ -136,8 +137,21 @@ impl ApiError {
     }
 
     /// Appends the whole response: head and JSON body (none for HEAD).
-    pub fn write(self, out: &mut Vec<u8>, date: &HttpDate, head_only: bool, close: bool) {
-        self.write_with(out, date, head_only, close, |_| {});
+    pub fn write(
+        self,
+        out: &mut Vec<u8>,
+        date: &HttpDate,
+        request_id: &RequestId,
+        head_only: bool,
+        close: bool,
+    ) {
+        self.write_with(out, date, request_id, head_only, close, |_| {});
+    }
+
+    /// Server-side faults a person should hear about; the rest are the
+    /// client's business (and the access log's, at debug).
+    pub fn is_fault(self) -> bool {
+        matches!(self, ApiError::CommitFailed | ApiError::RandomUnavailable)
     }
 
     /// Like [`ApiError::write`], with headers only the caller can supply
@@ -146,13 +160,14 @@ impl ApiError {
         self,
         out: &mut Vec<u8>,
         date: &HttpDate,
+        request_id: &RequestId,
         head_only: bool,
         close: bool,
         extra: impl FnOnce(&mut Head<'_>),
     ) {
         let status = self.status();
-        let body = self.body();
-        let mut head = Head::start(out, status, date);
+        let body = self.body(request_id);
+        let mut head = Head::start(out, status, date, request_id);
         head.content_type(ContentType::Json)
             .header("Cache-Control", b"no-store");
         match self {
@@ -174,8 +189,8 @@ impl ApiError {
         }
     }
 
-    /// The JSON body: `{"error": "...", "status": N, ...}`.
-    fn body(self) -> Vec<u8> {
+    /// The JSON body: `{"error": "...", "status": N, ..., "request_id": "..."}`.
+    fn body(self, request_id: &RequestId) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"{\"error\": \"");
         write_json_str(&mut out, self.message().as_bytes());
@@ -192,7 +207,9 @@ impl ApiError {
             }
             _ => {}
         }
-        out.extend_from_slice(b"}\n");
+        out.extend_from_slice(b", \"request_id\": \"");
+        write_json_str(&mut out, request_id.as_bytes());
+        out.extend_from_slice(b"\"}\n");
         out
     }
 }

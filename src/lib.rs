@@ -21,6 +21,8 @@
 //!   integers, a decimal cursor whose steps and printing are linear) and the
 //!   /v1/fib service (byte-bounded cache, single flight, compute worker).
 //! - [`random`]: the /v1/random service on the OS CSPRNG.
+//! - [`request_id`]: the caller's `X-Request-Id` validated, or one made cheaply;
+//!   echoed on every answer, in logs and error bodies.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
@@ -48,6 +50,7 @@ pub mod park;
 pub mod random;
 pub mod ratelimit;
 pub mod recency;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod stepper;

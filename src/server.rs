@@ -134,6 +134,8 @@ impl Server {
         let mut signals = Signals::new(HANDLED_SIGNALS)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut app = app;
+        app.connections_max = config.connections_max;
         Ok(Server {
             poll,
             listener: Some(listener),

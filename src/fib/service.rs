@@ -3,6 +3,7 @@
 //! requests for one n share a single computation. It knows nothing of HTTP
 //! bytes; `routes` writes the replies.
 
+use crate::request_id::RequestId;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -52,6 +53,7 @@ pub struct FibShape {
     pub format: Format,
     pub head_only: bool,
     pub keep_alive: bool,
+    pub request_id: RequestId,
 }
 
 /// F(n) when it can be had on the loop.
@@ -156,6 +158,10 @@ impl FibService {
 
     pub fn cache_len(&self) -> usize {
         self.cache.len()
+    }
+
+    pub fn queue_max(&self) -> usize {
+        self.limits.queue_max
     }
 
     pub fn queued(&self) -> usize {

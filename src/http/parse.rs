@@ -115,6 +115,10 @@ pub struct Request<'a> {
     pub if_none_match: Option<&'a [u8]>,
     /// First `X-API-Key` field, trimmed.
     pub api_key: Option<&'a [u8]>,
+    /// First `X-Request-Id` field, trimmed; `request_id` validates it.
+    pub request_id: Option<&'a [u8]>,
+    /// First `traceparent` field (W3C Trace Context), trimmed; `trace` parses it.
+    pub traceparent: Option<&'a [u8]>,
     /// `Expect: 100-continue` was sent: the client may wait for a 100 before
     /// sending the body. Other expectations are ignored.
     pub expect_continue: bool,
@@ -486,6 +490,8 @@ struct Fields<'b> {
     accept: Option<&'b [u8]>,
     if_none_match: Option<&'b [u8]>,
     api_key: Option<&'b [u8]>,
+    request_id: Option<&'b [u8]>,
+    traceparent: Option<&'b [u8]>,
     expect_continue: bool,
 }
 
@@ -522,6 +528,10 @@ impl<'b> Fields<'b> {
             self.if_none_match.get_or_insert(value);
         } else if is("x-api-key") {
             self.api_key.get_or_insert(value);
+        } else if is("x-request-id") {
+            self.request_id.get_or_insert(value);
+        } else if is("traceparent") {
+            self.traceparent.get_or_insert(value);
         } else if is("expect") {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -579,6 +589,8 @@ fn finish<'b>(
         accept: fields.accept,
         if_none_match: fields.if_none_match,
         api_key: fields.api_key,
+        request_id: fields.request_id,
+        traceparent: fields.traceparent,
         expect_continue: fields.expect_continue,
     })
 }
@@ -996,6 +1008,21 @@ mod tests {
         assert_eq!(r.if_none_match, Some(&b"*"[..]));
         assert!(r.expect_continue);
         assert_eq!(r.body, BodyFraming::Length(3));
+    }
+
+    #[test]
+    fn request_id_and_traceparent_are_surfaced_first_wins() {
+        let (r, _) = complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\nx-request-ID:  abc-1 \r\nX-Request-Id: abc-2\r\n\
+              TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        );
+        assert_eq!(r.request_id, Some(&b"abc-1"[..]));
+        assert_eq!(
+            r.traceparent,
+            Some(&b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..])
+        );
+        let (r, _) = complete(VALID[0]);
+        assert_eq!((r.request_id, r.traceparent), (None, None));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::date::HttpDate;
 use crate::fib::digits;
+use crate::request_id::{self, RequestId};
 
 /// A status code with its reason phrase; only the codes fibd sends exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,7 @@ pub enum ContentType {
     Text,
     Json,
     Prometheus,
+    Html,
 }
 
 impl ContentType {
@@ -67,6 +69,7 @@ impl ContentType {
             ContentType::Text => "text/plain",
             ContentType::Json => "application/json",
             ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            ContentType::Html => "text/html; charset=utf-8",
         }
     }
 }
@@ -78,12 +81,20 @@ pub struct Head<'o> {
 }
 
 impl<'o> Head<'o> {
-    pub fn start(out: &'o mut Vec<u8>, status: Status, date: &HttpDate) -> Head<'o> {
+    /// Every answer carries the request's id: there is no head without one.
+    pub fn start(
+        out: &'o mut Vec<u8>,
+        status: Status,
+        date: &HttpDate,
+        request_id: &RequestId,
+    ) -> Head<'o> {
         out.extend_from_slice(status.line.as_bytes());
         out.extend_from_slice(b"Server: fibd\r\nDate: ");
         out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"\r\n");
-        Head { out }
+        let mut head = Head { out };
+        head.header(request_id::HEADER, request_id.as_bytes());
+        head
     }
 
     pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
@@ -159,17 +170,21 @@ mod tests {
         HttpDate::new(UNIX_EPOCH + Duration::from_secs(784_111_777))
     }
 
+    fn id() -> RequestId {
+        RequestId::from_caller(b"r-1").unwrap()
+    }
+
     #[test]
     fn head_has_status_date_length_and_close() {
         let mut out = Vec::new();
-        let mut head = Head::start(&mut out, Status::OK, &date());
+        let mut head = Head::start(&mut out, Status::OK, &date(), &id());
         head.content_type(ContentType::Text)
             .header_u64("X-Fib-Index", 7);
         head.finish(Status::OK, 3, true);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: fibd\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
-             Content-Type: text/plain\r\nX-Fib-Index: 7\r\n\
+             X-Request-Id: r-1\r\nContent-Type: text/plain\r\nX-Fib-Index: 7\r\n\
              Content-Length: 3\r\nConnection: close\r\n\r\n"
         );
     }
@@ -177,7 +192,11 @@ mod tests {
     #[test]
     fn not_modified_without_length_has_no_content_length() {
         let mut out = Vec::new();
-        Head::start(&mut out, Status::NOT_MODIFIED, &date()).finish(Status::NOT_MODIFIED, 0, false);
+        Head::start(&mut out, Status::NOT_MODIFIED, &date(), &id()).finish(
+            Status::NOT_MODIFIED,
+            0,
+            false,
+        );
         assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
     }
 

@@ -36,7 +36,12 @@ impl App {
         };
         self.charge(conn, request, cost)?;
         if revalidated {
-            let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
+            let mut head = Head::start(
+                out.buf(),
+                Status::NOT_MODIFIED,
+                &self.date,
+                &self.request_id,
+            );
             fib_cache_headers(&mut head, n);
             head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
             return Ok(Answer::Now(Status::NOT_MODIFIED));
@@ -52,6 +57,7 @@ impl App {
             format,
             head_only: request.method == Method::Head,
             keep_alive: request.keep_alive,
+            request_id: self.request_id,
         };
         if let Some((value, _)) = value {
             write_fib(out, n, &value, &shape, &self.date);
@@ -76,6 +82,10 @@ impl App {
     ) -> Reply {
         write_fib(out, n, value, &waiter.shape, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
+        log::debug!(
+            "{} /v1/fib?n={n} -> 200 (computed)",
+            waiter.shape.request_id
+        );
         self.answered += 1;
         if waiter.shape.keep_alive {
             Reply::KeepAlive
@@ -94,6 +104,7 @@ fn fib_cache_headers(head: &mut Head<'_>, n: u64) {
 /// A /v1/fib reply: `{"n": N, "value": "F"}` as JSON, `F\n` as text.
 fn write_fib(out: &mut Output, n: u64, value: &Value, shape: &FibShape, date: &HttpDate) {
     let shape = NumberReply {
+        request_id: &shape.request_id,
         json_key: JSON_N,
         key: n,
         value,

@@ -18,13 +18,14 @@ use crate::error::ApiError;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::fib::service::FibService;
 use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
 use crate::ratelimit::{self, Decision, RateLimiter};
+use crate::request_id::{RequestId, RequestIds};
 use crate::stepper::{BatchId, Stepper};
 
 /// The resources fibd serves.
@@ -38,10 +39,12 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    MetricsJson,
+    Dashboard,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 10] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -50,6 +53,8 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::MetricsJson,
+        Route::Dashboard,
     ];
 
     pub fn path(self) -> &'static str {
@@ -62,6 +67,8 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::MetricsJson => "/metrics.json",
+            Route::Dashboard => "/dashboard",
         }
     }
 
@@ -109,11 +116,20 @@ pub struct App {
     pub answered: u64,
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
+    /// `--max-connections`, for the saturation gauge; the server sets it.
+    pub connections_max: usize,
+    /// When the process started serving: monotonic for rates, wall-clock for
+    /// `process_start_time_seconds`.
+    started: Instant,
+    started_at: SystemTime,
     pub fib: FibService,
     /// Requests answered later, by ticket; services keep only the tickets.
     pub parking: Parking<Waiting>,
     limiter: RateLimiter,
     random: crate::random::RandomSource,
+    /// The id of the request being answered; every head and error carries it.
+    pub request_id: RequestId,
+    request_ids: RequestIds,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
     draws: Vec<i64>,
@@ -123,11 +139,16 @@ impl App {
     pub fn new(
         stepper: Stepper,
         date: HttpDate,
-        random: crate::random::RandomSource,
+        mut random: crate::random::RandomSource,
         fib: FibService,
         limiter: RateLimiter,
     ) -> App {
+        // A failed CSPRNG read leaves the prefix fixed: ids stay unique
+        // within the run, which is what they are for.
+        let mut request_ids = RequestIds::new(random.next_u64().unwrap_or(0));
         App {
+            request_id: request_ids.fresh(),
+            request_ids,
             stepper,
             date,
             fib,
@@ -137,6 +158,9 @@ impl App {
             now: Instant::now(),
             answered: 0,
             store_ready: true,
+            connections_max: 0,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
             random,
             body: Vec::new(),
             draws: Vec::new(),
@@ -185,17 +209,25 @@ impl App {
             Route::Random => done(self.random(conn, request, out)),
             Route::Healthz => {
                 let body = b"{\"status\": \"ok\"}\n";
-                write_no_store(out, &self.date, request, ContentType::Json, body);
+                self.write_no_store(out, request, ContentType::Json, body);
                 done(Ok(()))
             }
             Route::Readyz if self.store_ready => {
                 let body = b"{\"status\": \"ready\"}\n";
-                write_no_store(out, &self.date, request, ContentType::Json, body);
+                self.write_no_store(out, request, ContentType::Json, body);
                 done(Ok(()))
             }
             Route::Readyz => Err(ApiError::NotReady),
             Route::Metrics => {
                 self.metrics_page(request, out);
+                done(Ok(()))
+            }
+            Route::MetricsJson => {
+                self.metrics_json_page(request, out);
+                done(Ok(()))
+            }
+            Route::Dashboard => {
+                self.dashboard_page(request, out);
                 done(Ok(()))
             }
         }
@@ -204,6 +236,7 @@ impl App {
 
 impl Respond for App {
     fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
+        self.request_id = self.request_ids.for_request(request.request_id);
         let route = Route::from_path(request.path);
         let result = match route {
             None => Err(ApiError::NotFound),
@@ -219,7 +252,16 @@ impl Respond for App {
                 let close = !request.keep_alive || error.closes_connection();
                 let limiter = &self.limiter;
                 let head_only = request.method == Method::Head;
-                error.write_with(out.buf(), &self.date, head_only, close, |head| {
+                let id = &self.request_id;
+                if error.is_fault() {
+                    log::warn!(
+                        "{id} {:?} {}: {}",
+                        request.method,
+                        String::from_utf8_lossy(request.path),
+                        error.status().code()
+                    );
+                }
+                error.write_with(out.buf(), &self.date, id, head_only, close, |head| {
                     if let ApiError::RateLimited { retry_after_secs } = error {
                         let limited = Decision::Limited { retry_after_secs };
                         head.header_with(ratelimit::POLICY_HEADER, |v| limiter.write_policy(v))
@@ -234,7 +276,8 @@ impl Respond for App {
         self.metrics.request(route, status);
         self.answered += 1;
         log::debug!(
-            "{:?} {} -> {}",
+            "{} {:?} {} -> {}",
+            self.request_id,
             request.method,
             String::from_utf8_lossy(request.path),
             status.code()
@@ -246,11 +289,16 @@ impl Respond for App {
         }
     }
 
-    fn reject(&mut self, error: ApiError, out: &mut Output) {
-        error.write(out.buf(), &self.date, false, true);
+    fn reject(&mut self, error: ApiError, request_id: Option<RequestId>, out: &mut Output) {
+        let id = request_id.unwrap_or_else(|| self.request_ids.fresh());
+        error.write(out.buf(), &self.date, &id, false, true);
         self.metrics.request(None, error.status());
         self.answered += 1;
-        log::debug!("rejected a request: {}", error.status().code());
+        if error.is_fault() {
+            log::warn!("{id} answered {}: {error:?}", error.status().code());
+        } else {
+            log::debug!("{id} rejected: {}", error.status().code());
+        }
     }
 
     fn is_released(&self, batch: BatchId) -> bool {
@@ -268,19 +316,21 @@ fn negotiate(request: &Request<'_>, default: Format) -> Result<Format, ApiError>
     accept::negotiate(request.accept, default).ok_or(ApiError::NotAcceptable)
 }
 
-/// A 200 with an inline body that no cache may keep; HEAD gets the head only.
-fn write_no_store(
-    out: &mut Output,
-    date: &HttpDate,
-    request: &Request<'_>,
-    content_type: ContentType,
-    body: &[u8],
-) {
-    let mut head = Head::start(out.buf(), Status::OK, date);
-    head.content_type(content_type)
-        .header("Cache-Control", b"no-store");
-    let out = head.finish(Status::OK, body.len(), !request.keep_alive);
-    if request.method != Method::Head {
-        out.extend_from_slice(body);
+impl App {
+    /// A 200 with an inline body that no cache may keep; HEAD gets the head only.
+    fn write_no_store(
+        &self,
+        out: &mut Output,
+        request: &Request<'_>,
+        content_type: ContentType,
+        body: &[u8],
+    ) {
+        let mut head = Head::start(out.buf(), Status::OK, &self.date, &self.request_id);
+        head.content_type(content_type)
+            .header("Cache-Control", b"no-store");
+        let out = head.finish(Status::OK, body.len(), !request.keep_alive);
+        if request.method != Method::Head {
+            out.extend_from_slice(body);
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! /v1/random replies.
 
-use super::{App, negotiate, write_no_store};
+use super::{App, negotiate};
 use crate::conn::{ConnRef, Output};
 use crate::error::ApiError;
 use crate::http::accept::Format;
@@ -40,7 +40,7 @@ impl App {
                 ContentType::Text
             }
         };
-        write_no_store(out, &self.date, request, content_type, &self.body);
+        self.write_no_store(out, request, content_type, &self.body);
         Ok(())
     }
 }
