@@ -11,6 +11,7 @@ use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 use crate::ratelimit::RateLimitConfig;
+use crate::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";
@@ -33,11 +34,14 @@ pub struct Config {
     pub fib: FibLimits,
     pub timeouts: Timeouts,
     pub rate_limit: RateLimitConfig,
+    /// None unless `--trace-zipkin` names a collector: tracing off, at no cost.
+    pub trace: Option<TraceConfig>,
 }
 
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    /// Boxed: a `Config` is far larger than the other commands.
+    Serve(Box<Config>),
     /// `fibd healthcheck`: GET /healthz on the configured address, for
     /// container HEALTHCHECKs that have no curl.
     Healthcheck(SocketAddr),
@@ -100,6 +104,11 @@ OPTIONS:
     --rate-limit N            tokens per second per client (X-API-Key, else IP); 0 turns
                               rate limiting off [env FIBD_RATE_LIMIT] (default 5000)
     --rate-burst N            bucket size per client [env FIBD_RATE_BURST] (default 10000)
+    --trace-zipkin URL        send sampled request spans as Zipkin v2 JSON to this collector,
+                              e.g. http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
+                              (default: no tracing)
+    --trace-sample RATIO      share of requests traced when the caller's traceparent does not
+                              decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -129,6 +138,8 @@ struct Raw {
     idle_timeout_ms: Option<String>,
     rate_limit: Option<String>,
     rate_burst: Option<String>,
+    trace_zipkin: Option<String>,
+    trace_sample: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -148,6 +159,8 @@ pub fn from_args(
         idle_timeout_ms: env("FIBD_IDLE_TIMEOUT_MS"),
         rate_limit: env("FIBD_RATE_LIMIT"),
         rate_burst: env("FIBD_RATE_BURST"),
+        trace_zipkin: env("FIBD_TRACE_ZIPKIN"),
+        trace_sample: env("FIBD_TRACE_SAMPLE"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -172,6 +185,8 @@ pub fn from_args(
             "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
             "--rate-limit" => &mut raw.rate_limit,
             "--rate-burst" => &mut raw.rate_burst,
+            "--trace-zipkin" => &mut raw.trace_zipkin,
+            "--trace-sample" => &mut raw.trace_sample,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -186,7 +201,7 @@ pub fn from_args(
     Ok(if healthcheck {
         Command::Healthcheck(config.listen)
     } else {
-        Command::Serve(config)
+        Command::Serve(Box::new(config))
     })
 }
 
@@ -280,6 +295,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         )? as u32,
         ..defaults
     };
+    let trace = trace(raw.trace_zipkin, raw.trace_sample)?;
     Ok(Config {
         listen,
         data_dir,
@@ -289,7 +305,45 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         fib,
         timeouts,
         rate_limit,
+        trace,
     })
+}
+
+/// An empty URL (as a compose file's unset variable gives) means no tracing.
+fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConfig>, ConfigError> {
+    let sample_ratio = match sample {
+        None => DEFAULT_SAMPLE_RATIO,
+        Some(text) => match text.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "trace sample ratio",
+                    value: text,
+                    expected: "a number from 0 to 1, e.g. 0.1",
+                });
+            }
+        },
+    };
+    let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    // The outbound client speaks plain HTTP/1.1: http://HOST:PORT/PATH.
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|a| !a.is_empty() && !a.contains(char::is_whitespace));
+    if authority.is_none() {
+        return Err(ConfigError::Invalid {
+            setting: "trace collector URL",
+            value: url,
+            expected: "http://HOST:PORT/PATH, e.g. http://127.0.0.1:9411/api/v2/spans",
+        });
+    }
+    Ok(Some(TraceConfig {
+        zipkin_url: url,
+        sample_ratio,
+        buffer_spans: DEFAULT_BUFFER_SPANS,
+    }))
 }
 
 fn resolve(text: &str) -> Option<SocketAddr> {
@@ -332,7 +386,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
         match parse(args, env) {
-            Ok(Command::Serve(config)) => config,
+            Ok(Command::Serve(config)) => *config,
             other => panic!("expected a config, got {other:?}"),
         }
     }
@@ -389,5 +443,31 @@ mod tests {
             assert!(err.to_string().contains("max index"), "{err}");
         }
         assert!(parse(&["--listen", "nonsense"], &[]).is_err());
+    }
+
+    #[test]
+    fn tracing_is_off_without_a_collector_and_its_settings_are_checked() {
+        assert_eq!(serve(&[], &[]).trace, None);
+        assert_eq!(serve(&[], &[("FIBD_TRACE_ZIPKIN", "")]).trace, None);
+        let url = "http://127.0.0.1:9411/api/v2/spans";
+        let t = serve(&["--trace-zipkin", url], &[]).trace.unwrap();
+        assert_eq!((t.zipkin_url.as_str(), t.sample_ratio), (url, 0.1));
+        let t = serve(&["--trace-sample=1"], &[("FIBD_TRACE_ZIPKIN", url)])
+            .trace
+            .unwrap();
+        assert_eq!(t.sample_ratio, 1.0);
+        for bad in ["-0.1", "1.5", "x", "NaN"] {
+            let err = parse(&["--trace-sample", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("trace sample ratio"), "{err}");
+        }
+        for bad in [
+            "https://zipkin/api",
+            "zipkin:9411",
+            "http:///x",
+            "http://a b/",
+        ] {
+            let err = parse(&["--trace-zipkin", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("trace collector URL"), "{err}");
+        }
     }
 }

@@ -27,8 +27,10 @@
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
 //! - [`store`]: LMDB through heed.
-//! - [`metrics`], [`logging`], [`systemd`]: Prometheus text, the journald-aware
-//!   log format, sd_notify and socket activation.
+//! - [`metrics`], [`logging`], [`systemd`]: Prometheus text and the dashboard's
+//!   JSON, the journald-aware log format, sd_notify and socket activation.
+//! - [`trace`]: W3C traceparent, sampled request spans in a bounded buffer,
+//!   Zipkin v2 JSON batches for the outbound client to send (sans-IO).
 //! - [`config`]: command line and environment, validated once.
 //!
 //! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a
@@ -56,3 +58,4 @@ pub mod server;
 pub mod stepper;
 pub mod store;
 pub mod systemd;
+pub mod trace;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
                 );
                 default_hook(info);
             }));
-            match serve(config) {
+            match serve(*config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");

@@ -290,3 +290,47 @@ fn metrics_json_is_the_same_counters_as_metrics() {
     assert!(from_json["fibd_commit_duration_seconds_count"] >= 1.0);
     assert!(from_json.contains_key("fibd_requests_total{route=\"other\",code=\"404\"}"));
 }
+
+fn spans(fibd: &Fibd) -> (u64, u64) {
+    let m = json(&fibd.get("/metrics.json"));
+    let m = &m["metrics"];
+    (
+        m["fibd_trace_spans_total"].as_u64().unwrap(),
+        m["fibd_trace_spans_dropped_total"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn a_callers_sampled_flag_decides_and_the_ratio_decides_the_rest() {
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    let url = "http://127.0.0.1:9/api/v2/spans";
+    let data = DataDir::new("trace-never");
+    let never = Fibd::start(&data, &["--trace-zipkin", url, "--trace-sample", "0"]);
+    let mut client = never.connect();
+    for (header, counted) in [(sampled, 1), (unsampled, 0), (invalid, 0), (sampled, 1)] {
+        let before = spans(&never).0;
+        let r = client.request("GET", "/current", &[("traceparent", header)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(spans(&never).0 - before, counted, "{header}");
+    }
+    assert_eq!(spans(&never).0, 2);
+
+    let data = DataDir::new("trace-always");
+    let always = Fibd::start(&data, &["--trace-zipkin", url, "--trace-sample", "1"]);
+    let mut client = always.connect();
+    client.request("GET", "/v1/fib?n=30002", &[]); // a span that waits with its request
+    client.request("GET", "/current", &[("traceparent", unsampled)]);
+    client.request("GET", "/nope", &[]);
+    // The parked F(n) and the 404; a /metrics.json read's own span ends
+    // after its body is written, so the next read counts it.
+    assert_eq!(spans(&always), (2, 0));
+    assert_eq!(spans(&always), (3, 0));
+
+    let data = DataDir::new("trace-off");
+    let off = Fibd::start(&data, &[]);
+    off.connect()
+        .request("GET", "/current", &[("traceparent", sampled)]);
+    assert_eq!(spans(&off), (0, 0), "no collector, no spans");
+}

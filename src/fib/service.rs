@@ -4,6 +4,7 @@
 //! bytes; `routes` writes the replies.
 
 use crate::request_id::RequestId;
+use crate::trace::SpanStart;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub struct FibShape {
     pub head_only: bool,
     pub keep_alive: bool,
     pub request_id: RequestId,
+    /// The request's trace span, ended when the answer is written.
+    pub span: Option<SpanStart>,
 }
 
 /// F(n) when it can be had on the loop.

@@ -62,6 +62,22 @@ pub enum Method {
 }
 
 impl Method {
+    /// The token as sent; `OTHER` for a method fibd has no name for.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Connect => "CONNECT",
+            Method::Other => "OTHER",
+        }
+    }
+
     /// Methods are case-sensitive (RFC 9110 §9.1), so `get` is `Other`.
     fn from_token(token: &[u8]) -> Method {
         match token {

@@ -58,14 +58,21 @@ impl App {
             head_only: request.method == Method::Head,
             keep_alive: request.keep_alive,
             request_id: self.request_id,
+            span: None,
         };
         if let Some((value, _)) = value {
             write_fib(out, n, &value, &shape, &self.date);
             return Ok(Answer::Now(Status::OK));
         }
         let ticket = self.park(conn, Waiting::Fib, None)?;
-        let waiter = FibWaiter { ticket, shape };
+        // The span waits with the request; it ends when the value is written.
+        let span = self.span.take();
+        let waiter = FibWaiter {
+            ticket,
+            shape: FibShape { span, ..shape },
+        };
         if self.fib.wait_for(n, waiter).is_err() {
+            self.span = span;
             self.parking.take(ticket);
             return Err(ApiError::Busy);
         }
@@ -82,6 +89,7 @@ impl App {
     ) -> Reply {
         write_fib(out, n, value, &waiter.shape, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
+        self.finish_span(waiter.shape.span, Status::OK, waiter.shape.request_id);
         log::debug!(
             "{} /v1/fib?n={n} -> 200 (computed)",
             waiter.shape.request_id

@@ -27,6 +27,7 @@ use crate::park::{Parking, Ticket};
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::request_id::{RequestId, RequestIds};
 use crate::stepper::{BatchId, Stepper};
+use crate::trace::{SpanStart, TraceConfig, Tracer};
 
 /// The resources fibd serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +131,9 @@ pub struct App {
     /// The id of the request being answered; every head and error carries it.
     pub request_id: RequestId,
     request_ids: RequestIds,
+    /// Present only with `--trace-zipkin`; `span` is the current request's.
+    pub tracer: Option<Tracer>,
+    span: Option<SpanStart>,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
     draws: Vec<i64>,
@@ -149,6 +153,8 @@ impl App {
         App {
             request_id: request_ids.fresh(),
             request_ids,
+            tracer: None,
+            span: None,
             stepper,
             date,
             fib,
@@ -164,6 +170,20 @@ impl App {
             random,
             body: Vec::new(),
             draws: Vec::new(),
+        }
+    }
+
+    /// Records a span for sampled requests from now on (`--trace-zipkin`).
+    pub fn enable_tracing(&mut self, config: TraceConfig) {
+        // As for request ids: a failed CSPRNG read only makes ids predictable.
+        let seed = self.random.next_u64().unwrap_or(0);
+        self.tracer = Some(Tracer::new(config, seed, self.now, SystemTime::now()));
+    }
+
+    /// Ends the current request's span, if it is sampled.
+    fn finish_span(&mut self, span: Option<SpanStart>, status: Status, request_id: RequestId) {
+        if let (Some(tracer), Some(span)) = (&mut self.tracer, span) {
+            tracer.finish(span, status.code(), request_id, None, Instant::now());
         }
     }
 
@@ -238,6 +258,10 @@ impl Respond for App {
     fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
         self.request_id = self.request_ids.for_request(request.request_id);
         let route = Route::from_path(request.path);
+        if let Some(tracer) = &mut self.tracer {
+            let name = route.map_or("other", Route::path);
+            self.span = tracer.start(request.traceparent, name, request.method.as_str(), self.now);
+        }
         let result = match route {
             None => Err(ApiError::NotFound),
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
@@ -275,6 +299,8 @@ impl Respond for App {
         };
         self.metrics.request(route, status);
         self.answered += 1;
+        let span = self.span.take();
+        self.finish_span(span, status, self.request_id);
         log::debug!(
             "{} {:?} {} -> {}",
             self.request_id,

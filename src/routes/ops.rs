@@ -29,8 +29,8 @@ impl App {
             fib_queue: self.fib.queued(),
             fib_queue_capacity: self.fib.queue_max(),
             rate_limit_clients: self.limiter.clients(),
-            trace_spans_recorded: 0,
-            trace_spans_dropped: 0,
+            trace_spans_recorded: self.tracer.as_ref().map_or(0, |t| t.counts().recorded),
+            trace_spans_dropped: self.tracer.as_ref().map_or(0, |t| t.counts().dropped),
             start_time_unix_seconds: self
                 .started_at
                 .duration_since(UNIX_EPOCH)
