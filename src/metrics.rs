@@ -1,6 +1,6 @@
 //! Counters and histograms, written by hand in the Prometheus text format
 //! 0.0.4 (`/metrics`) and as compact JSON for the built-in dashboard
-//! (`/metrics.json`, see [`Json`]); one walk over the metrics feeds both, so
+//! (`/metrics.json`, shaped as the `Json` writer's doc shows); one walk over the metrics feeds both, so
 //! they cannot disagree. Everything is a plain integer owned by the
 //! event-loop thread: a request costs a few additions, no lock and no
 //! allocation.
@@ -618,5 +618,37 @@ mod tests {
         );
         assert!(out.contains("fibd_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(out.contains("fibd_commit_duration_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn the_json_form_is_valid_and_keeps_labels_and_buckets() {
+        let mut m = Metrics::default();
+        m.request(Some(Route::Next), Status::OK);
+        m.request(None, Status::NOT_FOUND);
+        m.commit(Some(Duration::from_micros(300)));
+        m.commit(None);
+        let gauges = Gauges {
+            ready: true,
+            uptime: Duration::from_millis(12_345),
+            ..Gauges::default()
+        };
+        let mut out = String::new();
+        m.render_json(&gauges, &mut out);
+        let doc: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        assert_eq!(doc["uptime_seconds"], 12.345);
+        let metrics = &doc["metrics"];
+        let requests = &metrics["fibd_requests_total"];
+        assert_eq!(requests["labels"], serde_json::json!(["route", "code"]));
+        assert_eq!(
+            requests["series"],
+            serde_json::json!([["/next", "200", 1], ["other", "404", 1]])
+        );
+        let commits = &metrics["fibd_commit_duration_seconds"];
+        assert_eq!(commits["count"], 1);
+        assert_eq!(commits["le"].as_array().unwrap().len(), COMMIT_BOUNDS.len());
+        assert_eq!(commits["buckets"][1], 0, "0.3 ms is above 0.25 ms");
+        assert_eq!(commits["buckets"][2], 1, "and cumulative from 0.5 ms on");
+        assert_eq!(metrics["fibd_commit_failures_total"], 1);
+        assert_eq!(metrics["fibd_ready"], 1);
     }
 }

@@ -270,6 +270,8 @@ impl Respond for App {
             Some(route) => self.dispatch(conn, route, request, out),
         };
         let (status, close) = match result {
+            // A service that parks a request takes `self.span` with it and
+            // ends it when it writes the answer (see `fib`).
             Ok(Answer::Later) => return Reply::Deferred,
             Ok(Answer::Now(status)) => (status, !request.keep_alive),
             Err(error) => {
