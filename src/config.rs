@@ -13,6 +13,7 @@ use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 use crate::ratelimit::RateLimitConfig;
 use crate::smart::{SmartConfig, UpstreamTarget};
+use crate::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";
@@ -37,12 +38,13 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub access: AccessConfig,
     pub smart: SmartConfig,
+    /// None unless `--trace-zipkin` names a collector: tracing off, at no cost.
+    pub trace: Option<TraceConfig>,
 }
 
-// Made once at start-up: its size does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
+    /// Boxed: a `Config` is far larger than the other commands.
     Serve(Box<Config>),
     /// `fibd healthcheck`: GET /healthz on the configured address, for
     /// container HEALTHCHECKs that have no curl.
@@ -122,6 +124,11 @@ OPTIONS:
     --upstream-max-conns N    outbound connections at most, idle ones included; past it
                               /api/smart answers 503 at once [env FIBD_UPSTREAM_MAX_CONNS]
                               (default 512)
+    --trace-zipkin URL        send sampled request spans as Zipkin v2 JSON to this collector,
+                              e.g. http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
+                              (default: no tracing)
+    --trace-sample RATIO      share of requests traced when the caller's traceparent does not
+                              decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -163,6 +170,8 @@ struct Raw {
     upstream: Option<String>,
     hedge_after_ms: Option<String>,
     upstream_conns_max: Option<String>,
+    trace_zipkin: Option<String>,
+    trace_sample: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -190,6 +199,8 @@ pub fn from_args(
         upstream: env("FIBD_UPSTREAM"),
         hedge_after_ms: env("FIBD_HEDGE_AFTER"),
         upstream_conns_max: env("FIBD_UPSTREAM_MAX_CONNS"),
+        trace_zipkin: env("FIBD_TRACE_ZIPKIN"),
+        trace_sample: env("FIBD_TRACE_SAMPLE"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -229,6 +240,8 @@ pub fn from_args(
             "--upstream" => &mut raw.upstream,
             "--hedge-after" => &mut raw.hedge_after_ms,
             "--upstream-max-conns" => &mut raw.upstream_conns_max,
+            "--trace-zipkin" => &mut raw.trace_zipkin,
+            "--trace-sample" => &mut raw.trace_sample,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -346,6 +359,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         raw.trusted_proxy_flags,
     )?;
     let smart = smart_config(raw.upstream, raw.hedge_after_ms, raw.upstream_conns_max)?;
+    let trace = trace(raw.trace_zipkin, raw.trace_sample)?;
     Ok(Config {
         listen,
         data_dir,
@@ -357,6 +371,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         rate_limit,
         access,
         smart,
+        trace,
     })
 }
 
@@ -459,6 +474,43 @@ fn switch(raw: Option<String>, setting: &'static str) -> Result<bool, ConfigErro
             expected: "1, true, yes or on; 0, false, no or off",
         }),
     }
+}
+
+/// An empty URL (as a compose file's unset variable gives) means no tracing.
+fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConfig>, ConfigError> {
+    let sample_ratio = match sample {
+        None => DEFAULT_SAMPLE_RATIO,
+        Some(text) => match text.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "trace sample ratio",
+                    value: text,
+                    expected: "a number from 0 to 1, e.g. 0.1",
+                });
+            }
+        },
+    };
+    let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    // The outbound client speaks plain HTTP/1.1: http://HOST:PORT/PATH.
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|a| !a.is_empty() && !a.contains(char::is_whitespace));
+    if authority.is_none() {
+        return Err(ConfigError::Invalid {
+            setting: "trace collector URL",
+            value: url,
+            expected: "http://HOST:PORT/PATH, e.g. http://127.0.0.1:9411/api/v2/spans",
+        });
+    }
+    Ok(Some(TraceConfig {
+        zipkin_url: url,
+        sample_ratio,
+        buffer_spans: DEFAULT_BUFFER_SPANS,
+    }))
 }
 
 fn resolve(text: &str) -> Option<SocketAddr> {
@@ -641,5 +693,31 @@ mod tests {
             parse(&["--trusted-proxy"], &[]).unwrap_err(),
             ConfigError::MissingValue("--trusted-proxy".into())
         );
+    }
+
+    #[test]
+    fn tracing_is_off_without_a_collector_and_its_settings_are_checked() {
+        assert_eq!(serve(&[], &[]).trace, None);
+        assert_eq!(serve(&[], &[("FIBD_TRACE_ZIPKIN", "")]).trace, None);
+        let url = "http://127.0.0.1:9411/api/v2/spans";
+        let t = serve(&["--trace-zipkin", url], &[]).trace.unwrap();
+        assert_eq!((t.zipkin_url.as_str(), t.sample_ratio), (url, 0.1));
+        let t = serve(&["--trace-sample=1"], &[("FIBD_TRACE_ZIPKIN", url)])
+            .trace
+            .unwrap();
+        assert_eq!(t.sample_ratio, 1.0);
+        for bad in ["-0.1", "1.5", "x", "NaN"] {
+            let err = parse(&["--trace-sample", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("trace sample ratio"), "{err}");
+        }
+        for bad in [
+            "https://zipkin/api",
+            "zipkin:9411",
+            "http:///x",
+            "http://a b/",
+        ] {
+            let err = parse(&["--trace-zipkin", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("trace collector URL"), "{err}");
+        }
     }
 }

@@ -20,6 +20,7 @@ use mio::net::TcpStream;
 use crate::error::ApiError;
 use crate::http::chunked::{ChunkProgress, ChunkedDecoder};
 use crate::http::parse::{self, BodyFraming, Limits, Parsed, Request};
+use crate::request_id::RequestId;
 use crate::stepper::BatchId;
 
 /// What a connection that keeps nothing may read while the shared budget is
@@ -55,8 +56,9 @@ pub trait Respond {
     /// Appends the reply to `request` to `out`, or promises it later
     /// ([`Reply::Deferred`], delivered through [`Conn::resume`]).
     fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply;
-    /// Appends the answer to a request that could not be framed.
-    fn reject(&mut self, error: ApiError, out: &mut Output);
+    /// Appends the answer to a request that could not be framed or whose
+    /// held replies were withdrawn (then `request_id` is the first of them).
+    fn reject(&mut self, error: ApiError, request_id: Option<RequestId>, out: &mut Output);
     /// Whether replies held for `batch` may be written.
     fn is_released(&self, batch: BatchId) -> bool;
 }
@@ -191,8 +193,8 @@ impl Conn {
 
     /// Replaces replies that wait on failed batches with one error, then closes.
     pub fn withdraw_held(&mut self, app: &mut impl Respond) {
-        if self.output.withdraw_unreleased(|b| app.is_released(b)) {
-            app.reject(ApiError::CommitFailed, &mut self.output);
+        if let Some(first) = self.output.withdraw_unreleased(|b| app.is_released(b)) {
+            app.reject(ApiError::CommitFailed, Some(first), &mut self.output);
             self.phase = Phase::Closing;
         }
     }
@@ -335,7 +337,7 @@ impl Conn {
     /// Answers a request that took too long to arrive with 408, then closes.
     pub fn time_out(&mut self, app: &mut impl Respond) {
         self.input.clear();
-        app.reject(ApiError::RequestTimeout, &mut self.output);
+        app.reject(ApiError::RequestTimeout, None, &mut self.output);
         self.phase = Phase::Closing;
     }
 
@@ -502,7 +504,7 @@ fn next_phase(close: bool, body: BodyFraming, limits: &Limits) -> Phase {
 }
 
 fn reject(phase: &mut Phase, output: &mut Output, app: &mut impl Respond, error: ApiError) -> bool {
-    app.reject(error, output);
+    app.reject(error, None, output);
     *phase = Phase::Closing;
     true
 }
@@ -550,10 +552,12 @@ enum Segment {
         offset: usize,
     },
     /// Nothing after this leaves before `batch` is committed; `at` is where
-    /// `buf` stood, so a failed batch's replies can be cut off.
+    /// `buf` stood, so a failed batch's replies can be cut off, and the held
+    /// request's id names the error that replaces them.
     Hold {
         batch: BatchId,
         at: usize,
+        request_id: RequestId,
     },
 }
 
@@ -575,10 +579,14 @@ impl Output {
     }
 
     /// Everything queued after this waits until `batch` is committed.
-    pub fn push_hold(&mut self, batch: BatchId) {
+    pub fn push_hold(&mut self, batch: BatchId, request_id: RequestId) {
         self.close_plain_run();
         let at = self.buf.len();
-        self.segments.push_back(Segment::Hold { batch, at });
+        self.segments.push_back(Segment::Hold {
+            batch,
+            at,
+            request_id,
+        });
     }
 
     pub fn has_unreleased_hold(&self, released: impl Fn(BatchId) -> bool) -> bool {
@@ -621,22 +629,20 @@ impl Output {
         }
     }
 
-    /// Drops the first unreleased hold and everything after it; true if one was found.
-    fn withdraw_unreleased(&mut self, released: impl Fn(BatchId) -> bool) -> bool {
-        let found = self
+    /// Drops the first unreleased hold and everything after it; the held
+    /// request's id if one was found.
+    fn withdraw_unreleased(&mut self, released: impl Fn(BatchId) -> bool) -> Option<RequestId> {
+        let i = self
             .segments
             .iter()
-            .position(|s| matches!(s, Segment::Hold { batch, .. } if !released(*batch)));
-        let Some(i) = found else {
-            return false;
+            .position(|s| matches!(s, Segment::Hold { batch, .. } if !released(*batch)))?;
+        let Some(&Segment::Hold { at, request_id, .. }) = self.segments.get(i) else {
+            return None;
         };
-        if let Some(Segment::Hold { at, .. }) = self.segments.get(i) {
-            let at = *at;
-            self.buf.truncate(at);
-            self.tail_start = at;
-        }
+        self.buf.truncate(at);
+        self.tail_start = at;
         self.segments.truncate(i);
-        true
+        Some(request_id)
     }
 
     /// Fills `slices` with what may be written now; returns how many.
@@ -774,6 +780,10 @@ mod tests {
         BatchId::for_tests(n)
     }
 
+    fn id(n: u8) -> RequestId {
+        RequestId::from_caller(&[b'0' + n]).unwrap()
+    }
+
     #[test]
     fn plain_and_shared_bytes_leave_in_order_under_partial_writes() {
         for chunk in [1, 3, 7, 64, 4096] {
@@ -798,9 +808,9 @@ mod tests {
         let (b1, b2) = (batch(1), batch(2));
         let mut out = Output::default();
         out.extend(b"before|");
-        out.push_hold(b1);
+        out.push_hold(b1, id(1));
         out.extend(b"step1|");
-        out.push_hold(b2);
+        out.push_hold(b2, id(2));
         out.extend(b"step2");
         assert_eq!(drain(&mut out, 5, |_| false), b"before|");
         assert!(out.has_unreleased_hold(|_| false));
@@ -814,14 +824,14 @@ mod tests {
         let (b1, b2) = (batch(1), batch(2));
         let mut out = Output::default();
         out.extend(b"ok|");
-        out.push_hold(b1);
+        out.push_hold(b1, id(1));
         out.extend(b"one|");
-        out.push_hold(b2);
+        out.push_hold(b2, id(2));
         out.extend(b"two|");
-        assert!(out.withdraw_unreleased(|b| b == b1));
+        assert_eq!(out.withdraw_unreleased(|b| b == b1), Some(id(2)));
         out.extend(b"error");
         assert_eq!(drain(&mut out, 100, |b| b == b1), b"ok|one|error");
-        assert!(!out.withdraw_unreleased(|_| true));
+        assert_eq!(out.withdraw_unreleased(|_| true), None);
     }
 
     #[test]

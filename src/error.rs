@@ -10,6 +10,7 @@ use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
 use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
 use crate::ratelimit::{self, Decision, Limit};
+use crate::request_id::RequestId;
 use crate::smart::{Failure, UpstreamFailure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,10 +175,17 @@ impl ApiError {
         self,
         out: &mut Vec<u8>,
         date: &HttpDate,
+        request_id: &RequestId,
         head_only: bool,
         persistence: Persistence,
     ) {
-        self.write_with(out, date, head_only, persistence, |_| {});
+        self.write_with(out, date, request_id, head_only, persistence, |_| {});
+    }
+
+    /// Server-side faults a person should hear about; the rest are the
+    /// client's business (and the access log's, at debug).
+    pub fn is_fault(self) -> bool {
+        matches!(self, ApiError::CommitFailed | ApiError::RandomUnavailable)
     }
 
     /// Like [`ApiError::write`], with headers only the caller can supply.
@@ -185,13 +193,14 @@ impl ApiError {
         self,
         out: &mut Vec<u8>,
         date: &HttpDate,
+        request_id: &RequestId,
         head_only: bool,
         persistence: Persistence,
         extra: impl FnOnce(&mut Head<'_>),
     ) {
         let status = self.status();
-        let body = self.body();
-        let mut head = Head::start(out, status, date);
+        let body = self.body(request_id);
+        let mut head = Head::start(out, status, date, request_id);
         head.content_type(ContentType::Json)
             .header("Cache-Control", b"no-store");
         match self {
@@ -225,10 +234,10 @@ impl ApiError {
         }
     }
 
-    /// The JSON body: `{"error": "...", "status": N, ...}`.
-    fn body(self) -> Vec<u8> {
+    /// The JSON body: `{"error": "...", "status": N, ..., "request_id": "..."}`.
+    fn body(self, request_id: &RequestId) -> Vec<u8> {
         if let ApiError::Upstream(f) = self {
-            return upstream_body(f);
+            return upstream_body(f, request_id);
         }
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"{\"error\": \"");
@@ -249,14 +258,16 @@ impl ApiError {
             }
             _ => {}
         }
-        out.extend_from_slice(b"}\n");
+        out.extend_from_slice(b", \"request_id\": \"");
+        write_json_str(&mut out, request_id.as_bytes());
+        out.extend_from_slice(b"\"}\n");
         out
     }
 }
 
 /// /api/smart's failure: the kind as `error` (for programs), elapsed
 /// `time` and `attempts` sent, and a `detail` for people.
-fn upstream_body(f: UpstreamFailure) -> Vec<u8> {
+fn upstream_body(f: UpstreamFailure, request_id: &RequestId) -> Vec<u8> {
     let mut out = Vec::with_capacity(200);
     out.extend_from_slice(b"{\"error\": \"");
     out.extend_from_slice(f.failure.code().as_bytes());
@@ -274,6 +285,8 @@ fn upstream_body(f: UpstreamFailure) -> Vec<u8> {
         out.extend_from_slice(b" ");
         digits::write_u64(&mut out, u64::from(status));
     }
+    out.extend_from_slice(b"\", \"request_id\": \"");
+    write_json_str(&mut out, request_id.as_bytes());
     out.extend_from_slice(b"\"}\n");
     out
 }

@@ -31,12 +31,16 @@
 //! - [`upstream`]: the outbound HTTP/1.1 client inside the loop (non-blocking
 //!   connect, bounded keep-alive pool, deadlines), the only code that touches
 //!   an upstream socket; the server drives it through a token range.
+//! - [`request_id`]: the caller's `X-Request-Id` validated, or one made cheaply;
+//!   echoed on every answer, in logs and error bodies.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
 //! - [`store`]: LMDB through heed.
-//! - [`metrics`], [`logging`], [`systemd`]: Prometheus text, the journald-aware
-//!   log format, sd_notify and socket activation.
+//! - [`metrics`], [`logging`], [`systemd`]: Prometheus text and the dashboard's
+//!   JSON, the journald-aware log format, sd_notify and socket activation.
+//! - [`trace`]: W3C traceparent, sampled request spans in a bounded buffer,
+//!   Zipkin v2 JSON batches for the outbound client to send (sans-IO).
 //! - [`config`]: command line and environment, validated once.
 //!
 //! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a
@@ -59,10 +63,12 @@ pub mod park;
 pub mod random;
 pub mod ratelimit;
 pub mod recency;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod smart;
 pub mod stepper;
 pub mod store;
 pub mod systemd;
+pub mod trace;
 pub mod upstream;

@@ -1,6 +1,24 @@
-//! Counters and histograms for Prometheus, written by hand in the text format
-//! 0.0.4. Everything is a plain integer owned by the event-loop thread: a
-//! request costs a few additions, no lock and no allocation.
+//! Counters and histograms, written by hand in the Prometheus text format
+//! 0.0.4 (`/metrics`) and as compact JSON for the built-in dashboard
+//! (`/metrics.json`, shaped as the `Json` writer's doc shows); one walk over the metrics feeds both, so
+//! they cannot disagree. Everything is a plain integer owned by the
+//! event-loop thread: a request costs a few additions, no lock and no
+//! allocation.
+//!
+//! # Names reserved for services still being built
+//! The dashboard (`src/dashboard.html`), the Grafana dashboard and the alert
+//! rules (`deploy/`) already read these; a service plugs in by exposing them
+//! here, through the same `expose` walk, and its panels fill:
+//!
+//! - `fibd_primes_tasks{status}` (gauge): primes tasks held now, by status
+//!   (`queued`, `running`, `done`, `failed`, `cancelled`; any label value is drawn).
+//! - `fibd_primes_tasks_total{status}` (counter): tasks that reached a final status.
+//! - `fibd_primes_queue_length`, `fibd_primes_queue_capacity` (gauges): tasks
+//!   waiting, and how many may wait (the queue-saturation alert divides them).
+//!
+//! /api/smart exposes `fibd_smart_calls_total{outcome}`, `fibd_smart_attempts`
+//! and `fibd_upstream_duration_seconds` (see `expose_upstream`), which the
+//! dashboards draw.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -79,30 +97,26 @@ impl Histogram {
         self.sum += value * n as f64;
         self.count += n;
     }
-
-    fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
 }
 
 /// Values the loop knows at scrape time rather than counting.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gauges {
+    pub ready: bool,
+    pub connections_max: usize,
     pub committed_index: u64,
     pub pending_index: u64,
     pub fib_cache_bytes: usize,
     pub fib_cache_entries: usize,
     pub fib_queue: usize,
+    pub fib_queue_capacity: usize,
     pub rate_limit_clients: usize,
     pub upstream: crate::upstream::PoolStats,
+    pub trace_spans_recorded: u64,
+    pub trace_spans_dropped: u64,
+    pub start_time_unix_seconds: u64,
+    /// Since start, on the monotonic clock (JSON only: the page's time base).
+    pub uptime: Duration,
 }
 
 #[derive(Debug)]
@@ -212,160 +226,235 @@ impl Metrics {
 
     /// The exposition, in the Prometheus text format 0.0.4.
     pub fn render(&self, gauges: &Gauges, out: &mut String) {
-        out.push_str("# HELP fibd_requests_total Requests answered, by route and status code.\n");
-        out.push_str("# TYPE fibd_requests_total counter\n");
+        self.expose(
+            gauges,
+            &mut PrometheusText {
+                out,
+                family: ("", &[]),
+            },
+        );
+    }
+
+    /// The same counters as compact JSON for the dashboard (see [`Json`]).
+    pub fn render_json(&self, gauges: &Gauges, out: &mut String) {
+        let mut json = Json::start(out, gauges.uptime);
+        self.expose(gauges, &mut json);
+        json.finish();
+    }
+
+    /// Every metric, once, in whichever format `sink` writes: the two
+    /// expositions cannot drift apart.
+    fn expose(&self, gauges: &Gauges, sink: &mut dyn Exposition) {
+        sink.family(
+            Kind::Counter,
+            "fibd_requests_total",
+            "Requests answered, by route and status code.",
+            &["route", "code"],
+        );
         let labels = Route::ALL.iter().map(|r| r.path()).chain(["other"]);
+        let mut code_text = String::new();
         for (row, route) in self.requests.iter().zip(labels) {
             for (slot, &count) in row.iter().enumerate() {
                 if count == 0 {
                     continue;
                 }
-                let code = CODES.get(slot).map_or("other".to_owned(), u16::to_string);
-                let _ = writeln!(
-                    out,
-                    "fibd_requests_total{{route=\"{route}\",code=\"{code}\"}} {count}"
-                );
+                code_text.clear();
+                match CODES.get(slot) {
+                    Some(code) => {
+                        let _ = write!(code_text, "{code}");
+                    }
+                    None => code_text.push_str("other"),
+                }
+                sink.series(&[route, &code_text], count);
             }
         }
-        self.request_seconds.write(
-            out,
+        sink.histogram(
             "fibd_request_duration_seconds",
             "From the loop pass that read a request to its reply being queued (waiting for a commit or a computation excluded).",
+            &self.request_seconds,
         );
-        self.commit_seconds.write(
-            out,
+        sink.histogram(
             "fibd_commit_duration_seconds",
             "Time for one group commit, including both device flushes.",
+            &self.commit_seconds,
         );
-        self.commit_batch_steps.write(
-            out,
+        sink.histogram(
             "fibd_commit_batch_steps",
             "Stepper mutations made durable by one commit.",
+            &self.commit_batch_steps,
         );
-        counter(
-            out,
-            "fibd_commit_failures_total",
-            "Commits that failed.",
-            self.commit_failures,
-        );
-        counter(
-            out,
-            "fibd_connections_accepted_total",
-            "Connections accepted.",
-            self.accepted,
-        );
-        gauge(
-            out,
-            "fibd_connections_open",
-            "Connections open now.",
-            self.accepted - self.closed,
-        );
-        gauge(
-            out,
-            "fibd_stepper_index",
-            "The committed stepper index.",
-            gauges.committed_index,
-        );
-        gauge(
-            out,
-            "fibd_stepper_pending_index",
-            "The stepper index including steps awaiting their commit.",
-            gauges.pending_index,
-        );
-        counter(
-            out,
-            "fibd_fib_cache_hits_total",
-            "/v1/fib answers served from the cache.",
-            self.fib_cache_hits,
-        );
-        counter(
-            out,
-            "fibd_fib_cache_misses_total",
-            "/v1/fib answers that needed a computation.",
-            self.fib_cache_misses,
-        );
-        gauge(
-            out,
-            "fibd_fib_cache_bytes",
-            "Bytes of rendered values in the /v1/fib cache.",
-            gauges.fib_cache_bytes as u64,
-        );
-        gauge(
-            out,
-            "fibd_fib_cache_entries",
-            "Values in the /v1/fib cache.",
-            gauges.fib_cache_entries as u64,
-        );
-        gauge(
-            out,
-            "fibd_fib_queue_length",
-            "F(n) computations waiting for the worker.",
-            gauges.fib_queue as u64,
-        );
-        self.fib_compute_seconds.write(
-            out,
+        let scalars: [(Kind, &str, &str, u64); 18] = [
+            (
+                Kind::Counter,
+                "fibd_commit_failures_total",
+                "Commits that failed.",
+                self.commit_failures,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_ready",
+                "1 while commits succeed (/readyz answers 200), else 0.",
+                u64::from(gauges.ready),
+            ),
+            (
+                Kind::Counter,
+                "fibd_connections_accepted_total",
+                "Connections accepted.",
+                self.accepted,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_connections_open",
+                "Connections open now.",
+                self.accepted - self.closed,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_connections_max",
+                "Connections open at most (--max-connections); more wait in the backlog.",
+                gauges.connections_max as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_stepper_index",
+                "The committed stepper index.",
+                gauges.committed_index,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_stepper_pending_index",
+                "The stepper index including steps awaiting their commit.",
+                gauges.pending_index,
+            ),
+            (
+                Kind::Counter,
+                "fibd_fib_cache_hits_total",
+                "/v1/fib answers served from the cache.",
+                self.fib_cache_hits,
+            ),
+            (
+                Kind::Counter,
+                "fibd_fib_cache_misses_total",
+                "/v1/fib answers that needed a computation.",
+                self.fib_cache_misses,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_fib_cache_bytes",
+                "Bytes of rendered values in the /v1/fib cache.",
+                gauges.fib_cache_bytes as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_fib_cache_entries",
+                "Values in the /v1/fib cache.",
+                gauges.fib_cache_entries as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_fib_queue_length",
+                "F(n) computations waiting for the worker.",
+                gauges.fib_queue as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_fib_queue_capacity",
+                "F(n) computations that may wait (--fib-queue); more get 503.",
+                gauges.fib_queue_capacity as u64,
+            ),
+            (
+                Kind::Counter,
+                "fibd_rate_limited_total",
+                "Requests refused with 429.",
+                self.rate_limited,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_rate_limit_clients",
+                "Clients with a token bucket (bounded; full buckets are evicted first).",
+                gauges.rate_limit_clients as u64,
+            ),
+            (
+                Kind::Counter,
+                "fibd_trace_spans_total",
+                "Request spans recorded for export (sampled requests, with --trace-zipkin).",
+                gauges.trace_spans_recorded,
+            ),
+            (
+                Kind::Counter,
+                "fibd_trace_spans_dropped_total",
+                "Spans dropped because the export buffer was full (the collector is slow or down).",
+                gauges.trace_spans_dropped,
+            ),
+            (
+                Kind::Gauge,
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds.",
+                gauges.start_time_unix_seconds,
+            ),
+        ];
+        for (kind, name, help, value) in scalars {
+            sink.scalar(kind, name, help, value);
+        }
+        sink.histogram(
             "fibd_fib_compute_duration_seconds",
             "Time to compute and render one F(n) off the event loop.",
+            &self.fib_compute_seconds,
         );
-        counter(
-            out,
-            "fibd_rate_limited_total",
-            "Requests refused with 429.",
-            self.rate_limited,
-        );
-        gauge(
-            out,
-            "fibd_rate_limit_clients",
-            "Clients with a token bucket (bounded; full buckets are evicted first).",
-            gauges.rate_limit_clients as u64,
-        );
-        self.render_upstream(gauges, out);
+        self.expose_upstream(gauges, sink);
     }
 
-    fn render_upstream(&self, gauges: &Gauges, out: &mut String) {
-        out.push_str("# HELP fibd_smart_calls_total /api/smart calls answered, by outcome.\n");
-        out.push_str("# TYPE fibd_smart_calls_total counter\n");
+    /// /api/smart and its outbound client.
+    fn expose_upstream(&self, gauges: &Gauges, sink: &mut dyn Exposition) {
+        sink.family(
+            Kind::Counter,
+            "fibd_smart_calls_total",
+            "/api/smart calls answered, by outcome.",
+            &["outcome"],
+        );
         for (outcome, count) in SMART_OUTCOMES.iter().zip(self.smart_outcomes) {
-            let _ = writeln!(
-                out,
-                "fibd_smart_calls_total{{outcome=\"{outcome}\"}} {count}"
-            );
+            sink.series(&[outcome], count);
         }
-        self.smart_attempts.write(
-            out,
+        sink.histogram(
             "fibd_smart_attempts",
             "Upstream attempts sent per /api/smart call.",
+            &self.smart_attempts,
         );
-        self.upstream_seconds.write(
-            out,
+        sink.histogram(
             "fibd_upstream_duration_seconds",
             "Outbound calls, from the send to the answer or failure (cancelled ones excluded).",
+            &self.upstream_seconds,
         );
         let pool = gauges.upstream;
-        gauge(
-            out,
-            "fibd_upstream_connections_open",
-            "Outbound connections open or opening, idle ones included.",
-            pool.open as u64,
-        );
-        gauge(
-            out,
-            "fibd_upstream_connections_idle",
-            "Outbound keep-alive connections idle in the pool.",
-            pool.idle as u64,
-        );
-        counter(
-            out,
-            "fibd_upstream_reused_total",
-            "Outbound calls sent on a pooled keep-alive connection.",
-            pool.reused,
-        );
-        counter(
-            out,
-            "fibd_upstream_retried_total",
-            "Outbound calls retried on a fresh connection because the pooled one had been closed.",
-            pool.retried,
-        );
+        let scalars: [(Kind, &str, &str, u64); 4] = [
+            (
+                Kind::Gauge,
+                "fibd_upstream_connections_open",
+                "Outbound connections open or opening, idle ones included.",
+                pool.open as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_upstream_connections_idle",
+                "Outbound keep-alive connections idle in the pool.",
+                pool.idle as u64,
+            ),
+            (
+                Kind::Counter,
+                "fibd_upstream_reused_total",
+                "Outbound calls sent on a pooled keep-alive connection.",
+                pool.reused,
+            ),
+            (
+                Kind::Counter,
+                "fibd_upstream_retried_total",
+                "Outbound calls retried on a fresh connection because the pooled one had been closed.",
+                pool.retried,
+            ),
+        ];
+        for (kind, name, help, value) in scalars {
+            sink.scalar(kind, name, help, value);
+        }
     }
 }
 
@@ -393,18 +482,230 @@ pub fn render_key_counts<'a>(out: &mut String, keys: impl Iterator<Item = (&'a s
     out.push_str(&limited);
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-    );
+/// Prometheus metric types fibd uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// A format metrics are written in; [`Metrics::expose`] drives it.
+trait Exposition {
+    fn scalar(&mut self, kind: Kind, name: &'static str, help: &str, value: u64);
+    /// Starts a labelled family; [`Exposition::series`] adds to the latest one.
+    fn family(
+        &mut self,
+        kind: Kind,
+        name: &'static str,
+        help: &str,
+        labels: &'static [&'static str],
     );
+    fn series(&mut self, label_values: &[&str], value: u64);
+    fn histogram(&mut self, name: &'static str, help: &str, histogram: &Histogram);
+}
+
+/// The Prometheus text format 0.0.4.
+struct PrometheusText<'o> {
+    out: &'o mut String,
+    /// The labelled family being written: its name and label names.
+    family: (&'static str, &'static [&'static str]),
+}
+
+impl PrometheusText<'_> {
+    fn header(&mut self, kind: &str, name: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+}
+
+impl Exposition for PrometheusText<'_> {
+    fn scalar(&mut self, kind: Kind, name: &'static str, help: &str, value: u64) {
+        self.header(kind.as_str(), name, help);
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    fn family(
+        &mut self,
+        kind: Kind,
+        name: &'static str,
+        help: &str,
+        labels: &'static [&'static str],
+    ) {
+        self.header(kind.as_str(), name, help);
+        self.family = (name, labels);
+    }
+
+    fn series(&mut self, label_values: &[&str], value: u64) {
+        let (name, labels) = self.family;
+        self.out.push_str(name);
+        for (i, (label, value)) in labels.iter().zip(label_values).enumerate() {
+            let sep = if i == 0 { '{' } else { ',' };
+            let _ = write!(self.out, "{sep}{label}=\"");
+            for c in value.chars() {
+                match c {
+                    '\\' => self.out.push_str("\\\\"),
+                    '"' => self.out.push_str("\\\""),
+                    '\n' => self.out.push_str("\\n"),
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+        if !labels.is_empty() {
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn histogram(&mut self, name: &'static str, help: &str, histogram: &Histogram) {
+        self.header("histogram", name, help);
+        let mut cumulative = 0;
+        for (bound, count) in histogram.bounds.iter().zip(&histogram.counts) {
+            cumulative += count;
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+        let _ = writeln!(self.out, "{name}_sum {}", histogram.sum);
+        let _ = writeln!(self.out, "{name}_count {}", histogram.count);
+    }
+}
+
+/// The compact JSON the dashboard polls (`GET /metrics.json`):
+///
+/// ```text
+/// {"uptime_seconds": 12.5, "metrics": {
+///   "fibd_connections_open": 3,                                   counter or gauge
+///   "fibd_requests_total": {"labels": ["route", "code"],           labelled family
+///                           "series": [["/next", "200", 41], ...]},
+///   "fibd_commit_duration_seconds": {"le": [0.0001, ...],          histogram
+///                                    "buckets": [cumulative counts], "sum": 0.8, "count": 900}}}
+/// ```
+///
+/// Names, label values and numbers are those of `/metrics`; buckets omit
+/// `+Inf`, whose count is `count`. `uptime_seconds` (monotonic) lets the
+/// page compute rates with fibd's clock rather than the browser's.
+struct Json<'o> {
+    out: &'o mut String,
+    entries: usize,
+    /// A labelled family's series array is open.
+    family_open: bool,
+    series: usize,
+}
+
+impl<'o> Json<'o> {
+    fn start(out: &'o mut String, uptime: Duration) -> Json<'o> {
+        let _ = write!(
+            out,
+            "{{\"uptime_seconds\": {:.3}, \"metrics\": {{",
+            uptime.as_secs_f64()
+        );
+        Json {
+            out,
+            entries: 0,
+            family_open: false,
+            series: 0,
+        }
+    }
+
+    /// Closes the previous entry and opens `"name": `.
+    fn key(&mut self, name: &str) {
+        self.close_family();
+        if self.entries > 0 {
+            self.out.push_str(", ");
+        }
+        self.entries += 1;
+        let _ = write!(self.out, "\"{name}\": ");
+    }
+
+    fn close_family(&mut self) {
+        if self.family_open {
+            self.out.push_str("]}");
+            self.family_open = false;
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        self.out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(self.out, "\\u{:04x}", u32::from(c));
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    fn finish(mut self) {
+        self.close_family();
+        self.out.push_str("}}\n");
+    }
+}
+
+impl Exposition for Json<'_> {
+    fn scalar(&mut self, _: Kind, name: &'static str, _: &str, value: u64) {
+        self.key(name);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn family(&mut self, _: Kind, name: &'static str, _: &str, labels: &'static [&'static str]) {
+        self.key(name);
+        self.out.push_str("{\"labels\": [");
+        for (i, label) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
+            }
+            self.string(label);
+        }
+        self.out.push_str("], \"series\": [");
+        self.family_open = true;
+        self.series = 0;
+    }
+
+    fn series(&mut self, label_values: &[&str], value: u64) {
+        if self.series > 0 {
+            self.out.push_str(", ");
+        }
+        self.series += 1;
+        self.out.push('[');
+        for label_value in label_values {
+            self.string(label_value);
+            self.out.push_str(", ");
+        }
+        let _ = write!(self.out, "{value}]");
+    }
+
+    fn histogram(&mut self, name: &'static str, _: &str, histogram: &Histogram) {
+        self.key(name);
+        self.out.push_str("{\"le\": [");
+        for (i, bound) in histogram.bounds.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(self.out, "{sep}{bound}");
+        }
+        self.out.push_str("], \"buckets\": [");
+        let mut cumulative = 0;
+        for (i, count) in histogram.counts.iter().enumerate() {
+            cumulative += count;
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(self.out, "{sep}{cumulative}");
+        }
+        let _ = write!(
+            self.out,
+            "], \"sum\": {}, \"count\": {}}}",
+            histogram.sum, histogram.count
+        );
+    }
 }
 
 #[cfg(test)]
@@ -453,5 +754,37 @@ mod tests {
         );
         let limited_at = out.find("fibd_api_key_rate_limited_total{").unwrap();
         assert!(out.find("# TYPE fibd_api_key_rate_limited_total").unwrap() < limited_at);
+    }
+
+    #[test]
+    fn the_json_form_is_valid_and_keeps_labels_and_buckets() {
+        let mut m = Metrics::default();
+        m.request(Some(Route::Next), Status::OK);
+        m.request(None, Status::NOT_FOUND);
+        m.commit(Some(Duration::from_micros(300)));
+        m.commit(None);
+        let gauges = Gauges {
+            ready: true,
+            uptime: Duration::from_millis(12_345),
+            ..Gauges::default()
+        };
+        let mut out = String::new();
+        m.render_json(&gauges, &mut out);
+        let doc: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        assert_eq!(doc["uptime_seconds"], 12.345);
+        let metrics = &doc["metrics"];
+        let requests = &metrics["fibd_requests_total"];
+        assert_eq!(requests["labels"], serde_json::json!(["route", "code"]));
+        assert_eq!(
+            requests["series"],
+            serde_json::json!([["/next", "200", 1], ["other", "404", 1]])
+        );
+        let commits = &metrics["fibd_commit_duration_seconds"];
+        assert_eq!(commits["count"], 1);
+        assert_eq!(commits["le"].as_array().unwrap().len(), COMMIT_BOUNDS.len());
+        assert_eq!(commits["buckets"][1], 0, "0.3 ms is above 0.25 ms");
+        assert_eq!(commits["buckets"][2], 1, "and cumulative from 0.5 ms on");
+        assert_eq!(metrics["fibd_commit_failures_total"], 1);
+        assert_eq!(metrics["fibd_ready"], 1);
     }
 }

@@ -148,6 +148,19 @@ impl Server {
         let mut signals = Signals::new(HANDLED_SIGNALS)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut app = app;
+        app.connections_max = config.connections_max;
+        if let Some(trace) = config.trace.clone() {
+            log::info!(
+                "tracing: {} of requests without a caller's decision, spans for {}; \
+                 export waits for the outbound HTTP client (issue 12): until then spans \
+                 fill a {}-span buffer and the rest count as fibd_trace_spans_dropped_total",
+                trace.sample_ratio,
+                trace.zipkin_url,
+                trace.buffer_spans
+            );
+            app.enable_tracing(trace);
+        }
         Ok(Server {
             poll,
             listener: Some(listener),

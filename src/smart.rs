@@ -16,6 +16,7 @@
 //! (`crate::park`): the loop expires them.
 
 use crate::http::response::Persistence;
+use crate::request_id::RequestId;
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -322,6 +323,7 @@ impl Plan {
 pub struct Shape {
     pub head_only: bool,
     pub persistence: Persistence,
+    pub request_id: RequestId,
 }
 
 /// A call in progress.
@@ -595,6 +597,7 @@ mod tests {
         let shape = Shape {
             head_only: false,
             persistence: Persistence::KeepAlive,
+            request_id: RequestId::from_caller(b"test").expect("a valid id"),
         };
         let mut tickets = Vec::new();
         for i in 0..3 {

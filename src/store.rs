@@ -15,6 +15,11 @@ const INDEX_KEY: &[u8] = b"index";
 /// The file is sparse and holds a few keys; the map only bounds its growth.
 const MAP_SIZE_BYTES: usize = 64 << 20;
 const LOCK_FILE: &str = "fibd.lock";
+/// Test hook (debug builds, or the `test-hooks` feature): while a file of
+/// this name exists in the data directory, every commit fails, as on a full
+/// or failing disk. The end-to-end alert test uses it.
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
+pub const FAIL_COMMITS_FILE: &str = "fail-commits";
 
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
 
@@ -33,6 +38,8 @@ pub enum StoreError {
         source: std::io::Error,
     },
     Lmdb(heed::Error),
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    InjectedFault,
 }
 
 impl fmt::Display for StoreError {
@@ -54,6 +61,8 @@ impl fmt::Display for StoreError {
                 write!(f, "cannot lock data directory {}: {source}", dir.display())
             }
             StoreError::Lmdb(e) => write!(f, "LMDB: {e}"),
+            #[cfg(any(debug_assertions, feature = "test-hooks"))]
+            StoreError::InjectedFault => write!(f, "{FAIL_COMMITS_FILE} exists (test hook)"),
         }
     }
 }
@@ -71,6 +80,8 @@ impl From<heed::Error> for StoreError {
 pub struct Store {
     env: Env<WithoutTls>,
     _lock: File,
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    fault_file: PathBuf,
 }
 
 impl Store {
@@ -95,7 +106,12 @@ impl Store {
         if cleared > 0 {
             log::info!("cleared {cleared} stale LMDB reader slot(s) left by a crash");
         }
-        Ok(Store { env, _lock: lock })
+        Ok(Store {
+            env,
+            _lock: lock,
+            #[cfg(any(debug_assertions, feature = "test-hooks"))]
+            fault_file: dir.join(FAIL_COMMITS_FILE),
+        })
     }
 
     /// Runs `f` with the index table; the table borrows the environment, so
@@ -109,7 +125,12 @@ impl Store {
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(db))
             })?
             .unwrap_commit();
-        Ok(f(IndexTable { env: &self.env, db }))
+        Ok(f(IndexTable {
+            env: &self.env,
+            db,
+            #[cfg(any(debug_assertions, feature = "test-hooks"))]
+            fault_file: &self.fault_file,
+        }))
     }
 }
 
@@ -140,6 +161,8 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
 pub struct IndexTable<'e> {
     env: &'e Env<WithoutTls>,
     db: IndexDb<'e>,
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    fault_file: &'e Path,
 }
 
 impl IndexTable<'_> {
@@ -152,6 +175,10 @@ impl IndexTable<'_> {
     /// Writes the index in one transaction; returns once LMDB has synced the
     /// data pages and the meta page, so the value survives a crash.
     pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
+        #[cfg(any(debug_assertions, feature = "test-hooks"))]
+        if self.fault_file.exists() {
+            return Err(StoreError::InjectedFault);
+        }
         let mut wtxn = self.env.write_txn()?;
         self.db.put(&mut wtxn, INDEX_KEY, &index)?;
         wtxn.commit()?;

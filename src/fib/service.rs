@@ -3,6 +3,8 @@
 //! requests for one n share a single computation. It knows nothing of HTTP
 //! bytes; `routes` writes the replies.
 
+use crate::request_id::RequestId;
+use crate::trace::SpanStart;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -53,6 +55,9 @@ pub struct FibShape {
     pub format: Format,
     pub head_only: bool,
     pub persistence: Persistence,
+    pub request_id: RequestId,
+    /// The request's trace span, ended when the answer is written.
+    pub span: Option<SpanStart>,
 }
 
 /// F(n) when it can be had on the loop.
@@ -157,6 +162,10 @@ impl FibService {
 
     pub fn cache_len(&self) -> usize {
         self.cache.len()
+    }
+
+    pub fn queue_max(&self) -> usize {
+        self.limits.queue_max
     }
 
     pub fn queued(&self) -> usize {

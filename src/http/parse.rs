@@ -63,6 +63,22 @@ pub enum Method {
 }
 
 impl Method {
+    /// The token as sent; `OTHER` for a method fibd has no name for.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Connect => "CONNECT",
+            Method::Other => "OTHER",
+        }
+    }
+
     /// Methods are case-sensitive (RFC 9110 §9.1), so `get` is `Other`.
     fn from_token(token: &[u8]) -> Method {
         match token {
@@ -121,6 +137,10 @@ pub struct Request<'a> {
     pub forwarded: Option<&'a [u8]>,
     /// Last `X-Forwarded-For` field line, trimmed; as for `forwarded`.
     pub x_forwarded_for: Option<&'a [u8]>,
+    /// First `X-Request-Id` field, trimmed; `request_id` validates it.
+    pub request_id: Option<&'a [u8]>,
+    /// First `traceparent` field (W3C Trace Context), trimmed; `trace` parses it.
+    pub traceparent: Option<&'a [u8]>,
     /// `Expect: 100-continue` was sent: the client may wait for a 100 before
     /// sending the body. Other expectations are ignored.
     pub expect_continue: bool,
@@ -509,6 +529,8 @@ struct Fields<'b> {
     api_key: Option<&'b [u8]>,
     forwarded: Option<&'b [u8]>,
     x_forwarded_for: Option<&'b [u8]>,
+    request_id: Option<&'b [u8]>,
+    traceparent: Option<&'b [u8]>,
     expect_continue: bool,
 }
 
@@ -549,6 +571,10 @@ impl<'b> Fields<'b> {
             self.forwarded = Some(value);
         } else if is("x-forwarded-for") {
             self.x_forwarded_for = Some(value);
+        } else if is("x-request-id") {
+            self.request_id.get_or_insert(value);
+        } else if is("traceparent") {
+            self.traceparent.get_or_insert(value);
         } else if is("expect") {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -608,6 +634,8 @@ fn finish<'b>(
         api_key: fields.api_key,
         forwarded: fields.forwarded,
         x_forwarded_for: fields.x_forwarded_for,
+        request_id: fields.request_id,
+        traceparent: fields.traceparent,
         expect_continue: fields.expect_continue,
     })
 }
@@ -1037,6 +1065,21 @@ mod tests {
         assert_eq!(r.forwarded, Some(&b"for=5.5.5.5"[..]));
         let (r, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!((r.forwarded, r.x_forwarded_for), (None, None));
+    }
+
+    #[test]
+    fn request_id_and_traceparent_are_surfaced_first_wins() {
+        let (r, _) = complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\nx-request-ID:  abc-1 \r\nX-Request-Id: abc-2\r\n\
+              TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        );
+        assert_eq!(r.request_id, Some(&b"abc-1"[..]));
+        assert_eq!(
+            r.traceparent,
+            Some(&b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..])
+        );
+        let (r, _) = complete(VALID[0]);
+        assert_eq!((r.request_id, r.traceparent), (None, None));
     }
 
     #[test]

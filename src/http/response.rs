@@ -5,6 +5,7 @@
 use super::date::HttpDate;
 use super::parse::Version;
 use crate::fib::digits;
+use crate::request_id::{self, RequestId};
 
 /// A status code with its reason phrase; only the codes fibd sends exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,7 @@ pub enum ContentType {
     Text,
     Json,
     Prometheus,
+    Html,
 }
 
 impl ContentType {
@@ -70,6 +72,7 @@ impl ContentType {
             ContentType::Text => "text/plain",
             ContentType::Json => "application/json",
             ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            ContentType::Html => "text/html; charset=utf-8",
         }
     }
 }
@@ -125,12 +128,20 @@ pub struct Head<'o> {
 }
 
 impl<'o> Head<'o> {
-    pub fn start(out: &'o mut Vec<u8>, status: Status, date: &HttpDate) -> Head<'o> {
+    /// Every answer carries the request's id: there is no head without one.
+    pub fn start(
+        out: &'o mut Vec<u8>,
+        status: Status,
+        date: &HttpDate,
+        request_id: &RequestId,
+    ) -> Head<'o> {
         out.extend_from_slice(status.line.as_bytes());
         out.extend_from_slice(b"Server: fibd\r\nDate: ");
         out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"\r\n");
-        Head { out }
+        let mut head = Head { out };
+        head.header(request_id::HEADER, request_id.as_bytes());
+        head
     }
 
     pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
@@ -209,17 +220,21 @@ mod tests {
         HttpDate::new(UNIX_EPOCH + Duration::from_secs(784_111_777))
     }
 
+    fn id() -> RequestId {
+        RequestId::from_caller(b"r-1").unwrap()
+    }
+
     #[test]
     fn head_has_status_date_length_and_close() {
         let mut out = Vec::new();
-        let mut head = Head::start(&mut out, Status::OK, &date());
+        let mut head = Head::start(&mut out, Status::OK, &date(), &id());
         head.content_type(ContentType::Text)
             .header_u64("X-Fib-Index", 7);
         head.finish(Status::OK, 3, Persistence::Close);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: fibd\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
-             Content-Type: text/plain\r\nX-Fib-Index: 7\r\n\
+             X-Request-Id: r-1\r\nContent-Type: text/plain\r\nX-Fib-Index: 7\r\n\
              Content-Length: 3\r\nConnection: close\r\n\r\n"
         );
     }
@@ -227,7 +242,7 @@ mod tests {
     #[test]
     fn not_modified_without_length_has_no_content_length() {
         let mut out = Vec::new();
-        Head::start(&mut out, Status::NOT_MODIFIED, &date()).finish(
+        Head::start(&mut out, Status::NOT_MODIFIED, &date(), &id()).finish(
             Status::NOT_MODIFIED,
             0,
             Persistence::KeepAlive,
@@ -249,7 +264,7 @@ mod tests {
         for (version, keep_alive, forced_close, field) in cases {
             let persistence = Persistence::of(version, keep_alive).or_close(forced_close);
             let mut out = Vec::new();
-            Head::start(&mut out, Status::OK, &date()).finish(Status::OK, 0, persistence);
+            Head::start(&mut out, Status::OK, &date(), &id()).finish(Status::OK, 0, persistence);
             let head = String::from_utf8(out).unwrap();
             let expected = format!("Content-Length: 0\r\n{field}\r\n");
             assert!(

@@ -38,7 +38,12 @@ impl App {
         };
         self.charge(caller, cost)?;
         if revalidated {
-            let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
+            let mut head = Head::start(
+                out.buf(),
+                Status::NOT_MODIFIED,
+                &self.date,
+                &self.request_id,
+            );
             fib_cache_headers(&mut head, n);
             head.finish(Status::NOT_MODIFIED, 0, request.persistence());
             return Ok(Answer::Now(Status::NOT_MODIFIED));
@@ -54,14 +59,22 @@ impl App {
             format,
             head_only: request.method == Method::Head,
             persistence: request.persistence(),
+            request_id: self.request_id,
+            span: None,
         };
         if let Some((value, _)) = value {
             write_fib(out, n, &value, &shape, &self.date);
             return Ok(Answer::Now(Status::OK));
         }
         let ticket = self.park(conn, Waiting::Fib, None)?;
-        let waiter = FibWaiter { ticket, shape };
+        // The span waits with the request; it ends when the value is written.
+        let span = self.span.take();
+        let waiter = FibWaiter {
+            ticket,
+            shape: FibShape { span, ..shape },
+        };
         if self.fib.wait_for(n, waiter).is_err() {
+            self.span = span;
             self.parking.take(ticket);
             return Err(ApiError::Busy);
         }
@@ -78,6 +91,11 @@ impl App {
     ) -> Reply {
         write_fib(out, n, value, &waiter.shape, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
+        self.finish_span(waiter.shape.span, Status::OK, waiter.shape.request_id);
+        log::debug!(
+            "{} /v1/fib?n={n} -> 200 (computed)",
+            waiter.shape.request_id
+        );
         self.answered += 1;
         if waiter.shape.persistence.closes() {
             Reply::Close
@@ -96,6 +114,7 @@ fn fib_cache_headers(head: &mut Head<'_>, n: u64) {
 /// A /v1/fib reply: `{"n": N, "value": "F"}` as JSON, `F\n` as text.
 fn write_fib(out: &mut Output, n: u64, value: &Value, shape: &FibShape, date: &HttpDate) {
     let shape = NumberReply {
+        request_id: &shape.request_id,
         json_key: JSON_N,
         key: n,
         value,

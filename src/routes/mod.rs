@@ -21,15 +21,17 @@ use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::fib::service::FibService;
 use crate::http::response::{ContentType, Head, Persistence, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
 use crate::ratelimit::{Decision, RateLimiter};
+use crate::request_id::{RequestId, RequestIds};
 use crate::smart::{SmartConfig, SmartService};
 use crate::stepper::{BatchId, Stepper};
+use crate::trace::{SpanStart, TraceConfig, Tracer};
 use crate::upstream::{Client, ClientConfig};
 
 pub use smart::SmartReply;
@@ -46,10 +48,12 @@ pub enum Route {
     Readyz,
     Metrics,
     Smart,
+    MetricsJson,
+    Dashboard,
 }
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 11] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -59,6 +63,8 @@ impl Route {
         Route::Readyz,
         Route::Metrics,
         Route::Smart,
+        Route::MetricsJson,
+        Route::Dashboard,
     ];
 
     pub fn path(self) -> &'static str {
@@ -72,6 +78,8 @@ impl Route {
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::Smart => "/api/smart",
+            Route::MetricsJson => "/metrics.json",
+            Route::Dashboard => "/dashboard",
         }
     }
 
@@ -143,6 +151,12 @@ pub struct App {
     pub answered: u64,
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
+    /// `--max-connections`, for the saturation gauge; the server sets it.
+    pub connections_max: usize,
+    /// When the process started serving: monotonic for rates, wall-clock for
+    /// `process_start_time_seconds`.
+    started: Instant,
+    started_at: SystemTime,
     pub fib: FibService,
     /// Requests answered later, by ticket; services keep only the tickets.
     pub parking: Parking<Waiting>,
@@ -155,6 +169,12 @@ pub struct App {
     settled: VecDeque<(Ticket, LateReply)>,
     limiter: RateLimiter,
     random: crate::random::RandomSource,
+    /// The id of the request being answered; every head and error carries it.
+    pub request_id: RequestId,
+    request_ids: RequestIds,
+    /// Present only with `--trace-zipkin`; `span` is the current request's.
+    pub tracer: Option<Tracer>,
+    span: Option<SpanStart>,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
     draws: Vec<i64>,
@@ -164,12 +184,19 @@ impl App {
     pub fn new(
         stepper: Stepper,
         date: HttpDate,
-        random: crate::random::RandomSource,
+        mut random: crate::random::RandomSource,
         fib: FibService,
         access: Access,
         limiter: RateLimiter,
     ) -> App {
+        // A failed CSPRNG read leaves the prefix fixed: ids stay unique
+        // within the run, which is what they are for.
+        let mut request_ids = RequestIds::new(random.next_u64().unwrap_or(0));
         App {
+            request_id: request_ids.fresh(),
+            request_ids,
+            tracer: None,
+            span: None,
             stepper,
             date,
             fib,
@@ -183,6 +210,9 @@ impl App {
             now: Instant::now(),
             answered: 0,
             store_ready: true,
+            connections_max: 0,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
             random,
             body: Vec::new(),
             draws: Vec::new(),
@@ -246,6 +276,20 @@ impl App {
         .min()
     }
 
+    /// Records a span for sampled requests from now on (`--trace-zipkin`).
+    pub fn enable_tracing(&mut self, config: TraceConfig) {
+        // As for request ids: a failed CSPRNG read only makes ids predictable.
+        let seed = self.random.next_u64().unwrap_or(0);
+        self.tracer = Some(Tracer::new(config, seed, self.now, SystemTime::now()));
+    }
+
+    /// Ends the current request's span, if it is sampled.
+    fn finish_span(&mut self, span: Option<SpanStart>, status: Status, request_id: RequestId) {
+        if let (Some(tracer), Some(span)) = (&mut self.tracer, span) {
+            tracer.finish(span, status.code(), request_id, None, Instant::now());
+        }
+    }
+
     /// Charges the client's token bucket what this request costs, once the
     /// service knows it: 1 for a cheap answer, the measured compute cost for
     /// an uncached F(n), one token per 100 numbers for /v1/random. Health and
@@ -307,12 +351,12 @@ impl App {
             Route::Random => done(self.random(caller, request, out)),
             Route::Healthz => {
                 let body = b"{\"status\": \"ok\"}\n";
-                write_no_store(out, &self.date, request, ContentType::Json, body);
+                self.write_no_store(out, request, ContentType::Json, body);
                 done(Ok(()))
             }
             Route::Readyz if self.store_ready => {
                 let body = b"{\"status\": \"ready\"}\n";
-                write_no_store(out, &self.date, request, ContentType::Json, body);
+                self.write_no_store(out, request, ContentType::Json, body);
                 done(Ok(()))
             }
             Route::Readyz => Err(ApiError::NotReady),
@@ -321,14 +365,27 @@ impl App {
                 done(Ok(()))
             }
             Route::Smart => self.smart(conn, caller, request),
+            Route::MetricsJson => {
+                self.metrics_json_page(request, out);
+                done(Ok(()))
+            }
+            Route::Dashboard => {
+                self.dashboard_page(request, out);
+                done(Ok(()))
+            }
         }
     }
 }
 
 impl Respond for App {
     fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
+        self.request_id = self.request_ids.for_request(request.request_id);
         let route = Route::from_path(request.path);
         let mut caller = None;
+        if let Some(tracer) = &mut self.tracer {
+            let name = route.map_or("other", Route::path);
+            self.span = tracer.start(request.traceparent, name, request.method.as_str(), self.now);
+        }
         let result = match route {
             None => Err(ApiError::NotFound),
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
@@ -344,17 +401,30 @@ impl Respond for App {
             self.access.count(key, limited);
         }
         let (status, persistence) = match result {
+            // A service that parks a request takes `self.span` with it and
+            // ends it when it writes the answer (see `fib`).
             Ok(Answer::Later) => return Reply::Deferred,
             Ok(Answer::Now(status)) => (status, request.persistence()),
             Err(error) => {
                 let persistence = request.persistence().or_close(error.closes_connection());
                 let head_only = request.method == Method::Head;
-                error.write(out.buf(), &self.date, head_only, persistence);
+                let id = &self.request_id;
+                if error.is_fault() {
+                    log::warn!(
+                        "{id} {:?} {}: {}",
+                        request.method,
+                        String::from_utf8_lossy(request.path),
+                        error.status().code()
+                    );
+                }
+                error.write(out.buf(), &self.date, id, head_only, persistence);
                 (error.status(), persistence)
             }
         };
         self.metrics.request(route, status);
         self.answered += 1;
+        let span = self.span.take();
+        self.finish_span(span, status, self.request_id);
         self.log_access(conn, caller.as_ref(), request, status);
         if persistence.closes() {
             Reply::Close
@@ -363,11 +433,16 @@ impl Respond for App {
         }
     }
 
-    fn reject(&mut self, error: ApiError, out: &mut Output) {
-        error.write(out.buf(), &self.date, false, Persistence::Close);
+    fn reject(&mut self, error: ApiError, request_id: Option<RequestId>, out: &mut Output) {
+        let id = request_id.unwrap_or_else(|| self.request_ids.fresh());
+        error.write(out.buf(), &self.date, &id, false, Persistence::Close);
         self.metrics.request(None, error.status());
         self.answered += 1;
-        log::debug!("rejected a request: {}", error.status().code());
+        if error.is_fault() {
+            log::warn!("{id} answered {}: {error:?}", error.status().code());
+        } else {
+            log::debug!("{id} rejected: {}", error.status().code());
+        }
     }
 
     fn is_released(&self, batch: BatchId) -> bool {
@@ -398,7 +473,8 @@ impl App {
             .map_or("-", |k| self.access.key_name(k));
         log::debug!(
             target: "fibd::access",
-            "{addr} key={key} {:?} {} -> {}",
+            "{} {addr} key={key} {:?} {} -> {}",
+            self.request_id,
             request.method,
             String::from_utf8_lossy(request.path),
             status.code()
@@ -416,19 +492,21 @@ fn negotiate(request: &Request<'_>, default: Format) -> Result<Format, ApiError>
     accept::negotiate(request.accept, default).ok_or(ApiError::NotAcceptable)
 }
 
-/// A 200 with an inline body that no cache may keep; HEAD gets the head only.
-fn write_no_store(
-    out: &mut Output,
-    date: &HttpDate,
-    request: &Request<'_>,
-    content_type: ContentType,
-    body: &[u8],
-) {
-    let mut head = Head::start(out.buf(), Status::OK, date);
-    head.content_type(content_type)
-        .header("Cache-Control", b"no-store");
-    let out = head.finish(Status::OK, body.len(), request.persistence());
-    if request.method != Method::Head {
-        out.extend_from_slice(body);
+impl App {
+    /// A 200 with an inline body that no cache may keep; HEAD gets the head only.
+    fn write_no_store(
+        &self,
+        out: &mut Output,
+        request: &Request<'_>,
+        content_type: ContentType,
+        body: &[u8],
+    ) {
+        let mut head = Head::start(out.buf(), Status::OK, &self.date, &self.request_id);
+        head.content_type(content_type)
+            .header("Cache-Control", b"no-store");
+        let out = head.finish(Status::OK, body.len(), request.persistence());
+        if request.method != Method::Head {
+            out.extend_from_slice(body);
+        }
     }
 }

@@ -7,11 +7,13 @@ use crate::fib::digits;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::response::{ContentType, Head, Persistence, Status};
+use crate::request_id::RequestId;
 use crate::stepper::Value;
 
 /// What the stepper's and /v1/fib's replies have in common: a Fibonacci
 /// value, keyed by its index, as text or JSON.
 pub(super) struct NumberReply<'a> {
+    pub(super) request_id: &'a RequestId,
     pub(super) json_key: &'static [u8],
     pub(super) key: u64,
     pub(super) value: &'a Value,
@@ -35,7 +37,7 @@ pub(super) fn write_number(
         ),
     };
     let length = prefix_len + reply.value.decimal_len() + suffix.len();
-    let mut head = Head::start(out.buf(), Status::OK, date);
+    let mut head = Head::start(out.buf(), Status::OK, date, reply.request_id);
     head.content_type(content_type);
     headers(&mut head);
     let buf = head.finish(Status::OK, length, reply.persistence);

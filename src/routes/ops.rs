@@ -1,26 +1,67 @@
-//! The operator's resources: /healthz, /readyz and /metrics.
+//! The operator's resources: /healthz, /readyz, /metrics, /metrics.json and
+//! the built-in dashboard.
 
-use super::{App, write_no_store};
+use std::time::UNIX_EPOCH;
+
+use super::App;
 use crate::conn::Output;
-use crate::http::parse::Request;
-use crate::http::response::ContentType;
+use crate::http::parse::{Method, Request};
+use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::{self, Gauges};
 
+/// One self-contained page (inline CSS and JavaScript, no external assets)
+/// that polls /metrics.json once a second and draws the last five minutes.
+const DASHBOARD_HTML: &[u8] = include_bytes!("../dashboard.html");
+/// The page loads nothing from elsewhere and talks only to fibd.
+const DASHBOARD_CSP: &[u8] = b"default-src 'none'; script-src 'unsafe-inline'; \
+style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
+
 impl App {
-    pub(super) fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
-        let gauges = Gauges {
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            ready: self.store_ready,
+            connections_max: self.connections_max,
             committed_index: self.stepper.committed_index(),
             pending_index: self.stepper.pending_index(),
             fib_cache_bytes: self.fib.cache_bytes(),
             fib_cache_entries: self.fib.cache_len(),
             fib_queue: self.fib.queued(),
+            fib_queue_capacity: self.fib.queue_max(),
             rate_limit_clients: self.limiter.clients(),
             upstream: self.upstream.stats(),
-        };
+            trace_spans_recorded: self.tracer.as_ref().map_or(0, |t| t.counts().recorded),
+            trace_spans_dropped: self.tracer.as_ref().map_or(0, |t| t.counts().dropped),
+            start_time_unix_seconds: self
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            uptime: self.now.saturating_duration_since(self.started),
+        }
+    }
+
+    pub(super) fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
         let mut text = String::with_capacity(8 * 1024);
-        self.metrics.render(&gauges, &mut text);
+        self.metrics.render(&self.gauges(), &mut text);
         metrics::render_key_counts(&mut text, self.access.key_counts());
-        let body = text.as_bytes();
-        write_no_store(out, &self.date, request, ContentType::Prometheus, body);
+        self.write_no_store(out, request, ContentType::Prometheus, text.as_bytes());
+    }
+
+    pub(super) fn metrics_json_page(&mut self, request: &Request<'_>, out: &mut Output) {
+        let mut json = String::with_capacity(4 * 1024);
+        self.metrics.render_json(&self.gauges(), &mut json);
+        self.write_no_store(out, request, ContentType::Json, json.as_bytes());
+    }
+
+    pub(super) fn dashboard_page(&mut self, request: &Request<'_>, out: &mut Output) {
+        let mut head = Head::start(out.buf(), Status::OK, &self.date, &self.request_id);
+        head.content_type(ContentType::Html)
+            .header("Cache-Control", b"no-cache")
+            .header("Content-Security-Policy", DASHBOARD_CSP)
+            .header("X-Content-Type-Options", b"nosniff");
+        let buf = head.finish(Status::OK, DASHBOARD_HTML.len(), request.persistence());
+        if request.method != Method::Head {
+            buf.extend_from_slice(DASHBOARD_HTML);
+        }
     }
 }

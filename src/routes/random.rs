@@ -1,6 +1,6 @@
 //! /v1/random replies.
 
-use super::{App, negotiate, write_no_store};
+use super::{App, negotiate};
 use crate::access::Caller;
 use crate::conn::Output;
 use crate::error::ApiError;
@@ -41,7 +41,7 @@ impl App {
                 ContentType::Text
             }
         };
-        write_no_store(out, &self.date, request, content_type, &self.body);
+        self.write_no_store(out, request, content_type, &self.body);
         Ok(())
     }
 }

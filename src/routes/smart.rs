@@ -58,6 +58,7 @@ impl App {
             shape: Shape {
                 head_only: request.method == Method::Head,
                 persistence: request.persistence(),
+                request_id: self.request_id,
             },
             calls: Vec::with_capacity(usize::from(smart::ATTEMPTS_MAX)),
         };
@@ -207,7 +208,8 @@ impl App {
                 self.body.extend_from_slice(b", \"attempts\": ");
                 digits::write_u64(&mut self.body, u64::from(attempts));
                 self.body.extend_from_slice(b"}\n");
-                let mut head = Head::start(out.buf(), Status::OK, &self.date);
+                let mut head =
+                    Head::start(out.buf(), Status::OK, &self.date, &reply.shape.request_id);
                 head.content_type(ContentType::Json)
                     .header("Cache-Control", b"no-store");
                 let buf = head.finish(Status::OK, self.body.len(), persistence);
@@ -222,7 +224,13 @@ impl App {
                     time_ms: reply.time_ms,
                     attempts,
                 });
-                error.write(out.buf(), &self.date, reply.shape.head_only, persistence);
+                error.write(
+                    out.buf(),
+                    &self.date,
+                    &reply.shape.request_id,
+                    reply.shape.head_only,
+                    persistence,
+                );
                 error.status()
             }
         };

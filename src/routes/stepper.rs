@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
+use crate::request_id::RequestId;
 use crate::stepper::{Reading, Step, StepError};
 
 impl App {
@@ -32,7 +33,7 @@ impl App {
                 }
             }
         };
-        write_reading(out, &reading, format, request, &self.date);
+        write_reading(out, &reading, format, request, &self.date, &self.request_id);
         Ok(())
     }
 }
@@ -50,11 +51,13 @@ fn write_reading(
     format: Format,
     request: &Request<'_>,
     date: &HttpDate,
+    request_id: &RequestId,
 ) {
     if let Some(batch) = reading.durable_after {
-        out.push_hold(batch);
+        out.push_hold(batch, *request_id);
     }
     let shape = NumberReply {
+        request_id,
         json_key: JSON_INDEX,
         key: reading.index,
         value: &reading.value,

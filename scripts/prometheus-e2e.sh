@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# End to end: a real Prometheus scrapes a real fibd under load, every Grafana
+# panel expression and every alert's signal returns data through
+# /api/v1/query, and FibdHigh5xxRatio (with FibdCommitFailures and
+# FibdNotReady) fires once commits fail.
+#
+#   scripts/prometheus-e2e.sh          (about 40 s; needs prometheus, promtool,
+#                                       wrk, curl, python3 with yaml)
+#
+# Commits are made to fail with the debug-build fault hook: while
+# DATA_DIR/fail-commits exists every commit fails, as on a failing disk. So
+# FIBD must be a debug build (the default, built here) or one with the
+# test-hooks feature. Scrapes and rule evaluations run every second and the
+# rules' `for:` durations are shortened to 1s in the copy Prometheus loads;
+# expressions and thresholds are the repository's, unchanged.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+for tool in prometheus promtool wrk curl python3; do
+    command -v "$tool" >/dev/null || { echo "prometheus-e2e: $tool is missing (scripts/test installs it)" >&2; exit 1; }
+done
+python3 -c 'import yaml' 2>/dev/null || { echo "prometheus-e2e: python3 yaml is missing (Debian python3-yaml)" >&2; exit 1; }
+if [ -z "${FIBD:-}" ]; then
+    cargo build --quiet
+    FIBD="$ROOT/target/debug/fibd"
+fi
+
+WORK=$(mktemp -d /tmp/fibd-prom-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 12000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+}
+wait_http() { # url seconds
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "prometheus-e2e: $1 did not answer within $2 s" >&2
+    return 1
+}
+
+echo "== promtool check rules"
+promtool check rules deploy/prometheus/alerts.yml
+
+FIBD_PORT=$(free_port)
+"$FIBD" --listen "127.0.0.1:$FIBD_PORT" --data-dir "$WORK/data" --rate-limit 1500 --rate-limit-loopback \
+    >"$WORK/fibd.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$FIBD_PORT/healthz" 30
+
+PROM_PORT=$(free_port)
+sed -E 's/^( +for: ).*/\11s/' deploy/prometheus/alerts.yml >"$WORK/alerts.yml"
+cat >"$WORK/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [alerts.yml]
+scrape_configs:
+  - job_name: fibd
+    static_configs:
+      - targets: ["127.0.0.1:$FIBD_PORT"]
+EOF
+prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" >"$WORK/prometheus.log" 2>&1 &
+PIDS+=($!)
+PROM="http://127.0.0.1:$PROM_PORT"
+wait_http "$PROM/-/ready" 30
+
+echo "== load: every kind of request for 15 s (wrk, bench/wrk/mixed.lua; a 1,500 req/s limit so some get 429)"
+timeout 30 wrk -t1 -c10 -d15s -s bench/wrk/mixed.lua "http://127.0.0.1:$FIBD_PORT" >"$WORK/wrk-mixed.log" 2>&1
+grep -E "Requests/sec|Non-2xx" "$WORK/wrk-mixed.log" || true
+
+echo "== every panel expression and alert signal, through $PROM/api/v1/query"
+python3 scripts/promql-check.py exprs "$PROM" "http://127.0.0.1:$FIBD_PORT/metrics" \
+    deploy/grafana/fibd.json deploy/prometheus/alerts.yml
+
+echo "== commits fail (fault hook): steps for up to 20 s until the alerts fire"
+touch "$WORK/data/fail-commits"
+timeout 40 wrk -t1 -c10 -d20s -s bench/wrk/steps.lua "http://127.0.0.1:$FIBD_PORT" >"$WORK/wrk-steps.log" 2>&1 &
+PIDS+=($!)
+status=0
+for alert in FibdHigh5xxRatio FibdCommitFailures FibdNotReady; do
+    python3 scripts/promql-check.py alert "$PROM" "$alert" 20 || status=1
+done
+curl -sS "http://127.0.0.1:$FIBD_PORT/readyz" -o /dev/null -w "/readyz while failing: %{http_code}\n"
+rm -f "$WORK/data/fail-commits"
+if [ "$status" != 0 ]; then
+    echo "prometheus-e2e: FAILED; fibd log tail:" >&2
+    tail -5 "$WORK/fibd.log" >&2
+    exit 1
+fi
+echo "prometheus-e2e: OK"

@@ -1,0 +1,697 @@
+//! Traces, sans-IO: W3C `traceparent` in, a span per sampled request, a
+//! bounded buffer of finished spans, and Zipkin v2 JSON out (Zipkin and
+//! Jaeger both take it at `POST /api/v2/spans`).
+//!
+//! Off unless `--trace-zipkin URL` is given: the app then holds no tracer and
+//! a request pays one `None` check. On, an unsampled request costs one
+//! pseudo-random draw; a sampled one a few field copies and, when it ends, one
+//! clock read and a push into a preallocated ring. Nothing here does I/O:
+//! the loop hands batches to the outbound HTTP client through [`Post`] and
+//! reports back with [`Tracer::export_finished`]. A batch is due when
+//! [`BATCH_SPANS`] spans wait or the oldest has waited [`FLUSH_INTERVAL`]; one
+//! batch is in flight at most, and while the collector is slow or down new
+//! spans beyond [`TraceConfig::buffer_spans`] are dropped and counted.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::request_id::RequestId;
+
+/// Spans sent in one POST at most.
+pub const BATCH_SPANS: usize = 128;
+/// A span waits at most this long before a batch is sent without filling.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// The collector gets this long per batch; then the batch counts as failed.
+pub const EXPORT_DEADLINE: Duration = Duration::from_secs(5);
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
+pub const DEFAULT_BUFFER_SPANS: usize = 4096;
+const SERVICE_NAME: &str = "fibd";
+
+/// `--trace-zipkin` and `--trace-sample`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// Where batches are POSTed, e.g. `http://127.0.0.1:9411/api/v2/spans`.
+    pub zipkin_url: String,
+    /// Share of requests without a caller's decision that are traced, 0 to 1.
+    pub sample_ratio: f64,
+    pub buffer_spans: usize,
+}
+
+/// A trace context as `traceparent` carries it (W3C Trace Context, level 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+/// Parses `traceparent: VERSION-TRACEID-PARENTID-FLAGS`. Lowercase hex only,
+/// no all-zero ids, version `ff` refused; a later version may append fields
+/// after a `-`, version 00 may not. Anything invalid is ignored (a new trace
+/// starts), as the specification asks.
+pub fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
+    let head = value.get(..55)?;
+    let version = hex_byte(&head[0..2])?;
+    let dashes = head[2] == b'-' && head[35] == b'-' && head[52] == b'-';
+    let tail_ok = match value.get(55) {
+        None => true,
+        Some(&b'-') => version != 0,
+        Some(_) => false,
+    };
+    if version == 0xff || !dashes || !tail_ok {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    for (i, byte) in trace_id.iter_mut().enumerate() {
+        *byte = hex_byte(&head[3 + 2 * i..5 + 2 * i])?;
+    }
+    for (i, byte) in span_id.iter_mut().enumerate() {
+        *byte = hex_byte(&head[36 + 2 * i..38 + 2 * i])?;
+    }
+    let flags = hex_byte(&head[53..55])?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(SpanContext {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
+}
+
+fn hex_byte(two: &[u8]) -> Option<u8> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    Some(digit(*two.first()?)? << 4 | digit(*two.get(1)?)?)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
+/// `traceparent` for a call made inside `context`'s span (the upstream
+/// requests of /api/smart): version 00, its trace and span ids, its flag.
+pub fn write_traceparent(out: &mut Vec<u8>, context: &SpanContext) {
+    out.extend_from_slice(b"00-");
+    write_hex(out, &context.trace_id);
+    out.push(b'-');
+    write_hex(out, &context.span_id);
+    out.extend_from_slice(if context.sampled { b"-01" } else { b"-00" });
+}
+
+/// Zipkin's span kinds that fibd records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// A request fibd answered.
+    Server,
+    /// A call fibd made (an upstream attempt of /api/smart).
+    Client,
+}
+
+/// A span that has begun: what is known when the request arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanStart {
+    pub context: SpanContext,
+    pub parent_id: Option<[u8; 8]>,
+    pub kind: SpanKind,
+    /// The route's path (or `other`), so names stay few; for client spans the call's name.
+    pub name: &'static str,
+    pub method: &'static str,
+    pub started: Instant,
+}
+
+/// A finished span, as it waits for export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: SpanStart,
+    pub timestamp_us: u64,
+    pub duration_us: u64,
+    /// The HTTP status answered (server) or received (client; 0 for none).
+    pub status: u16,
+    pub request_id: RequestId,
+    /// Client spans: `won`, `cancelled` or `failed`.
+    pub outcome: Option<&'static str>,
+}
+
+/// What happened to a batch handed to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportOutcome {
+    /// The collector answered 2xx.
+    Delivered,
+    /// It answered with another status, the connection failed, or the deadline passed.
+    Failed,
+}
+
+/// The seam to the outbound HTTP/1.1 client (issue 12): POST these bytes to
+/// this URL with a deadline; the outcome comes back later through
+/// [`Tracer::export_finished`]. Nothing else is asked of the client.
+pub trait Post {
+    /// Starts the request; false if the client cannot take it now (the batch
+    /// is then kept for the next try).
+    fn post(
+        &mut self,
+        url: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+        deadline: Instant,
+    ) -> bool;
+}
+
+/// Counts for /metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceCounts {
+    pub recorded: u64,
+    pub dropped: u64,
+    pub exported: u64,
+}
+
+/// splitmix64: ids and sampling draws need to be spread, not secret, and a
+/// draw must cost nothing next to a request. Seeded from the OS CSPRNG.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Never all zero, as W3C requires of ids.
+    fn span_id(&mut self) -> [u8; 8] {
+        (self.next_u64() | 1).to_be_bytes()
+    }
+}
+
+#[derive(Debug)]
+pub struct Tracer {
+    config: TraceConfig,
+    /// Requests are sampled when a draw falls below this.
+    threshold: u64,
+    rng: Rng,
+    /// Wall-clock microseconds at `epoch`: span timestamps from loop instants.
+    epoch: Instant,
+    epoch_unix_us: u64,
+    spans: VecDeque<Span>,
+    oldest_waiting_since: Option<Instant>,
+    in_flight: bool,
+    /// Spans in the batch in flight, counted when its outcome arrives.
+    in_flight_spans: u64,
+    counts: TraceCounts,
+}
+
+impl Tracer {
+    pub fn new(config: TraceConfig, seed: u64, now: Instant, wall: SystemTime) -> Tracer {
+        let threshold = if config.sample_ratio >= 1.0 {
+            u64::MAX
+        } else {
+            (config.sample_ratio.max(0.0) * u64::MAX as f64) as u64
+        };
+        let epoch_unix_us = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Tracer {
+            spans: VecDeque::with_capacity(config.buffer_spans),
+            config,
+            threshold,
+            rng: Rng(seed),
+            epoch: now,
+            epoch_unix_us,
+            oldest_waiting_since: None,
+            in_flight: false,
+            in_flight_spans: 0,
+            counts: TraceCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> TraceCounts {
+        self.counts
+    }
+
+    /// A server span for a request, or None when it is not sampled. A valid
+    /// caller's `traceparent` decides (its trace continues under its span);
+    /// otherwise `--trace-sample` does, for a new trace.
+    pub fn start(
+        &mut self,
+        traceparent: Option<&[u8]>,
+        name: &'static str,
+        method: &'static str,
+        now: Instant,
+    ) -> Option<SpanStart> {
+        let (trace_id, parent_id) = match traceparent.and_then(parse_traceparent) {
+            Some(caller) if !caller.sampled => return None,
+            Some(caller) => (caller.trace_id, Some(caller.span_id)),
+            None if self.threshold == u64::MAX || self.rng.next_u64() < self.threshold => {
+                let mut trace_id = [0u8; 16];
+                trace_id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+                trace_id[8..].copy_from_slice(&self.rng.span_id());
+                (trace_id, None)
+            }
+            None => return None,
+        };
+        Some(SpanStart {
+            context: SpanContext {
+                trace_id,
+                span_id: self.rng.span_id(),
+                sampled: true,
+            },
+            parent_id,
+            kind: SpanKind::Server,
+            name,
+            method,
+            started: now,
+        })
+    }
+
+    /// A client span inside `parent` (one per upstream attempt); its context
+    /// goes out in the attempt's `traceparent`.
+    pub fn child(
+        &mut self,
+        parent: &SpanStart,
+        name: &'static str,
+        method: &'static str,
+        now: Instant,
+    ) -> SpanStart {
+        SpanStart {
+            context: SpanContext {
+                span_id: self.rng.span_id(),
+                ..parent.context
+            },
+            parent_id: Some(parent.context.span_id),
+            kind: SpanKind::Client,
+            name,
+            method,
+            started: now,
+        }
+    }
+
+    /// Ends a span at `now` and keeps it for export; dropped (and counted)
+    /// when the buffer is full.
+    pub fn finish(
+        &mut self,
+        start: SpanStart,
+        status: u16,
+        request_id: RequestId,
+        outcome: Option<&'static str>,
+        now: Instant,
+    ) {
+        if self.spans.len() >= self.config.buffer_spans {
+            self.counts.dropped += 1;
+            return;
+        }
+        let since_epoch = start.started.saturating_duration_since(self.epoch);
+        // Zipkin rounds durations below a microsecond up; so do we.
+        let duration_us = (now.saturating_duration_since(start.started).as_micros() as u64).max(1);
+        self.spans.push_back(Span {
+            start,
+            timestamp_us: self.epoch_unix_us + since_epoch.as_micros() as u64,
+            duration_us,
+            status,
+            request_id,
+            outcome,
+        });
+        self.counts.recorded += 1;
+        self.oldest_waiting_since.get_or_insert(now);
+    }
+
+    /// Loop phase: hands a batch to `client` when one is due and none is in flight.
+    pub fn export_due(&mut self, now: Instant, client: &mut impl Post) {
+        let waited = self
+            .oldest_waiting_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= FLUSH_INTERVAL);
+        if self.in_flight || self.spans.is_empty() || (self.spans.len() < BATCH_SPANS && !waited) {
+            return;
+        }
+        let take = self.spans.len().min(BATCH_SPANS);
+        let mut body = Vec::with_capacity(take * 400);
+        encode_zipkin(&mut body, self.spans.range(..take));
+        if client.post(
+            &self.config.zipkin_url,
+            "application/json",
+            body,
+            now + EXPORT_DEADLINE,
+        ) {
+            self.spans.drain(..take);
+            self.in_flight = true;
+            self.in_flight_spans = take as u64;
+            self.oldest_waiting_since = (!self.spans.is_empty()).then_some(now);
+        }
+    }
+
+    /// The client's word on the batch in flight. A failed batch is dropped
+    /// (and counted), not retried: the buffer is for spans still to come.
+    pub fn export_finished(&mut self, outcome: ExportOutcome) {
+        if !self.in_flight {
+            return;
+        }
+        self.in_flight = false;
+        match outcome {
+            ExportOutcome::Delivered => self.counts.exported += self.in_flight_spans,
+            ExportOutcome::Failed => self.counts.dropped += self.in_flight_spans,
+        }
+        self.in_flight_spans = 0;
+    }
+}
+
+/// Zipkin v2 JSON: an array of spans (zipkin-api's `zipkin2-api.yaml`):
+/// lowercase hex ids, `timestamp` and `duration` in microseconds, `kind`,
+/// `localEndpoint.serviceName`, and string `tags`.
+pub fn encode_zipkin<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>) {
+    out.push(b'[');
+    for (i, span) in spans.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        encode_span(out, span);
+    }
+    out.push(b']');
+}
+
+fn encode_span(out: &mut Vec<u8>, span: &Span) {
+    let start = &span.start;
+    out.extend_from_slice(b"{\"traceId\":\"");
+    write_hex(out, &start.context.trace_id);
+    out.extend_from_slice(b"\",\"id\":\"");
+    write_hex(out, &start.context.span_id);
+    out.push(b'"');
+    if let Some(parent) = start.parent_id {
+        out.extend_from_slice(b",\"parentId\":\"");
+        write_hex(out, &parent);
+        out.push(b'"');
+    }
+    let kind = match start.kind {
+        SpanKind::Server => "SERVER",
+        SpanKind::Client => "CLIENT",
+    };
+    let mut text = String::new();
+    let _ = write!(
+        text,
+        ",\"kind\":\"{kind}\",\"name\":\"{} {}\",\"timestamp\":{},\"duration\":{}",
+        start.method.to_ascii_lowercase(),
+        start.name,
+        span.timestamp_us,
+        span.duration_us
+    );
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":\"");
+    out.extend_from_slice(SERVICE_NAME.as_bytes());
+    out.extend_from_slice(b"\"},\"tags\":{\"http.method\":\"");
+    out.extend_from_slice(start.method.as_bytes());
+    out.extend_from_slice(b"\",\"http.route\":\"");
+    crate::http::response::write_json_str(out, start.name.as_bytes());
+    out.push(b'"');
+    if span.status != 0 {
+        text.clear();
+        let _ = write!(text, ",\"http.status_code\":\"{}\"", span.status);
+        if span.status >= 500 {
+            let _ = write!(text, ",\"error\":\"{}\"", span.status);
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(b",\"request_id\":\"");
+    crate::http::response::write_json_str(out, span.request_id.as_bytes());
+    out.push(b'"');
+    if let Some(outcome) = span.outcome {
+        out.extend_from_slice(b",\"fibd.attempt\":\"");
+        out.extend_from_slice(outcome.as_bytes());
+        out.push(b'"');
+        if outcome == "failed" {
+            out.extend_from_slice(b",\"error\":\"failed\"");
+        }
+    }
+    out.extend_from_slice(b"}}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn config(ratio: f64, buffer_spans: usize) -> TraceConfig {
+        TraceConfig {
+            zipkin_url: "http://127.0.0.1:9411/api/v2/spans".into(),
+            sample_ratio: ratio,
+            buffer_spans,
+        }
+    }
+
+    fn tracer(ratio: f64, buffer_spans: usize) -> (Tracer, Instant) {
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        (Tracer::new(config(ratio, buffer_spans), 42, now, wall), now)
+    }
+
+    fn id() -> RequestId {
+        RequestId::from_caller(b"req-1").unwrap()
+    }
+
+    #[test]
+    fn a_valid_traceparent_gives_its_ids_and_sampled_flag() {
+        let c = parse_traceparent(VALID).unwrap();
+        assert_eq!(c.trace_id[..4], [0x4b, 0xf9, 0x2f, 0x35]);
+        assert_eq!(c.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(c.sampled);
+        let unsampled = parse_traceparent(&[&VALID[..53], b"00"].concat()).unwrap();
+        assert!(!unsampled.sampled);
+        let other_flags = parse_traceparent(&[&VALID[..53], b"03"].concat()).unwrap();
+        assert!(other_flags.sampled, "only bit 0 means sampled");
+        let future = [&b"01"[..], &VALID[2..], b"-what-comes-next"].concat();
+        assert!(
+            parse_traceparent(&future).is_some(),
+            "later versions may add fields"
+        );
+        let mut out = Vec::new();
+        write_traceparent(&mut out, &c);
+        assert_eq!(out, VALID);
+    }
+
+    #[test]
+    fn invalid_traceparents_are_ignored() {
+        let zero_trace = b"00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        let zero_parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01";
+        let upper = b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        let version_ff = [&b"ff"[..], &VALID[2..]].concat();
+        let v00_longer = [VALID, b"-extra"].concat();
+        let short = &VALID[..54];
+        let bad_dash = [&VALID[..35], b"_", &VALID[36..]].concat();
+        let not_hex = [&VALID[..10], b"g", &VALID[11..]].concat();
+        for bad in [
+            &zero_trace[..],
+            zero_parent,
+            upper,
+            &version_ff,
+            &v00_longer,
+            short,
+            &bad_dash,
+            &not_hex,
+            b"",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn the_callers_decision_wins_over_the_ratio() {
+        let (mut never, now) = tracer(0.0, 16);
+        let span = never.start(Some(VALID), "/next", "GET", now).unwrap();
+        let caller = parse_traceparent(VALID).unwrap();
+        assert_eq!(span.context.trace_id, caller.trace_id);
+        assert_eq!(span.parent_id, Some(caller.span_id));
+        assert_ne!(span.context.span_id, caller.span_id);
+        assert!(never.start(None, "/next", "GET", now).is_none());
+        assert!(never.start(Some(b"garbage"), "/next", "GET", now).is_none());
+        let (mut always, _) = tracer(1.0, 16);
+        let unsampled = [&VALID[..53], b"00"].concat();
+        assert!(
+            always
+                .start(Some(&unsampled), "/next", "GET", now)
+                .is_none()
+        );
+        let fresh = always.start(None, "/next", "GET", now).unwrap();
+        assert_eq!(fresh.parent_id, None);
+        assert_ne!(fresh.context.trace_id, [0; 16]);
+    }
+
+    #[test]
+    fn the_ratio_samples_about_that_share() {
+        let (mut t, now) = tracer(0.1, 16);
+        let sampled = (0..100_000)
+            .filter(|_| t.start(None, "/current", "GET", now).is_some())
+            .count();
+        assert!((9_000..11_000).contains(&sampled), "{sampled}");
+    }
+
+    /// A fake client: keeps the bodies, answers nothing (a hung collector)
+    /// until the test says so.
+    #[derive(Default)]
+    struct Collector {
+        bodies: Vec<(String, Vec<u8>)>,
+        refuse: bool,
+    }
+
+    impl Post for Collector {
+        fn post(
+            &mut self,
+            url: &str,
+            content_type: &'static str,
+            body: Vec<u8>,
+            _: Instant,
+        ) -> bool {
+            assert_eq!(content_type, "application/json");
+            if self.refuse {
+                return false;
+            }
+            self.bodies.push((url.to_owned(), body));
+            true
+        }
+    }
+
+    fn hex_of_len(v: &serde_json::Value, len: usize) -> bool {
+        v.as_str()
+            .is_some_and(|s| s.len() == len && s.bytes().all(|b| HEX.contains(&b)))
+    }
+
+    #[test]
+    fn exported_json_follows_the_zipkin_v2_span_model() {
+        let (mut t, now) = tracer(0.0, 16);
+        let server = t.start(Some(VALID), "/api/smart", "GET", now).unwrap();
+        let attempt = t.child(&server, "upstream", "GET", now + Duration::from_micros(10));
+        let mut upstream_header = Vec::new();
+        write_traceparent(&mut upstream_header, &attempt.context);
+        let passed_on = parse_traceparent(&upstream_header).unwrap();
+        assert_eq!(passed_on.trace_id, server.context.trace_id);
+        assert_eq!(passed_on.span_id, attempt.context.span_id);
+        t.finish(
+            attempt,
+            200,
+            id(),
+            Some("won"),
+            now + Duration::from_micros(900),
+        );
+        t.finish(server, 503, id(), None, now + Duration::from_millis(2));
+        let mut collector = Collector::default();
+        t.export_due(now + 2 * FLUSH_INTERVAL, &mut collector);
+        assert_eq!(collector.bodies.len(), 1);
+        let (url, body) = &collector.bodies[0];
+        assert_eq!(url, "http://127.0.0.1:9411/api/v2/spans");
+        let spans: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let spans = spans.as_array().unwrap();
+        assert_eq!(spans.len(), 2);
+        let (client, server) = (&spans[0], &spans[1]);
+        for span in spans {
+            assert!(hex_of_len(&span["traceId"], 32), "{span}");
+            assert!(hex_of_len(&span["id"], 16), "{span}");
+            assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(span["localEndpoint"]["serviceName"], "fibd");
+            assert_eq!(span["tags"]["request_id"], "req-1");
+            assert!(
+                span["tags"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|v| v.is_string())
+            );
+            // Microseconds since the epoch: 1.8e9 s is 1.8e15 µs.
+            let ts = span["timestamp"].as_u64().unwrap();
+            assert!(
+                (1_800_000_000_000_000..1_800_000_001_000_000).contains(&ts),
+                "{ts}"
+            );
+        }
+        assert_eq!(server["kind"], "SERVER");
+        assert_eq!(server["name"], "get /api/smart");
+        assert_eq!(server["parentId"], "00f067aa0ba902b7");
+        assert_eq!(server["duration"], 2000);
+        assert_eq!(server["tags"]["http.status_code"], "503");
+        assert_eq!(server["tags"]["error"], "503");
+        assert_eq!(client["kind"], "CLIENT");
+        assert_eq!(client["parentId"], server["id"]);
+        assert_eq!(client["duration"], 890);
+        assert_eq!(
+            client["timestamp"].as_u64().unwrap() - server["timestamp"].as_u64().unwrap(),
+            10
+        );
+        assert_eq!(client["tags"]["fibd.attempt"], "won");
+        assert!(client["tags"].get("error").is_none());
+        t.export_finished(ExportOutcome::Delivered);
+        assert_eq!(t.counts().exported, 2);
+    }
+
+    #[test]
+    fn batches_go_when_full_or_after_the_flush_interval_one_at_a_time() {
+        let (mut t, now) = tracer(1.0, 1000);
+        let mut collector = Collector::default();
+        for _ in 0..BATCH_SPANS - 1 {
+            let s = t.start(None, "/current", "GET", now).unwrap();
+            t.finish(s, 200, id(), None, now);
+        }
+        t.export_due(now, &mut collector);
+        assert!(collector.bodies.is_empty(), "not full, not old");
+        let s = t.start(None, "/current", "GET", now).unwrap();
+        t.finish(s, 200, id(), None, now);
+        for _ in 0..10 {
+            let s = t.start(None, "/current", "GET", now).unwrap();
+            t.finish(s, 200, id(), None, now);
+        }
+        t.export_due(now, &mut collector);
+        assert_eq!(collector.bodies.len(), 1, "a full batch goes at once");
+        let first: serde_json::Value = serde_json::from_slice(&collector.bodies[0].1).unwrap();
+        assert_eq!(first.as_array().unwrap().len(), BATCH_SPANS);
+        t.export_due(now + FLUSH_INTERVAL, &mut collector);
+        assert_eq!(collector.bodies.len(), 1, "one in flight at most");
+        t.export_finished(ExportOutcome::Delivered);
+        t.export_due(now + FLUSH_INTERVAL, &mut collector);
+        assert_eq!(
+            collector.bodies.len(),
+            2,
+            "the rest once the interval passed"
+        );
+        t.export_finished(ExportOutcome::Failed);
+        assert_eq!(
+            t.counts(),
+            TraceCounts {
+                recorded: BATCH_SPANS as u64 + 10,
+                dropped: 10,
+                exported: BATCH_SPANS as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_hung_collector_costs_dropped_spans_not_memory() {
+        let (mut t, now) = tracer(1.0, 300);
+        let capacity = t.spans.capacity();
+        let mut collector = Collector::default();
+        for i in 0..1000u32 {
+            let at = now + Duration::from_millis(u64::from(i));
+            let s = t.start(None, "/next", "POST", at).unwrap();
+            t.finish(s, 200, id(), None, at);
+            t.export_due(at, &mut collector);
+        }
+        // One batch left and never came back; the buffer filled behind it.
+        assert_eq!(collector.bodies.len(), 1);
+        assert_eq!(t.spans.len(), 300);
+        assert_eq!(t.spans.capacity(), capacity, "the ring never grew");
+        let counts = t.counts();
+        assert_eq!(counts.dropped, 1000 - 300 - BATCH_SPANS as u64);
+        t.export_finished(ExportOutcome::Failed);
+        assert_eq!(t.counts().dropped, 1000 - 300);
+        // A client that cannot take a batch now leaves it buffered.
+        collector.refuse = true;
+        t.export_due(now + Duration::from_secs(5), &mut collector);
+        assert_eq!(t.spans.len(), 300);
+    }
+}
