@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
+use crate::primes::PrimesLimits;
 use crate::ratelimit::RateLimitConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -33,11 +34,13 @@ pub struct Config {
     pub fib: FibLimits,
     pub timeouts: Timeouts,
     pub rate_limit: RateLimitConfig,
+    pub primes: PrimesLimits,
 }
 
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    /// Boxed: a config is far larger than the other commands.
+    Serve(Box<Config>),
     /// `fibd healthcheck`: GET /healthz on the configured address, for
     /// container HEALTHCHECKs that have no curl.
     Healthcheck(SocketAddr),
@@ -100,6 +103,14 @@ OPTIONS:
     --rate-limit N            tokens per second per client (X-API-Key, else IP); 0 turns
                               rate limiting off [env FIBD_RATE_LIMIT] (default 5000)
     --rate-burst N            bucket size per client [env FIBD_RATE_BURST] (default 10000)
+    --primes-max-n N          largest n of a primes task, and of the prime table
+                              [env FIBD_PRIMES_MAX_N] (default 1000000)
+    --primes-tasks-max N      primes tasks stored at most; more get 503
+                              [env FIBD_PRIMES_TASKS_MAX] (default 100000)
+    --primes-queue N          primes tasks waiting for a sieve at most; more get 503
+                              [env FIBD_PRIMES_QUEUE] (default 10000)
+    --primes-retention-secs N settled primes tasks are deleted this long after they settle
+                              [env FIBD_PRIMES_RETENTION_SECS] (default 86400)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -107,6 +118,8 @@ ENDPOINTS:
     GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
+    POST /v1/primes/tasks {\"n\": N}        the first N primes as a durable task (202, then
+    GET /v1/primes/tasks/ID[?wait=S]          poll or wait); also at /tasks and /tasks/ID
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
 
 Under systemd: socket activation (LISTEN_FDS), sd_notify (READY, STATUS,
@@ -129,6 +142,10 @@ struct Raw {
     idle_timeout_ms: Option<String>,
     rate_limit: Option<String>,
     rate_burst: Option<String>,
+    primes_max_n: Option<String>,
+    primes_tasks_max: Option<String>,
+    primes_queue: Option<String>,
+    primes_retention_secs: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -148,6 +165,10 @@ pub fn from_args(
         idle_timeout_ms: env("FIBD_IDLE_TIMEOUT_MS"),
         rate_limit: env("FIBD_RATE_LIMIT"),
         rate_burst: env("FIBD_RATE_BURST"),
+        primes_max_n: env("FIBD_PRIMES_MAX_N"),
+        primes_tasks_max: env("FIBD_PRIMES_TASKS_MAX"),
+        primes_queue: env("FIBD_PRIMES_QUEUE"),
+        primes_retention_secs: env("FIBD_PRIMES_RETENTION_SECS"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -172,6 +193,10 @@ pub fn from_args(
             "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
             "--rate-limit" => &mut raw.rate_limit,
             "--rate-burst" => &mut raw.rate_burst,
+            "--primes-max-n" => &mut raw.primes_max_n,
+            "--primes-tasks-max" => &mut raw.primes_tasks_max,
+            "--primes-queue" => &mut raw.primes_queue,
+            "--primes-retention-secs" => &mut raw.primes_retention_secs,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -186,11 +211,12 @@ pub fn from_args(
     Ok(if healthcheck {
         Command::Healthcheck(config.listen)
     } else {
-        Command::Serve(config)
+        Command::Serve(Box::new(config))
     })
 }
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
+    let primes = primes_limits(&raw)?;
     let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = resolve(&listen_text).ok_or(ConfigError::Invalid {
         setting: "listen address",
@@ -289,6 +315,43 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         fib,
         timeouts,
         rate_limit,
+        primes,
+    })
+}
+
+/// The primes tasks' bounds. The table's ceiling keeps its JSON (about 8 MB
+/// per million primes) and the sieve (under a second here) within a small box.
+fn primes_limits(raw: &Raw) -> Result<PrimesLimits, ConfigError> {
+    let defaults = PrimesLimits::default();
+    Ok(PrimesLimits {
+        max_n: number(
+            raw.primes_max_n.clone(),
+            defaults.max_n,
+            "primes max n",
+            1..=10_000_000,
+            "an integer from 1 to 10000000",
+        )?,
+        tasks_max: number(
+            raw.primes_tasks_max.clone(),
+            defaults.tasks_max as u64,
+            "primes tasks max",
+            1..=1_000_000,
+            "an integer from 1 to 1000000",
+        )? as usize,
+        pending_max: number(
+            raw.primes_queue.clone(),
+            defaults.pending_max as u64,
+            "primes queue",
+            1..=1_000_000,
+            "an integer from 1 to 1000000",
+        )? as usize,
+        retention: Duration::from_secs(number(
+            raw.primes_retention_secs.clone(),
+            defaults.retention.as_secs(),
+            "primes retention",
+            1..=365 * 86_400,
+            "seconds from 1 to 31536000",
+        )?),
     })
 }
 
@@ -332,7 +395,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
         match parse(args, env) {
-            Ok(Command::Serve(config)) => config,
+            Ok(Command::Serve(config)) => *config,
             other => panic!("expected a config, got {other:?}"),
         }
     }
@@ -389,5 +452,24 @@ mod tests {
             assert!(err.to_string().contains("max index"), "{err}");
         }
         assert!(parse(&["--listen", "nonsense"], &[]).is_err());
+        for bad in ["0", "10000001", "1.5"] {
+            let err = parse(&["--primes-max-n", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("primes max n"), "{err}");
+        }
+    }
+
+    #[test]
+    fn primes_limits() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.primes, PrimesLimits::default());
+        let c = serve(
+            &["--primes-max-n", "500", "--primes-retention-secs=60"],
+            &[("FIBD_PRIMES_TASKS_MAX", "7"), ("FIBD_PRIMES_QUEUE", "3")],
+        );
+        assert_eq!(
+            (c.primes.max_n, c.primes.tasks_max, c.primes.pending_max),
+            (500, 7, 3)
+        );
+        assert_eq!(c.primes.retention, Duration::from_secs(60));
     }
 }

@@ -13,18 +13,23 @@
 //! - [`park`]: replies answered later: a ticket per parked request, which the
 //!   service keeps instead of the connection, and the deadlines they expire at.
 //! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
-//!   one file of replies per service (`stepper`, `fib`, `random`, `ops`, with
+//!   one file of replies per service (`stepper`, `fib`, `primes`, `random`, `ops`, with
 //!   `number` the value writer the stepper and /v1/fib share).
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
 //! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big
 //!   integers, a decimal cursor whose steps and printing are linear) and the
-//!   /v1/fib service (byte-bounded cache, single flight, compute worker).
+//!   /v1/fib service (byte-bounded cache, single flight).
+//! - [`primes`]: primes as durable background tasks: the segmented sieve, the
+//!   one shared JSON table, task records, retention (sans-IO service).
+//! - [`compute`]: the low-priority threads and the one bounded queue that run
+//!   every long computation (F(n), sieves) off the loop.
 //! - [`random`]: the /v1/random service on the OS CSPRNG.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
-//! - [`store`]: LMDB through heed.
+//! - [`store`]: LMDB through heed: the stepper's index and the task records,
+//!   written together, one transaction per batch.
 //! - [`metrics`], [`logging`], [`systemd`]: Prometheus text, the journald-aware
 //!   log format, sd_notify and socket activation.
 //! - [`config`]: command line and environment, validated once.
@@ -32,11 +37,12 @@
 //! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a
 //! `SAFETY` note: opening the LMDB map (`store`), adopting the socket systemd
 //! passed and clearing its variables (`systemd`), and lowering the compute
-//! threads' priority (`fib::worker`).
+//! threads' priority (`compute`).
 //!
 //! `main.rs` only wires these together.
 
 pub mod committer;
+pub mod compute;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -45,6 +51,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod park;
+pub mod primes;
 pub mod random;
 pub mod ratelimit;
 pub mod recency;

@@ -4,15 +4,19 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use fibd::committer::Committer;
+use fibd::compute::ComputeWorker;
 use fibd::config::{self, Command, Config};
 use fibd::fib::service::FibService;
 use fibd::http::date::HttpDate;
+use fibd::primes::service::PrimesService;
+use fibd::primes::task::{Task, TaskId};
 use fibd::random::RandomSource;
 use fibd::ratelimit::RateLimiter;
-use fibd::routes::App;
+use fibd::routes::{App, Services};
 use fibd::server::Server;
 use fibd::stepper::Stepper;
 use fibd::store::Store;
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
                 );
                 default_hook(info);
             }));
-            match serve(config) {
+            match serve(*config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
@@ -65,7 +69,19 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Taken first: nothing else may run before the environment is cleaned.
     let activated = systemd::take_activated_listener()?;
     let store = Store::open(&config.data_dir)?;
-    let recovered = store.with_table(|table| table.read_index())??;
+    let (recovered, records) = store.with_table(|table| {
+        Ok::<_, fibd::store::StoreError>((table.read_index()?, table.read_records()?))
+    })??;
+    let tasks: Vec<(TaskId, Task)> = records
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let task = Task::decode(&value);
+            if task.is_none() {
+                log::warn!("skipping a task record this version cannot read");
+            }
+            Some((TaskId::from_bytes(key), task?))
+        })
+        .collect();
     let from_systemd = activated.is_some();
     let listener = match activated {
         Some(listener) => listener,
@@ -81,11 +97,23 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let poll = mio::Poll::new()?;
     let waker = Server::waker(&poll)?;
     let committer = Committer::spawn(store, waker.clone())?;
-    let fib = FibService::new(config.fib, move || {
-        if let Err(e) = waker.wake() {
-            log::error!("cannot wake the event loop after a computation: {e}");
-        }
-    })?;
+    let compute = Rc::new(ComputeWorker::spawn(
+        config.fib.threads,
+        config.fib.queue_max,
+        move || {
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the event loop after a computation: {e}");
+            }
+        },
+    )?);
+    let fib = FibService::new(config.fib, compute.clone());
+    let task_count = tasks.len();
+    let primes = PrimesService::new(
+        config.primes,
+        compute.clone(),
+        tasks,
+        unix_ms(SystemTime::now()),
+    );
     log::info!(
         "fibd {} listening on {}{} with data in {}; recovered index {}",
         env!("CARGO_PKG_VERSION"),
@@ -98,17 +126,20 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config.data_dir.display(),
         recovered
     );
+    if task_count > 0 {
+        log::info!("recovered {task_count} primes task(s); pending ones are resumed");
+    }
     let mut random =
         RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
     let key = hash_key(&mut random).map_err(|e| format!("no OS random number generator: {e}"))?;
     let limiter = RateLimiter::new(config.rate_limit, key);
-    let app = App::new(
+    let services = Services {
         stepper,
-        HttpDate::new(SystemTime::now()),
-        random,
         fib,
-        limiter,
-    );
+        primes,
+        compute,
+    };
+    let app = App::new(services, HttpDate::new(SystemTime::now()), random, limiter);
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {
@@ -118,6 +149,11 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     log::info!("stopped cleanly");
     Ok(())
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A per-process secret for hashing API keys, so nobody can aim many keys

@@ -6,14 +6,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::http::response::Status;
+use crate::primes::service::PrimesCounts;
 use crate::routes::Route;
 
 /// One row per route, plus one for requests that matched none.
 const ROUTE_ROWS: usize = Route::ALL.len() + 1;
 
 /// Status codes counted individually; anything else lands in the last slot.
-const CODES: [u16; 17] = [
-    100, 200, 304, 400, 404, 405, 406, 408, 409, 413, 414, 422, 429, 431, 501, 503, 505,
+const CODES: [u16; 19] = [
+    100, 200, 202, 304, 400, 404, 405, 406, 408, 409, 413, 414, 415, 422, 429, 431, 501, 503, 505,
 ];
 const CODE_SLOTS: usize = CODES.len() + 1;
 
@@ -29,6 +30,9 @@ const COMMIT_BOUNDS: [f64; 11] = [
 const BATCH_BOUNDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 /// Seconds; F(10^7) takes about two.
 const COMPUTE_BOUNDS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 10.0];
+/// Seconds from a task's acceptance to done: a table hit is 0, a sieve of
+/// the first million primes tens of milliseconds, a queue behind it more.
+const TASK_BOUNDS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
 /// A cumulative histogram with fixed bounds.
 #[derive(Debug)]
@@ -84,6 +88,17 @@ pub struct Gauges {
     pub fib_cache_entries: usize,
     pub fib_queue: usize,
     pub rate_limit_clients: usize,
+    pub primes: PrimesGauges,
+}
+
+/// The primes tasks' state at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrimesGauges {
+    pub counts: PrimesCounts,
+    pub stored: usize,
+    pub pending: usize,
+    pub table_primes: u64,
+    pub table_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -99,6 +114,7 @@ pub struct Metrics {
     fib_cache_misses: u64,
     fib_compute_seconds: Histogram,
     rate_limited: u64,
+    primes_task_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -115,6 +131,7 @@ impl Default for Metrics {
             fib_cache_misses: 0,
             fib_compute_seconds: Histogram::new(&COMPUTE_BOUNDS),
             rate_limited: 0,
+            primes_task_seconds: Histogram::new(&TASK_BOUNDS),
         }
     }
 }
@@ -169,6 +186,11 @@ impl Metrics {
 
     pub fn fib_computed(&mut self, elapsed: Duration) {
         self.fib_compute_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A primes task done `elapsed_ms` after it was accepted.
+    pub fn primes_task_done(&mut self, elapsed_ms: u64) {
+        self.primes_task_seconds.observe(elapsed_ms as f64 / 1000.0);
     }
 
     /// The exposition, in the Prometheus text format 0.0.4.
@@ -260,7 +282,7 @@ impl Metrics {
         gauge(
             out,
             "fibd_fib_queue_length",
-            "F(n) computations waiting for the worker.",
+            "Computations waiting for the compute worker (F(n) and sieves share it).",
             gauges.fib_queue as u64,
         );
         self.fib_compute_seconds.write(
@@ -279,6 +301,65 @@ impl Metrics {
             "fibd_rate_limit_clients",
             "Clients with a token bucket (bounded; full buckets are evicted first).",
             gauges.rate_limit_clients as u64,
+        );
+        self.render_primes(&gauges.primes, out);
+    }
+
+    fn render_primes(&self, primes: &PrimesGauges, out: &mut String) {
+        let counts = primes.counts;
+        out.push_str("# HELP fibd_primes_tasks_total Primes tasks by the status they reached.\n");
+        out.push_str("# TYPE fibd_primes_tasks_total counter\n");
+        for (status, count) in [
+            ("accepted", counts.accepted),
+            ("done", counts.done),
+            ("failed", counts.failed),
+            ("expired", counts.expired),
+        ] {
+            let _ = writeln!(
+                out,
+                "fibd_primes_tasks_total{{status=\"{status}\"}} {count}"
+            );
+        }
+        self.primes_task_seconds.write(
+            out,
+            "fibd_primes_task_duration_seconds",
+            "From a task's acceptance to done.",
+        );
+        counter(
+            out,
+            "fibd_primes_table_hits_total",
+            "Tasks answered from the prime table on arrival, without a computation.",
+            counts.table_hits,
+        );
+        counter(
+            out,
+            "fibd_primes_computations_total",
+            "Sieves run (each serves every pending task it covers).",
+            counts.computations,
+        );
+        gauge(
+            out,
+            "fibd_primes_table_primes",
+            "Primes in the table (the largest computed so far).",
+            primes.table_primes,
+        );
+        gauge(
+            out,
+            "fibd_primes_table_bytes",
+            "Bytes of the table's one JSON rendering, shared by every reply.",
+            primes.table_bytes as u64,
+        );
+        gauge(
+            out,
+            "fibd_primes_tasks_stored",
+            "Tasks in the store (pending and settled).",
+            primes.stored as u64,
+        );
+        gauge(
+            out,
+            "fibd_primes_queue_length",
+            "Tasks waiting for a sieve.",
+            primes.pending as u64,
         );
     }
 }

@@ -4,8 +4,11 @@
 //! 1. poll, then read the clock once;
 //! 2. accept, and drive every ready connection (read, parse, route, reply);
 //! 3. apply commit outcomes: release or withdraw the replies they held;
-//! 4. hand the batch collected meanwhile to the commit thread;
-//! 5. handle signals (a graceful stop waits for in-flight commits).
+//! 4. deliver finished computations, and answer parked requests whose
+//!    deadline passed (through the service that owns them);
+//! 5. housekeeping (task retention) and hand the batch collected meanwhile
+//!    to the commit thread;
+//! 6. handle signals (a graceful stop waits for in-flight commits).
 //!
 //! The commit thread's fsync never runs here, so /current is answered from
 //! committed state while a commit is in flight.
@@ -21,6 +24,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::committer::{CommitOutcome, Committer};
+use crate::compute::Output as Computed;
 use crate::config::Config;
 use crate::conn::{Conn, Drive, Expiry, Output, Reply, Shared};
 use crate::park::Ticket;
@@ -45,6 +49,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Timeouts are checked by a sweep this often: cheaper than a timer per
 /// connection, and a second of slack on a 10 s timeout does not matter.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Expired task records are looked for this often (retention is in hours,
+/// so a second late costs nothing), and a sieve refused by a full compute
+/// queue is retried.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Open connections, indexed by their token.
 #[derive(Default)]
@@ -116,6 +124,7 @@ pub struct Server {
     /// The clock, read once per loop pass.
     now: Instant,
     next_sweep: Instant,
+    next_housekeeping: Instant,
 }
 
 impl Server {
@@ -154,6 +163,7 @@ impl Server {
             fd_exhaustion_reported: false,
             now: Instant::now(),
             next_sweep: Instant::now() + SWEEP_INTERVAL,
+            next_housekeeping: Instant::now(),
         })
     }
 
@@ -168,7 +178,8 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.notifier.notify("READY=1");
         loop {
-            if let Err(e) = self.poll.poll(&mut events, self.poll_timeout()) {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -176,7 +187,9 @@ impl Server {
             }
             self.now = Instant::now();
             self.app.now = self.now;
-            self.app.date.update(SystemTime::now());
+            let wall = SystemTime::now();
+            self.app.date.update(wall);
+            self.app.now_unix_ms = unix_ms(wall);
             let mut accept_ready = false;
             for event in &events {
                 match event.token() {
@@ -199,7 +212,9 @@ impl Server {
             }
             self.apply_commit_outcomes()?;
             self.deliver_computations();
+            self.expire_parked();
             self.feed_starved();
+            self.housekeeping();
             self.submit_batch();
             self.tell_systemd();
             self.sweep_timeouts();
@@ -209,15 +224,18 @@ impl Server {
         }
     }
 
-    /// Sleeps until the earliest timer: an accept pause, the shutdown grace
-    /// or the watchdog ping; or until an event.
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// Sleeps until the earliest timer: an accept pause, the shutdown grace,
+    /// the watchdog ping, a parked request's deadline or housekeeping; or
+    /// until an event.
+    fn poll_timeout(&mut self) -> Option<Duration> {
         let now = Instant::now();
         [
             self.accept_paused_until,
             self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
             self.watchdog_due,
             (self.conns.open > 0).then_some(self.next_sweep),
+            self.app.parking.next_deadline(),
+            (self.app.primes.stored() > 0).then_some(self.next_housekeeping),
         ]
         .into_iter()
         .flatten()
@@ -374,6 +392,7 @@ impl Server {
             }
         }
         let effect = self.app.stepper.on_commit(outcome.batch, succeeded);
+        self.app.primes.on_commit(effect);
         let waiting = std::mem::take(&mut self.waiting);
         for token in waiting {
             if let (CommitEffect::Failed { .. }, Some(conn)) = (effect, self.conns.get_mut(token)) {
@@ -416,16 +435,54 @@ impl Server {
         }
     }
 
-    /// Answers every request that waited for a finished F(n).
+    /// Hands each finished computation to its service and answers every
+    /// request that waited for it.
     fn deliver_computations(&mut self) {
-        while let Some(finished) = self.app.fib.finished() {
-            self.app.metrics.fib_computed(finished.elapsed);
-            for waiter in &finished.waiters {
-                self.resume_parked(waiter.ticket, |app, out| {
-                    app.fib_reply(waiter, finished.n, &finished.value, out)
-                });
+        while let Some(computed) = self.app.compute.try_result() {
+            match computed.output {
+                Computed::Fib { n, digits } => {
+                    let finished = self.app.fib.computed(n, digits, computed.elapsed);
+                    self.app.metrics.fib_computed(finished.elapsed);
+                    for waiter in &finished.waiters {
+                        self.resume_parked(waiter.ticket, |app, out| {
+                            app.fib_reply(waiter, finished.n, &finished.value, out)
+                        });
+                    }
+                }
+                Computed::Primes(table) => {
+                    log::debug!("{} primes sieved in {:?}", table.len(), computed.elapsed);
+                    let sieved = self.app.primes.sieved(table, self.app.now_unix_ms);
+                    for elapsed_ms in sieved.durations_ms {
+                        self.app.metrics.primes_task_done(elapsed_ms);
+                    }
+                    for waiter in &sieved.ready {
+                        self.resume_parked(waiter.ticket, |app, out| app.primes_reply(waiter, out));
+                    }
+                }
             }
         }
+    }
+
+    /// Answers parked requests whose deadline passed, each through the
+    /// service that owns it.
+    fn expire_parked(&mut self) {
+        while let Some((ticket, owner)) = self.app.parking.expired(self.now) {
+            self.resume_parked(ticket, |app, out| app.expire_parked(ticket, owner, out));
+        }
+    }
+
+    /// Deletes expired task records (through the next commit) and retries a
+    /// sieve the compute queue refused.
+    fn housekeeping(&mut self) {
+        if self.now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = self.now + HOUSEKEEPING_INTERVAL;
+        let expired = self.app.primes.expire(self.app.now_unix_ms);
+        if expired > 0 {
+            log::debug!("{expired} expired primes task(s) to delete");
+        }
+        self.app.primes.kick();
     }
 
     /// Writes the later answer of a parked request, if its client is still
@@ -450,8 +507,14 @@ impl Server {
         self.drive(token);
     }
 
+    /// Hands the collected batch to the commit thread: the stepper's index
+    /// and the task records, in one transaction.
     fn submit_batch(&mut self) {
-        if let Some(request) = self.app.stepper.take_batch() {
+        if self.app.primes.take_join() {
+            self.app.stepper.join_batch();
+        }
+        if let Some(mut request) = self.app.stepper.take_batch() {
+            request.records = self.app.primes.take_writes(request.batch);
             self.app.metrics.batch_submitted(request.steps);
             self.committer.submit(request);
         }
@@ -519,6 +582,11 @@ mod test_hooks {
             panic!("SIGUSR2: a panic in the event loop (test hook)");
         }
     }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

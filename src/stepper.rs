@@ -161,6 +161,14 @@ impl Stepper {
         Ok(self.pending_reading(Some(self.collecting)))
     }
 
+    /// Another service's write joins the batch being collected (counted as
+    /// one mutation): its reply is held for the returned batch, and the
+    /// server adds the service's records to it when it is taken.
+    pub fn join_batch(&mut self) -> BatchId {
+        self.collecting_steps += 1;
+        self.collecting
+    }
+
     /// The batch to commit next, if nothing is in flight and steps have
     /// collected since the last one.
     pub fn take_batch(&mut self) -> Option<CommitRequest> {
@@ -181,6 +189,7 @@ impl Stepper {
             batch,
             index,
             steps,
+            records: Vec::new(),
         })
     }
 
@@ -268,7 +277,8 @@ mod tests {
             CommitRequest {
                 batch: BatchId(1),
                 index: 2,
-                steps: 2
+                steps: 2,
+                records: Vec::new(),
             }
         );
         assert_eq!(s.take_batch(), None, "one batch in flight at a time");

@@ -4,12 +4,13 @@
 //!
 //! This file holds the route table, dispatch, charging and the answers every
 //! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `random`, `ops`), and `number` is the one writer of a
-//! Fibonacci value that the stepper and /v1/fib share.
+//! (`stepper`, `fib`, `primes`, `random`, `ops`), and `number` is the one
+//! writer of a Fibonacci value that the stepper and /v1/fib share.
 
 mod fib;
 mod number;
 mod ops;
+mod primes;
 mod random;
 mod stepper;
 
@@ -20,12 +21,15 @@ use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
 use std::time::Instant;
 
+use crate::compute::ComputeWorker;
 use crate::fib::service::FibService;
 use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
+use crate::primes::service::PrimesService;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::stepper::{BatchId, Stepper};
+use std::rc::Rc;
 
 /// The resources fibd serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +42,14 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// POST a primes task (also at /tasks).
+    PrimesTasks,
+    /// GET one primes task by id (also at /tasks/{id}).
+    PrimesTask,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 10] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -50,6 +58,8 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::PrimesTasks,
+        Route::PrimesTask,
     ];
 
     pub fn path(self) -> &'static str {
@@ -62,17 +72,23 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::PrimesTasks => "/v1/primes/tasks",
+            Route::PrimesTask => "/v1/primes/tasks/{id}",
         }
     }
 
     pub fn from_path(path: &[u8]) -> Option<Route> {
-        Route::ALL.into_iter().find(|r| r.path().as_bytes() == path)
+        Route::ALL
+            .into_iter()
+            .find(|r| r.path().as_bytes() == path)
+            .or_else(|| primes::task_route(path))
     }
 
     /// The methods a route takes, as the Allow header lists them.
     fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
+            Route::PrimesTasks => "POST",
             _ => "GET, HEAD",
         }
     }
@@ -82,6 +98,7 @@ impl Route {
             Route::Current | Route::Next | Route::Previous => {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
+            Route::PrimesTasks => method == Method::Post,
             _ => matches!(method, Method::Get | Method::Head),
         }
     }
@@ -96,6 +113,8 @@ const PARKED_MAX: usize = 65_536;
 pub enum Waiting {
     /// A /v1/fib request waiting for the compute worker.
     Fib,
+    /// A primes task GET waiting for its task to settle (`?wait`).
+    PrimesTask,
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -105,11 +124,17 @@ pub struct App {
     pub metrics: Metrics,
     /// The loop pass's clock reading; the server sets it, nothing here reads a clock.
     pub now: Instant,
+    /// The same moment as Unix milliseconds, for what outlives a restart
+    /// (task creation and retention).
+    pub now_unix_ms: u64,
     /// Requests answered since the server last collected the count.
     pub answered: u64,
     /// False while commits fail: /readyz tells the load balancer.
     pub store_ready: bool,
     pub fib: FibService,
+    pub primes: PrimesService,
+    /// The compute threads /v1/fib and the primes tasks share.
+    pub compute: Rc<ComputeWorker>,
     /// Requests answered later, by ticket; services keep only the tickets.
     pub parking: Parking<Waiting>,
     limiter: RateLimiter,
@@ -119,18 +144,34 @@ pub struct App {
     draws: Vec<i64>,
 }
 
+/// The services that answer from state the loop owns.
+pub struct Services {
+    pub stepper: Stepper,
+    pub fib: FibService,
+    pub primes: PrimesService,
+    pub compute: Rc<ComputeWorker>,
+}
+
 impl App {
     pub fn new(
-        stepper: Stepper,
+        services: Services,
         date: HttpDate,
         random: crate::random::RandomSource,
-        fib: FibService,
         limiter: RateLimiter,
     ) -> App {
+        let Services {
+            stepper,
+            fib,
+            primes,
+            compute,
+        } = services;
         App {
             stepper,
             date,
             fib,
+            primes,
+            compute,
+            now_unix_ms: 0,
             parking: Parking::new(PARKED_MAX),
             limiter,
             metrics: Metrics::default(),
@@ -174,6 +215,7 @@ impl App {
         conn: ConnRef,
         route: Route,
         request: &Request<'_>,
+        body: &[u8],
         out: &mut Output,
     ) -> Result<Answer, ApiError> {
         let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
@@ -198,19 +240,48 @@ impl App {
                 self.metrics_page(request, out);
                 done(Ok(()))
             }
+            Route::PrimesTasks => self.primes_post(conn, request, body, out),
+            Route::PrimesTask => self.primes_get(conn, request, out),
+        }
+    }
+
+    /// Answers a parked request whose deadline passed, through its owner.
+    pub fn expire_parked(&mut self, ticket: Ticket, owner: Waiting, out: &mut Output) -> Reply {
+        match owner {
+            Waiting::PrimesTask => self.primes_wait_over(ticket, out),
+            // /v1/fib parks without a deadline; should one pass, its
+            // computation is still owed: say so rather than hang.
+            Waiting::Fib => {
+                ApiError::Busy.write(out.buf(), &self.date, false, true);
+                self.metrics
+                    .request(Some(Route::Fib), ApiError::Busy.status());
+                Reply::Close
+            }
         }
     }
 }
 
 impl Respond for App {
-    fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
+    fn body_limit(&self, request: &Request<'_>) -> Option<usize> {
+        let route = Route::from_path(request.path)?;
+        (route == Route::PrimesTasks && route.accepts(request.method))
+            .then_some(crate::primes::request::BODY_BYTES_MAX)
+    }
+
+    fn respond(
+        &mut self,
+        conn: ConnRef,
+        request: &Request<'_>,
+        body: &[u8],
+        out: &mut Output,
+    ) -> Reply {
         let route = Route::from_path(request.path);
         let result = match route {
             None => Err(ApiError::NotFound),
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
-            Some(route) => self.dispatch(conn, route, request, out),
+            Some(route) => self.dispatch(conn, route, request, body, out),
         };
         let (status, close) = match result {
             Ok(Answer::Later) => return Reply::Deferred,

@@ -4,7 +4,7 @@ use super::{App, write_no_store};
 use crate::conn::Output;
 use crate::http::parse::Request;
 use crate::http::response::ContentType;
-use crate::metrics::Gauges;
+use crate::metrics::{Gauges, PrimesGauges};
 
 impl App {
     pub(super) fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
@@ -13,8 +13,15 @@ impl App {
             pending_index: self.stepper.pending_index(),
             fib_cache_bytes: self.fib.cache_bytes(),
             fib_cache_entries: self.fib.cache_len(),
-            fib_queue: self.fib.queued(),
+            fib_queue: self.compute.queued(),
             rate_limit_clients: self.limiter.clients(),
+            primes: PrimesGauges {
+                counts: self.primes.counts(),
+                stored: self.primes.stored(),
+                pending: self.primes.pending(),
+                table_primes: self.primes.table_len(),
+                table_bytes: self.primes.table_bytes(),
+            },
         };
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&gauges, &mut text);

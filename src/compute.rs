@@ -1,8 +1,11 @@
-//! The compute threads that render large F(n) off the event loop.
+//! The compute threads: every computation too long for the event loop runs
+//! here, whichever service asked for it: a large F(n) for /v1/fib, a prime
+//! table for the primes tasks.
 //!
-//! F(10^7) takes a second or two (design notes §2), far over the loop's
-//! ~1 ms budget, so the loop queues n here and picks the digits up after a
-//! wake-up. This file owns the threads, their bounded job queue and their
+//! F(10^7) takes a second or two (design notes §2) and the first million
+//! primes tens of milliseconds, far over the loop's ~1 ms budget, so the loop
+//! queues a [`Job`] here and picks the [`Computed`] result up after a
+//! wake-up. This file owns the threads, their one bounded job queue and their
 //! priority; it knows nothing of HTTP, caching or mio (the loop hands in a
 //! `wake` closure). Deciding what is worth queueing is the caller's.
 
@@ -13,6 +16,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::fib;
+use crate::primes::sieve::{self, PrimeTable};
 
 /// Jobs preallocated in the queue; a larger `queue_max` grows on demand, so a
 /// generous limit costs no memory until it is used.
@@ -22,14 +26,44 @@ const QUEUE_PREALLOCATED_JOBS: usize = 1024;
 /// on a one-CPU machine the event loop always wins the CPU.
 const COMPUTE_NICE: i32 = 19;
 
-/// A finished F(n).
+/// A computation the loop hands over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// The decimal digits of F(n).
+    Fib(u64),
+    /// The first n primes, with their JSON rendering.
+    Primes(u64),
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum Output {
+    Fib {
+        n: u64,
+        /// Decimal digits of F(n), ASCII.
+        digits: Vec<u8>,
+    },
+    Primes(PrimeTable),
+}
+
+/// A finished job.
 #[derive(Debug)]
 pub struct Computed {
-    pub n: u64,
-    /// Decimal digits of F(n), ASCII.
-    pub digits: Vec<u8>,
+    pub output: Output,
     /// Time spent computing and rendering, for logs and metrics.
     pub elapsed: Duration,
+}
+
+impl Job {
+    fn run(self) -> Output {
+        match self {
+            Job::Fib(n) => Output::Fib {
+                n,
+                digits: fib::decimal(n).into_bytes(),
+            },
+            Job::Primes(n) => Output::Primes(sieve::first_primes(n)),
+        }
+    }
 }
 
 /// The queue was at `queue_max`; the caller answers 503 with Retry-After.
@@ -37,7 +71,7 @@ pub struct Computed {
 pub struct QueueFull;
 
 struct Jobs {
-    waiting: VecDeque<u64>,
+    waiting: VecDeque<Job>,
     /// Set once by `Drop`; threads stop taking jobs.
     closed: bool,
 }
@@ -58,14 +92,14 @@ impl Queue {
     }
 
     /// Blocks until a job is waiting (`Some`) or the queue is closed (`None`).
-    fn next(&self) -> Option<u64> {
+    fn next(&self) -> Option<Job> {
         let mut jobs = self.lock();
         loop {
             if jobs.closed {
                 return None;
             }
-            if let Some(n) = jobs.waiting.pop_front() {
-                return Some(n);
+            if let Some(job) = jobs.waiting.pop_front() {
+                return Some(job);
             }
             jobs = self
                 .ready
@@ -75,15 +109,15 @@ impl Queue {
     }
 }
 
-pub struct FibWorker {
+pub struct ComputeWorker {
     queue: Arc<Queue>,
     queue_max: usize,
     results: Receiver<Computed>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl FibWorker {
-    /// Starts `threads` compute threads, named `fibd-fib-<i>`, at the lowest
+impl ComputeWorker {
+    /// Starts `threads` compute threads, named `fibd-compute-<i>`, at the lowest
     /// CPU priority.
     ///
     /// `wake` runs on a compute thread after each result is queued, so the
@@ -94,11 +128,11 @@ impl FibWorker {
         threads: usize,
         queue_max: usize,
         wake: impl Fn() + Send + Sync + 'static,
-    ) -> std::io::Result<FibWorker> {
+    ) -> std::io::Result<ComputeWorker> {
         if threads == 0 || queue_max == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "the fib worker needs at least one thread and a queue of at least one job",
+                "the compute worker needs at least one thread and a queue of at least one job",
             ));
         }
         let queue = Arc::new(Queue {
@@ -112,7 +146,7 @@ impl FibWorker {
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(wake);
         // Built first so that if a later thread fails to start, dropping it
         // stops the ones already running.
-        let mut worker = FibWorker {
+        let mut worker = ComputeWorker {
             queue,
             queue_max,
             results,
@@ -123,27 +157,32 @@ impl FibWorker {
             let result_tx = result_tx.clone();
             let wake = Arc::clone(&wake);
             let thread = thread::Builder::new()
-                .name(format!("fibd-fib-{i}"))
+                .name(format!("fibd-compute-{i}"))
                 .spawn(move || run(&queue, &result_tx, &*wake))?;
             worker.threads.push(thread);
         }
         Ok(worker)
     }
 
-    /// Queues F(n); refused when `queue_max` jobs are already waiting, so
+    /// Queues a job; refused when `queue_max` jobs are already waiting, so
     /// a burst cannot queue hours of work.
     ///
-    /// `n` must already be bounded (`max_n`): F(n) is computed whatever its
-    /// size, and running out of memory aborts the process.
-    pub fn submit(&self, n: u64) -> Result<(), QueueFull> {
+    /// The job's n must already be bounded (`max_n`, `primes_max_n`): it is
+    /// computed whatever its size, and running out of memory aborts the process.
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
         let mut jobs = self.queue.lock();
         if jobs.waiting.len() >= self.queue_max {
             return Err(QueueFull);
         }
-        jobs.waiting.push_back(n);
+        jobs.waiting.push_back(job);
         drop(jobs);
         self.queue.ready.notify_one();
         Ok(())
+    }
+
+    /// Whether [`Self::submit`] would take a job now.
+    pub fn has_room(&self) -> bool {
+        self.queue.lock().waiting.len() < self.queue_max
     }
 
     /// A finished result, if one is ready; never blocks.
@@ -157,7 +196,7 @@ impl FibWorker {
     }
 }
 
-impl Drop for FibWorker {
+impl Drop for ComputeWorker {
     /// Drops the jobs not yet started and waits for those in progress (up to
     /// a few seconds at n = 10^7): the process is stopping, so nobody wants
     /// the queued ones, and joining leaves no thread running past the owner.
@@ -170,7 +209,7 @@ impl Drop for FibWorker {
         self.queue.ready.notify_all();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
-                log::error!("a fib compute thread panicked");
+                log::error!("a compute thread panicked");
             }
         }
     }
@@ -179,16 +218,15 @@ impl Drop for FibWorker {
 fn run(queue: &Queue, results: &Sender<Computed>, wake: &(dyn Fn() + Send + Sync)) {
     if let Err(e) = lower_priority() {
         log::warn!(
-            "cannot lower the priority of {}; F(n) computations will compete with the event loop: {e}",
-            thread::current().name().unwrap_or("a fib compute thread"),
+            "cannot lower the priority of {}; computations will compete with the event loop: {e}",
+            thread::current().name().unwrap_or("a compute thread"),
         );
     }
-    while let Some(n) = queue.next() {
+    while let Some(job) = queue.next() {
         let started = Instant::now();
-        let digits = fib::decimal(n).into_bytes();
+        let output = job.run();
         let computed = Computed {
-            n,
-            digits,
+            output,
             elapsed: started.elapsed(),
         };
         if results.send(computed).is_err() {
@@ -256,7 +294,7 @@ mod tests {
             nice: Option<i32>,
         }
         let (woken_tx, woken) = mpsc::channel();
-        let worker = FibWorker::spawn(2, 8, move || {
+        let worker = ComputeWorker::spawn(2, 16, move || {
             let _ = woken_tx.send(Woken {
                 thread_name: thread::current().name().map(str::to_owned),
                 #[cfg(target_os = "linux")]
@@ -266,25 +304,32 @@ mod tests {
         .unwrap();
         let ns = [0, 1, 2, 93, 186, 187, 1000, 50_000];
         for n in ns {
-            worker.submit(n).unwrap();
+            worker.submit(Job::Fib(n)).unwrap();
         }
+        worker.submit(Job::Primes(100)).unwrap();
         let mut results = Vec::new();
-        for _ in ns {
+        let mut tables = Vec::new();
+        for _ in 0..=ns.len() {
             let wake = woken.recv_timeout(DEADLINE).expect("a wake per result");
             let name = wake.thread_name.unwrap_or_default();
-            assert!(name.starts_with("fibd-fib-"), "{name}");
+            assert!(name.starts_with("fibd-compute-"), "{name}");
             #[cfg(target_os = "linux")]
             assert_eq!(wake.nice, Some(COMPUTE_NICE));
             // The result is queued before its wake, so it is there now.
-            results.push(worker.try_result().expect("a result after a wake"));
+            match worker.try_result().expect("a result after a wake").output {
+                Output::Fib { n, digits } => results.push((n, digits)),
+                Output::Primes(table) => tables.push(table),
+            }
         }
         assert!(worker.try_result().is_none());
         assert!(woken.try_recv().is_err(), "one wake per result, no more");
-        results.sort_by_key(|c| c.n);
-        for (computed, n) in results.iter().zip(ns) {
-            assert_eq!(computed.n, n);
-            assert_eq!(computed.digits, fib::decimal(n).into_bytes(), "F({n})");
+        results.sort_by_key(|(n, _)| *n);
+        for ((computed, digits), n) in results.iter().zip(ns) {
+            assert_eq!(*computed, n);
+            assert_eq!(*digits, fib::decimal(n).into_bytes(), "F({n})");
         }
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].len(), 100);
         assert_eq!(worker.queued(), 0);
     }
 
@@ -295,42 +340,45 @@ mod tests {
         let (entered_tx, entered) = mpsc::channel();
         let (gate_tx, gate) = mpsc::channel::<()>();
         let gate = Mutex::new(gate);
-        let worker = FibWorker::spawn(1, 1, move || {
+        let worker = ComputeWorker::spawn(1, 1, move || {
             let _ = entered_tx.send(());
             if let Ok(gate) = gate.lock() {
                 let _ = gate.recv();
             }
         })
         .unwrap();
-        worker.submit(10).unwrap();
+        worker.submit(Job::Fib(10)).unwrap();
         entered.recv_timeout(DEADLINE).unwrap();
         assert_eq!(worker.queued(), 0);
-        assert_eq!(worker.submit(11), Ok(()));
+        assert_eq!(worker.submit(Job::Fib(11)), Ok(()));
         assert_eq!(worker.queued(), 1);
-        assert_eq!(worker.submit(12), Err(QueueFull));
-        assert_eq!(worker.submit(13), Err(QueueFull));
+        assert_eq!(worker.submit(Job::Fib(12)), Err(QueueFull));
+        assert_eq!(worker.submit(Job::Primes(13)), Err(QueueFull));
         assert_eq!(worker.queued(), 1);
         // Open the gate for good; both accepted jobs finish, in order.
         drop(gate_tx);
         entered.recv_timeout(DEADLINE).unwrap();
         let done: Vec<u64> = (0..2)
             .filter_map(|_| worker.try_result())
-            .map(|c| c.n)
+            .filter_map(|c| match c.output {
+                Output::Fib { n, .. } => Some(n),
+                Output::Primes(_) => None,
+            })
             .collect();
         assert_eq!(done, [10, 11]);
-        assert_eq!(worker.submit(12), Ok(()));
+        assert_eq!(worker.submit(Job::Fib(12)), Ok(()));
     }
 
     #[test]
     fn drop_joins_and_skips_queued_jobs() {
         let wakes = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&wakes);
-        let worker = FibWorker::spawn(1, 16, move || {
+        let worker = ComputeWorker::spawn(1, 16, move || {
             counter.fetch_add(1, Ordering::SeqCst);
         })
         .unwrap();
         for n in [200_000, 200_001, 200_002, 200_003] {
-            worker.submit(n).unwrap();
+            worker.submit(Job::Fib(n)).unwrap();
         }
         drop(worker);
         // Joined: every thread, and with it the wake closure, is gone.
@@ -342,7 +390,9 @@ mod tests {
     #[test]
     fn refuses_zero_threads_or_queue() {
         for (threads, queue_max) in [(0, 1), (1, 0), (0, 0)] {
-            let err = FibWorker::spawn(threads, queue_max, || {}).err().unwrap();
+            let err = ComputeWorker::spawn(threads, queue_max, || {})
+                .err()
+                .unwrap();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
         }
     }
