@@ -348,6 +348,27 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_write_makes_a_batch_without_moving_the_index() {
+        let mut s = Stepper::new(7, 100);
+        assert_eq!(s.join_batch(), BatchId(1));
+        assert!(!s.is_settled());
+        let request = s.take_batch().unwrap();
+        assert_eq!(
+            (request.batch, request.index, request.steps),
+            (BatchId(1), 7, 1)
+        );
+        assert_eq!(s.join_batch(), BatchId(2));
+        assert_eq!(
+            s.on_commit(BatchId(1), false),
+            CommitEffect::Failed {
+                committed: BatchId(0),
+                through: BatchId(2)
+            }
+        );
+        assert_eq!(s.current().index, 7);
+    }
+
+    #[test]
     fn own_steps_are_visible_to_a_held_current() {
         let mut s = Stepper::new(0, 100);
         s.step(Step::Next).unwrap();
