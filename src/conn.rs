@@ -12,7 +12,9 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Token;
@@ -609,13 +611,45 @@ enum Segment {
     Plain { end: usize },
     /// `body[offset..end]`.
     Shared {
-        body: Rc<[u8]>,
+        body: SharedBytes,
         offset: usize,
         end: usize,
     },
     /// Nothing after this leaves before `batch` is committed; `at` is where
     /// `buf` stood, so a failed batch's replies can be cut off.
     Hold { batch: BatchId, at: usize },
+}
+
+/// A body shared between replies: `Rc` for what the loop built, `Arc` for
+/// what a compute thread built whole (so its allocation, copy and page
+/// faults, milliseconds for megabytes, happen there and not on the loop).
+#[derive(Clone, Debug)]
+pub enum SharedBytes {
+    Local(Rc<[u8]>),
+    Built(Arc<[u8]>),
+}
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SharedBytes::Local(bytes) => bytes,
+            SharedBytes::Built(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Rc<[u8]>> for SharedBytes {
+    fn from(bytes: Rc<[u8]>) -> Self {
+        SharedBytes::Local(bytes)
+    }
+}
+
+impl From<Arc<[u8]>> for SharedBytes {
+    fn from(bytes: Arc<[u8]>) -> Self {
+        SharedBytes::Built(bytes)
+    }
 }
 
 impl Output {
@@ -636,7 +670,8 @@ impl Output {
     }
 
     /// Queues the first `len` bytes of a shared body (all of it if shorter).
-    pub fn push_shared_prefix(&mut self, body: Rc<[u8]>, len: usize) {
+    pub fn push_shared_prefix(&mut self, body: impl Into<SharedBytes>, len: usize) {
+        let body = body.into();
         self.close_plain_run();
         let end = len.min(body.len());
         if end > 0 {
@@ -857,7 +892,7 @@ mod tests {
             out.extend(b"|tail1|");
             out.push_shared(Rc::from(&b"second"[..]));
             out.push_shared(Rc::from(&b"third"[..]));
-            out.push_shared_prefix(Rc::from(&b"[1, 2, 3"[..]), 4);
+            out.push_shared_prefix(Arc::<[u8]>::from(&b"[1, 2, 3"[..]), 4);
             out.extend(b"]|end");
             assert_eq!(
                 drain(&mut out, chunk, |_| true),

@@ -467,7 +467,8 @@ impl Server {
     /// service that owns it.
     fn expire_parked(&mut self) {
         while let Some((ticket, owner)) = self.app.parking.expired(self.now) {
-            self.resume_parked(ticket, |app, out| app.expire_parked(ticket, owner, out));
+            let expired = self.app.take_expired(ticket, owner);
+            self.resume_parked(ticket, |app, out| app.expired_reply(expired, out));
         }
     }
 

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::PrimesLimits;
 use super::sieve::{self, PrimeTable};
@@ -84,7 +85,7 @@ impl Status {
 pub struct TaskView {
     pub n: u64,
     pub status: Status,
-    pub result: Option<(Rc<[u8]>, usize)>,
+    pub result: Option<(Arc<[u8]>, usize)>,
 }
 
 impl TaskView {
@@ -142,7 +143,7 @@ pub struct PrimesService {
     /// Settled tasks by when they settled, for retention.
     expiry: BTreeSet<(u64, TaskId)>,
     /// `[2, 3, …` for the first `table_len` primes; shared by every reply.
-    table: Rc<[u8]>,
+    table: Arc<[u8]>,
     table_len: u64,
     /// The n of the sieve queued or running, if any.
     sieving: Option<u64>,
@@ -170,7 +171,7 @@ impl PrimesService {
             tasks: HashMap::with_capacity(records.len()),
             pending: BTreeSet::new(),
             expiry: BTreeSet::new(),
-            table: Rc::from(&b"["[..]),
+            table: Arc::from(&b"["[..]),
             table_len: 0,
             sieving: None,
             table_wanted: 0,
@@ -298,7 +299,7 @@ impl PrimesService {
         self.sieving = None;
         if table.len() > self.table_len {
             self.table_len = table.len();
-            self.table = Rc::from(table.into_json());
+            self.table = table.into_json();
         }
         let mut sieved = Sieved::default();
         while let Some(&(n, id)) = self.pending.first()

@@ -11,6 +11,8 @@
 //! from k alone (how many primes have each number of digits is known), so
 //! one text serves every k up to the table's size.
 
+use std::sync::Arc;
+
 use crate::fib::digits;
 
 /// Odd numbers per segment: 32 KiB of flags, one byte each.
@@ -35,10 +37,11 @@ const PRIMES_BELOW_POW10: [u64; 11] = [
 /// comfortably and its digits the table above.
 pub const MAX_N: u64 = 100_000_000;
 
-/// The first `len` primes as JSON text without its closing bracket.
+/// The first `len` primes as JSON text without its closing bracket, in an
+/// `Arc` made on the compute thread so the loop only moves a pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrimeTable {
-    json: Vec<u8>,
+    json: Arc<[u8]>,
     len: u64,
 }
 
@@ -53,7 +56,7 @@ impl PrimeTable {
     }
 
     /// The rendering, `[2, 3, …, p(len)` with no closing bracket.
-    pub fn into_json(self) -> Vec<u8> {
+    pub fn into_json(self) -> Arc<[u8]> {
         self.json
     }
 }
@@ -99,7 +102,10 @@ pub fn first_primes(n: u64) -> PrimeTable {
     if n > 0 && emit(2) {
         sieve_odd_primes(upper_bound(n), emit);
     }
-    PrimeTable { json, len: found }
+    PrimeTable {
+        json: Arc::from(json),
+        len: found,
+    }
 }
 
 /// Calls `emit` with every odd prime up to `limit` in order, until it says stop.
@@ -179,7 +185,7 @@ mod tests {
         ] {
             let table = first_primes(n as u64);
             assert_eq!(table.len(), n as u64);
-            let json = String::from_utf8(table.into_json()).unwrap();
+            let json = String::from_utf8(table.into_json().to_vec()).unwrap();
             assert_eq!(json, render(&all[..n]), "n={n}");
         }
     }

@@ -26,7 +26,7 @@ use crate::fib::service::FibService;
 use crate::http::response::{ContentType, Head, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
-use crate::primes::service::PrimesService;
+use crate::primes::service::{PrimesService, PrimesWaiter};
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::stepper::{BatchId, Stepper};
 use std::rc::Rc;
@@ -115,6 +115,13 @@ pub enum Waiting {
     Fib,
     /// A primes task GET waiting for its task to settle (`?wait`).
     PrimesTask,
+}
+
+/// A parked request whose deadline passed, as its owner gave it back.
+#[derive(Clone, Copy, Debug)]
+pub enum Expired {
+    PrimesTask(Option<PrimesWaiter>),
+    Fib,
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -245,13 +252,22 @@ impl App {
         }
     }
 
-    /// Answers a parked request whose deadline passed, through its owner.
-    pub fn expire_parked(&mut self, ticket: Ticket, owner: Waiting, out: &mut Output) -> Reply {
+    /// Takes a parked request whose deadline passed back from the service
+    /// that owns it, whether or not its client is still there.
+    pub fn take_expired(&mut self, ticket: Ticket, owner: Waiting) -> Expired {
         match owner {
-            Waiting::PrimesTask => self.primes_wait_over(ticket, out),
+            Waiting::PrimesTask => Expired::PrimesTask(self.primes.forget_waiter(ticket)),
+            Waiting::Fib => Expired::Fib,
+        }
+    }
+
+    /// The answer to a request whose wait ended.
+    pub fn expired_reply(&mut self, expired: Expired, out: &mut Output) -> Reply {
+        match expired {
+            Expired::PrimesTask(waiter) => self.primes_wait_over(waiter, out),
             // /v1/fib parks without a deadline; should one pass, its
             // computation is still owed: say so rather than hang.
-            Waiting::Fib => {
+            Expired::Fib => {
                 ApiError::Busy.write(out.buf(), &self.date, false, true);
                 self.metrics
                     .request(Some(Route::Fib), ApiError::Busy.status());

@@ -11,7 +11,6 @@ use crate::fib::digits;
 use crate::http::accept::Format;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status, write_json_str};
-use crate::park::Ticket;
 use crate::primes::request::{self as task_request};
 use crate::primes::service::{PrimesWaiter, Refused, Status as TaskStatus, TaskShape, TaskView};
 use crate::primes::task::{ID_BYTES, TaskId};
@@ -142,8 +141,12 @@ impl App {
     }
 
     /// A `?wait` ended before the task settled: its current state, 200.
-    pub(super) fn primes_wait_over(&mut self, ticket: Ticket, out: &mut Output) -> Reply {
-        match self.primes.forget_waiter(ticket) {
+    pub(super) fn primes_wait_over(
+        &mut self,
+        waiter: Option<PrimesWaiter>,
+        out: &mut Output,
+    ) -> Reply {
+        match waiter {
             Some(waiter) => self.primes_reply(&waiter, out),
             None => {
                 let shape = TaskShape {
