@@ -74,12 +74,12 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     })??;
     let tasks: Vec<(TaskId, Task)> = records
         .into_iter()
-        .filter_map(|(key, value)| {
-            let task = Task::decode(&value);
+        .filter_map(|(seq, value)| {
+            let task = Task::decode(seq, &value);
             if task.is_none() {
-                log::warn!("skipping a task record this version cannot read");
+                log::warn!("skipping task record {seq}: this version cannot read it");
             }
-            Some((TaskId::from_bytes(key), task?))
+            task
         })
         .collect();
     let from_systemd = activated.is_some();

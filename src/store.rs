@@ -1,6 +1,7 @@
 //! The durable store: one LMDB environment (through heed) holding the stepper's
 //! index and the records of other services (the primes tasks), keyed by a
-//! 16-byte id. This is the only file that knows LMDB, and the only place with
+//! sequence number so new records land at the B-tree's right edge (a commit
+//! of many records dirties a page or two, not one page per record). This is the only file that knows LMDB, and the only place with
 //! `unsafe`. It does not know about threads or batching: `committer` runs it
 //! off the event loop, and the services decide what to write. A batch, the
 //! index and every record write in it, is one transaction: one commit, one
@@ -25,8 +26,8 @@ const LOCK_FILE: &str = "fibd.lock";
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
 type RecordsDb<'e> = Database<'e, Bytes, Bytes>;
 
-/// The key of a record: a task id.
-pub type RecordKey = [u8; 16];
+/// The key of a record: its sequence number, in insertion order.
+pub type RecordKey = u64;
 
 /// One change to the records, carried by a commit batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,9 +186,11 @@ impl IndexTable<'_> {
         self.db.put(&mut wtxn, INDEX_KEY, &index)?;
         for write in records {
             match write {
-                RecordWrite::Put { key, value } => self.records.put(&mut wtxn, key, value)?,
+                RecordWrite::Put { key, value } => {
+                    self.records.put(&mut wtxn, &key.to_be_bytes(), value)?;
+                }
                 RecordWrite::Delete { key } => {
-                    self.records.delete(&mut wtxn, key)?;
+                    self.records.delete(&mut wtxn, &key.to_be_bytes())?;
                 }
             }
         }
@@ -195,14 +198,15 @@ impl IndexTable<'_> {
         Ok(())
     }
 
-    /// Every record, for start-up; keys that are not 16 bytes are skipped.
+    /// Every record in key order, for start-up; keys that are not 8 bytes
+    /// are skipped.
     pub fn read_records(&self) -> Result<Vec<(RecordKey, Vec<u8>)>, StoreError> {
         let rtxn = self.env.read_txn()?;
         let mut out = Vec::new();
         for entry in self.records.iter(&rtxn)? {
             let (key, value) = entry?;
-            if let Ok(key) = RecordKey::try_from(key) {
-                out.push((key, value.to_vec()));
+            if let Ok(key) = <[u8; 8]>::try_from(key) {
+                out.push((RecordKey::from_be_bytes(key), value.to_vec()));
             }
         }
         Ok(out)

@@ -161,11 +161,10 @@ fn lifecycle_wait_and_failure_after_a_lowered_cap() {
             "{waited:?}"
         );
     }
-    // A long wait answers as soon as the task is done.
-    let r = fibd.get(&format!("/v1/primes/tasks/{id}?wait=30"));
+    // A long wait answers as soon as the task is done (more than one wait
+    // if the machine is so busy that the blocker outlasts 30 s).
+    let v = await_done(&fibd, &id);
     let answered = posted.elapsed();
-    let v = json(&r);
-    assert_eq!(v["status"], "done", "{v}");
     let elapsed = Duration::from_millis(v["elapsed_ms"].as_u64().unwrap());
     // From acceptance to done is elapsed_ms; the reply came within a few ms of it.
     let lag = answered.saturating_sub(elapsed);

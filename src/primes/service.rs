@@ -125,11 +125,12 @@ pub struct PrimesCounts {
 /// Record writes owed to the store, by batch.
 #[derive(Debug, Default)]
 struct Writes {
-    /// Tasks whose current state (or absence) the next batch must write.
-    dirty: Vec<TaskId>,
+    /// Records (sequence number, task) whose current state, or absence,
+    /// the next batch must write.
+    dirty: Vec<(u64, TaskId)>,
     /// Dirty tasks that no caller has joined a batch for yet.
     unjoined: bool,
-    in_flight: Option<(BatchId, Vec<TaskId>)>,
+    in_flight: Option<(BatchId, Vec<(u64, TaskId)>)>,
     /// Accepted tasks whose 202 waits for this batch, oldest first.
     unacknowledged: VecDeque<(BatchId, TaskId)>,
 }
@@ -152,6 +153,8 @@ pub struct PrimesService {
     waiters: HashMap<TaskId, Vec<PrimesWaiter>>,
     waiting_for: HashMap<Ticket, TaskId>,
     writes: Writes,
+    /// The record key of the next accepted task.
+    next_seq: u64,
     counts: PrimesCounts,
 }
 
@@ -178,6 +181,7 @@ impl PrimesService {
             waiters: HashMap::new(),
             waiting_for: HashMap::new(),
             writes: Writes::default(),
+            next_seq: records.iter().map(|(_, t)| t.seq + 1).max().unwrap_or(1),
             counts: PrimesCounts::default(),
         };
         for (id, mut task) in records {
@@ -185,7 +189,7 @@ impl PrimesService {
             if task.n > limits.max_n && !failed {
                 task.settled = Some((Outcome::Failed(Failure::AboveMax), now_ms));
                 service.counts.failed += 1;
-                service.mark_dirty(id);
+                service.mark_dirty(task.seq, id);
             }
             match task.settled {
                 None => {
@@ -237,12 +241,14 @@ impl PrimesService {
     pub fn accept(&mut self, id: TaskId, n: u64, now_ms: u64, batch: BatchId) -> Status {
         let hit = self.is_table_hit(n);
         let task = Task {
+            seq: self.next_seq,
             n,
             created_ms: now_ms,
             settled: hit.then_some((Outcome::Done, now_ms)),
         };
+        self.next_seq += 1;
         self.tasks.insert(id, task);
-        self.writes.dirty.push(id);
+        self.writes.dirty.push((task.seq, id));
         self.writes.unacknowledged.push_back((batch, id));
         self.counts.accepted += 1;
         if hit {
@@ -313,7 +319,8 @@ impl PrimesService {
                     .push(now_ms.saturating_sub(task.created_ms));
                 self.counts.done += 1;
                 self.expiry.insert((now_ms, id));
-                self.mark_dirty(id);
+                let seq = task.seq;
+                self.mark_dirty(seq, id);
             }
         }
         let ready: Vec<TaskId> = self
@@ -355,8 +362,9 @@ impl PrimesService {
             && at.saturating_add(retention_ms) <= now_ms
         {
             self.expiry.pop_first();
-            self.tasks.remove(&id);
-            self.mark_dirty(id);
+            if let Some(task) = self.tasks.remove(&id) {
+                self.mark_dirty(task.seq, id);
+            }
             expired += 1;
         }
         self.counts.expired += expired as u64;
@@ -378,12 +386,12 @@ impl PrimesService {
         ids.dedup();
         let writes = ids
             .iter()
-            .map(|id| match self.tasks.get(id) {
-                Some(task) => RecordWrite::Put {
-                    key: id.bytes(),
-                    value: task.encode(),
+            .map(|&(seq, id)| match self.tasks.get(&id) {
+                Some(task) if task.seq == seq => RecordWrite::Put {
+                    key: seq,
+                    value: task.encode(id),
                 },
-                None => RecordWrite::Delete { key: id.bytes() },
+                _ => RecordWrite::Delete { key: seq },
             })
             .collect();
         self.writes.in_flight = (!ids.is_empty()).then_some((batch, ids));
@@ -459,8 +467,8 @@ impl PrimesService {
         }
     }
 
-    fn mark_dirty(&mut self, id: TaskId) {
-        self.writes.dirty.push(id);
+    fn mark_dirty(&mut self, seq: u64, id: TaskId) {
+        self.writes.dirty.push((seq, id));
         self.writes.unjoined = true;
     }
 
@@ -472,7 +480,7 @@ impl PrimesService {
         if let Some((_, at)) = task.settled {
             self.expiry.remove(&(at, id));
         }
-        self.writes.dirty.push(id);
+        self.writes.dirty.push((task.seq, id));
     }
 }
 
@@ -571,8 +579,8 @@ mod tests {
         assert_eq!(
             writes,
             [
-                RecordWrite::Delete { key: id(1).bytes() },
-                RecordWrite::Delete { key: id(2).bytes() }
+                RecordWrite::Delete { key: 1 },
+                RecordWrite::Delete { key: 2 }
             ]
         );
         s.on_commit(CommitEffect::Released(batch(3)));
@@ -582,6 +590,7 @@ mod tests {
     #[test]
     fn recovery_resumes_pending_rebuilds_the_table_and_fails_above_max() {
         let task = |n, settled| Task {
+            seq: n,
             n,
             created_ms: 500,
             settled,
@@ -630,6 +639,7 @@ mod tests {
                 let mut bytes = [0u8; 16];
                 bytes[..4].copy_from_slice(&k.to_be_bytes());
                 let task = Task {
+                    seq: u64::from(k) + 1,
                     n: 5,
                     created_ms: 0,
                     settled: Some((Outcome::Done, 10)),

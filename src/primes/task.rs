@@ -73,6 +73,8 @@ pub enum Outcome {
 /// A task as stored. Times are Unix milliseconds, so retention survives restarts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Task {
+    /// The record's key in the store: acceptance order.
+    pub seq: u64,
     pub n: u64,
     pub created_ms: u64,
     /// How it ended and when; None while it waits for the sieve.
@@ -80,11 +82,12 @@ pub struct Task {
 }
 
 const RECORD_VERSION: u8 = 1;
-/// version, state, n, created, settled: 1 + 1 + 8 + 8 + 8 bytes.
-pub const RECORD_BYTES: usize = 26;
+/// version, state, id, n, created, settled: 1 + 1 + 16 + 8 + 8 + 8 bytes.
+pub const RECORD_BYTES: usize = 42;
 
 impl Task {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The record's value (its key is `seq`).
+    pub fn encode(&self, id: TaskId) -> Vec<u8> {
         let (state, settled_ms) = match self.settled {
             None => (0u8, 0),
             Some((Outcome::Done, at)) => (1, at),
@@ -92,25 +95,28 @@ impl Task {
         };
         let mut out = Vec::with_capacity(RECORD_BYTES);
         out.extend_from_slice(&[RECORD_VERSION, state]);
+        out.extend_from_slice(&id.bytes());
         out.extend_from_slice(&self.n.to_be_bytes());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&settled_ms.to_be_bytes());
         out
     }
 
-    /// None for a record this version cannot read.
-    pub fn decode(record: &[u8]) -> Option<Task> {
+    /// The task and its id from a record; None for one this version cannot read.
+    pub fn decode(seq: u64, record: &[u8]) -> Option<(TaskId, Task)> {
         let [RECORD_VERSION, state, rest @ ..] = record else {
             return None;
         };
+        if rest.len() != RECORD_BYTES - 2 {
+            return None;
+        }
+        let (id, rest) = rest.split_at(ID_BYTES);
+        let id = TaskId(id.try_into().ok()?);
         let word = |i: usize| -> Option<u64> {
             Some(u64::from_be_bytes(
                 rest.get(i * 8..i * 8 + 8)?.try_into().ok()?,
             ))
         };
-        if rest.len() != 24 {
-            return None;
-        }
         let (n, created_ms, settled_ms) = (word(0)?, word(1)?, word(2)?);
         let settled = match state {
             0 => None,
@@ -118,11 +124,15 @@ impl Task {
             2 => Some((Outcome::Failed(Failure::AboveMax), settled_ms)),
             _ => return None,
         };
-        Some(Task {
-            n,
-            created_ms,
-            settled,
-        })
+        Some((
+            id,
+            Task {
+                seq,
+                n,
+                created_ms,
+                settled,
+            },
+        ))
     }
 }
 
@@ -166,15 +176,17 @@ mod tests {
             Some((Outcome::Failed(Failure::AboveMax), 9)),
         ] {
             let task = Task {
+                seq: 42,
                 n: 1_000_000,
                 created_ms: 1_700_000_000_000,
                 settled,
             };
-            let record = task.encode();
+            let id = TaskId::from_bytes([7; ID_BYTES]);
+            let record = task.encode(id);
             assert_eq!(record.len(), RECORD_BYTES);
-            assert_eq!(Task::decode(&record), Some(task));
+            assert_eq!(Task::decode(42, &record), Some((id, task)));
         }
-        assert_eq!(Task::decode(&[2; RECORD_BYTES]), None);
-        assert_eq!(Task::decode(&[1, 0, 1]), None);
+        assert_eq!(Task::decode(1, &[2; RECORD_BYTES]), None);
+        assert_eq!(Task::decode(1, &[1, 0, 1]), None);
     }
 }
