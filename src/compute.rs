@@ -27,12 +27,16 @@ const QUEUE_PREALLOCATED_JOBS: usize = 1024;
 const COMPUTE_NICE: i32 = 19;
 
 /// A computation the loop hands over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
     /// The decimal digits of F(n).
     Fib(u64),
     /// The first n primes, with their JSON rendering.
     Primes(u64),
+    /// A large buffer nobody reads any more, to be freed here: giving
+    /// megabytes back to the OS takes milliseconds the loop does not have.
+    /// Produces no result.
+    Release(Arc<[u8]>),
 }
 
 /// What a job produced.
@@ -55,13 +59,17 @@ pub struct Computed {
 }
 
 impl Job {
-    fn run(self) -> Output {
+    fn run(self) -> Option<Output> {
         match self {
-            Job::Fib(n) => Output::Fib {
+            Job::Fib(n) => Some(Output::Fib {
                 n,
                 digits: fib::decimal(n).into_bytes(),
-            },
-            Job::Primes(n) => Output::Primes(sieve::first_primes(n)),
+            }),
+            Job::Primes(n) => Some(Output::Primes(sieve::first_primes(n))),
+            Job::Release(buffer) => {
+                drop(buffer);
+                None
+            }
         }
     }
 }
@@ -224,7 +232,9 @@ fn run(queue: &Queue, results: &Sender<Computed>, wake: &(dyn Fn() + Send + Sync
     }
     while let Some(job) = queue.next() {
         let started = Instant::now();
-        let output = job.run();
+        let Some(output) = job.run() else {
+            continue;
+        };
         let computed = Computed {
             output,
             elapsed: started.elapsed(),
@@ -306,6 +316,9 @@ mod tests {
         for n in ns {
             worker.submit(Job::Fib(n)).unwrap();
         }
+        worker
+            .submit(Job::Release(Arc::from(&b"gone"[..])))
+            .unwrap();
         worker.submit(Job::Primes(100)).unwrap();
         let mut results = Vec::new();
         let mut tables = Vec::new();

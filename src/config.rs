@@ -118,8 +118,9 @@ ENDPOINTS:
     GET|POST /current, /next, /previous    the stepper (text/plain; JSON with Accept: application/json)
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
-    POST /v1/primes/tasks {\"n\": N}        the first N primes as a durable task (202, then
-    GET /v1/primes/tasks/ID[?wait=S]          poll or wait); also at /tasks and /tasks/ID
+    POST /v1/primes/tasks {\"n\": N}         the first N primes as a durable task (202)
+    GET /v1/primes/tasks/ID[?wait=S]        its status and result, now or within S seconds
+                                            (also at /tasks and /tasks/ID)
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
 
 Under systemd: socket activation (LISTEN_FDS), sd_notify (READY, STATUS,

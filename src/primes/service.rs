@@ -305,7 +305,11 @@ impl PrimesService {
         self.sieving = None;
         if table.len() > self.table_len {
             self.table_len = table.len();
-            self.table = table.into_json();
+            let old = std::mem::replace(&mut self.table, table.into_json());
+            if Arc::strong_count(&old) == 1 {
+                // Freed on a compute thread (or here, if its queue is full).
+                let _ = self.worker.submit(Job::Release(old));
+            }
         }
         let mut sieved = Sieved::default();
         while let Some(&(n, id)) = self.pending.first()
