@@ -437,3 +437,21 @@ fn retention_deletes_settled_tasks_durably() {
     assert_eq!(fibd.get(&path).status, 404);
     assert_eq!(fibd.metric("fibd_primes_tasks_stored"), 0.0);
 }
+
+#[test]
+fn a_task_costs_tokens_by_its_work() {
+    let data = DataDir::new("primes-limit");
+    // One token a second, a bucket of 7,000: one task for n = 10^6 (6,000
+    // tokens) fits, a second computation does not; a table hit costs 1.
+    let fibd = Fibd::start(&data, &["--rate-limit", "1", "--rate-burst", "7000"]);
+    let id = submit(&fibd, 1_000_000);
+    let r = fibd.post_json("/v1/primes/tasks", &body(999_999));
+    if json(&fibd.get(&format!("/v1/primes/tasks/{id}")))["status"] != "done" {
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(r.header("Retry-After").is_some());
+    }
+    await_done(&fibd, &id);
+    let r = fibd.post_json("/v1/primes/tasks", &body(999_999));
+    assert_eq!(r.status, 202, "a table hit costs one token: {}", r.text());
+    assert_eq!(json(&r)["status"], "done");
+}
