@@ -11,6 +11,9 @@
 //!   one /next does to the value).
 //! - `digits/*`: [`fibd::fib::digits::write_u128`] on F(186), the largest
 //!   table value.
+//! - `primes/*`: [`fibd::primes::sieve::first_primes`], the segmented sieve
+//!   and the JSON rendering of the first 10^5 and 10^6 primes (what a primes
+//!   task computes on a compute thread).
 //!
 //! Run it with
 //!
@@ -312,6 +315,12 @@ fn cases() -> Vec<Case> {
         });
         decimal.heavy = heavy;
         all.extend([big, decimal]);
+    }
+
+    for (label, n) in [("1e5", 100_000u64), ("1e6", 1_000_000)] {
+        all.push(case(format!("primes/first/{label}"), move || {
+            Box::new(move |iters| timed(iters, || fibd::primes::sieve::first_primes(black_box(n))))
+        }));
     }
 
     all.extend([

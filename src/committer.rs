@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 
 use crate::stepper::BatchId;
-use crate::store::{Store, StoreError};
+use crate::store::{RecordWrite, Store, StoreError};
 
-/// One group commit: the index after every mutation in the batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One group commit: the index after every mutation in the batch, and the
+/// record writes (primes tasks) that ride in the same transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitRequest {
     pub batch: BatchId,
     pub index: u64,
     /// Mutations in the batch, for the batch-size histogram.
     pub steps: u64,
+    pub records: Vec<RecordWrite>,
 }
 
 /// What the store said about a batch.
@@ -91,7 +93,9 @@ fn run(
     let opened = store.with_table(|table| {
         for request in requests.iter() {
             let started = Instant::now();
-            let result = table.write_index(request.index).map(|()| started.elapsed());
+            let result = table
+                .write_batch(request.index, &request.records)
+                .map(|()| started.elapsed());
             if let Err(e) = &result {
                 log::error!("commit of index {} failed: {e}", request.index);
             }

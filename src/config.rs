@@ -11,6 +11,7 @@ use crate::access::{AccessConfig, Cidr};
 use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
+use crate::primes::PrimesLimits;
 use crate::ratelimit::RateLimitConfig;
 use crate::smart::{SmartConfig, UpstreamTarget};
 use crate::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
@@ -40,6 +41,7 @@ pub struct Config {
     pub smart: SmartConfig,
     /// None unless `--trace-zipkin` names a collector: tracing off, at no cost.
     pub trace: Option<TraceConfig>,
+    pub primes: PrimesLimits,
 }
 
 #[derive(Debug)]
@@ -129,6 +131,14 @@ OPTIONS:
                               (default: no tracing)
     --trace-sample RATIO      share of requests traced when the caller's traceparent does not
                               decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
+    --primes-max-n N          largest n of a primes task, and of the prime table
+                              [env FIBD_PRIMES_MAX_N] (default 1000000)
+    --primes-tasks-max N      primes tasks stored at most; more get 503
+                              [env FIBD_PRIMES_TASKS_MAX] (default 100000)
+    --primes-queue N          primes tasks waiting for a sieve at most; more get 503
+                              [env FIBD_PRIMES_QUEUE] (default 10000)
+    --primes-retention-secs N settled primes tasks are deleted this long after they settle
+                              [env FIBD_PRIMES_RETENTION_SECS] (default 86400)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -137,6 +147,9 @@ ENDPOINTS:
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
     GET /api/smart?timeout=MS               the upstream's JSON, hedged, within MS (1 to 60000)
+    POST /v1/primes/tasks {\"n\": N}         the first N primes as a durable task (202)
+    GET /v1/primes/tasks/ID[?wait=S]        its status and result, now or within S seconds
+                                            (also at /tasks and /tasks/ID)
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
 
 SIGHUP rereads the --api-keys file; a bad file is logged and the old keys kept.
@@ -172,6 +185,10 @@ struct Raw {
     upstream_conns_max: Option<String>,
     trace_zipkin: Option<String>,
     trace_sample: Option<String>,
+    primes_max_n: Option<String>,
+    primes_tasks_max: Option<String>,
+    primes_queue: Option<String>,
+    primes_retention_secs: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -201,6 +218,10 @@ pub fn from_args(
         upstream_conns_max: env("FIBD_UPSTREAM_MAX_CONNS"),
         trace_zipkin: env("FIBD_TRACE_ZIPKIN"),
         trace_sample: env("FIBD_TRACE_SAMPLE"),
+        primes_max_n: env("FIBD_PRIMES_MAX_N"),
+        primes_tasks_max: env("FIBD_PRIMES_TASKS_MAX"),
+        primes_queue: env("FIBD_PRIMES_QUEUE"),
+        primes_retention_secs: env("FIBD_PRIMES_RETENTION_SECS"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -242,6 +263,10 @@ pub fn from_args(
             "--upstream-max-conns" => &mut raw.upstream_conns_max,
             "--trace-zipkin" => &mut raw.trace_zipkin,
             "--trace-sample" => &mut raw.trace_sample,
+            "--primes-max-n" => &mut raw.primes_max_n,
+            "--primes-tasks-max" => &mut raw.primes_tasks_max,
+            "--primes-queue" => &mut raw.primes_queue,
+            "--primes-retention-secs" => &mut raw.primes_retention_secs,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -262,6 +287,7 @@ pub fn from_args(
 }
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
+    let primes = primes_limits(&raw)?;
     let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = resolve(&listen_text).ok_or(ConfigError::Invalid {
         setting: "listen address",
@@ -372,6 +398,43 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         access,
         smart,
         trace,
+        primes,
+    })
+}
+
+/// The primes tasks' bounds. The table's ceiling keeps its JSON (about 8 MB
+/// per million primes) and the sieve (under a second here) within a small box.
+fn primes_limits(raw: &Raw) -> Result<PrimesLimits, ConfigError> {
+    let defaults = PrimesLimits::default();
+    Ok(PrimesLimits {
+        max_n: number(
+            raw.primes_max_n.clone(),
+            defaults.max_n,
+            "primes max n",
+            1..=10_000_000,
+            "an integer from 1 to 10000000",
+        )?,
+        tasks_max: number(
+            raw.primes_tasks_max.clone(),
+            defaults.tasks_max as u64,
+            "primes tasks max",
+            1..=1_000_000,
+            "an integer from 1 to 1000000",
+        )? as usize,
+        pending_max: number(
+            raw.primes_queue.clone(),
+            defaults.pending_max as u64,
+            "primes queue",
+            1..=1_000_000,
+            "an integer from 1 to 1000000",
+        )? as usize,
+        retention: Duration::from_secs(number(
+            raw.primes_retention_secs.clone(),
+            defaults.retention.as_secs(),
+            "primes retention",
+            1..=365 * 86_400,
+            "seconds from 1 to 31536000",
+        )?),
     })
 }
 
@@ -719,5 +782,24 @@ mod tests {
             let err = parse(&["--trace-zipkin", bad], &[]).unwrap_err();
             assert!(err.to_string().contains("trace collector URL"), "{err}");
         }
+        for bad in ["0", "10000001", "1.5"] {
+            let err = parse(&["--primes-max-n", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("primes max n"), "{err}");
+        }
+    }
+
+    #[test]
+    fn primes_limits() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.primes, PrimesLimits::default());
+        let c = serve(
+            &["--primes-max-n", "500", "--primes-retention-secs=60"],
+            &[("FIBD_PRIMES_TASKS_MAX", "7"), ("FIBD_PRIMES_QUEUE", "3")],
+        );
+        assert_eq!(
+            (c.primes.max_n, c.primes.tasks_max, c.primes.pending_max),
+            (500, 7, 3)
+        );
+        assert_eq!(c.primes.retention, Duration::from_secs(60));
     }
 }

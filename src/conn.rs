@@ -8,10 +8,13 @@
 //! `epoll_ctl` is needed and a connection paused by backpressure resumes
 //! without waiting for a new edge.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Token;
@@ -53,9 +56,20 @@ pub struct ConnRef {
 
 /// What the routes do with requests; implemented by `routes::App`.
 pub trait Respond {
+    /// The most body bytes the route of `request` reads; `None` if it takes
+    /// no body (then the body is skipped, unread). A larger body gets 413.
+    fn body_limit(&self, request: &Request<'_>) -> Option<usize>;
     /// Appends the reply to `request` to `out`, or promises it later
-    /// ([`Reply::Deferred`], delivered through [`Conn::resume`]).
-    fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply;
+    /// ([`Reply::Deferred`], delivered through [`Conn::resume`]). `body` is
+    /// the whole request body for a route with a [`Respond::body_limit`],
+    /// else empty.
+    fn respond(
+        &mut self,
+        conn: ConnRef,
+        request: &Request<'_>,
+        body: &[u8],
+        out: &mut Output,
+    ) -> Reply;
     /// Appends the answer to a request that could not be framed or whose
     /// held replies were withdrawn (then `request_id` is the first of them).
     fn reject(&mut self, error: ApiError, request_id: Option<RequestId>, out: &mut Output);
@@ -76,7 +90,11 @@ pub enum Reply {
 enum Phase {
     /// Waiting for or parsing the next request head.
     Head,
-    /// Discarding a request body (fibd's endpoints take none) before the next head.
+    /// The head is in, and its route reads the body, which is not complete
+    /// yet; the whole request is parsed again when more bytes arrive (both
+    /// are small and bounded). A 100 Continue was sent if asked for.
+    AwaitBody,
+    /// Discarding a request body the route does not read before the next head.
     Body(BodySkip),
     /// Waiting for a deferred reply; the request's body is skipped afterwards.
     Deferred { body: BodyFraming, close: bool },
@@ -306,7 +324,7 @@ impl Conn {
             self.last_activity = now;
         }
         let incomplete = match self.phase {
-            Phase::Body(_) => true,
+            Phase::Body(_) | Phase::AwaitBody => true,
             Phase::Head => {
                 !self.input.is_empty() && self.output.backlog_bytes() < OUTPUT_PAUSE_BYTES
             }
@@ -376,7 +394,9 @@ impl Conn {
             match self.stream.read(scratch) {
                 Ok(0) => {
                     self.peer_closed = true;
-                    if !self.input.is_empty() && matches!(self.phase, Phase::Head) {
+                    if !self.input.is_empty()
+                        && matches!(self.phase, Phase::Head | Phase::AwaitBody)
+                    {
                         // The client stopped mid-request; nothing to answer.
                         self.input.clear();
                     }
@@ -468,15 +488,31 @@ fn answer(
                 }
                 Err(e) => return (buffered.len(), reject(phase, output, app, e)),
             },
-            Phase::Head => match parse::parse(rest, limits) {
+            Phase::Head | Phase::AwaitBody => match parse::parse(rest, limits) {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Complete { request, head_len }) => {
-                    used += head_len;
-                    let framing = request.body;
-                    if request.expect_continue && framing != BodyFraming::None {
+                    let continue_sent = matches!(phase, Phase::AwaitBody);
+                    let mut framing = request.body;
+                    let mut body = Cow::Borrowed(&[][..]);
+                    let mut body_len = 0;
+                    if let Some(limit) = app.body_limit(&request) {
+                        match collect_body(framing, &rest[head_len..], limit) {
+                            Ok(Some((bytes, len))) => (body, body_len) = (bytes, len),
+                            Ok(None) => {
+                                if request.expect_continue && !continue_sent {
+                                    output.extend(b"HTTP/1.1 100 Continue\r\n\r\n");
+                                }
+                                *phase = Phase::AwaitBody;
+                                break;
+                            }
+                            Err(e) => return (buffered.len(), reject(phase, output, app, e)),
+                        }
+                        framing = BodyFraming::None;
+                    } else if request.expect_continue && framing != BodyFraming::None {
                         output.extend(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
-                    *phase = match app.respond(conn, &request, output) {
+                    used += head_len + body_len;
+                    *phase = match app.respond(conn, &request, &body, output) {
                         Reply::Deferred => Phase::Deferred {
                             body: framing,
                             close: false,
@@ -507,6 +543,36 @@ fn reject(phase: &mut Phase, output: &mut Output, app: &mut impl Respond, error:
     app.reject(error, None, output);
     *phase = Phase::Closing;
     true
+}
+
+/// A request's whole body, and the bytes of the buffer it took.
+type Collected<'a> = (Cow<'a, [u8]>, usize);
+
+/// The whole body of a request whose route reads it, and the bytes of
+/// `buffered` it took; `None` while it is incomplete.
+fn collect_body(
+    framing: BodyFraming,
+    buffered: &[u8],
+    limit: usize,
+) -> Result<Option<Collected<'_>>, ApiError> {
+    match framing {
+        BodyFraming::None => Ok(Some((Cow::Borrowed(&[][..]), 0))),
+        BodyFraming::Length(n) => {
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= limit)
+                .ok_or(ApiError::Parse(parse::ParseError::BodyTooLarge))?;
+            Ok(buffered.get(..n).map(|body| (Cow::Borrowed(body), n)))
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new(limit as u64);
+            let mut data = Vec::new();
+            match decoder.feed_into(buffered, &mut data)? {
+                ChunkProgress::NeedMore { .. } => Ok(None),
+                ChunkProgress::Done { consumed } => Ok(Some((Cow::Owned(data), consumed))),
+            }
+        }
+    }
 }
 
 /// Consumes body bytes; returns (bytes used, body finished).
@@ -544,12 +610,12 @@ pub struct Output {
 
 enum Segment {
     /// `buf` bytes up to `end`.
-    Plain {
-        end: usize,
-    },
+    Plain { end: usize },
+    /// `body[offset..end]`.
     Shared {
-        body: Rc<[u8]>,
+        body: SharedBytes,
         offset: usize,
+        end: usize,
     },
     /// Nothing after this leaves before `batch` is committed; `at` is where
     /// `buf` stood, so a failed batch's replies can be cut off, and the held
@@ -559,6 +625,38 @@ enum Segment {
         at: usize,
         request_id: RequestId,
     },
+}
+
+/// A body shared between replies: `Rc` for what the loop built, `Arc` for
+/// what a compute thread built whole (so its allocation, copy and page
+/// faults, milliseconds for megabytes, happen there and not on the loop).
+#[derive(Clone, Debug)]
+pub enum SharedBytes {
+    Local(Rc<[u8]>),
+    Built(Arc<[u8]>),
+}
+
+impl Deref for SharedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SharedBytes::Local(bytes) => bytes,
+            SharedBytes::Built(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Rc<[u8]>> for SharedBytes {
+    fn from(bytes: Rc<[u8]>) -> Self {
+        SharedBytes::Local(bytes)
+    }
+}
+
+impl From<Arc<[u8]>> for SharedBytes {
+    fn from(bytes: Arc<[u8]>) -> Self {
+        SharedBytes::Built(bytes)
+    }
 }
 
 impl Output {
@@ -574,8 +672,22 @@ impl Output {
 
     /// Queues a body shared with other replies, without copying it.
     pub fn push_shared(&mut self, body: Rc<[u8]>) {
+        let end = body.len();
+        self.push_shared_prefix(body, end);
+    }
+
+    /// Queues the first `len` bytes of a shared body (all of it if shorter).
+    pub fn push_shared_prefix(&mut self, body: impl Into<SharedBytes>, len: usize) {
+        let body = body.into();
         self.close_plain_run();
-        self.segments.push_back(Segment::Shared { body, offset: 0 });
+        let end = len.min(body.len());
+        if end > 0 {
+            self.segments.push_back(Segment::Shared {
+                body,
+                offset: 0,
+                end,
+            });
+        }
     }
 
     /// Everything queued after this waits until `batch` is committed.
@@ -671,8 +783,8 @@ impl Output {
                     }
                     plain_from = *end;
                 }
-                Segment::Shared { body, offset } => {
-                    slices[count] = IoSlice::new(&body[*offset..]);
+                Segment::Shared { body, offset, end } => {
+                    slices[count] = IoSlice::new(&body[*offset..*end]);
                     count += 1;
                 }
                 Segment::Hold { batch, .. } => {
@@ -702,11 +814,11 @@ impl Output {
                         self.segments.pop_front();
                     }
                 }
-                Some(Segment::Shared { body, offset }) => {
-                    let take = n.min(body.len() - *offset);
+                Some(Segment::Shared { offset, end, .. }) => {
+                    let take = n.min(*end - *offset);
                     *offset += take;
                     n -= take;
-                    if *offset == body.len() {
+                    if *offset == *end {
                         self.segments.pop_front();
                     }
                 }
@@ -793,10 +905,11 @@ mod tests {
             out.extend(b"|tail1|");
             out.push_shared(Rc::from(&b"second"[..]));
             out.push_shared(Rc::from(&b"third"[..]));
-            out.extend(b"|end");
+            out.push_shared_prefix(Arc::<[u8]>::from(&b"[1, 2, 3"[..]), 4);
+            out.extend(b"]|end");
             assert_eq!(
                 drain(&mut out, chunk, |_| true),
-                b"head1|SHARED|tail1|secondthird|end"
+                b"head1|SHARED|tail1|secondthird[1, ]|end"
             );
             assert!(out.is_empty());
             assert_eq!(out.buf.len(), 0, "a flushed buffer is reset");

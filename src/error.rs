@@ -9,6 +9,7 @@ use crate::http::chunked::ChunkError;
 use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
 use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
+use crate::primes::request::TaskBodyError;
 use crate::ratelimit::{self, Decision, Limit};
 use crate::request_id::RequestId;
 use crate::smart::{Failure, UpstreamFailure};
@@ -64,6 +65,23 @@ pub enum ApiError {
     RandomUnavailable,
     /// /api/smart got no successful answer from its upstream, and why.
     Upstream(UpstreamFailure),
+    /// A body that is not declared as JSON where JSON is read.
+    UnsupportedMediaType,
+    /// A primes task body is not `{"n": N}` with N in range.
+    BadTask {
+        error: TaskBodyError,
+        max_n: u64,
+    },
+    /// The path's task id is not one fibd could have issued.
+    BadTaskId,
+    /// No stored task has this id.
+    TaskNotFound,
+    /// The cap on stored tasks is reached.
+    TasksFull,
+    /// Too many tasks wait for a computation.
+    TaskQueueFull,
+    /// A task is done but its result is being rebuilt after a restart.
+    ResultUnavailable,
 }
 
 impl From<ParseError> for ApiError {
@@ -103,6 +121,13 @@ impl ApiError {
             | ApiError::RandomUnavailable
             | ApiError::NotReady
             | ApiError::Upstream(_) => Status::SERVICE_UNAVAILABLE,
+            ApiError::UnsupportedMediaType => Status::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadTask { error, .. } if error.is_out_of_range() => Status::UNPROCESSABLE,
+            ApiError::BadTask { .. } | ApiError::BadTaskId => Status::BAD_REQUEST,
+            ApiError::TaskNotFound => Status::NOT_FOUND,
+            ApiError::TasksFull | ApiError::TaskQueueFull | ApiError::ResultUnavailable => {
+                Status::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -112,7 +137,7 @@ impl ApiError {
             ApiError::Chunk(e) => e.message(),
             ApiError::NotFound => {
                 "no such resource; try /current, /next, /previous, /v1/fib?n=N, /v1/random, \
-                 /healthz, /readyz or /metrics"
+                 POST /v1/primes/tasks, /api/smart?timeout=MS, /healthz, /readyz or /metrics"
             }
             ApiError::MethodNotAllowed { .. } => {
                 "method not allowed here; the Allow header lists the ones that are"
@@ -156,6 +181,24 @@ impl ApiError {
                 "the operating system's random number generator failed; retry shortly"
             }
             ApiError::Upstream(f) => upstream_detail(f.failure),
+            ApiError::UnsupportedMediaType => {
+                "a task is JSON: send Content-Type: application/json and a body like {\"n\": 100}"
+            }
+            ApiError::BadTask { error, .. } => error.message(),
+            ApiError::BadTaskId => {
+                "a task id is the 22-character request_id that POST /v1/primes/tasks returned"
+            }
+            ApiError::TaskNotFound => {
+                "no task has this id: use the request_id a POST returned; settled tasks are \
+                 deleted after the retention time"
+            }
+            ApiError::TasksFull => {
+                "too many tasks are stored; retry after older ones expire (Retry-After)"
+            }
+            ApiError::TaskQueueFull => "too many tasks wait for a computation; retry shortly",
+            ApiError::ResultUnavailable => {
+                "the task is done; its result is being recomputed after a restart; retry shortly"
+            }
         }
     }
 
@@ -254,6 +297,10 @@ impl ApiError {
             }
             ApiError::BadN { max_n, .. } => {
                 out.extend_from_slice(b", \"min_n\": 0, \"max_n\": ");
+                digits::write_u64(&mut out, max_n);
+            }
+            ApiError::BadTask { max_n, .. } => {
+                out.extend_from_slice(b", \"min_n\": 1, \"max_n\": ");
                 digits::write_u64(&mut out, max_n);
             }
             _ => {}

@@ -15,13 +15,17 @@
 //! - [`park`]: replies answered later: a ticket per parked request, which the
 //!   service keeps instead of the connection, and the deadlines they expire at.
 //! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
-//!   one file of replies per service (`stepper`, `fib`, `random`, `smart`,
-//!   `ops`, with `number` the value writer the stepper and /v1/fib share).
+//!   one file of replies per service (`stepper`, `fib`, `primes`, `random`,
+//!   `smart`, `ops`, with `number` the value writer the stepper and /v1/fib share).
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
 //! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big
 //!   integers, a decimal cursor whose steps and printing are linear) and the
-//!   /v1/fib service (byte-bounded cache, single flight, compute worker).
+//!   /v1/fib service (byte-bounded cache, single flight).
+//! - [`primes`]: primes as durable background tasks: the segmented sieve, the
+//!   one shared JSON table, task records, retention (sans-IO service).
+//! - [`compute`]: the low-priority threads and the one bounded queue that run
+//!   every long computation (F(n), sieves) off the loop.
 //! - [`random`]: the /v1/random service on the OS CSPRNG.
 //! - [`access`]: who the client is and what it may do: API keys (a file,
 //!   reloaded on SIGHUP) and their scopes, trusted reverse proxies, and which
@@ -36,7 +40,8 @@
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
-//! - [`store`]: LMDB through heed.
+//! - [`store`]: LMDB through heed: the stepper's index and the task records,
+//!   written together, one transaction per batch.
 //! - [`metrics`], [`logging`], [`systemd`]: Prometheus text and the dashboard's
 //!   JSON, the journald-aware log format, sd_notify and socket activation.
 //! - [`trace`]: W3C traceparent, sampled request spans in a bounded buffer,
@@ -46,12 +51,13 @@
 //! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a
 //! `SAFETY` note: opening the LMDB map (`store`), adopting the socket systemd
 //! passed and clearing its variables (`systemd`), and lowering the compute
-//! threads' priority (`fib::worker`).
+//! threads' priority (`compute`).
 //!
 //! `main.rs` only wires these together.
 
 pub mod access;
 pub mod committer;
+pub mod compute;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -60,6 +66,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod park;
+pub mod primes;
 pub mod random;
 pub mod ratelimit;
 pub mod recency;

@@ -4,16 +4,20 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use fibd::access::Access;
 use fibd::committer::Committer;
+use fibd::compute::ComputeWorker;
 use fibd::config::{self, Command, Config};
 use fibd::fib::service::FibService;
 use fibd::http::date::HttpDate;
+use fibd::primes::service::PrimesService;
+use fibd::primes::task::{Task, TaskId};
 use fibd::random::RandomSource;
 use fibd::ratelimit::RateLimiter;
-use fibd::routes::App;
+use fibd::routes::{App, Services};
 use fibd::server::{self as server, Server};
 use fibd::smart::SmartService;
 use fibd::stepper::Stepper;
@@ -80,7 +84,19 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         format!("API key file {}: {e}", path.display())
     })?;
     let store = Store::open(&config.data_dir)?;
-    let recovered = store.with_table(|table| table.read_index())??;
+    let (recovered, records) = store.with_table(|table| {
+        Ok::<_, fibd::store::StoreError>((table.read_index()?, table.read_records()?))
+    })??;
+    let tasks: Vec<(TaskId, Task)> = records
+        .into_iter()
+        .filter_map(|(seq, value)| {
+            let task = Task::decode(seq, &value);
+            if task.is_none() {
+                log::warn!("skipping task record {seq}: this version cannot read it");
+            }
+            task
+        })
+        .collect();
     let from_systemd = activated.is_some();
     let listener = match activated {
         Some(listener) => listener,
@@ -96,11 +112,23 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let poll = mio::Poll::new()?;
     let waker = Server::waker(&poll)?;
     let committer = Committer::spawn(store, waker.clone())?;
-    let fib = FibService::new(config.fib, move || {
-        if let Err(e) = waker.wake() {
-            log::error!("cannot wake the event loop after a computation: {e}");
-        }
-    })?;
+    let compute = Rc::new(ComputeWorker::spawn(
+        config.fib.threads,
+        config.fib.queue_max,
+        move || {
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the event loop after a computation: {e}");
+            }
+        },
+    )?);
+    let fib = FibService::new(config.fib, compute.clone());
+    let task_count = tasks.len();
+    let primes = PrimesService::new(
+        config.primes,
+        compute.clone(),
+        tasks,
+        unix_ms(SystemTime::now()),
+    );
     log::info!(
         "fibd {} listening on {}{} with data in {}; recovered index {}",
         env!("CARGO_PKG_VERSION"),
@@ -113,6 +141,9 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config.data_dir.display(),
         recovered
     );
+    if task_count > 0 {
+        log::info!("recovered {task_count} primes task(s); pending ones are resumed");
+    }
     log_access_settings(&config, &access);
     let limiter = RateLimiter::new(config.rate_limit.clients_max);
     if let Some(upstream) = &config.smart.upstream {
@@ -129,11 +160,16 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         limits: ResponseLimits::default(),
         token_base: server::UPSTREAM_TOKEN_BASE,
     });
-    let app = App::new(
+    let services = Services {
         stepper,
+        fib,
+        primes,
+        compute,
+    };
+    let app = App::new(
+        services,
         HttpDate::new(SystemTime::now()),
         random,
-        fib,
         access,
         limiter,
     )
@@ -178,6 +214,11 @@ fn log_access_settings(config: &Config, access: &Access) {
 /// the usual server keep-alive timeouts (uvicorn 5 s, nginx 75 s), so fibd
 /// usually closes first.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A per-process secret for hashing API keys: nobody can relate a hash, or
 /// how long comparing it takes, to a key.

@@ -5,33 +5,27 @@
 //! event-loop thread: a request costs a few additions, no lock and no
 //! allocation.
 //!
-//! # Names reserved for services still being built
-//! The dashboard (`src/dashboard.html`), the Grafana dashboard and the alert
-//! rules (`deploy/`) already read these; a service plugs in by exposing them
-//! here, through the same `expose` walk, and its panels fill:
-//!
-//! - `fibd_primes_tasks{status}` (gauge): primes tasks held now, by status
-//!   (`queued`, `running`, `done`, `failed`, `cancelled`; any label value is drawn).
-//! - `fibd_primes_tasks_total{status}` (counter): tasks that reached a final status.
-//! - `fibd_primes_queue_length`, `fibd_primes_queue_capacity` (gauges): tasks
-//!   waiting, and how many may wait (the queue-saturation alert divides them).
-//!
-//! /api/smart exposes `fibd_smart_calls_total{outcome}`, `fibd_smart_attempts`
-//! and `fibd_upstream_duration_seconds` (see `expose_upstream`), which the
-//! dashboards draw.
+//! The services' families, which the dashboard (`src/dashboard.html`), the
+//! Grafana dashboard and the alert rules (`deploy/`) read: primes tasks
+//! (`fibd_primes_tasks_total{status}`, `fibd_primes_queue_length` and
+//! `_capacity`, the table; see `expose_primes`) and /api/smart
+//! (`fibd_smart_calls_total{outcome}`, `fibd_smart_attempts`,
+//! `fibd_upstream_duration_seconds`; see `expose_upstream`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::http::response::Status;
+use crate::primes::service::PrimesCounts;
 use crate::routes::Route;
 
 /// One row per route, plus one for requests that matched none.
 const ROUTE_ROWS: usize = Route::ALL.len() + 1;
 
 /// Status codes counted individually; anything else lands in the last slot.
-const CODES: [u16; 19] = [
-    100, 200, 304, 400, 401, 403, 404, 405, 406, 408, 409, 413, 414, 422, 429, 431, 501, 503, 505,
+const CODES: [u16; 21] = [
+    100, 200, 202, 304, 400, 401, 403, 404, 405, 406, 408, 409, 413, 414, 415, 422, 429, 431, 501,
+    503, 505,
 ];
 const CODE_SLOTS: usize = CODES.len() + 1;
 
@@ -47,6 +41,9 @@ const COMMIT_BOUNDS: [f64; 11] = [
 const BATCH_BOUNDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 /// Seconds; F(10^7) takes about two.
 const COMPUTE_BOUNDS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 10.0];
+/// Seconds from a task's acceptance to done: a table hit is 0, a sieve of
+/// the first million primes tens of milliseconds, a queue behind it more.
+const TASK_BOUNDS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
 /// Seconds; one upstream attempt, from its send to its outcome.
 const UPSTREAM_BOUNDS: [f64; 12] = [
@@ -117,6 +114,19 @@ pub struct Gauges {
     pub start_time_unix_seconds: u64,
     /// Since start, on the monotonic clock (JSON only: the page's time base).
     pub uptime: Duration,
+    pub primes: PrimesGauges,
+}
+
+/// The primes tasks' state at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrimesGauges {
+    pub counts: PrimesCounts,
+    pub stored: usize,
+    pub pending: usize,
+    pub table_primes: u64,
+    pub table_bytes: usize,
+    /// Tasks that may wait for a sieve (--primes-queue).
+    pub queue_capacity: usize,
 }
 
 #[derive(Debug)]
@@ -135,6 +145,7 @@ pub struct Metrics {
     smart_outcomes: [u64; SMART_OUTCOMES.len()],
     smart_attempts: Histogram,
     upstream_seconds: Histogram,
+    primes_task_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -154,6 +165,7 @@ impl Default for Metrics {
             smart_outcomes: [0; SMART_OUTCOMES.len()],
             smart_attempts: Histogram::new(&ATTEMPT_BOUNDS),
             upstream_seconds: Histogram::new(&UPSTREAM_BOUNDS),
+            primes_task_seconds: Histogram::new(&TASK_BOUNDS),
         }
     }
 }
@@ -222,6 +234,11 @@ impl Metrics {
     /// One outbound call finished (answered or failed) after `elapsed`.
     pub fn upstream_call(&mut self, elapsed: Duration) {
         self.upstream_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A primes task done `elapsed_ms` after it was accepted.
+    pub fn primes_task_done(&mut self, elapsed_ms: u64) {
+        self.primes_task_seconds.observe(elapsed_ms as f64 / 1000.0);
     }
 
     /// The exposition, in the Prometheus text format 0.0.4.
@@ -402,6 +419,7 @@ impl Metrics {
             &self.fib_compute_seconds,
         );
         self.expose_upstream(gauges, sink);
+        self.expose_primes(&gauges.primes, sink);
     }
 
     /// /api/smart and its outbound client.
@@ -450,6 +468,77 @@ impl Metrics {
                 "fibd_upstream_retried_total",
                 "Outbound calls retried on a fresh connection because the pooled one had been closed.",
                 pool.retried,
+            ),
+        ];
+        for (kind, name, help, value) in scalars {
+            sink.scalar(kind, name, help, value);
+        }
+    }
+
+    /// The primes tasks and their prime table.
+    fn expose_primes(&self, primes: &PrimesGauges, sink: &mut dyn Exposition) {
+        let counts = primes.counts;
+        sink.family(
+            Kind::Counter,
+            "fibd_primes_tasks_total",
+            "Primes tasks by the status they reached.",
+            &["status"],
+        );
+        for (status, count) in [
+            ("accepted", counts.accepted),
+            ("done", counts.done),
+            ("failed", counts.failed),
+            ("expired", counts.expired),
+        ] {
+            sink.series(&[status], count);
+        }
+        sink.histogram(
+            "fibd_primes_task_duration_seconds",
+            "From a task's acceptance to done.",
+            &self.primes_task_seconds,
+        );
+        let scalars: [(Kind, &str, &str, u64); 7] = [
+            (
+                Kind::Counter,
+                "fibd_primes_table_hits_total",
+                "Tasks answered from the prime table on arrival, without a computation.",
+                counts.table_hits,
+            ),
+            (
+                Kind::Counter,
+                "fibd_primes_computations_total",
+                "Sieves run (each serves every pending task it covers).",
+                counts.computations,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_primes_table_primes",
+                "Primes in the table (the largest computed so far).",
+                primes.table_primes,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_primes_table_bytes",
+                "Bytes of the table's one JSON rendering, shared by every reply.",
+                primes.table_bytes as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_primes_tasks_stored",
+                "Tasks in the store (pending and settled).",
+                primes.stored as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_primes_queue_length",
+                "Tasks waiting for a sieve.",
+                primes.pending as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_primes_queue_capacity",
+                "Tasks that may wait for a sieve (--primes-queue); more get 503.",
+                primes.queue_capacity as u64,
             ),
         ];
         for (kind, name, help, value) in scalars {

@@ -6,9 +6,11 @@
 //! 3. apply commit outcomes: release or withdraw the replies they held;
 //! 4. deliver finished computations to their parked requests;
 //! 5. timers and outbound calls: expire parked requests whose deadline
-//!    passed, send due hedges, let the outbound client connect and expire,
-//!    and deliver the replies all of that decided;
-//! 6. hand the batch collected meanwhile to the commit thread;
+//!    passed (through the service that owns them), send due hedges, let the
+//!    outbound client connect and expire, and deliver the replies all of
+//!    that decided;
+//! 6. housekeeping (task retention) and hand the batch collected meanwhile
+//!    to the commit thread;
 //! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
 //!    rereads the API keys).
 //!
@@ -31,6 +33,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::committer::{CommitOutcome, Committer};
+use crate::compute::Output as Computed;
 use crate::config::Config;
 use crate::conn::{Conn, Drive, Expiry, Output, Reply, Shared};
 use crate::park::Ticket;
@@ -59,6 +62,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Timeouts are checked by a sweep this often: cheaper than a timer per
 /// connection, and a second of slack on a 10 s timeout does not matter.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Expired task records are looked for this often (retention is in hours,
+/// so a second late costs nothing), and a sieve refused by a full compute
+/// queue is retried.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Open connections, indexed by their token.
 #[derive(Default)]
@@ -130,6 +137,7 @@ pub struct Server {
     /// The clock, read once per loop pass.
     now: Instant,
     next_sweep: Instant,
+    next_housekeeping: Instant,
 }
 
 impl Server {
@@ -181,6 +189,7 @@ impl Server {
             fd_exhaustion_reported: false,
             now: Instant::now(),
             next_sweep: Instant::now() + SWEEP_INTERVAL,
+            next_housekeeping: Instant::now(),
         })
     }
 
@@ -204,7 +213,9 @@ impl Server {
             }
             self.now = Instant::now();
             self.app.now = self.now;
-            self.app.date.update(SystemTime::now());
+            let wall = SystemTime::now();
+            self.app.date.update(wall);
+            self.app.now_unix_ms = unix_ms(wall);
             let mut accept_ready = false;
             for event in &events {
                 match event.token() {
@@ -235,6 +246,7 @@ impl Server {
             self.deliver_computations();
             self.timers_and_calls();
             self.feed_starved();
+            self.housekeeping();
             self.submit_batch();
             self.tell_systemd();
             self.sweep_timeouts();
@@ -258,6 +270,8 @@ impl Server {
             self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
             self.watchdog_due,
             (self.conns.open > 0).then_some(self.next_sweep),
+            self.app.parking.next_deadline(),
+            (self.app.primes.stored() > 0).then_some(self.next_housekeeping),
         ]
         .into_iter()
         .flatten()
@@ -418,6 +432,7 @@ impl Server {
             }
         }
         let effect = self.app.stepper.on_commit(outcome.batch, succeeded);
+        self.app.primes.on_commit(effect);
         let waiting = std::mem::take(&mut self.waiting);
         for token in waiting {
             if let (CommitEffect::Failed { .. }, Some(conn)) = (effect, self.conns.get_mut(token)) {
@@ -460,14 +475,30 @@ impl Server {
         }
     }
 
-    /// Answers every request that waited for a finished F(n).
+    /// Hands each finished computation to its service and answers every
+    /// request that waited for it.
     fn deliver_computations(&mut self) {
-        while let Some(finished) = self.app.fib.finished() {
-            self.app.metrics.fib_computed(finished.elapsed);
-            for waiter in &finished.waiters {
-                self.resume_parked(waiter.ticket, |app, out| {
-                    app.fib_reply(waiter, finished.n, &finished.value, out)
-                });
+        while let Some(computed) = self.app.compute.try_result() {
+            match computed.output {
+                Computed::Fib { n, digits } => {
+                    let finished = self.app.fib.computed(n, digits, computed.elapsed);
+                    self.app.metrics.fib_computed(finished.elapsed);
+                    for waiter in &finished.waiters {
+                        self.resume_parked(waiter.ticket, |app, out| {
+                            app.fib_reply(waiter, finished.n, &finished.value, out)
+                        });
+                    }
+                }
+                Computed::Primes(table) => {
+                    log::debug!("{} primes sieved in {:?}", table.len(), computed.elapsed);
+                    let sieved = self.app.primes.sieved(table, self.app.now_unix_ms);
+                    for elapsed_ms in sieved.durations_ms {
+                        self.app.metrics.primes_task_done(elapsed_ms);
+                    }
+                    for waiter in &sieved.ready {
+                        self.resume_parked(waiter.ticket, |app, out| app.primes_reply(waiter, out));
+                    }
+                }
             }
         }
     }
@@ -486,6 +517,20 @@ impl Server {
         while let Some((ticket, reply)) = self.app.take_settled() {
             self.resume_parked(ticket, |app, out| app.write_late(reply, out));
         }
+    }
+
+    /// Deletes expired task records (through the next commit) and retries a
+    /// sieve the compute queue refused.
+    fn housekeeping(&mut self) {
+        if self.now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = self.now + HOUSEKEEPING_INTERVAL;
+        let expired = self.app.primes.expire(self.app.now_unix_ms);
+        if expired > 0 {
+            log::debug!("{expired} expired primes task(s) to delete");
+        }
+        self.app.primes.kick();
     }
 
     /// Writes the later answer of a parked request, if its client is still
@@ -510,8 +555,14 @@ impl Server {
         self.drive(token);
     }
 
+    /// Hands the collected batch to the commit thread: the stepper's index
+    /// and the task records, in one transaction.
     fn submit_batch(&mut self) {
-        if let Some(request) = self.app.stepper.take_batch() {
+        if self.app.primes.take_join() {
+            self.app.stepper.join_batch();
+        }
+        if let Some(mut request) = self.app.stepper.take_batch() {
+            request.records = self.app.primes.take_writes(request.batch);
             self.app.metrics.batch_submitted(request.steps);
             self.committer.submit(request);
         }
@@ -597,6 +648,11 @@ impl Registrar for PollRegistrar<'_> {
         self.0
             .register(stream, token, Interest::READABLE | Interest::WRITABLE)
     }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

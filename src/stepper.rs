@@ -161,6 +161,14 @@ impl Stepper {
         Ok(self.pending_reading(Some(self.collecting)))
     }
 
+    /// Another service's write joins the batch being collected (counted as
+    /// one mutation): its reply is held for the returned batch, and the
+    /// server adds the service's records to it when it is taken.
+    pub fn join_batch(&mut self) -> BatchId {
+        self.collecting_steps += 1;
+        self.collecting
+    }
+
     /// The batch to commit next, if nothing is in flight and steps have
     /// collected since the last one.
     pub fn take_batch(&mut self) -> Option<CommitRequest> {
@@ -181,6 +189,7 @@ impl Stepper {
             batch,
             index,
             steps,
+            records: Vec::new(),
         })
     }
 
@@ -268,7 +277,8 @@ mod tests {
             CommitRequest {
                 batch: BatchId(1),
                 index: 2,
-                steps: 2
+                steps: 2,
+                records: Vec::new(),
             }
         );
         assert_eq!(s.take_batch(), None, "one batch in flight at a time");
@@ -335,6 +345,27 @@ mod tests {
         let r = s.step(Step::Next).unwrap();
         assert_eq!((r.index, r.durable_after), (11, Some(BatchId(3))));
         assert_eq!(digits(&r.value), "89");
+    }
+
+    #[test]
+    fn a_joined_write_makes_a_batch_without_moving_the_index() {
+        let mut s = Stepper::new(7, 100);
+        assert_eq!(s.join_batch(), BatchId(1));
+        assert!(!s.is_settled());
+        let request = s.take_batch().unwrap();
+        assert_eq!(
+            (request.batch, request.index, request.steps),
+            (BatchId(1), 7, 1)
+        );
+        assert_eq!(s.join_batch(), BatchId(2));
+        assert_eq!(
+            s.on_commit(BatchId(1), false),
+            CommitEffect::Failed {
+                committed: BatchId(0),
+                through: BatchId(2)
+            }
+        );
+        assert_eq!(s.current().index, 7);
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The durable store: one LMDB environment (through heed) holding the stepper's
-//! index. This is the only file that knows LMDB, and the only place with
+//! index and the records of other services (the primes tasks), keyed by a
+//! sequence number so new records land at the B-tree's right edge (a commit
+//! of many records dirties a page or two, not one page per record). This is the only file that knows LMDB, and the only place with
 //! `unsafe`. It does not know about threads or batching: `committer` runs it
-//! off the event loop, and `stepper` decides what to write.
+//! off the event loop, and the services decide what to write. A batch, the
+//! index and every record write in it, is one transaction: one commit, one
+//! pair of device flushes.
 
 use std::fmt;
 use std::fs::{self, File, TryLockError};
@@ -12,7 +16,10 @@ use heed::types::{Bytes, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 
 const INDEX_KEY: &[u8] = b"index";
-/// The file is sparse and holds a few keys; the map only bounds its growth.
+const RECORDS_DB: &str = "tasks";
+/// The file is sparse; the map only bounds its growth. 100,000 task records
+/// (the default cap) take about 6 MB of B-tree pages, so this leaves room
+/// for ten times that and the copy-on-write pages of a commit.
 const MAP_SIZE_BYTES: usize = 64 << 20;
 const LOCK_FILE: &str = "fibd.lock";
 /// Test hook (debug builds, or the `test-hooks` feature): while a file of
@@ -22,6 +29,17 @@ const LOCK_FILE: &str = "fibd.lock";
 pub const FAIL_COMMITS_FILE: &str = "fail-commits";
 
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
+type RecordsDb<'e> = Database<'e, Bytes, Bytes>;
+
+/// The key of a record: its sequence number, in insertion order.
+pub type RecordKey = u64;
+
+/// One change to the records, carried by a commit batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordWrite {
+    Put { key: RecordKey, value: Vec<u8> },
+    Delete { key: RecordKey },
+}
 
 /// Why the store could not be opened, read or written.
 #[derive(Debug)]
@@ -92,7 +110,7 @@ impl Store {
         })?;
         let lock = lock_dir(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(MAP_SIZE_BYTES).max_dbs(1);
+        options.map_size(MAP_SIZE_BYTES).max_dbs(2);
         // SAFETY: the memory map is only unsound if the files are changed
         // behind LMDB's back. This process holds the directory's lock file,
         // so no other fibd writes them; LMDB's own locking covers readers.
@@ -114,15 +132,16 @@ impl Store {
         })
     }
 
-    /// Runs `f` with the index table; the table borrows the environment, so
-    /// the commit thread keeps it for its whole life inside this call.
+    /// Runs `f` with the tables; they borrow the environment, so the commit
+    /// thread keeps them for its whole life inside this call.
     pub fn with_table<R>(&self, f: impl FnOnce(IndexTable<'_>) -> R) -> Result<R, StoreError> {
         let wtxn = self.env.write_txn()?;
-        let db = self
+        let (db, records) = self
             .env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let db: IndexDb<'_> = opener.create_database(wtxn, None)?;
-                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(db))
+                let records: RecordsDb<'_> = opener.create_database(wtxn, Some(RECORDS_DB))?;
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit((db, records)))
             })?
             .unwrap_commit();
         Ok(f(IndexTable {
@@ -130,6 +149,7 @@ impl Store {
             db,
             #[cfg(any(debug_assertions, feature = "test-hooks"))]
             fault_file: &self.fault_file,
+            records,
         }))
     }
 }
@@ -157,12 +177,13 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// The stepper's one key.
+/// The stepper's one key, and the records.
 pub struct IndexTable<'e> {
     env: &'e Env<WithoutTls>,
     db: IndexDb<'e>,
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
     fault_file: &'e Path,
+    records: RecordsDb<'e>,
 }
 
 impl IndexTable<'_> {
@@ -175,13 +196,43 @@ impl IndexTable<'_> {
     /// Writes the index in one transaction; returns once LMDB has synced the
     /// data pages and the meta page, so the value survives a crash.
     pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
+        self.write_batch(index, &[])
+    }
+
+    /// Writes the index and `records` in one transaction, durable on return
+    /// like [`Self::write_index`]: all of them, or (on an error) none.
+    pub fn write_batch(&self, index: u64, records: &[RecordWrite]) -> Result<(), StoreError> {
         #[cfg(any(debug_assertions, feature = "test-hooks"))]
         if self.fault_file.exists() {
             return Err(StoreError::InjectedFault);
         }
         let mut wtxn = self.env.write_txn()?;
         self.db.put(&mut wtxn, INDEX_KEY, &index)?;
+        for write in records {
+            match write {
+                RecordWrite::Put { key, value } => {
+                    self.records.put(&mut wtxn, &key.to_be_bytes(), value)?;
+                }
+                RecordWrite::Delete { key } => {
+                    self.records.delete(&mut wtxn, &key.to_be_bytes())?;
+                }
+            }
+        }
         wtxn.commit()?;
         Ok(())
+    }
+
+    /// Every record in key order, for start-up; keys that are not 8 bytes
+    /// are skipped.
+    pub fn read_records(&self) -> Result<Vec<(RecordKey, Vec<u8>)>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for entry in self.records.iter(&rtxn)? {
+            let (key, value) = entry?;
+            if let Ok(key) = <[u8; 8]>::try_from(key) {
+                out.push((RecordKey::from_be_bytes(key), value.to_vec()));
+            }
+        }
+        Ok(out)
     }
 }

@@ -136,15 +136,6 @@ fn bad_n_names_the_accepted_range() {
     assert_eq!(fibd.post("/v1/fib?n=5").status, 405);
 }
 
-fn metric(fibd: &Fibd, name: &str) -> f64 {
-    let text = fibd.get("/metrics").text();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("{name} in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn concurrent_requests_for_one_n_share_one_computation() {
     let data = DataDir::new("fib-flight");
@@ -160,14 +151,11 @@ fn concurrent_requests_for_one_n_share_one_computation() {
         .map(|c| c.join().unwrap().text())
         .collect();
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
-    assert_eq!(
-        metric(&fibd, "fibd_fib_compute_duration_seconds_count"),
-        1.0
-    );
+    assert_eq!(fibd.metric("fibd_fib_compute_duration_seconds_count"), 1.0);
     // And the next one is a cache hit.
-    let hits = metric(&fibd, "fibd_fib_cache_hits_total");
+    let hits = fibd.metric("fibd_fib_cache_hits_total");
     fibd.get("/v1/fib?n=700000");
-    assert_eq!(metric(&fibd, "fibd_fib_cache_hits_total"), hits + 1.0);
+    assert_eq!(fibd.metric("fibd_fib_cache_hits_total"), hits + 1.0);
 }
 
 #[test]

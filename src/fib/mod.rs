@@ -14,7 +14,6 @@ pub mod cursor;
 pub mod digits;
 pub mod request;
 pub mod service;
-pub mod worker;
 
 use std::rc::Rc;
 

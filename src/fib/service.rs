@@ -1,7 +1,9 @@
 //! The /v1/fib service: decides where F(n) comes from (table, cache, a quick
 //! computation on the loop, or the compute worker) and lets concurrent
 //! requests for one n share a single computation. It knows nothing of HTTP
-//! bytes; `routes` writes the replies.
+//! bytes; `routes` writes the replies. The compute worker is shared with the
+//! primes tasks: this service submits jobs to it, and the loop hands each
+//! finished F(n) back through [`FibService::computed`].
 
 use crate::request_id::RequestId;
 use crate::trace::SpanStart;
@@ -9,8 +11,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::cache::{FibCache, Joined, SingleFlight};
-use super::worker::FibWorker;
 use super::{Value, small};
+use crate::compute::{ComputeWorker, Job};
 use crate::http::accept::Format;
 use crate::http::response::Persistence;
 use crate::park::Ticket;
@@ -88,21 +90,18 @@ pub struct FibService {
     limits: FibLimits,
     cache: FibCache,
     flight: SingleFlight<FibWaiter>,
-    worker: FibWorker,
+    worker: Rc<ComputeWorker>,
 }
 
 impl FibService {
-    /// `wake` is called on a compute thread after each result.
-    pub fn new(
-        limits: FibLimits,
-        wake: impl Fn() + Send + Sync + 'static,
-    ) -> std::io::Result<Self> {
-        Ok(FibService {
+    /// Large F(n) are computed by `worker`, which the loop drains.
+    pub fn new(limits: FibLimits, worker: Rc<ComputeWorker>) -> Self {
+        FibService {
             limits,
             cache: FibCache::new(limits.cache_bytes_max),
             flight: SingleFlight::new(limits.waiters_max),
-            worker: FibWorker::spawn(limits.threads, limits.queue_max, wake)?,
-        })
+            worker,
+        }
     }
 
     /// Whether F(n) can be answered without computing it (for the rate limiter).
@@ -135,7 +134,7 @@ impl FibService {
     pub fn wait_for(&mut self, n: u64, waiter: FibWaiter) -> Result<(), Busy> {
         match self.flight.join(n, waiter) {
             Ok(Joined::Follower) => Ok(()),
-            Ok(Joined::Leader) => self.worker.submit(n).map_err(|_| {
+            Ok(Joined::Leader) => self.worker.submit(Job::Fib(n)).map_err(|_| {
                 self.flight.abandon(n);
                 Busy
             }),
@@ -143,17 +142,16 @@ impl FibService {
         }
     }
 
-    /// The next finished computation, cached and with its waiters.
-    pub fn finished(&mut self) -> Option<Finished> {
-        let computed = self.worker.try_result()?;
-        let digits: Rc<[u8]> = computed.digits.into();
-        self.cache.insert(computed.n, digits.clone());
-        Some(Finished {
-            n: computed.n,
+    /// A finished computation of F(n), cached, with everyone who waited for it.
+    pub fn computed(&mut self, n: u64, digits: Vec<u8>, elapsed: Duration) -> Finished {
+        let digits: Rc<[u8]> = digits.into();
+        self.cache.insert(n, digits.clone());
+        Finished {
+            n,
             value: Value::Big(digits),
-            waiters: self.flight.complete(computed.n),
-            elapsed: computed.elapsed,
-        })
+            waiters: self.flight.complete(n),
+            elapsed,
+        }
     }
 
     pub fn cache_bytes(&self) -> usize {
@@ -162,13 +160,5 @@ impl FibService {
 
     pub fn cache_len(&self) -> usize {
         self.cache.len()
-    }
-
-    pub fn queue_max(&self) -> usize {
-        self.limits.queue_max
-    }
-
-    pub fn queued(&self) -> usize {
-        self.worker.queued()
     }
 }

@@ -1,10 +1,12 @@
 //! Framing of `Transfer-Encoding: chunked` request bodies (RFC 9112 §7.1).
 //!
-//! fibd never uses a request body, but it must find where one ends to reach
-//! the next pipelined request, so [`ChunkedDecoder::feed`] skips the data; the
-//! upstream response reader (`super::upstream`) keeps it, through
-//! [`ChunkedDecoder::feed_with`]. It is sans-IO and byte-resumable: feed
-//! whatever arrived, in any split, and it reports how much it consumed. It owns the chunk syntax
+//! Most of fibd's routes take no body, but it must find where one ends to
+//! reach the next pipelined request, so this decoder skips the data
+//! ([`ChunkedDecoder::feed`]); the routes that read one (primes tasks) get
+//! the data too ([`ChunkedDecoder::feed_into`]), and the upstream response
+//! reader (`super::upstream`) takes it run by run ([`ChunkedDecoder::feed_with`]).
+//! It is sans-IO and byte-resumable: feed whatever arrived, in any split, and
+//! it reports how much it consumed. It owns the chunk syntax
 //! and its limits; the head parser (`super::parse`) decides a body is chunked.
 //!
 //! Unlike the head parser, every line here must end in CRLF: lenient line
@@ -127,6 +129,16 @@ impl ChunkedDecoder {
     /// calls consume nothing and report `Done { consumed: 0 }`.
     pub fn feed(&mut self, buf: &[u8]) -> Result<ChunkProgress, ChunkError> {
         self.feed_with(buf, |_| {})
+    }
+
+    /// Like [`Self::feed`], appending the body's data bytes to `data` (at
+    /// most `body_bytes_max` of them in all).
+    pub fn feed_into(
+        &mut self,
+        buf: &[u8],
+        data: &mut Vec<u8>,
+    ) -> Result<ChunkProgress, ChunkError> {
+        self.feed_with(buf, |bytes| data.extend_from_slice(bytes))
     }
 
     /// Like [`ChunkedDecoder::feed`], handing each run of chunk data to `data`
@@ -329,6 +341,24 @@ mod tests {
                 body.escape_ascii().to_string()
             );
             assert_eq!(bytewise(body, MAX), expected);
+        }
+    }
+
+    #[test]
+    fn feed_into_returns_the_data_across_splits() {
+        let body = b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nT: 1\r\n\r\nNEXT";
+        for split in 0..body.len() - 4 {
+            let (a, b) = body.split_at(split);
+            let mut decoder = ChunkedDecoder::new(MAX);
+            let mut data = Vec::new();
+            decoder.feed_into(a, &mut data).unwrap();
+            assert_eq!(
+                decoder.feed_into(b, &mut data),
+                Ok(ChunkProgress::Done {
+                    consumed: b.len() - 4
+                })
+            );
+            assert_eq!(data, b"hello world", "split {split}");
         }
     }
 

@@ -141,6 +141,8 @@ pub struct Request<'a> {
     pub request_id: Option<&'a [u8]>,
     /// First `traceparent` field (W3C Trace Context), trimmed; `trace` parses it.
     pub traceparent: Option<&'a [u8]>,
+    /// First `Content-Type` field, trimmed; routes that read a body check it.
+    pub content_type: Option<&'a [u8]>,
     /// `Expect: 100-continue` was sent: the client may wait for a 100 before
     /// sending the body. Other expectations are ignored.
     pub expect_continue: bool,
@@ -531,6 +533,7 @@ struct Fields<'b> {
     x_forwarded_for: Option<&'b [u8]>,
     request_id: Option<&'b [u8]>,
     traceparent: Option<&'b [u8]>,
+    content_type: Option<&'b [u8]>,
     expect_continue: bool,
 }
 
@@ -575,6 +578,8 @@ impl<'b> Fields<'b> {
             self.request_id.get_or_insert(value);
         } else if is("traceparent") {
             self.traceparent.get_or_insert(value);
+        } else if is("content-type") {
+            self.content_type.get_or_insert(value);
         } else if is("expect") {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -636,6 +641,7 @@ fn finish<'b>(
         x_forwarded_for: fields.x_forwarded_for,
         request_id: fields.request_id,
         traceparent: fields.traceparent,
+        content_type: fields.content_type,
         expect_continue: fields.expect_continue,
     })
 }
@@ -758,6 +764,7 @@ mod tests {
         assert_eq!(r.method, Method::Post);
         assert_eq!(r.body, BodyFraming::Length(5));
         assert_eq!(r.api_key, Some(&b"secret"[..]));
+        assert_eq!(r.content_type, None);
         assert!(r.expect_continue);
 
         let (r, _) = complete(VALID[3]);
@@ -1046,8 +1053,9 @@ mod tests {
         let (r, _) = complete(
             b"GET / HTTP/1.1\r\nhOsT: a\r\nACCEPT: text/plain\r\naccept: application/json\r\n\
               x-api-KEY: k1\r\nX-Api-Key: k2\r\nIF-NONE-MATCH: *\r\nEXPECT: 100-Continue\r\n\
-              CONTENT-LENGTH: 3\r\n\r\n",
+              CONTENT-LENGTH: 3\r\ncontent-TYPE:  application/json \r\nContent-Type: text/plain\r\n\r\n",
         );
+        assert_eq!(r.content_type, Some(&b"application/json"[..]));
         assert_eq!(r.accept, Some(&b"text/plain"[..]));
         assert_eq!(r.api_key, Some(&b"k1"[..]));
         assert_eq!(r.if_none_match, Some(&b"*"[..]));

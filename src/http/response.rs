@@ -17,6 +17,7 @@ pub struct Status {
 
 impl Status {
     pub const OK: Status = Status::new(200, "HTTP/1.1 200 OK\r\n");
+    pub const ACCEPTED: Status = Status::new(202, "HTTP/1.1 202 Accepted\r\n");
     pub const NOT_MODIFIED: Status = Status::new(304, "HTTP/1.1 304 Not Modified\r\n");
     pub const BAD_REQUEST: Status = Status::new(400, "HTTP/1.1 400 Bad Request\r\n");
     pub const UNAUTHORIZED: Status = Status::new(401, "HTTP/1.1 401 Unauthorized\r\n");
@@ -28,6 +29,8 @@ impl Status {
     pub const CONFLICT: Status = Status::new(409, "HTTP/1.1 409 Conflict\r\n");
     pub const PAYLOAD_TOO_LARGE: Status = Status::new(413, "HTTP/1.1 413 Content Too Large\r\n");
     pub const URI_TOO_LONG: Status = Status::new(414, "HTTP/1.1 414 URI Too Long\r\n");
+    pub const UNSUPPORTED_MEDIA_TYPE: Status =
+        Status::new(415, "HTTP/1.1 415 Unsupported Media Type\r\n");
     pub const EXPECTATION_FAILED: Status = Status::new(417, "HTTP/1.1 417 Expectation Failed\r\n");
     pub const UNPROCESSABLE: Status = Status::new(422, "HTTP/1.1 422 Unprocessable Content\r\n");
     pub const TOO_MANY_REQUESTS: Status = Status::new(429, "HTTP/1.1 429 Too Many Requests\r\n");

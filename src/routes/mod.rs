@@ -4,12 +4,13 @@
 //!
 //! This file holds the route table, dispatch, charging and the answers every
 //! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `random`, `smart`, `ops`), and `number` is the one
+//! (`stepper`, `fib`, `primes`, `random`, `smart`, `ops`), and `number` is the one
 //! writer of a Fibonacci value that the stepper and /v1/fib share.
 
 mod fib;
 mod number;
 mod ops;
+mod primes;
 mod random;
 mod smart;
 mod stepper;
@@ -23,10 +24,12 @@ use crate::http::parse::{Method, Request};
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
+use crate::compute::ComputeWorker;
 use crate::fib::service::FibService;
 use crate::http::response::{ContentType, Head, Persistence, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
+use crate::primes::service::{PrimesService, PrimesWaiter};
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::request_id::{RequestId, RequestIds};
 use crate::smart::{SmartConfig, SmartService};
@@ -35,6 +38,7 @@ use crate::trace::{SpanStart, TraceConfig, Tracer};
 use crate::upstream::{Client, ClientConfig};
 
 pub use smart::SmartReply;
+use std::rc::Rc;
 
 /// The resources fibd serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,10 +54,14 @@ pub enum Route {
     Smart,
     MetricsJson,
     Dashboard,
+    /// POST a primes task (also at /tasks).
+    PrimesTasks,
+    /// GET one primes task by id (also at /tasks/{id}).
+    PrimesTask,
 }
 
 impl Route {
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 13] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -65,6 +73,8 @@ impl Route {
         Route::Smart,
         Route::MetricsJson,
         Route::Dashboard,
+        Route::PrimesTasks,
+        Route::PrimesTask,
     ];
 
     pub fn path(self) -> &'static str {
@@ -80,17 +90,23 @@ impl Route {
             Route::Smart => "/api/smart",
             Route::MetricsJson => "/metrics.json",
             Route::Dashboard => "/dashboard",
+            Route::PrimesTasks => "/v1/primes/tasks",
+            Route::PrimesTask => "/v1/primes/tasks/{id}",
         }
     }
 
     pub fn from_path(path: &[u8]) -> Option<Route> {
-        Route::ALL.into_iter().find(|r| r.path().as_bytes() == path)
+        Route::ALL
+            .into_iter()
+            .find(|r| r.path().as_bytes() == path)
+            .or_else(|| primes::task_route(path))
     }
 
     /// The methods a route takes, as the Allow header lists them.
     fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
+            Route::PrimesTasks => "POST",
             _ => "GET, HEAD",
         }
     }
@@ -108,6 +124,7 @@ impl Route {
             Route::Current | Route::Next | Route::Previous => {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
+            Route::PrimesTasks => method == Method::Post,
             _ => matches!(method, Method::Get | Method::Head),
         }
     }
@@ -124,6 +141,8 @@ pub enum Waiting {
     Fib,
     /// An /api/smart request waiting for its upstream attempts.
     Smart,
+    /// A primes task GET waiting for its task to settle (`?wait`).
+    PrimesTask,
 }
 
 /// Who made an outbound call, so its completion reaches the right service.
@@ -138,6 +157,8 @@ pub enum CallOwner {
 #[derive(Debug)]
 pub enum LateReply {
     Smart(SmartReply),
+    /// A primes task's `?wait` ended before the task settled: its status now.
+    PrimesWaitOver(Option<PrimesWaiter>),
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -147,6 +168,9 @@ pub struct App {
     pub metrics: Metrics,
     /// The loop pass's clock reading; the server sets it, nothing here reads a clock.
     pub now: Instant,
+    /// The same moment as Unix milliseconds, for what outlives a restart
+    /// (task creation and retention).
+    pub now_unix_ms: u64,
     /// Requests answered since the server last collected the count.
     pub answered: u64,
     /// False while commits fail: /readyz tells the load balancer.
@@ -158,6 +182,9 @@ pub struct App {
     started: Instant,
     started_at: SystemTime,
     pub fib: FibService,
+    pub primes: PrimesService,
+    /// The compute threads /v1/fib and the primes tasks share.
+    pub compute: Rc<ComputeWorker>,
     /// Requests answered later, by ticket; services keep only the tickets.
     pub parking: Parking<Waiting>,
     /// Keys, scopes and trusted proxies; the server reloads its keys on SIGHUP.
@@ -180,15 +207,28 @@ pub struct App {
     draws: Vec<i64>,
 }
 
+/// The services that answer from state the loop owns.
+pub struct Services {
+    pub stepper: Stepper,
+    pub fib: FibService,
+    pub primes: PrimesService,
+    pub compute: Rc<ComputeWorker>,
+}
+
 impl App {
     pub fn new(
-        stepper: Stepper,
+        services: Services,
         date: HttpDate,
         mut random: crate::random::RandomSource,
-        fib: FibService,
         access: Access,
         limiter: RateLimiter,
     ) -> App {
+        let Services {
+            stepper,
+            fib,
+            primes,
+            compute,
+        } = services;
         // A failed CSPRNG read leaves the prefix fixed: ids stay unique
         // within the run, which is what they are for.
         let mut request_ids = RequestIds::new(random.next_u64().unwrap_or(0));
@@ -200,6 +240,9 @@ impl App {
             stepper,
             date,
             fib,
+            primes,
+            compute,
+            now_unix_ms: 0,
             parking: Parking::new(PARKED_MAX),
             access,
             smart: SmartService::new(SmartConfig::default()),
@@ -233,6 +276,11 @@ impl App {
             // /v1/fib parks without a deadline.
             Waiting::Fib => {}
             Waiting::Smart => self.expire_smart(ticket),
+            Waiting::PrimesTask => {
+                let waiter = self.primes.forget_waiter(ticket);
+                self.settled
+                    .push_back((ticket, LateReply::PrimesWaitOver(waiter)));
+            }
         }
     }
 
@@ -243,6 +291,9 @@ impl App {
             // The computation may serve others; its reply finds no ticket.
             Waiting::Fib => {}
             Waiting::Smart => self.abandon_smart(ticket),
+            Waiting::PrimesTask => {
+                self.primes.forget_waiter(ticket);
+            }
         }
         self.parking.take(ticket);
     }
@@ -256,6 +307,7 @@ impl App {
     pub fn write_late(&mut self, reply: LateReply, out: &mut Output) -> Reply {
         match reply {
             LateReply::Smart(reply) => self.write_smart(reply, out),
+            LateReply::PrimesWaitOver(waiter) => self.primes_wait_over(waiter, out),
         }
     }
 
@@ -340,6 +392,7 @@ impl App {
         caller: &Caller,
         route: Route,
         request: &Request<'_>,
+        body: &[u8],
         out: &mut Output,
     ) -> Result<Answer, ApiError> {
         let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
@@ -373,12 +426,26 @@ impl App {
                 self.dashboard_page(request, out);
                 done(Ok(()))
             }
+            Route::PrimesTasks => self.primes_post(caller, request, body, out),
+            Route::PrimesTask => self.primes_get(conn, caller, request, out),
         }
     }
 }
 
 impl Respond for App {
-    fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
+    fn body_limit(&self, request: &Request<'_>) -> Option<usize> {
+        let route = Route::from_path(request.path)?;
+        (route == Route::PrimesTasks && route.accepts(request.method))
+            .then_some(crate::primes::request::BODY_BYTES_MAX)
+    }
+
+    fn respond(
+        &mut self,
+        conn: ConnRef,
+        request: &Request<'_>,
+        body: &[u8],
+        out: &mut Output,
+    ) -> Reply {
         self.request_id = self.request_ids.for_request(request.request_id);
         let route = Route::from_path(request.path);
         let mut caller = None;
@@ -393,7 +460,7 @@ impl Respond for App {
             }),
             Some(route) => self.admit(conn, route, request).and_then(|admitted| {
                 caller = Some(admitted);
-                self.dispatch(conn, &admitted, route, request, out)
+                self.dispatch(conn, &admitted, route, request, body, out)
             }),
         };
         if let Some(key) = caller.and_then(|c| c.key) {

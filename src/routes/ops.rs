@@ -7,7 +7,7 @@ use super::App;
 use crate::conn::Output;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status};
-use crate::metrics::{self, Gauges};
+use crate::metrics::{self, Gauges, PrimesGauges};
 
 /// One self-contained page (inline CSS and JavaScript, no external assets)
 /// that polls /metrics.json once a second and draws the last five minutes.
@@ -26,8 +26,8 @@ impl App {
             pending_index: self.stepper.pending_index(),
             fib_cache_bytes: self.fib.cache_bytes(),
             fib_cache_entries: self.fib.cache_len(),
-            fib_queue: self.fib.queued(),
-            fib_queue_capacity: self.fib.queue_max(),
+            fib_queue: self.compute.queued(),
+            fib_queue_capacity: self.compute.queue_max(),
             rate_limit_clients: self.limiter.clients(),
             upstream: self.upstream.stats(),
             trace_spans_recorded: self.tracer.as_ref().map_or(0, |t| t.counts().recorded),
@@ -37,6 +37,14 @@ impl App {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             uptime: self.now.saturating_duration_since(self.started),
+            primes: PrimesGauges {
+                counts: self.primes.counts(),
+                stored: self.primes.stored(),
+                pending: self.primes.pending(),
+                table_primes: self.primes.table_len(),
+                table_bytes: self.primes.table_bytes(),
+                queue_capacity: self.primes.pending_max(),
+            },
         }
     }
 

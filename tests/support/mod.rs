@@ -158,6 +158,21 @@ impl Fibd {
     pub fn post(&self, path: &str) -> Response {
         self.connect().request("POST", path, &[])
     }
+
+    /// POST with a JSON body on a fresh connection.
+    pub fn post_json(&self, path: &str, body: &str) -> Response {
+        self.connect().post_json(path, body)
+    }
+
+    /// One sample from /metrics: the line `name value` (labels included in `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
 }
 
 impl Drop for Fibd {
@@ -269,6 +284,11 @@ impl Client {
         &mut self.stream
     }
 
+    pub fn post_json(&mut self, path: &str, body: &str) -> Response {
+        self.send(&json_request(path, body));
+        self.read_response(false)
+    }
+
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
         self.send(&request_bytes(method, path, headers));
         self.read_response(method == "HEAD")
@@ -371,6 +391,16 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<
     }
     out.push_str("\r\n");
     out.into_bytes()
+}
+
+/// A POST of `body` as application/json with its Content-Length.
+pub fn json_request(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: fibd.test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

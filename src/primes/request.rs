@@ -1,0 +1,189 @@
+//! What a primes request may say: the POST body `{"n": N}` (JSON, read with
+//! serde_json), its Content-Type, and `?wait=SECONDS` on a GET. Each refusal
+//! names what to change.
+
+use serde_json::Value;
+
+use crate::http::query::{self, Lookup};
+use crate::http::trim_ows;
+
+/// Bytes a task body may have; `{"n": 1000000}` needs 14.
+pub const BODY_BYTES_MAX: usize = 4096;
+/// The longest `?wait` a client may ask for, in seconds.
+pub const WAIT_SECS_MAX: u64 = 30;
+
+/// Why a task body was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskBodyError {
+    NotJson,
+    NotAnObject,
+    MissingN,
+    /// A string, a fraction, an exponent, a boolean, null, an array…
+    NotAnInteger,
+    Negative,
+    Zero,
+    AboveMax,
+}
+
+impl TaskBodyError {
+    /// Text for the client; the real limit is in the error's `max_n`.
+    pub fn message(self) -> &'static str {
+        match self {
+            TaskBodyError::NotJson => {
+                "the body is not valid JSON; send {\"n\": N} with N a whole number from 1 to max_n"
+            }
+            TaskBodyError::NotAnObject => {
+                "the body must be a JSON object: {\"n\": N} with N a whole number from 1 to max_n"
+            }
+            TaskBodyError::MissingN => {
+                "the body has no \"n\"; send {\"n\": N} with N a whole number from 1 to max_n"
+            }
+            TaskBodyError::NotAnInteger => {
+                "n must be a JSON number written as a whole number (no quotes, fraction or \
+                 exponent) from 1 to max_n"
+            }
+            TaskBodyError::Negative => {
+                "n must not be negative; it is a whole number from 1 to max_n"
+            }
+            TaskBodyError::Zero => "n must be at least 1: the task asks for the first n primes",
+            TaskBodyError::AboveMax => {
+                "n is above this server's limit; it must be a whole number from 1 to max_n"
+            }
+        }
+    }
+
+    /// Out-of-range values are well-formed requests the server will not do.
+    pub fn is_out_of_range(self) -> bool {
+        matches!(self, TaskBodyError::Zero | TaskBodyError::AboveMax)
+    }
+}
+
+/// n from a task body.
+pub fn parse_body(body: &[u8], max_n: u64) -> Result<u64, TaskBodyError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| TaskBodyError::NotJson)?;
+    let object = value.as_object().ok_or(TaskBodyError::NotAnObject)?;
+    let n = object.get("n").ok_or(TaskBodyError::MissingN)?;
+    let Value::Number(number) = n else {
+        return Err(TaskBodyError::NotAnInteger);
+    };
+    let n = if let Some(n) = number.as_u64() {
+        n
+    } else if number.is_i64() {
+        return Err(TaskBodyError::Negative);
+    } else {
+        // A float: huge integers land here too (serde_json has no big
+        // integers), and so do fractions and exponents.
+        let f = number.as_f64().unwrap_or(f64::NAN);
+        return Err(if f >= 2f64.powi(63) {
+            TaskBodyError::AboveMax
+        } else if f <= -(2f64.powi(63)) {
+            TaskBodyError::Negative
+        } else {
+            TaskBodyError::NotAnInteger
+        });
+    };
+    match n {
+        0 => Err(TaskBodyError::Zero),
+        n if n > max_n => Err(TaskBodyError::AboveMax),
+        n => Ok(n),
+    }
+}
+
+/// Whether a Content-Type names JSON (`application/json`, any parameters).
+pub fn is_json(content_type: Option<&[u8]>) -> bool {
+    let Some(value) = content_type else {
+        return false;
+    };
+    let essence = value.split(|&b| b == b';').next().unwrap_or_default();
+    trim_ows(essence).eq_ignore_ascii_case(b"application/json")
+}
+
+/// `?wait=SECONDS` (0 to 30; 0 when absent); other parameters are refused.
+pub fn parse_wait(query_text: &[u8]) -> Result<u64, &'static str> {
+    const BAD: &str = "wait must be a whole number of seconds from 0 to 30, given once; \
+                       it is the only parameter a task takes";
+    if query::has_unknown(query_text, &["wait"]).is_some() {
+        return Err(BAD);
+    }
+    match query::get(query_text, "wait") {
+        Lookup::Missing => Ok(0),
+        Lookup::Repeated => Err(BAD),
+        Lookup::Present(raw) => {
+            let digits = !raw.is_empty() && raw.len() <= 3 && raw.iter().all(u8::is_ascii_digit);
+            let secs = std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok());
+            match secs {
+                Some(secs) if digits && secs <= WAIT_SECS_MAX => Ok(secs),
+                _ => Err(BAD),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskBodyError::*;
+
+    #[test]
+    fn bodies() {
+        let max = 1000;
+        assert_eq!(parse_body(br#"{"n": 100}"#, max), Ok(100));
+        assert_eq!(parse_body(br#" {"n":1000, "extra": [1]} "#, max), Ok(1000));
+        for (body, error) in [
+            (&br#"{"n": 100"#[..], NotJson),
+            (b"", NotJson),
+            (b"n=100", NotJson),
+            (b"[100]", NotAnObject),
+            (b"100", NotAnObject),
+            (br#"{}"#, MissingN),
+            (br#"{"N": 5}"#, MissingN),
+            (br#"{"n": "100"}"#, NotAnInteger),
+            (br#"{"n": 1.5}"#, NotAnInteger),
+            (br#"{"n": 100.0}"#, NotAnInteger),
+            (br#"{"n": 1e2}"#, NotAnInteger),
+            (br#"{"n": null}"#, NotAnInteger),
+            (br#"{"n": true}"#, NotAnInteger),
+            (br#"{"n": -1}"#, Negative),
+            (br#"{"n": -1e300}"#, Negative),
+            (br#"{"n": 0}"#, Zero),
+            (br#"{"n": 1001}"#, AboveMax),
+            (br#"{"n": 18446744073709551616}"#, AboveMax),
+            (br#"{"n": 1e300}"#, AboveMax),
+        ] {
+            assert_eq!(
+                parse_body(body, max),
+                Err(error),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json(Some(b"application/json")));
+        assert!(is_json(Some(b"Application/JSON; charset=utf-8")));
+        assert!(!is_json(None));
+        assert!(!is_json(Some(b"text/plain")));
+        assert!(!is_json(Some(b"application/x-www-form-urlencoded")));
+        assert!(!is_json(Some(b"application/jsonx")));
+    }
+
+    #[test]
+    fn waits() {
+        assert_eq!(parse_wait(b""), Ok(0));
+        assert_eq!(parse_wait(b"wait=0"), Ok(0));
+        assert_eq!(parse_wait(b"wait=30"), Ok(30));
+        for bad in [
+            &b"wait=31"[..],
+            b"wait=-1",
+            b"wait=",
+            b"wait=1.5",
+            b"wait=1&wait=2",
+            b"x=1",
+            b"wait=0001",
+        ] {
+            assert!(parse_wait(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

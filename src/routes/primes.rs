@@ -1,0 +1,244 @@
+//! Primes task replies: POST a task (202 once its record is durable), GET
+//! one by id, now or after `?wait`, at /v1/primes/tasks and at /tasks (the
+//! paths the service fibd replaces used).
+
+use std::time::Duration;
+
+use super::{Answer, App, Route, Waiting, negotiate};
+use crate::access::Caller;
+use crate::conn::{ConnRef, Output, Reply};
+use crate::error::ApiError;
+use crate::fib::digits;
+use crate::http::accept::Format;
+use crate::http::parse::{Method, Request};
+use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
+use crate::primes::request::{self as task_request};
+use crate::primes::service::{PrimesWaiter, Refused, Status as TaskStatus, TaskShape, TaskView};
+use crate::primes::task::{ID_BYTES, TaskId};
+use crate::primes::task_cost;
+
+const API_PREFIX: &[u8] = b"/v1/primes/tasks";
+const LEGACY_PREFIX: &[u8] = b"/tasks";
+/// A reader of a task done before a restart waits this long at most for
+/// the table to be rebuilt (the default largest took 0.7 s on a busy VM here).
+const TABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// The route of a task path that is not in the route table's exact paths.
+pub(super) fn task_route(path: &[u8]) -> Option<Route> {
+    if path == LEGACY_PREFIX {
+        return Some(Route::PrimesTasks);
+    }
+    task_id_text(path).map(|_| Route::PrimesTask)
+}
+
+/// The id part of `/v1/primes/tasks/{id}` or `/tasks/{id}`.
+fn task_id_text(path: &[u8]) -> Option<&[u8]> {
+    [API_PREFIX, LEGACY_PREFIX]
+        .into_iter()
+        .find_map(|prefix| path.strip_prefix(prefix)?.strip_prefix(b"/"))
+}
+
+impl App {
+    /// POST: a validated task, accepted into the batch being collected; the
+    /// 202 is held until that batch is committed.
+    pub(super) fn primes_post(
+        &mut self,
+        caller: &Caller,
+        request: &Request<'_>,
+        body: &[u8],
+        out: &mut Output,
+    ) -> Result<Answer, ApiError> {
+        if !task_request::is_json(request.content_type) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let max_n = self.primes.max_n();
+        let n = task_request::parse_body(body, max_n)
+            .map_err(|error| ApiError::BadTask { error, max_n })?;
+        let cost = task_cost(n, self.primes.is_table_hit(n));
+        self.charge(caller, cost)?;
+        self.primes.check_room(n).map_err(|refused| match refused {
+            Refused::StoreFull => ApiError::TasksFull,
+            Refused::QueueFull => ApiError::TaskQueueFull,
+        })?;
+        let id = self.new_task_id()?;
+        let batch = self.stepper.join_batch();
+        let status = self.primes.accept(id, n, self.now_unix_ms, batch);
+        out.push_hold(batch, self.request_id);
+        self.body.clear();
+        self.body.extend_from_slice(b"{\"request_id\": \"");
+        id.write(&mut self.body);
+        self.body.extend_from_slice(b"\", \"status\": \"");
+        self.body.extend_from_slice(status.name().as_bytes());
+        self.body.extend_from_slice(b"\"}\n");
+        let prefix = if request.path.starts_with(API_PREFIX) {
+            API_PREFIX
+        } else {
+            LEGACY_PREFIX
+        };
+        let mut head = Head::start(out.buf(), Status::ACCEPTED, &self.date, &self.request_id);
+        head.content_type(ContentType::Json)
+            .header("Cache-Control", b"no-store")
+            .header_with("Location", |v| {
+                v.extend_from_slice(prefix);
+                v.push(b'/');
+                id.write(v);
+            });
+        head.finish(Status::ACCEPTED, self.body.len(), request.persistence())
+            .extend_from_slice(&self.body);
+        Ok(Answer::Now(Status::ACCEPTED))
+    }
+
+    /// GET: the task now, or parked until it settles or the wait ends.
+    pub(super) fn primes_get(
+        &mut self,
+        conn: ConnRef,
+        caller: &Caller,
+        request: &Request<'_>,
+        out: &mut Output,
+    ) -> Result<Answer, ApiError> {
+        let text = task_id_text(request.path).unwrap_or_default();
+        let id = TaskId::parse(text).ok_or(ApiError::BadTaskId)?;
+        let wait = task_request::parse_wait(request.query)
+            .map_err(|message| ApiError::BadQuery { message })?;
+        if negotiate(request, Format::Json)? != Format::Json {
+            return Err(ApiError::NotAcceptable);
+        }
+        self.charge(caller, 1)?;
+        let view = self.primes.view(id).ok_or(ApiError::TaskNotFound)?;
+        let shape = TaskShape {
+            head_only: request.method == Method::Head,
+            persistence: request.persistence(),
+            request_id: self.request_id,
+        };
+        if view.is_final() || (wait == 0 && !view.awaits_table()) {
+            self.write_task(out, id, &view, &shape);
+            return Ok(Answer::Now(Status::OK));
+        }
+        let wait = if view.awaits_table() {
+            TABLE_WAIT
+        } else {
+            Duration::from_secs(wait)
+        };
+        let ticket = self.park(conn, Waiting::PrimesTask, Some(self.now + wait))?;
+        self.primes.wait(PrimesWaiter { ticket, id, shape });
+        Ok(Answer::Later)
+    }
+
+    /// The reply to a parked GET whose task became final.
+    pub fn primes_reply(&mut self, waiter: &PrimesWaiter, out: &mut Output) -> Reply {
+        let status = match self.primes.view(waiter.id) {
+            Some(view) if !view.awaits_table() => {
+                self.write_task(out, waiter.id, &view, &waiter.shape);
+                Status::OK
+            }
+            Some(_) => self.write_late_error(ApiError::ResultUnavailable, &waiter.shape, out),
+            None => self.write_late_error(ApiError::TaskNotFound, &waiter.shape, out),
+        };
+        self.metrics.request(Some(Route::PrimesTask), status);
+        self.answered += 1;
+        if waiter.shape.persistence.closes() {
+            Reply::Close
+        } else {
+            Reply::KeepAlive
+        }
+    }
+
+    /// A `?wait` ended before the task settled: its current state, 200.
+    pub(super) fn primes_wait_over(
+        &mut self,
+        waiter: Option<PrimesWaiter>,
+        out: &mut Output,
+    ) -> Reply {
+        match waiter {
+            Some(waiter) => self.primes_reply(&waiter, out),
+            None => {
+                let shape = TaskShape {
+                    head_only: false,
+                    persistence: Persistence::Close,
+                    request_id: self.request_ids.fresh(),
+                };
+                let status = self.write_late_error(ApiError::TaskNotFound, &shape, out);
+                self.metrics.request(Some(Route::PrimesTask), status);
+                Reply::Close
+            }
+        }
+    }
+
+    fn write_late_error(&self, error: ApiError, shape: &TaskShape, out: &mut Output) -> Status {
+        error.write(
+            out.buf(),
+            &self.date,
+            &shape.request_id,
+            shape.head_only,
+            shape.persistence,
+        );
+        error.status()
+    }
+
+    /// An unguessable id no stored task has.
+    fn new_task_id(&mut self) -> Result<TaskId, ApiError> {
+        loop {
+            let mut bytes = [0u8; ID_BYTES];
+            for half in bytes.chunks_mut(8) {
+                let word = self
+                    .random
+                    .next_u64()
+                    .map_err(|_| ApiError::RandomUnavailable)?;
+                half.copy_from_slice(&word.to_le_bytes());
+            }
+            let id = TaskId::from_bytes(bytes);
+            if !self.primes.contains(id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// `{"request_id": …, "n": …, "status": …}`, with `result` and
+    /// `elapsed_ms` once done (the result shared from the table, not
+    /// copied) or `error` once failed.
+    fn write_task(&mut self, out: &mut Output, id: TaskId, view: &TaskView, shape: &TaskShape) {
+        let body = &mut self.body;
+        body.clear();
+        body.extend_from_slice(b"{\"request_id\": \"");
+        id.write(body);
+        body.extend_from_slice(b"\", \"n\": ");
+        digits::write_u64(body, view.n);
+        body.extend_from_slice(b", \"status\": \"");
+        body.extend_from_slice(view.status.name().as_bytes());
+        body.push(b'"');
+        // Where the shared result goes, if there is one.
+        let mut split = None;
+        match view.status {
+            TaskStatus::Done { elapsed_ms } => {
+                if view.result.is_some() {
+                    body.extend_from_slice(b", \"result\": ");
+                    split = Some(body.len());
+                    body.push(b']');
+                }
+                body.extend_from_slice(b", \"elapsed_ms\": ");
+                digits::write_u64(body, elapsed_ms);
+            }
+            TaskStatus::Failed(failure) => {
+                body.extend_from_slice(b", \"error\": \"");
+                write_json_str(body, failure.message().as_bytes());
+                body.push(b'"');
+            }
+            TaskStatus::Pending | TaskStatus::Processing => {}
+        }
+        body.extend_from_slice(b"}\n");
+        let split = split.unwrap_or(body.len());
+        let result_len = view.result.as_ref().map_or(0, |(_, len)| *len);
+        let mut head = Head::start(out.buf(), Status::OK, &self.date, &shape.request_id);
+        head.content_type(ContentType::Json)
+            .header("Cache-Control", b"no-store");
+        let buf = head.finish(Status::OK, self.body.len() + result_len, shape.persistence);
+        if shape.head_only {
+            return;
+        }
+        buf.extend_from_slice(&self.body[..split]);
+        if let Some((table, len)) = &view.result {
+            out.push_shared_prefix(table.clone(), *len);
+        }
+        out.extend(&self.body[split..]);
+    }
+}
