@@ -213,6 +213,12 @@ impl ApiError {
         )
     }
 
+    /// Server-side faults a person should hear about; the rest are the
+    /// client's business (and the access log's, at debug).
+    pub fn is_fault(self) -> bool {
+        matches!(self, ApiError::CommitFailed | ApiError::RandomUnavailable)
+    }
+
     /// Appends the whole response: head and JSON body (none for HEAD).
     pub fn write(
         self,
@@ -221,25 +227,6 @@ impl ApiError {
         request_id: &RequestId,
         head_only: bool,
         persistence: Persistence,
-    ) {
-        self.write_with(out, date, request_id, head_only, persistence, |_| {});
-    }
-
-    /// Server-side faults a person should hear about; the rest are the
-    /// client's business (and the access log's, at debug).
-    pub fn is_fault(self) -> bool {
-        matches!(self, ApiError::CommitFailed | ApiError::RandomUnavailable)
-    }
-
-    /// Like [`ApiError::write`], with headers only the caller can supply.
-    pub fn write_with(
-        self,
-        out: &mut Vec<u8>,
-        date: &HttpDate,
-        request_id: &RequestId,
-        head_only: bool,
-        persistence: Persistence,
-        extra: impl FnOnce(&mut Head<'_>),
     ) {
         let status = self.status();
         let body = self.body(request_id);
@@ -270,7 +257,6 @@ impl ApiError {
             }
             _ => {}
         }
-        extra(&mut head);
         head.finish(status, body.len(), persistence);
         if !head_only {
             out.extend_from_slice(&body);
