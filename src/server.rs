@@ -506,7 +506,11 @@ impl Server {
     /// Expired parks, due hedges and the outbound client's own work, then
     /// the replies they decided.
     fn timers_and_calls(&mut self) {
+        // Answers that arrived are delivered before any deadline is looked
+        // at: a call that succeeded in the pass its deadline passed is
+        // answered with its success, and its ticket is gone before expiry.
         self.app.settle_upstream();
+        self.deliver_settled();
         while let Some((ticket, owner)) = self.app.parking.expired(self.now) {
             self.app.expire(ticket, owner);
         }
@@ -514,6 +518,11 @@ impl Server {
         let mut registrar = PollRegistrar(self.poll.registry());
         self.app.upstream.drive(self.now, &mut registrar);
         self.app.settle_upstream();
+        self.deliver_settled();
+    }
+
+    /// Writes every reply decided for a parked request to its connection.
+    fn deliver_settled(&mut self) {
         while let Some((ticket, reply)) = self.app.take_settled() {
             self.resume_parked(ticket, |app, out| app.write_late(reply, out));
         }

@@ -498,3 +498,32 @@ fn a_caller_that_hangs_up_cancels_its_attempts() {
         1.0
     );
 }
+
+/// A call that succeeds in the very pass its deadline passes is answered
+/// once, never dropped (schemathesis found such calls hanging).
+#[test]
+fn every_call_is_answered_even_at_its_deadline() {
+    use std::io::{Read, Write};
+    // Answers that land right around the deadline, in the same loop pass.
+    let upstream =
+        FakeUpstream::start(|seen| Answer::json((seen.index % 3) as u64, "{\"ok\": true}"));
+    let data = DataDir::new("smart-deadline-race");
+    let url = upstream.url();
+    let fibd = Fibd::start(&data, &["--upstream", &url]);
+    let mut hung = 0;
+    for timeout_ms in [1, 2, 3].repeat(50) {
+        let mut stream = std::net::TcpStream::connect(fibd.addr).expect("connect");
+        stream.set_read_timeout(Some(ms(3000))).unwrap();
+        let request = format!(
+            "GET /api/smart?timeout={timeout_ms} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) if answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.1 503") => {
+            }
+            _ => hung += 1,
+        }
+    }
+    assert_eq!(hung, 0, "calls left without an answer");
+}
