@@ -2,7 +2,10 @@
 # Installs fibd as a socket-activated systemd service, or removes it.
 #
 #   scripts/install.sh                  build (cargo build --release) and install
-#   scripts/install.sh --binary PATH    install a binary built elsewhere
+#                                       the binary from cargo's target directory
+#                                       (CARGO_TARGET_DIR honoured, via cargo metadata)
+#   scripts/install.sh --binary PATH    install a binary built elsewhere (no cargo
+#                                       needed: root's PATH often has none)
 #   scripts/install.sh --no-enable      install the files, leave the units disabled
 #   scripts/install.sh --uninstall      stop, disable and remove (keeps the data)
 #   scripts/install.sh --uninstall --purge   ... and delete /var/lib/private/fibd
@@ -84,10 +87,15 @@ if [ "$uninstall" = 1 ]; then
 fi
 
 if [ -z "$binary" ]; then
-    command -v cargo >/dev/null || die "cargo not found; build elsewhere and pass --binary PATH"
+    command -v cargo >/dev/null || die "cargo is not on root's PATH; build as your user \
+(cargo build --release) and pass --binary PATH, e.g. --binary target/release/fibd"
     say "building: cargo build --release --locked (in $REPO)"
     (cd "$REPO" && cargo build --release --locked)
-    binary=$REPO/target/release/fibd
+    # Where cargo put it: CARGO_TARGET_DIR or build.target-dir may move it.
+    target_dir=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps \
+        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [ -n "$target_dir" ] || die "cargo metadata did not name a target directory"
+    binary=$target_dir/release/fibd
 fi
 [ -f "$binary" ] && [ -x "$binary" ] || die "not an executable file: $binary"
 "$binary" --version >/dev/null || die "$binary --version failed; not a fibd binary?"

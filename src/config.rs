@@ -7,6 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::{AccessConfig, Cidr};
 use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
@@ -33,11 +34,12 @@ pub struct Config {
     pub fib: FibLimits,
     pub timeouts: Timeouts,
     pub rate_limit: RateLimitConfig,
+    pub access: AccessConfig,
 }
 
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    Serve(Box<Config>),
     /// `fibd healthcheck`: GET /healthz on the configured address, for
     /// container HEALTHCHECKs that have no curl.
     Healthcheck(SocketAddr),
@@ -97,9 +99,18 @@ OPTIONS:
                               [env FIBD_REQUEST_TIMEOUT_MS] (default 10000)
     --idle-timeout-ms N       close connections idle this long [env FIBD_IDLE_TIMEOUT_MS]
                               (default 60000)
-    --rate-limit N            tokens per second per client (X-API-Key, else IP); 0 turns
-                              rate limiting off [env FIBD_RATE_LIMIT] (default 5000)
+    --rate-limit N            tokens per second per client (a known API key, else the
+                              client address); 0 turns it off for anonymous clients
+                              [env FIBD_RATE_LIMIT] (default 5000)
     --rate-burst N            bucket size per client [env FIBD_RATE_BURST] (default 10000)
+    --rate-limit-loopback     limit anonymous clients on loopback too (by default a local
+                              benchmark is not throttled) [env FIBD_RATE_LIMIT_LOOPBACK=1]
+    --api-keys FILE           API keys with names, limits and scopes; reread on SIGHUP; an
+                              unknown X-API-Key gets 401 [env FIBD_API_KEYS]
+    --protect-steps           /next and /previous need a key with the step scope
+                              (needs --api-keys) [env FIBD_PROTECT_STEPS=1]
+    --trusted-proxy CIDR      believe Forwarded / X-Forwarded-For from peers in this range;
+                              repeatable [env FIBD_TRUSTED_PROXIES, comma-separated]
     -h, --help                print this help
     -V, --version             print the version
 
@@ -108,6 +119,8 @@ ENDPOINTS:
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
+
+SIGHUP rereads the --api-keys file; a bad file is logged and the old keys kept.
 
 Under systemd: socket activation (LISTEN_FDS), sd_notify (READY, STATUS,
 WATCHDOG, STOPPING) and journald priorities are used when present.
@@ -129,6 +142,12 @@ struct Raw {
     idle_timeout_ms: Option<String>,
     rate_limit: Option<String>,
     rate_burst: Option<String>,
+    rate_limit_loopback: Option<String>,
+    api_keys: Option<String>,
+    protect_steps: Option<String>,
+    /// Comma-separated, from the environment; replaced by any flags.
+    trusted_proxies: Option<String>,
+    trusted_proxy_flags: Vec<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -148,6 +167,11 @@ pub fn from_args(
         idle_timeout_ms: env("FIBD_IDLE_TIMEOUT_MS"),
         rate_limit: env("FIBD_RATE_LIMIT"),
         rate_burst: env("FIBD_RATE_BURST"),
+        rate_limit_loopback: env("FIBD_RATE_LIMIT_LOOPBACK"),
+        api_keys: env("FIBD_API_KEYS"),
+        protect_steps: env("FIBD_PROTECT_STEPS"),
+        trusted_proxies: env("FIBD_TRUSTED_PROXIES"),
+        trusted_proxy_flags: Vec::new(),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -158,8 +182,20 @@ pub fn from_args(
             }
             _ => (arg.clone(), None),
         };
+        let switch = match flag.as_str() {
+            "--rate-limit-loopback" => Some(&mut raw.rate_limit_loopback),
+            "--protect-steps" => Some(&mut raw.protect_steps),
+            _ => None,
+        };
+        if let Some(switch) = switch {
+            *switch = Some(inline_value.unwrap_or_else(|| "1".to_owned()));
+            continue;
+        }
+        let mut proxy = None;
         let slot = match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
+            "--trusted-proxy" => &mut proxy,
+            "--api-keys" => &mut raw.api_keys,
             "-V" | "--version" => return Ok(Command::Version),
             "--listen" => &mut raw.listen,
             "--data-dir" => &mut raw.data_dir,
@@ -181,12 +217,13 @@ pub fn from_args(
                 .ok_or_else(|| ConfigError::MissingValue(flag.clone()))?,
         };
         *slot = Some(value);
+        raw.trusted_proxy_flags.extend(proxy);
     }
     let config = validate(raw)?;
     Ok(if healthcheck {
         Command::Healthcheck(config.listen)
     } else {
-        Command::Serve(config)
+        Command::Serve(Box::new(config))
     })
 }
 
@@ -280,6 +317,13 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         )? as u32,
         ..defaults
     };
+    let access = access(
+        raw.api_keys,
+        raw.protect_steps,
+        raw.rate_limit_loopback,
+        raw.trusted_proxies,
+        raw.trusted_proxy_flags,
+    )?;
     Ok(Config {
         listen,
         data_dir,
@@ -289,7 +333,70 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         fib,
         timeouts,
         rate_limit,
+        access,
     })
+}
+
+fn access(
+    api_keys: Option<String>,
+    protect_steps: Option<String>,
+    rate_limit_loopback: Option<String>,
+    trusted_env: Option<String>,
+    trusted_flags: Vec<String>,
+) -> Result<AccessConfig, ConfigError> {
+    let api_keys = api_keys.filter(|p| !p.is_empty()).map(PathBuf::from);
+    let protect_steps = switch(protect_steps, "protect steps")?;
+    if protect_steps && api_keys.is_none() {
+        return Err(ConfigError::Invalid {
+            setting: "protect steps",
+            value: "on".to_owned(),
+            expected: "an --api-keys file too, with keys that have the step scope",
+        });
+    }
+    let trusted_texts = if trusted_flags.is_empty() {
+        trusted_env
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        trusted_flags
+    };
+    let trusted_proxies = trusted_texts
+        .into_iter()
+        .map(|text| {
+            Cidr::parse(&text).ok_or(ConfigError::Invalid {
+                setting: "trusted proxy",
+                value: text,
+                expected: "an address or range such as 127.0.0.1, 10.0.0.0/8 or ::1/128",
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AccessConfig {
+        api_keys,
+        protect_steps,
+        trusted_proxies,
+        rate_limit_loopback: switch(rate_limit_loopback, "rate limit loopback")?,
+    })
+}
+
+/// An on/off setting: a bare flag, or `1`/`true`/`yes`/`on` and
+/// `0`/`false`/`no`/`off` (from the environment or `--flag=VALUE`).
+fn switch(raw: Option<String>, setting: &'static str) -> Result<bool, ConfigError> {
+    let Some(text) = raw else {
+        return Ok(false);
+    };
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            setting,
+            value: text,
+            expected: "1, true, yes or on; 0, false, no or off",
+        }),
+    }
 }
 
 fn resolve(text: &str) -> Option<SocketAddr> {
@@ -332,7 +439,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
         match parse(args, env) {
-            Ok(Command::Serve(config)) => config,
+            Ok(Command::Serve(config)) => *config,
             other => panic!("expected a config, got {other:?}"),
         }
     }
@@ -389,5 +496,63 @@ mod tests {
             assert!(err.to_string().contains("max index"), "{err}");
         }
         assert!(parse(&["--listen", "nonsense"], &[]).is_err());
+    }
+
+    #[test]
+    fn access_settings() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.access, AccessConfig::default());
+        let c = serve(
+            &[
+                "--api-keys",
+                "/etc/fibd/keys",
+                "--protect-steps",
+                "--trusted-proxy",
+                "127.0.0.1",
+                "--trusted-proxy=10.0.0.0/8",
+                "--rate-limit-loopback",
+            ],
+            &[("FIBD_TRUSTED_PROXIES", "192.0.2.0/24")],
+        );
+        assert_eq!(c.access.api_keys, Some(PathBuf::from("/etc/fibd/keys")));
+        assert!(c.access.protect_steps && c.access.rate_limit_loopback);
+        let proxies: Vec<String> = c
+            .access
+            .trusted_proxies
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            proxies,
+            ["127.0.0.1/32", "10.0.0.0/8"],
+            "flags replace the environment"
+        );
+        let c = serve(
+            &[],
+            &[
+                ("FIBD_TRUSTED_PROXIES", " 192.0.2.0/24, ::1 ,"),
+                ("FIBD_API_KEYS", "/k"),
+                ("FIBD_PROTECT_STEPS", "yes"),
+                ("FIBD_RATE_LIMIT_LOOPBACK", "0"),
+            ],
+        );
+        let proxies: Vec<String> = c
+            .access
+            .trusted_proxies
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(proxies, ["192.0.2.0/24", "::1/128"]);
+        assert!(c.access.protect_steps && !c.access.rate_limit_loopback);
+        let err = parse(&["--protect-steps"], &[]).unwrap_err();
+        assert!(err.to_string().contains("--api-keys"), "{err}");
+        let err = parse(&["--trusted-proxy", "10.0.0.1/8"], &[]).unwrap_err();
+        assert!(err.to_string().contains("trusted proxy"), "{err}");
+        let err = parse(&["--rate-limit-loopback=maybe"], &[]).unwrap_err();
+        assert!(err.to_string().contains("rate limit loopback"), "{err}");
+        assert_eq!(
+            parse(&["--trusted-proxy"], &[]).unwrap_err(),
+            ConfigError::MissingValue("--trusted-proxy".into())
+        );
     }
 }

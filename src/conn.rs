@@ -46,7 +46,7 @@ const IOVECS_MAX: usize = 64;
 pub struct ConnRef {
     pub token: Token,
     pub serial: u64,
-    /// Who is charged when the request carries no API key.
+    /// The peer's address; `crate::access` decides who the client is.
     pub peer: IpAddr,
 }
 

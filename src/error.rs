@@ -2,12 +2,14 @@
 //! HTTP status and a JSON body. Internal error text never reaches a client;
 //! each message says what to change.
 
+use crate::access::Scope;
 use crate::fib::digits;
 use crate::fib::request::NQueryError;
 use crate::http::chunked::ChunkError;
 use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
-use crate::http::response::{ContentType, Head, Status, write_json_str};
+use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
+use crate::ratelimit::{self, Decision, Limit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApiError {
@@ -35,9 +37,20 @@ pub enum ApiError {
     Busy,
     /// Too many requests wait for a later answer already.
     Overloaded,
-    /// The client spent its token bucket.
+    /// The client spent its token bucket, which has this limit.
     RateLimited {
         retry_after_secs: u32,
+        limit: Limit,
+    },
+    /// An `X-API-Key` that is not in the key file.
+    UnknownKey,
+    /// No key, where one with `scope` is needed.
+    KeyRequired {
+        scope: Scope,
+    },
+    /// A known key without `scope`, where it is needed.
+    ScopeMissing {
+        scope: Scope,
     },
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
@@ -80,6 +93,8 @@ impl ApiError {
             ApiError::BadN { .. } => Status::BAD_REQUEST,
             ApiError::Busy | ApiError::Overloaded => Status::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => Status::TOO_MANY_REQUESTS,
+            ApiError::UnknownKey | ApiError::KeyRequired { .. } => Status::UNAUTHORIZED,
+            ApiError::ScopeMissing { .. } => Status::FORBIDDEN,
             ApiError::CommitFailed | ApiError::RandomUnavailable | ApiError::NotReady => {
                 Status::SERVICE_UNAVAILABLE
             }
@@ -91,7 +106,8 @@ impl ApiError {
             ApiError::Parse(e) => e.message(),
             ApiError::Chunk(e) => e.message(),
             ApiError::NotFound => {
-                "no such resource; try /current, /next, /previous, /v1/fib?n=N or /v1/random"
+                "no such resource; try /current, /next, /previous, /v1/fib?n=N, /v1/random, \
+                 /healthz, /readyz or /metrics"
             }
             ApiError::MethodNotAllowed { .. } => {
                 "method not allowed here; the Allow header lists the ones that are"
@@ -103,11 +119,24 @@ impl ApiError {
             ApiError::AtCeiling { .. } => {
                 "the index is at its ceiling (max_index); /next is refused, /previous still works"
             }
-            ApiError::BadN { error, .. } => error.message(),
+            ApiError::BadN { error, .. } => error.message_up_to_limit(),
             ApiError::Busy => "too many large Fibonacci numbers are being computed; retry shortly",
             ApiError::Overloaded => "too many requests are waiting for an answer; retry shortly",
             ApiError::RateLimited { .. } => {
-                "rate limit reached; retry after the number of seconds in Retry-After"
+                "rate limit reached; retry after the number of seconds in Retry-After. The \
+                 operator sets the limits per client with --rate-limit and --rate-burst, and \
+                 per API key in the --api-keys file"
+            }
+            ApiError::UnknownKey => {
+                "this X-API-Key is not one this server knows; check it, or send no key \
+                 where anonymous access is allowed"
+            }
+            ApiError::KeyRequired { scope: Scope::Step } => {
+                "stepping needs an API key with the step scope; send it in X-API-Key \
+                 (/current stays open)"
+            }
+            ApiError::ScopeMissing { scope: Scope::Step } => {
+                "this API key lacks the step scope that stepping needs; ask the operator for one"
             }
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
@@ -136,18 +165,23 @@ impl ApiError {
     }
 
     /// Appends the whole response: head and JSON body (none for HEAD).
-    pub fn write(self, out: &mut Vec<u8>, date: &HttpDate, head_only: bool, close: bool) {
-        self.write_with(out, date, head_only, close, |_| {});
+    pub fn write(
+        self,
+        out: &mut Vec<u8>,
+        date: &HttpDate,
+        head_only: bool,
+        persistence: Persistence,
+    ) {
+        self.write_with(out, date, head_only, persistence, |_| {});
     }
 
-    /// Like [`ApiError::write`], with headers only the caller can supply
-    /// (the rate limiter's policy and state).
+    /// Like [`ApiError::write`], with headers only the caller can supply.
     pub fn write_with(
         self,
         out: &mut Vec<u8>,
         date: &HttpDate,
         head_only: bool,
-        close: bool,
+        persistence: Persistence,
         extra: impl FnOnce(&mut Head<'_>),
     ) {
         let status = self.status();
@@ -159,8 +193,20 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 head.header("Allow", allow.as_bytes());
             }
-            ApiError::RateLimited { retry_after_secs } => {
-                head.header_u64("Retry-After", u64::from(retry_after_secs));
+            ApiError::RateLimited {
+                retry_after_secs,
+                limit,
+            } => {
+                let limited = Decision::Limited { retry_after_secs };
+                head.header_u64("Retry-After", u64::from(retry_after_secs))
+                    .header_with(ratelimit::POLICY_HEADER, |v| limit.write_policy(v))
+                    .header_with(ratelimit::STATE_HEADER, |v| limit.write_state(v, &limited));
+            }
+            ApiError::UnknownKey | ApiError::KeyRequired { .. } => {
+                head.header(
+                    "WWW-Authenticate",
+                    b"ApiKey realm=\"fibd\", header=\"X-API-Key\"",
+                );
             }
             _ if status == Status::SERVICE_UNAVAILABLE => {
                 head.header("Retry-After", b"1");
@@ -168,7 +214,7 @@ impl ApiError {
             _ => {}
         }
         extra(&mut head);
-        head.finish(status, body.len(), close);
+        head.finish(status, body.len(), persistence);
         if !head_only {
             out.extend_from_slice(&body);
         }
@@ -179,6 +225,9 @@ impl ApiError {
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"{\"error\": \"");
         write_json_str(&mut out, self.message().as_bytes());
+        if let ApiError::BadN { max_n, .. } = self {
+            digits::write_u64(&mut out, max_n);
+        }
         out.extend_from_slice(b"\", \"status\": ");
         digits::write_u64(&mut out, u64::from(self.status().code()));
         match self {

@@ -9,7 +9,8 @@
 //! - [`conn`]: one connection's state machine, the only code that touches a
 //!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
 //! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
-//!   content negotiation, the Date header, response heads.
+//!   content negotiation, the Date header, response heads (and the one rule
+//!   for the `Connection` field), the client address behind trusted proxies.
 //! - [`park`]: replies answered later: a ticket per parked request, which the
 //!   service keeps instead of the connection, and the deadlines they expire at.
 //! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
@@ -21,6 +22,9 @@
 //!   integers, a decimal cursor whose steps and printing are linear) and the
 //!   /v1/fib service (byte-bounded cache, single flight, compute worker).
 //! - [`random`]: the /v1/random service on the OS CSPRNG.
+//! - [`access`]: who the client is and what it may do: API keys (a file,
+//!   reloaded on SIGHUP) and their scopes, trusted reverse proxies, and which
+//!   bucket and limit a request is charged to.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
 //! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
 //! - [`committer`]: the commit thread that runs the store off the event loop.
@@ -36,6 +40,7 @@
 //!
 //! `main.rs` only wires these together.
 
+pub mod access;
 pub mod committer;
 pub mod config;
 pub mod conn;

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use fibd::access::Access;
 use fibd::committer::Committer;
 use fibd::config::{self, Command, Config};
 use fibd::fib::service::FibService;
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
                 );
                 default_hook(info);
             }));
-            match serve(config) {
+            match serve(*config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
@@ -64,6 +65,18 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Taken first: nothing else may run before the environment is cleaned.
     let activated = systemd::take_activated_listener()?;
+    let mut random =
+        RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
+    let secret =
+        hash_key(&mut random).map_err(|e| format!("no OS random number generator: {e}"))?;
+    let access = Access::new(config.access.clone(), config.rate_limit, secret).map_err(|e| {
+        let path = config
+            .access
+            .api_keys
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        format!("API key file {}: {e}", path.display())
+    })?;
     let store = Store::open(&config.data_dir)?;
     let recovered = store.with_table(|table| table.read_index())??;
     let from_systemd = activated.is_some();
@@ -98,15 +111,14 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config.data_dir.display(),
         recovered
     );
-    let mut random =
-        RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
-    let key = hash_key(&mut random).map_err(|e| format!("no OS random number generator: {e}"))?;
-    let limiter = RateLimiter::new(config.rate_limit, key);
+    log_access_settings(&config, &access);
+    let limiter = RateLimiter::new(config.rate_limit.clients_max);
     let app = App::new(
         stepper,
         HttpDate::new(SystemTime::now()),
         random,
         fib,
+        access,
         limiter,
     );
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
@@ -120,8 +132,33 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A per-process secret for hashing API keys, so nobody can aim many keys
-/// at one rate-limit bucket.
+/// What a new operator most needs to know about exposure, once at start.
+fn log_access_settings(config: &Config, access: &Access) {
+    let a = &config.access;
+    let proxies: Vec<String> = a.trusted_proxies.iter().map(ToString::to_string).collect();
+    log::info!(
+        "access: {} API keys{}; steps {}; trusted proxies [{}]; anonymous loopback clients {}",
+        access.key_counts().count(),
+        a.api_keys
+            .as_ref()
+            .map(|p| format!(" from {}", p.display()))
+            .unwrap_or_default(),
+        if a.protect_steps {
+            "need a key with the step scope"
+        } else {
+            "open to all"
+        },
+        proxies.join(", "),
+        if a.rate_limit_loopback || !config.rate_limit.enabled {
+            "limited like everyone"
+        } else {
+            "not rate limited"
+        },
+    );
+}
+
+/// A per-process secret for hashing API keys: nobody can relate a hash, or
+/// how long comparing it takes, to a key.
 fn hash_key(random: &mut RandomSource) -> Result<[u8; 16], getrandom::Error> {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&random.next_u64()?.to_le_bytes());

@@ -12,8 +12,8 @@ use crate::routes::Route;
 const ROUTE_ROWS: usize = Route::ALL.len() + 1;
 
 /// Status codes counted individually; anything else lands in the last slot.
-const CODES: [u16; 17] = [
-    100, 200, 304, 400, 404, 405, 406, 408, 409, 413, 414, 422, 429, 431, 501, 503, 505,
+const CODES: [u16; 19] = [
+    100, 200, 304, 400, 401, 403, 404, 405, 406, 408, 409, 413, 414, 422, 429, 431, 501, 503, 505,
 ];
 const CODE_SLOTS: usize = CODES.len() + 1;
 
@@ -283,6 +283,30 @@ impl Metrics {
     }
 }
 
+/// Requests per API key, labelled by the key's name from the key file: a
+/// small set the operator fixed, never anything a client sent. Keys with no
+/// requests are listed too, so a scrape shows which keys are loaded.
+pub fn render_key_counts<'a>(out: &mut String, keys: impl Iterator<Item = (&'a str, u64, u64)>) {
+    let mut limited = String::new();
+    out.push_str("# HELP fibd_api_key_requests_total Requests made with each API key.\n");
+    out.push_str("# TYPE fibd_api_key_requests_total counter\n");
+    for (name, requests, rate_limited) in keys {
+        let _ = writeln!(
+            out,
+            "fibd_api_key_requests_total{{key=\"{name}\"}} {requests}"
+        );
+        let _ = writeln!(
+            limited,
+            "fibd_api_key_rate_limited_total{{key=\"{name}\"}} {rate_limited}"
+        );
+    }
+    out.push_str(
+        "# HELP fibd_api_key_rate_limited_total Requests with each API key refused with 429.\n",
+    );
+    out.push_str("# TYPE fibd_api_key_rate_limited_total counter\n");
+    out.push_str(&limited);
+}
+
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
@@ -323,5 +347,25 @@ mod tests {
         );
         assert!(out.contains("fibd_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(out.contains("fibd_commit_duration_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn key_counts_are_labelled_by_name() {
+        let mut out = String::new();
+        render_key_counts(&mut out, [("ci-bot", 5, 2), ("idle", 0, 0)].into_iter());
+        assert!(
+            out.contains("fibd_api_key_requests_total{key=\"ci-bot\"} 5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fibd_api_key_requests_total{key=\"idle\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fibd_api_key_rate_limited_total{key=\"ci-bot\"} 2\n"),
+            "{out}"
+        );
+        let limited_at = out.find("fibd_api_key_rate_limited_total{").unwrap();
+        assert!(out.find("# TYPE fibd_api_key_rate_limited_total").unwrap() < limited_at);
     }
 }

@@ -288,16 +288,36 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The largest magnitude every JSON parser keeps exact: JavaScript's
+/// `Number.MAX_SAFE_INTEGER`, 2^53 - 1.
+const JSON_SAFE_MAX: i64 = (1 << 53) - 1;
+
 /// Ends in `\n` like fibd's other JSON bodies. A caller that passes anything
 /// but exactly one value with `count: None` gets the list form, which shows
 /// what was drawn, rather than a panic or a made-up value.
+///
+/// Numbers are JSON numbers when the whole requested range lies within
+/// ±(2^53 - 1), as the default range does; otherwise every number in the
+/// reply (values and bounds) is a JSON string, because `JSON.parse` would
+/// round it. The rule depends on the query alone, so a client knows the
+/// shape before it asks.
 pub fn write_json(out: &mut Vec<u8>, q: &RandomQuery, values: &[i64]) {
-    // 20 digits, a sign and ", " per value, plus the keys and both bounds.
-    out.reserve(values.len().saturating_mul(23).saturating_add(96));
+    // 20 digits, a sign, quotes and ", " per value, plus the keys and both bounds.
+    out.reserve(values.len().saturating_mul(25).saturating_add(100));
+    let quote: &[u8] = if q.min >= -JSON_SAFE_MAX && q.max <= JSON_SAFE_MAX {
+        b""
+    } else {
+        b"\""
+    };
+    let number = |out: &mut Vec<u8>, value: i64| {
+        out.extend_from_slice(quote);
+        write_i64(out, value);
+        out.extend_from_slice(quote);
+    };
     match (q.count, values) {
         (None, [value]) => {
             out.extend_from_slice(b"{\"value\": ");
-            write_i64(out, *value);
+            number(out, *value);
         }
         _ => {
             out.extend_from_slice(b"{\"values\": [");
@@ -305,15 +325,15 @@ pub fn write_json(out: &mut Vec<u8>, q: &RandomQuery, values: &[i64]) {
                 if i > 0 {
                     out.extend_from_slice(b", ");
                 }
-                write_i64(out, *value);
+                number(out, *value);
             }
             out.push(b']');
         }
     }
     out.extend_from_slice(b", \"min\": ");
-    write_i64(out, q.min);
+    number(out, q.min);
     out.extend_from_slice(b", \"max\": ");
-    write_i64(out, q.max);
+    number(out, q.max);
     out.extend_from_slice(b"}\n");
 }
 
@@ -550,11 +570,24 @@ mod tests {
             json(q(1, 1, Some(1)), &[1]),
             "prefix {\"values\": [1], \"min\": 1, \"max\": 1}\n"
         );
+        // Beyond what JSON.parse keeps exact, every number is a string.
         assert_eq!(
             json(q(i64::MIN, i64::MAX, None), &[i64::MIN]),
-            "prefix {\"value\": -9223372036854775808, \"min\": -9223372036854775808, \
-             \"max\": 9223372036854775807}\n"
+            "prefix {\"value\": \"-9223372036854775808\", \"min\": \"-9223372036854775808\", \
+             \"max\": \"9223372036854775807\"}\n"
         );
+        assert_eq!(
+            json(q(0, 1 << 53, Some(2)), &[1, 2]),
+            "prefix {\"values\": [\"1\", \"2\"], \"min\": \"0\", \"max\": \"9007199254740992\"}\n"
+        );
+        // The edge of the safe range stays a number, on both sides.
+        let safe = JSON_SAFE_MAX;
+        assert_eq!(
+            json(q(-safe, safe, None), &[safe]),
+            "prefix {\"value\": 9007199254740991, \"min\": -9007199254740991, \
+             \"max\": 9007199254740991}\n"
+        );
+        assert!(json(q(-safe - 1, 0, None), &[0]).contains("\"value\": \"0\""));
         // Misuse falls back to the list form.
         assert_eq!(
             json(q(0, 9, None), &[]),

@@ -1,11 +1,13 @@
 //! Per-client rate limiting: complexity-weighted token buckets in a table of
 //! bounded size, and the cost of computing F(n) in the same tokens.
 //!
-//! It owns who is charged ([`ClientKey`]), how much ([`fib_compute_cost`]),
-//! whether a request may go ahead ([`RateLimiter::charge`]) and the values of
-//! the `RateLimit-Policy` / `RateLimit` header fields (IETF httpapi
-//! ratelimit-headers draft). It does not own routing, status codes or the
-//! `Retry-After` field: the caller turns a [`Decision::Limited`] into a 429.
+//! It owns the buckets ([`ClientKey`] names one), how much a computation
+//! costs ([`fib_compute_cost`]), whether a request may go ahead
+//! ([`RateLimiter::charge`]) and the values of the `RateLimit-Policy` /
+//! `RateLimit` header fields (IETF httpapi ratelimit-headers draft). It does
+//! not own who the client is or which [`Limit`] applies to it (that is
+//! `crate::access`), routing, status codes or the `Retry-After` field: the
+//! caller turns a [`Decision::Limited`] into a 429.
 //!
 //! Sans-IO and sans-clock: `now` is an argument, so every test runs on
 //! synthetic instants and nothing sleeps. One limiter lives on the event loop
@@ -13,8 +15,8 @@
 //!
 //! # Memory
 //! The table never holds more than `clients_max` buckets, whatever clients
-//! send: a flood of invented API keys replaces idle buckets instead of adding
-//! new ones. See [`RateLimiter`] for which bucket gives way and why.
+//! send: a flood from invented addresses replaces idle buckets instead of
+//! adding new ones. See [`RateLimiter`] for which bucket gives way and why.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,8 +43,19 @@ const NANO_PER_TOKEN: u64 = 1_000_000_000;
 /// bucket among them is not the only choice.
 const EVICTION_CANDIDATES: usize = 8;
 
+/// What one bucket may spend: a continuous refill rate and a capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Tokens added per second, continuously.
+    pub rate_per_sec: u32,
+    /// Bucket capacity: the most a client can spend at once after being idle.
+    pub burst: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimitConfig {
+    /// False when `--rate-limit 0`: clients without their own limit (an API
+    /// key's) are not limited.
     pub enabled: bool,
     /// Tokens added to every bucket per second, continuously.
     pub rate_per_sec: u32,
@@ -67,24 +80,26 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// Who is charged: the `X-API-Key` when present, else the peer address.
-///
-/// A key is kept only as a 128-bit keyed hash, so a client cannot make us
-/// store long keys, and since the hash key is random per process it cannot
-/// pick keys that land in someone else's bucket or in one hash-map slot.
+impl RateLimitConfig {
+    /// The limit of a client without one of its own; `None` when off.
+    pub fn default_limit(&self) -> Option<Limit> {
+        self.enabled.then_some(Limit {
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+        })
+    }
+}
+
+/// Whose bucket: a known API key's, or a client address's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClientKey {
+    /// The key's keyed hash (`crate::access`): stable across reloads of the
+    /// key file, so an unchanged key keeps its bucket.
     ApiKey([u8; 16]),
     Ip(IpAddr),
 }
 
 impl ClientKey {
-    /// SipHash-2-4 with 128-bit output under `hash_key`; normally reached
-    /// through [`RateLimiter::client_key`], which holds the process's key.
-    pub fn api_key(raw: &[u8], hash_key: &[u8; 16]) -> ClientKey {
-        ClientKey::ApiKey(siphash_2_4_128(hash_key, raw))
-    }
-
     /// IPv4-mapped IPv6 addresses count as the IPv4 address, so a dual-stack
     /// socket does not give each IPv4 client a second bucket. Other IPv6
     /// addresses count by their /64: one host usually holds a whole /64 and
@@ -115,6 +130,8 @@ pub enum Decision {
 /// One client's bucket.
 struct Bucket {
     key: ClientKey,
+    /// The limit it was last charged under, for eviction's sums.
+    limit: Limit,
     nano_tokens: u64,
     /// When `nano_tokens` was last brought up to date; also "last seen".
     updated: Instant,
@@ -130,17 +147,14 @@ struct Bucket {
 /// return anyway (lossless); otherwise the one holding the most tokens, since
 /// evicting it gives its client back the fewest tokens.
 ///
-/// So a flood of invented keys mostly replaces its own earlier buckets, which
-/// are nearly full (one cheap request each), and an abuser's drained bucket
+/// So a flood from invented addresses mostly replaces its own earlier
+/// buckets, which are nearly full (one cheap request each), and an abuser's drained bucket
 /// loses every comparison: it is evicted only if all the candidates are
 /// drained too, or once it has refilled, when evicting it costs nothing. A
 /// client that keeps sending stays at the recent end and is never a candidate.
 /// Each charge is one hash lookup and O(1) list moves; each eviction looks at
 /// a fixed number of buckets.
 pub struct RateLimiter {
-    config: RateLimitConfig,
-    hash_key: [u8; 16],
-    capacity_nano: u64,
     clients_max: usize,
     index: HashMap<ClientKey, usize>,
     buckets: Vec<Bucket>,
@@ -148,67 +162,50 @@ pub struct RateLimiter {
     recency: Recency,
 }
 
-/// Hides the hash key, which would let a reader aim keys at one bucket.
 impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("config", &self.config)
             .field("clients", &self.clients())
             .finish_non_exhaustive()
     }
 }
 
 impl RateLimiter {
-    /// `hash_key` should be random per process (e.g. two words from
-    /// `crate::random::RandomSource`); see [`ClientKey`] for why.
-    pub fn new(config: RateLimitConfig, hash_key: [u8; 16]) -> RateLimiter {
+    pub fn new(clients_max: usize) -> RateLimiter {
         RateLimiter {
-            config,
-            hash_key,
-            capacity_nano: u64::from(config.burst) * NANO_PER_TOKEN,
-            clients_max: config.clients_max.max(1),
+            clients_max: clients_max.max(1),
             index: HashMap::new(),
             buckets: Vec::new(),
             recency: Recency::default(),
         }
     }
 
-    /// The one place that decides who pays: the API key when one was sent and
-    /// is not empty (an empty key shared by everyone would let one client
-    /// drain everyone's bucket), else the peer address.
-    pub fn client_key(&self, api_key: Option<&[u8]>, peer: IpAddr) -> ClientKey {
-        match api_key {
-            Some(raw) if !raw.is_empty() => ClientKey::api_key(raw, &self.hash_key),
-            _ => ClientKey::ip(peer),
-        }
-    }
-
     /// Charges `cost` tokens (1 for a stepper call or cached answer;
-    /// [`fib_compute_cost`] for computing F(n)) to `client` at `now`.
+    /// [`fib_compute_cost`] for computing F(n)) to `client` under `limit` at
+    /// `now`. A bucket whose limit changed (a key file reload) keeps its
+    /// tokens, up to the new burst.
     ///
     /// A cost above `burst` is charged as `burst`: no bucket could ever pay
     /// more, and a request that can never succeed would only teach clients to
     /// retry forever. A refused request costs nothing, so a client that waits
     /// `retry_after_secs` is served.
-    pub fn charge(&mut self, client: ClientKey, cost: u32, now: Instant) -> Decision {
-        if !self.config.enabled {
-            return Decision::Allowed {
-                remaining: self.config.burst,
-            };
-        }
-        let cost_nano = u64::from(cost.min(self.config.burst)) * NANO_PER_TOKEN;
+    pub fn charge(&mut self, client: ClientKey, cost: u32, limit: Limit, now: Instant) -> Decision {
+        let cost_nano = u64::from(cost.min(limit.burst)) * NANO_PER_TOKEN;
         let slot = match self.index.get(&client) {
             Some(&slot) => slot,
-            None => self.admit(client, now),
+            None => self.admit(client, limit, now),
         };
         self.recency.touch(slot);
-        let rate = self.config.rate_per_sec;
-        let capacity_nano = self.capacity_nano;
+        let rate = limit.rate_per_sec;
         let Some(bucket) = self.buckets.get_mut(slot) else {
             // Unreachable: every slot in the index or from `admit` exists.
             return Decision::Allowed { remaining: 0 };
         };
-        refill(bucket, rate, capacity_nano, now);
+        refill(bucket, now);
+        if bucket.limit != limit {
+            bucket.limit = limit;
+            bucket.nano_tokens = bucket.nano_tokens.min(limit.capacity_nano());
+        }
         if bucket.nano_tokens >= cost_nano {
             bucket.nano_tokens -= cost_nano;
             Decision::Allowed {
@@ -225,50 +222,13 @@ impl RateLimiter {
         self.index.len()
     }
 
-    pub fn config(&self) -> &RateLimitConfig {
-        &self.config
-    }
-
-    /// The `RateLimit-Policy` value, `"default";q=<burst>;w=<secs>`: a token
-    /// bucket is described as a quota of `burst` per the time it takes to
-    /// refill from empty, which is what a client can count on sustaining.
-    pub fn write_policy(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"\"default\";q=");
-        write_u64(out, u64::from(self.config.burst));
-        out.extend_from_slice(b";w=");
-        let window = secs_to_earn(self.capacity_nano, self.config.rate_per_sec).max(1);
-        write_u64(out, u64::from(window));
-    }
-
-    /// The `RateLimit` value, `"default";r=<remaining>;t=<secs>`, where `t` is
-    /// the time until the bucket is full again when allowed (from whole
-    /// tokens, so it may round up by one second), or until a retry can
-    /// succeed when limited, so it agrees with `Retry-After`.
-    pub fn write_state(&self, out: &mut Vec<u8>, decision: &Decision) {
-        let (remaining, secs) = match *decision {
-            Decision::Allowed { remaining } => {
-                let missing = self.config.burst.saturating_sub(remaining);
-                let secs = secs_to_earn(
-                    u64::from(missing) * NANO_PER_TOKEN,
-                    self.config.rate_per_sec,
-                );
-                (remaining, secs)
-            }
-            Decision::Limited { retry_after_secs } => (0, retry_after_secs),
-        };
-        out.extend_from_slice(b"\"default\";r=");
-        write_u64(out, u64::from(remaining));
-        out.extend_from_slice(b";t=");
-        write_u64(out, u64::from(secs));
-    }
-
     /// Finds a slot for a new client, whose bucket starts full, and indexes
     /// it; the caller puts the slot in the recency list.
-    fn admit(&mut self, client: ClientKey, now: Instant) -> usize {
-        let capacity_nano = self.capacity_nano;
+    fn admit(&mut self, client: ClientKey, limit: Limit, now: Instant) -> usize {
         let fresh = |key| Bucket {
             key,
-            nano_tokens: capacity_nano,
+            limit,
+            nano_tokens: limit.capacity_nano(),
             updated: now,
         };
         let slot = if self.buckets.len() < self.clients_max {
@@ -313,8 +273,8 @@ impl RateLimiter {
             let Some((s, bucket)) = slot.and_then(|s| Some((s, self.buckets.get(s)?))) else {
                 break;
             };
-            let tokens = tokens_at(bucket, self.config.rate_per_sec, self.capacity_nano, now);
-            if tokens >= self.capacity_nano {
+            let tokens = tokens_at(bucket, now);
+            if tokens >= bucket.limit.capacity_nano() {
                 return s;
             }
             if s == oldest || tokens > best_tokens {
@@ -327,17 +287,54 @@ impl RateLimiter {
     }
 }
 
+impl Limit {
+    fn capacity_nano(self) -> u64 {
+        u64::from(self.burst) * NANO_PER_TOKEN
+    }
+
+    /// The `RateLimit-Policy` value, `"default";q=<burst>;w=<secs>`: a token
+    /// bucket is described as a quota of `burst` per the time it takes to
+    /// refill from empty, which is what a client can count on sustaining.
+    pub fn write_policy(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"default\";q=");
+        write_u64(out, u64::from(self.burst));
+        out.extend_from_slice(b";w=");
+        let window = secs_to_earn(self.capacity_nano(), self.rate_per_sec).max(1);
+        write_u64(out, u64::from(window));
+    }
+
+    /// The `RateLimit` value, `"default";r=<remaining>;t=<secs>`, where `t` is
+    /// the time until the bucket is full again when allowed (from whole
+    /// tokens, so it may round up by one second), or until a retry can
+    /// succeed when limited, so it agrees with `Retry-After`.
+    pub fn write_state(self, out: &mut Vec<u8>, decision: &Decision) {
+        let (remaining, secs) = match *decision {
+            Decision::Allowed { remaining } => {
+                let missing = self.burst.saturating_sub(remaining);
+                let secs = secs_to_earn(u64::from(missing) * NANO_PER_TOKEN, self.rate_per_sec);
+                (remaining, secs)
+            }
+            Decision::Limited { retry_after_secs } => (0, retry_after_secs),
+        };
+        out.extend_from_slice(b"\"default\";r=");
+        write_u64(out, u64::from(remaining));
+        out.extend_from_slice(b";t=");
+        write_u64(out, u64::from(secs));
+    }
+}
+
 /// A clock that steps backwards credits nothing rather than panicking or
 /// crediting twice.
-fn tokens_at(bucket: &Bucket, rate_per_sec: u32, capacity_nano: u64, now: Instant) -> u64 {
+fn tokens_at(bucket: &Bucket, now: Instant) -> u64 {
+    let capacity_nano = bucket.limit.capacity_nano();
     let elapsed_ns = now.saturating_duration_since(bucket.updated).as_nanos();
-    let earned = elapsed_ns.saturating_mul(u128::from(rate_per_sec));
+    let earned = elapsed_ns.saturating_mul(u128::from(bucket.limit.rate_per_sec));
     let total = u128::from(bucket.nano_tokens).saturating_add(earned);
     u64::try_from(total.min(u128::from(capacity_nano))).unwrap_or(capacity_nano)
 }
 
-fn refill(bucket: &mut Bucket, rate_per_sec: u32, capacity_nano: u64, now: Instant) {
-    bucket.nano_tokens = tokens_at(bucket, rate_per_sec, capacity_nano, now);
+fn refill(bucket: &mut Bucket, now: Instant) {
+    bucket.nano_tokens = tokens_at(bucket, now);
     bucket.updated = bucket.updated.max(now);
 }
 
@@ -420,74 +417,42 @@ fn estimate_micros(n: u64) -> u64 {
     u64::MAX
 }
 
-/// SipHash-2-4 (Aumasson and Bernstein) with its 128-bit output, as in the
-/// reference implementation: a keyed PRF, so the hashes of chosen API keys
-/// are unpredictable without the per-process key.
-fn siphash_2_4_128(key: &[u8; 16], msg: &[u8]) -> [u8; 16] {
-    let key = u128::from_le_bytes(*key);
-    let (k0, k1) = (key as u64, (key >> 64) as u64);
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d ^ 0xee,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    let (words, tail) = msg.as_chunks::<8>();
-    for word in words {
-        compress(&mut v, u64::from_le_bytes(*word), 2);
-    }
-    // The length's low byte goes in the top byte of the last word.
-    let mut last = (msg.len() as u64) << 56;
-    for (i, &byte) in tail.iter().enumerate() {
-        last |= u64::from(byte) << (8 * i);
-    }
-    compress(&mut v, last, 2);
-    v[2] ^= 0xee;
-    sip_rounds(&mut v, 4);
-    let low = v[0] ^ v[1] ^ v[2] ^ v[3];
-    v[1] ^= 0xdd;
-    sip_rounds(&mut v, 4);
-    let high = v[0] ^ v[1] ^ v[2] ^ v[3];
-    (u128::from(low) | (u128::from(high) << 64)).to_le_bytes()
-}
-
-fn compress(v: &mut [u64; 4], word: u64, rounds: usize) {
-    v[3] ^= word;
-    sip_rounds(v, rounds);
-    v[0] ^= word;
-}
-
-fn sip_rounds(v: &mut [u64; 4], rounds: usize) {
-    let [v0, v1, v2, v3] = v;
-    for _ in 0..rounds {
-        *v0 = v0.wrapping_add(*v1);
-        *v1 = v1.rotate_left(13) ^ *v0;
-        *v0 = v0.rotate_left(32);
-        *v2 = v2.wrapping_add(*v3);
-        *v3 = v3.rotate_left(16) ^ *v2;
-        *v0 = v0.wrapping_add(*v3);
-        *v3 = v3.rotate_left(21) ^ *v0;
-        *v2 = v2.wrapping_add(*v1);
-        *v1 = v1.rotate_left(17) ^ *v2;
-        *v2 = v2.rotate_left(32);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
-    const KEY: [u8; 16] = [7; 16];
+    /// A limiter whose every client has the same limit.
+    struct Uniform {
+        limiter: RateLimiter,
+        limit: Limit,
+    }
 
-    fn config(rate_per_sec: u32, burst: u32, clients_max: usize) -> RateLimitConfig {
-        RateLimitConfig {
-            enabled: true,
-            rate_per_sec,
-            burst,
-            clients_max,
+    impl Uniform {
+        fn new(rate_per_sec: u32, burst: u32, clients_max: usize) -> Uniform {
+            Uniform {
+                limiter: RateLimiter::new(clients_max),
+                limit: Limit {
+                    rate_per_sec,
+                    burst,
+                },
+            }
         }
+
+        fn charge(&mut self, client: ClientKey, cost: u32, now: Instant) -> Decision {
+            self.limiter.charge(client, cost, self.limit, now)
+        }
+
+        fn clients(&self) -> usize {
+            self.limiter.clients()
+        }
+    }
+
+    fn key(i: u32) -> ClientKey {
+        let mut hash = [0; 16];
+        hash[..4].copy_from_slice(&i.to_le_bytes());
+        ClientKey::ApiKey(hash)
     }
 
     fn ip(last: u8) -> ClientKey {
@@ -566,7 +531,7 @@ mod tests {
         ];
         let t0 = Instant::now();
         for (i, &(rate, burst, steps)) in cases.iter().enumerate() {
-            let mut limiter = RateLimiter::new(config(rate, burst, 16), KEY);
+            let mut limiter = Uniform::new(rate, burst, 16);
             for (j, &(at, cost, expected)) in steps.iter().enumerate() {
                 let got = limiter.charge(ip(1), cost, ms(t0, at));
                 assert_eq!(got, expected, "case {i} step {j}");
@@ -577,7 +542,7 @@ mod tests {
     #[test]
     fn refill_is_exact_over_many_tiny_steps() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(config(3, 10, 4), KEY);
+        let mut limiter = Uniform::new(3, 10, 4);
         assert_eq!(limiter.charge(ip(1), 10, t0), allowed(0));
         // 3 tokens/s is 3 nano-tokens a nanosecond: 1000 steps of 333,333 ns
         // earn 999,999,000 nano-tokens, not one nano-token more or less.
@@ -595,7 +560,7 @@ mod tests {
     #[test]
     fn clock_stepping_back_credits_nothing() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(config(1, 2, 4), KEY);
+        let mut limiter = Uniform::new(1, 2, 4);
         assert_eq!(limiter.charge(ip(1), 2, ms(t0, 5_000)), allowed(0));
         assert_eq!(limiter.charge(ip(1), 1, t0), limited(1));
         assert_eq!(limiter.charge(ip(1), 1, ms(t0, 6_000)), allowed(0));
@@ -604,7 +569,7 @@ mod tests {
     #[test]
     fn clients_are_separate() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(config(1, 1, 4), KEY);
+        let mut limiter = Uniform::new(1, 1, 4);
         assert_eq!(limiter.charge(ip(1), 1, t0), allowed(0));
         assert_eq!(limiter.charge(ip(1), 1, t0), limited(1));
         assert_eq!(limiter.charge(ip(2), 1, t0), allowed(0));
@@ -612,26 +577,44 @@ mod tests {
     }
 
     #[test]
-    fn disabled_always_allows_and_keeps_nothing() {
+    fn a_changed_limit_keeps_the_tokens_up_to_the_new_burst() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(
-            RateLimitConfig {
-                enabled: false,
-                ..config(1, 7, 4)
-            },
-            KEY,
+        let mut limiter = RateLimiter::new(4);
+        let wide = Limit {
+            rate_per_sec: 1,
+            burst: 100,
+        };
+        let narrow = Limit {
+            rate_per_sec: 1,
+            burst: 10,
+        };
+        assert_eq!(limiter.charge(ip(1), 50, wide, t0), allowed(50));
+        assert_eq!(limiter.charge(ip(1), 1, narrow, t0), allowed(9));
+        assert_eq!(limiter.charge(ip(1), 1, wide, t0), allowed(8));
+    }
+
+    #[test]
+    fn the_default_limit_is_off_with_a_zero_rate() {
+        let on = RateLimitConfig::default();
+        assert_eq!(
+            on.default_limit(),
+            Some(Limit {
+                rate_per_sec: 5000,
+                burst: 10_000
+            })
         );
-        for i in 0..100u8 {
-            assert_eq!(limiter.charge(ip(i), u32::MAX, t0), allowed(7));
-        }
-        assert_eq!(limiter.clients(), 0);
-        assert!(!limiter.config().enabled);
+        let off = RateLimitConfig {
+            enabled: false,
+            ..on
+        };
+        assert_eq!(off.default_limit(), None);
     }
 
     #[test]
     fn defaults_let_three_thousand_cheap_requests_a_second_through() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(RateLimitConfig::default(), KEY);
+        let limit = RateLimitConfig::default().default_limit().unwrap();
+        let mut limiter = Uniform::new(limit.rate_per_sec, limit.burst, 16);
         // 3 × 1000 rps from one host for 10 s, evenly spaced.
         for i in 0..30_000u64 {
             let now = t0 + Duration::from_micros(i * 1_000_000 / 3_000);
@@ -641,14 +624,14 @@ mod tests {
     }
 
     #[test]
-    fn table_stays_bounded_under_a_million_spoofed_keys() {
+    fn table_stays_bounded_under_a_million_clients() {
         let t0 = Instant::now();
         let clients_max = 4096;
-        let mut limiter = RateLimiter::new(config(5000, 10_000, clients_max), KEY);
+        let mut uniform = Uniform::new(5000, 10_000, clients_max);
         let mut full_at = None;
         for i in 0..1_000_000u32 {
-            let peer = IpAddr::from([203, 0, 113, 9]);
-            let client = limiter.client_key(Some(&i.to_le_bytes()), peer);
+            let client = ClientKey::ip(IpAddr::from(i.to_be_bytes()));
+            let limiter = &mut uniform;
             let now = t0 + Duration::from_micros(u64::from(i));
             assert!(matches!(
                 limiter.charge(client, 1, now),
@@ -657,7 +640,10 @@ mod tests {
             assert!(limiter.clients() <= clients_max);
             // `HashMap::capacity` is what it can take before it must grow,
             // which tombstones lower and only a reallocation raises.
-            let capacities = (limiter.buckets.capacity(), limiter.index.capacity());
+            let capacities = (
+                limiter.limiter.buckets.capacity(),
+                limiter.limiter.index.capacity(),
+            );
             match full_at {
                 None if i as usize == clients_max => full_at = Some(capacities),
                 None => {}
@@ -667,23 +653,22 @@ mod tests {
                 }
             }
         }
+        let limiter = &uniform.limiter;
         assert_eq!(limiter.clients(), clients_max);
         assert_eq!(limiter.buckets.len(), clients_max);
         assert_eq!(limiter.buckets.capacity(), clients_max);
     }
 
     #[test]
-    fn abuser_stays_limited_while_spoofed_keys_flood() {
+    fn abuser_stays_limited_while_new_clients_flood() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(config(10, 100, 64), KEY);
+        let mut limiter = Uniform::new(10, 100, 64);
         let abuser = ip(66);
         assert_eq!(limiter.charge(abuser, 100, t0), allowed(0));
         let mut now = t0;
         for i in 0..100_000u32 {
             now = t0 + Duration::from_nanos(u64::from(i) * 50);
-            let spoofed =
-                limiter.client_key(Some(&i.to_be_bytes()), IpAddr::from([198, 51, 100, 1]));
-            limiter.charge(spoofed, 1, now);
+            limiter.charge(key(i), 1, now);
             if i % 1000 == 0 {
                 // Keeps sending: stays at the recent end, stays limited.
                 assert!(matches!(
@@ -692,12 +677,10 @@ mod tests {
                 ));
             }
         }
-        // Idle while 60,000+ more invented keys go by: it is the oldest bucket
+        // Idle while 60,000+ more new clients go by: it is the oldest bucket
         // but still the emptiest, so it is never the one evicted.
         for i in 100_000..160_000u32 {
-            let spoofed =
-                limiter.client_key(Some(&i.to_be_bytes()), IpAddr::from([198, 51, 100, 1]));
-            limiter.charge(spoofed, 1, now);
+            limiter.charge(key(i), 1, now);
         }
         assert_eq!(limiter.charge(abuser, 100, now), limited(10));
         assert!(limiter.clients() <= 64);
@@ -706,7 +689,8 @@ mod tests {
     #[test]
     fn idle_full_buckets_are_evicted_before_drained_ones() {
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(config(1, 10, 3), KEY);
+        let mut uniform = Uniform::new(1, 10, 3);
+        let limiter = &mut uniform;
         assert_eq!(limiter.charge(ip(1), 10, t0), allowed(0)); // drained, oldest
         assert_eq!(limiter.charge(ip(2), 1, t0), allowed(9)); // nearly full
         assert_eq!(limiter.charge(ip(3), 5, t0), allowed(5));
@@ -714,14 +698,14 @@ mod tests {
         assert_eq!(limiter.charge(ip(4), 1, t0), allowed(9));
         assert_eq!(limiter.charge(ip(1), 1, t0), limited(1));
         assert_eq!(limiter.charge(ip(3), 0, t0), allowed(5));
-        assert!(!limiter.index.contains_key(&ip(2)));
+        assert!(!limiter.limiter.index.contains_key(&ip(2)));
         // Once refilled, ip(1) is lossless to evict, though now the newest
         // but one: idle-and-full wins over recency.
         let later = ms(t0, 20_000);
         assert_eq!(limiter.charge(ip(4), 0, later), allowed(10));
         assert_eq!(limiter.charge(ip(3), 10, later), allowed(0));
         assert_eq!(limiter.charge(ip(5), 1, later), allowed(9));
-        assert!(!limiter.index.contains_key(&ip(1)));
+        assert!(!limiter.limiter.index.contains_key(&ip(1)));
         assert_eq!(limiter.clients(), 3);
     }
 
@@ -730,11 +714,12 @@ mod tests {
         // Naive oracle: the list walked oldest to newest is the index, in
         // order of last charge.
         let t0 = Instant::now();
-        let mut limiter = RateLimiter::new(config(1, 5, 5), KEY);
+        let mut uniform = Uniform::new(1, 5, 5);
         let mut order: Vec<ClientKey> = Vec::new();
         let script = [1u8, 2, 1, 3, 3, 4, 5, 2, 6, 1, 7, 7, 8, 2];
         for &c in &script {
-            limiter.charge(ip(c), 1, t0);
+            uniform.charge(ip(c), 1, t0);
+            let limiter = &uniform.limiter;
             order.retain(|&k| k != ip(c));
             order.push(ip(c));
             let mut walked = Vec::new();
@@ -757,7 +742,7 @@ mod tests {
 
     #[test]
     fn header_values() {
-        let limiter = RateLimiter::new(RateLimitConfig::default(), KEY);
+        let limiter = RateLimitConfig::default().default_limit().unwrap();
         let cases: &[(Decision, &str)] = &[
             (allowed(10_000), "\"default\";r=10000;t=0"),
             (allowed(9_999), "\"default\";r=9999;t=1"),
@@ -769,22 +754,24 @@ mod tests {
             limiter.write_state(&mut out, &decision);
             assert_eq!(out, [b"x", expected.as_bytes()].concat());
         }
-        let policies: &[(RateLimitConfig, &str)] = &[
-            (RateLimitConfig::default(), "\"default\";q=10000;w=2"),
-            (config(3, 10, 1), "\"default\";q=10;w=4"),
-            (config(100, 10, 1), "\"default\";q=10;w=1"),
+        let policies: &[(u32, u32, &str)] = &[
+            (5000, 10_000, "\"default\";q=10000;w=2"),
+            (3, 10, "\"default\";q=10;w=4"),
+            (100, 10, "\"default\";q=10;w=1"),
         ];
-        for &(cfg, expected) in policies {
+        for &(rate_per_sec, burst, expected) in policies {
             let mut out = Vec::new();
-            RateLimiter::new(cfg, KEY).write_policy(&mut out);
+            Limit {
+                rate_per_sec,
+                burst,
+            }
+            .write_policy(&mut out);
             assert_eq!(out, expected.as_bytes());
         }
     }
 
     #[test]
-    fn client_keys() {
-        let limiter = RateLimiter::new(RateLimitConfig::default(), KEY);
-        let other = RateLimiter::new(RateLimitConfig::default(), [8; 16]);
+    fn client_addresses() {
         let v4 = IpAddr::from([192, 0, 2, 1]);
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap_or(v4);
         let v6a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(v4);
@@ -793,33 +780,6 @@ mod tests {
         assert_eq!(ClientKey::ip(mapped), ClientKey::ip(v4));
         assert_eq!(ClientKey::ip(v6a), ClientKey::ip(v6b));
         assert_ne!(ClientKey::ip(v6a), ClientKey::ip(v6c));
-        assert_eq!(limiter.client_key(None, v4), ClientKey::ip(v4));
-        assert_eq!(limiter.client_key(Some(b""), v4), ClientKey::ip(v4));
-        let key = limiter.client_key(Some(b"secret"), v4);
-        assert_eq!(key, limiter.client_key(Some(b"secret"), v6a));
-        assert_ne!(key, limiter.client_key(Some(b"secreT"), v4));
-        assert_ne!(key, other.client_key(Some(b"secret"), v4));
-    }
-
-    #[test]
-    fn siphash_matches_reference_vectors() {
-        // vectors_sip128 from the reference implementation: key 00..0f,
-        // message 00..(len-1).
-        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
-        let message: Vec<u8> = (0..64).collect();
-        let cases: &[(usize, u128)] = &[
-            (0, 0xa3817f04ba25a8e66df67214c7550293),
-            (1, 0xda87c1d86b99af44347659119b22fc45),
-            (7, 0xa1f1ebbed8dbc153c0b84aa61ff08239),
-            (8, 0x3b62a9ba6258f5610f83e264f31497b4),
-            (15, 0x5493e99933b0a8117e08ec0f97cfc3d9),
-            (16, 0x6ee2a4ca67b054bbfd3315bf85230577),
-            (63, 0x5150d1772f50834a503e069a973fbd7c),
-        ];
-        for &(len, expected) in cases {
-            let got = siphash_2_4_128(&key, message.get(..len).unwrap_or_default());
-            assert_eq!(got, expected.to_be_bytes(), "length {len}");
-        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! 2. accept, and drive every ready connection (read, parse, route, reply);
 //! 3. apply commit outcomes: release or withdraw the replies they held;
 //! 4. hand the batch collected meanwhile to the commit thread;
-//! 5. handle signals (a graceful stop waits for in-flight commits).
+//! 5. handle signals (a graceful stop waits for in-flight commits; SIGHUP
+//!    rereads the API keys).
 //!
 //! The commit thread's fsync never runs here, so /current is answered from
 //! committed state while a commit is in flight.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::committer::{CommitOutcome, Committer};
@@ -459,10 +460,17 @@ impl Server {
 
     fn on_signals(&mut self) {
         let mut stop = false;
+        let mut reload = false;
         for signal in self.signals.pending() {
             stop |= signal == SIGTERM || signal == SIGINT;
+            reload |= signal == SIGHUP;
             #[cfg(any(debug_assertions, feature = "test-hooks"))]
             test_hooks::on_signal(signal);
+        }
+        if reload {
+            // A small, bounded file (`access::keyfile::FILE_BYTES_MAX`), read
+            // between requests; connections and buckets are untouched.
+            self.app.access.reload();
         }
         if stop && self.stopping_since.is_none() {
             log::info!("stopping: finishing in-flight requests and commits");
@@ -493,11 +501,12 @@ impl Server {
 }
 
 #[cfg(not(any(debug_assertions, feature = "test-hooks")))]
-const HANDLED_SIGNALS: [i32; 2] = [SIGTERM, SIGINT];
+const HANDLED_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, SIGHUP];
 #[cfg(any(debug_assertions, feature = "test-hooks"))]
-const HANDLED_SIGNALS: [i32; 4] = [
+const HANDLED_SIGNALS: [i32; 5] = [
     SIGTERM,
     SIGINT,
+    SIGHUP,
     signal_hook::consts::SIGUSR1,
     signal_hook::consts::SIGUSR2,
 ];

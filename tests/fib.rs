@@ -128,6 +128,9 @@ fn bad_n_names_the_accepted_range() {
         let body = r.text();
         assert!(body.starts_with("{\"error\": \""), "{path}: {body}");
         assert!(body.contains("\"max_n\": 5000"), "{path}: {body}");
+        // The message names this server's limit, not the default one.
+        assert!(body.contains("from 0 to 5000\""), "{path}: {body}");
+        assert!(!body.contains("10000000"), "{path}: {body}");
     }
     assert_eq!(fibd.get("/v1/fib?n=5000").status, 200);
     assert_eq!(fibd.post("/v1/fib?n=5").status, 405);

@@ -47,6 +47,33 @@ fn single_value_list_and_text_forms() {
     assert_eq!(r.text().lines().count(), 1000);
 }
 
+/// JavaScript's `JSON.parse` rounds integers beyond 2^53 - 1; such ranges
+/// get strings, ranges within it numbers.
+#[test]
+fn json_numbers_stay_exact_for_javascript() {
+    let data = DataDir::new("random-precision");
+    let fibd = Fibd::start(&data, &[]);
+    let body = fibd
+        .get("/v1/random?min=9007199254740992&max=9223372036854775807&count=3")
+        .text();
+    let list = body.split('[').nth(1).unwrap().split(']').next().unwrap();
+    for value in list.split(", ") {
+        let digits = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+        let n: i64 = digits
+            .unwrap_or_else(|| panic!("a string: {body}"))
+            .parse()
+            .unwrap();
+        assert!(n >= 9_007_199_254_740_992, "{body}");
+    }
+    assert!(body.contains("\"min\": \"9007199254740992\""), "{body}");
+    let body = fibd
+        .get("/v1/random?min=-9007199254740991&max=9007199254740991")
+        .text();
+    // Plain numbers: json_number fails on a quoted one.
+    assert!(json_number(&body, "value").abs() <= 9_007_199_254_740_991);
+    assert_eq!(json_number(&body, "max"), 9_007_199_254_740_991);
+}
+
 #[test]
 fn bad_ranges_are_400_naming_the_accepted_range() {
     let data = DataDir::new("random-bad");

@@ -10,6 +10,7 @@ use super::cache::{FibCache, Joined, SingleFlight};
 use super::worker::FibWorker;
 use super::{Value, small};
 use crate::http::accept::Format;
+use crate::http::response::Persistence;
 use crate::park::Ticket;
 
 /// Above this n, F(n) is computed off the loop. Measured here: F(20,000)
@@ -51,7 +52,7 @@ pub struct FibWaiter {
 pub struct FibShape {
     pub format: Format,
     pub head_only: bool,
-    pub keep_alive: bool,
+    pub persistence: Persistence,
 }
 
 /// F(n) when it can be had on the loop.

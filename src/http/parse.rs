@@ -23,6 +23,7 @@ use std::fmt;
 
 use memchr::memchr;
 
+use super::response::Persistence;
 use super::trim_ows;
 
 /// Bounds on what one request may make us hold or read; units last.
@@ -115,9 +116,22 @@ pub struct Request<'a> {
     pub if_none_match: Option<&'a [u8]>,
     /// First `X-API-Key` field, trimmed.
     pub api_key: Option<&'a [u8]>,
+    /// Last `Forwarded` field line (RFC 7239), trimmed: the one the nearest
+    /// proxy wrote or appended to. Only read when the peer is a trusted proxy.
+    pub forwarded: Option<&'a [u8]>,
+    /// Last `X-Forwarded-For` field line, trimmed; as for `forwarded`.
+    pub x_forwarded_for: Option<&'a [u8]>,
     /// `Expect: 100-continue` was sent: the client may wait for a 100 before
     /// sending the body. Other expectations are ignored.
     pub expect_continue: bool,
+}
+
+impl Request<'_> {
+    /// Whether the connection stays open after the answer, and how the
+    /// answer says so.
+    pub fn persistence(&self) -> Persistence {
+        Persistence::of(self.version, self.keep_alive)
+    }
 }
 
 /// The outcome of one call. `Partial` is not an error: the head so far is a
@@ -486,6 +500,8 @@ struct Fields<'b> {
     accept: Option<&'b [u8]>,
     if_none_match: Option<&'b [u8]>,
     api_key: Option<&'b [u8]>,
+    forwarded: Option<&'b [u8]>,
+    x_forwarded_for: Option<&'b [u8]>,
     expect_continue: bool,
 }
 
@@ -522,6 +538,10 @@ impl<'b> Fields<'b> {
             self.if_none_match.get_or_insert(value);
         } else if is("x-api-key") {
             self.api_key.get_or_insert(value);
+        } else if is("forwarded") {
+            self.forwarded = Some(value);
+        } else if is("x-forwarded-for") {
+            self.x_forwarded_for = Some(value);
         } else if is("expect") {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -579,6 +599,8 @@ fn finish<'b>(
         accept: fields.accept,
         if_none_match: fields.if_none_match,
         api_key: fields.api_key,
+        forwarded: fields.forwarded,
+        x_forwarded_for: fields.x_forwarded_for,
         expect_continue: fields.expect_continue,
     })
 }
@@ -996,6 +1018,18 @@ mod tests {
         assert_eq!(r.if_none_match, Some(&b"*"[..]));
         assert!(r.expect_continue);
         assert_eq!(r.body, BodyFraming::Length(3));
+    }
+
+    #[test]
+    fn forwarding_fields_keep_the_last_line() {
+        let (r, _) = complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nforwarded: for=2.2.2.2\r\n\
+              x-forwarded-for:  3.3.3.3, 4.4.4.4 \r\nFORWARDED: for=5.5.5.5\r\n\r\n",
+        );
+        assert_eq!(r.x_forwarded_for, Some(&b"3.3.3.3, 4.4.4.4"[..]));
+        assert_eq!(r.forwarded, Some(&b"for=5.5.5.5"[..]));
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!((r.forwarded, r.x_forwarded_for), (None, None));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! (`conn::Output::push_shared`), so this file only knows the head's grammar.
 
 use super::date::HttpDate;
+use super::parse::Version;
 use crate::fib::digits;
 
 /// A status code with its reason phrase; only the codes fibd sends exist.
@@ -17,6 +18,8 @@ impl Status {
     pub const OK: Status = Status::new(200, "HTTP/1.1 200 OK\r\n");
     pub const NOT_MODIFIED: Status = Status::new(304, "HTTP/1.1 304 Not Modified\r\n");
     pub const BAD_REQUEST: Status = Status::new(400, "HTTP/1.1 400 Bad Request\r\n");
+    pub const UNAUTHORIZED: Status = Status::new(401, "HTTP/1.1 401 Unauthorized\r\n");
+    pub const FORBIDDEN: Status = Status::new(403, "HTTP/1.1 403 Forbidden\r\n");
     pub const NOT_FOUND: Status = Status::new(404, "HTTP/1.1 404 Not Found\r\n");
     pub const METHOD_NOT_ALLOWED: Status = Status::new(405, "HTTP/1.1 405 Method Not Allowed\r\n");
     pub const NOT_ACCEPTABLE: Status = Status::new(406, "HTTP/1.1 406 Not Acceptable\r\n");
@@ -71,6 +74,50 @@ impl ContentType {
     }
 }
 
+/// Whether the connection stays open after a response, and what the
+/// response's `Connection` field says about it: the one place that rule lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 persists by default, so nothing needs saying.
+    KeepAlive,
+    /// An HTTP/1.0 client that asked for keep-alive waits for the close that
+    /// ends a response unless told otherwise, so it is told:
+    /// `Connection: keep-alive` (RFC 9112 §9.3 and Appendix C.2.2).
+    KeepAliveHttp10,
+    /// `Connection: close`; the server closes once the response is written.
+    Close,
+}
+
+impl Persistence {
+    /// From the request's version and its `Connection` field, as the parser
+    /// judged them (`keep_alive`).
+    pub fn of(version: Version, keep_alive: bool) -> Persistence {
+        match (keep_alive, version) {
+            (false, _) => Persistence::Close,
+            (true, Version::Http11) => Persistence::KeepAlive,
+            (true, Version::Http10) => Persistence::KeepAliveHttp10,
+        }
+    }
+
+    /// The same, unless `close` forces the connection shut (after an error
+    /// that leaves the connection in an unknown state).
+    pub fn or_close(self, close: bool) -> Persistence {
+        if close { Persistence::Close } else { self }
+    }
+
+    pub fn closes(self) -> bool {
+        self == Persistence::Close
+    }
+
+    fn field(self) -> &'static [u8] {
+        match self {
+            Persistence::KeepAlive => b"",
+            Persistence::KeepAliveHttp10 => b"Connection: keep-alive\r\n",
+            Persistence::Close => b"Connection: close\r\n",
+        }
+    }
+}
+
 /// Appends one response head to `out`. Start with [`Head::start`], add
 /// headers, then [`Head::finish`] with the body length.
 pub struct Head<'o> {
@@ -117,16 +164,19 @@ impl<'o> Head<'o> {
 
     /// Ends the head and hands the buffer back for the body. `content_length`
     /// is the length of the body a GET gets, also for HEAD (RFC 9110 §9.3.2);
-    /// `close` adds `Connection: close`.
-    pub fn finish(self, status: Status, content_length: usize, close: bool) -> &'o mut Vec<u8> {
+    /// `persistence` says whether a `Connection` field is due.
+    pub fn finish(
+        self,
+        status: Status,
+        content_length: usize,
+        persistence: Persistence,
+    ) -> &'o mut Vec<u8> {
         if !status.is_bodiless() || content_length > 0 {
             self.out.extend_from_slice(b"Content-Length: ");
             digits::write_u64(self.out, content_length as u64);
             self.out.extend_from_slice(b"\r\n");
         }
-        if close {
-            self.out.extend_from_slice(b"Connection: close\r\n");
-        }
+        self.out.extend_from_slice(persistence.field());
         self.out.extend_from_slice(b"\r\n");
         self.out
     }
@@ -165,7 +215,7 @@ mod tests {
         let mut head = Head::start(&mut out, Status::OK, &date());
         head.content_type(ContentType::Text)
             .header_u64("X-Fib-Index", 7);
-        head.finish(Status::OK, 3, true);
+        head.finish(Status::OK, 3, Persistence::Close);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: fibd\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
@@ -177,8 +227,37 @@ mod tests {
     #[test]
     fn not_modified_without_length_has_no_content_length() {
         let mut out = Vec::new();
-        Head::start(&mut out, Status::NOT_MODIFIED, &date()).finish(Status::NOT_MODIFIED, 0, false);
+        Head::start(&mut out, Status::NOT_MODIFIED, &date()).finish(
+            Status::NOT_MODIFIED,
+            0,
+            Persistence::KeepAlive,
+        );
         assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+    }
+
+    #[test]
+    fn the_connection_field_follows_version_and_keep_alive() {
+        use Version::{Http10, Http11};
+        let cases = [
+            (Http11, true, false, ""),
+            (Http11, false, false, "Connection: close\r\n"),
+            (Http10, true, false, "Connection: keep-alive\r\n"),
+            (Http10, false, false, "Connection: close\r\n"),
+            (Http10, true, true, "Connection: close\r\n"),
+            (Http11, true, true, "Connection: close\r\n"),
+        ];
+        for (version, keep_alive, forced_close, field) in cases {
+            let persistence = Persistence::of(version, keep_alive).or_close(forced_close);
+            let mut out = Vec::new();
+            Head::start(&mut out, Status::OK, &date()).finish(Status::OK, 0, persistence);
+            let head = String::from_utf8(out).unwrap();
+            let expected = format!("Content-Length: 0\r\n{field}\r\n");
+            assert!(
+                head.ends_with(&expected),
+                "{version:?} {keep_alive}: {head}"
+            );
+            assert_eq!(persistence.closes(), field.contains("close"));
+        }
     }
 
     #[test]
@@ -194,6 +273,8 @@ mod tests {
             Status::OK,
             Status::NOT_MODIFIED,
             Status::BAD_REQUEST,
+            Status::UNAUTHORIZED,
+            Status::FORBIDDEN,
             Status::NOT_FOUND,
             Status::METHOD_NOT_ALLOWED,
             Status::NOT_ACCEPTABLE,

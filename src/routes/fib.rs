@@ -3,6 +3,7 @@
 
 use super::number::{JSON_N, NumberReply, write_number};
 use super::{Answer, App, Route, Waiting, negotiate};
+use crate::access::Caller;
 use crate::conn::{ConnRef, Output, Reply};
 use crate::error::ApiError;
 use crate::fib::request;
@@ -19,6 +20,7 @@ impl App {
     pub(super) fn fib(
         &mut self,
         conn: ConnRef,
+        caller: &Caller,
         request: &Request<'_>,
         out: &mut Output,
     ) -> Result<Answer, ApiError> {
@@ -34,11 +36,11 @@ impl App {
         } else {
             ratelimit::fib_compute_cost(n)
         };
-        self.charge(conn, request, cost)?;
+        self.charge(caller, cost)?;
         if revalidated {
             let mut head = Head::start(out.buf(), Status::NOT_MODIFIED, &self.date);
             fib_cache_headers(&mut head, n);
-            head.finish(Status::NOT_MODIFIED, 0, !request.keep_alive);
+            head.finish(Status::NOT_MODIFIED, 0, request.persistence());
             return Ok(Answer::Now(Status::NOT_MODIFIED));
         }
         let value = match self.fib.at_hand(n) {
@@ -51,7 +53,7 @@ impl App {
         let shape = FibShape {
             format,
             head_only: request.method == Method::Head,
-            keep_alive: request.keep_alive,
+            persistence: request.persistence(),
         };
         if let Some((value, _)) = value {
             write_fib(out, n, &value, &shape, &self.date);
@@ -77,10 +79,10 @@ impl App {
         write_fib(out, n, value, &waiter.shape, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
         self.answered += 1;
-        if waiter.shape.keep_alive {
-            Reply::KeepAlive
-        } else {
+        if waiter.shape.persistence.closes() {
             Reply::Close
+        } else {
+            Reply::KeepAlive
         }
     }
 }
@@ -99,7 +101,7 @@ fn write_fib(out: &mut Output, n: u64, value: &Value, shape: &FibShape, date: &H
         value,
         format: shape.format,
         head_only: shape.head_only,
-        close: !shape.keep_alive,
+        persistence: shape.persistence,
     };
     write_number(out, date, &shape, |head| fib_cache_headers(head, n));
 }

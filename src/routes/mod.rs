@@ -13,6 +13,7 @@ mod ops;
 mod random;
 mod stepper;
 
+use crate::access::{Access, Caller, Scope};
 use crate::conn::{ConnRef, Output, Reply, Respond};
 use crate::error::ApiError;
 use crate::http::accept::{self, Format};
@@ -21,10 +22,10 @@ use crate::http::parse::{Method, Request};
 use std::time::Instant;
 
 use crate::fib::service::FibService;
-use crate::http::response::{ContentType, Head, Status};
+use crate::http::response::{ContentType, Head, Persistence, Status};
 use crate::metrics::Metrics;
 use crate::park::{Parking, Ticket};
-use crate::ratelimit::{self, Decision, RateLimiter};
+use crate::ratelimit::{Decision, RateLimiter};
 use crate::stepper::{BatchId, Stepper};
 
 /// The resources fibd serves.
@@ -77,6 +78,14 @@ impl Route {
         }
     }
 
+    /// What a key needs beyond reading, when `crate::access` enforces it.
+    fn scope(self) -> Option<Scope> {
+        match self {
+            Route::Next | Route::Previous => Some(Scope::Step),
+            _ => None,
+        }
+    }
+
     fn accepts(self, method: Method) -> bool {
         match self {
             Route::Current | Route::Next | Route::Previous => {
@@ -112,6 +121,8 @@ pub struct App {
     pub fib: FibService,
     /// Requests answered later, by ticket; services keep only the tickets.
     pub parking: Parking<Waiting>,
+    /// Keys, scopes and trusted proxies; the server reloads its keys on SIGHUP.
+    pub access: Access,
     limiter: RateLimiter,
     random: crate::random::RandomSource,
     /// Reused between requests so a body built before its head costs no allocation.
@@ -125,6 +136,7 @@ impl App {
         date: HttpDate,
         random: crate::random::RandomSource,
         fib: FibService,
+        access: Access,
         limiter: RateLimiter,
     ) -> App {
         App {
@@ -132,6 +144,7 @@ impl App {
             date,
             fib,
             parking: Parking::new(PARKED_MAX),
+            access,
             limiter,
             metrics: Metrics::default(),
             now: Instant::now(),
@@ -146,14 +159,18 @@ impl App {
     /// Charges the client's token bucket what this request costs, once the
     /// service knows it: 1 for a cheap answer, the measured compute cost for
     /// an uncached F(n), one token per 100 numbers for /v1/random. Health and
-    /// metrics never call it, so probes never starve.
-    fn charge(&mut self, conn: ConnRef, request: &Request<'_>, cost: u32) -> Result<(), ApiError> {
-        let client = self.limiter.client_key(request.api_key, conn.peer);
-        match self.limiter.charge(client, cost, self.now) {
+    /// metrics never call it, so probes never starve. The bucket and limit
+    /// are the caller's (`crate::access`); an unlimited caller pays nothing.
+    fn charge(&mut self, caller: &Caller, cost: u32) -> Result<(), ApiError> {
+        let Some(limit) = caller.limit else {
+            return Ok(());
+        };
+        match self.limiter.charge(caller.bucket, cost, limit, self.now) {
             Decision::Allowed { .. } => Ok(()),
-            Decision::Limited { retry_after_secs } => {
-                Err(ApiError::RateLimited { retry_after_secs })
-            }
+            Decision::Limited { retry_after_secs } => Err(ApiError::RateLimited {
+                retry_after_secs,
+                limit,
+            }),
         }
     }
 
@@ -169,9 +186,24 @@ impl App {
             .map_err(|_| ApiError::Overloaded)
     }
 
+    /// Who sent the request, and whether it may use `route`.
+    fn admit(
+        &self,
+        conn: ConnRef,
+        route: Route,
+        request: &Request<'_>,
+    ) -> Result<Caller, ApiError> {
+        let caller = self.access.identify(conn.peer, request)?;
+        if let Some(scope) = route.scope() {
+            self.access.authorize(&caller, scope)?;
+        }
+        Ok(caller)
+    }
+
     fn dispatch(
         &mut self,
         conn: ConnRef,
+        caller: &Caller,
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
@@ -179,10 +211,10 @@ impl App {
         let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
         match route {
             Route::Current | Route::Next | Route::Previous => {
-                done(self.stepper(conn, route, request, out))
+                done(self.stepper(caller, route, request, out))
             }
-            Route::Fib => self.fib(conn, request, out),
-            Route::Random => done(self.random(conn, request, out)),
+            Route::Fib => self.fib(conn, caller, request, out),
+            Route::Random => done(self.random(caller, request, out)),
             Route::Healthz => {
                 let body = b"{\"status\": \"ok\"}\n";
                 write_no_store(out, &self.date, request, ContentType::Json, body);
@@ -205,41 +237,35 @@ impl App {
 impl Respond for App {
     fn respond(&mut self, conn: ConnRef, request: &Request<'_>, out: &mut Output) -> Reply {
         let route = Route::from_path(request.path);
+        let mut caller = None;
         let result = match route {
             None => Err(ApiError::NotFound),
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
-            Some(route) => self.dispatch(conn, route, request, out),
+            Some(route) => self.admit(conn, route, request).and_then(|admitted| {
+                caller = Some(admitted);
+                self.dispatch(conn, &admitted, route, request, out)
+            }),
         };
-        let (status, close) = match result {
+        if let Some(key) = caller.and_then(|c| c.key) {
+            let limited = matches!(result, Err(ApiError::RateLimited { .. }));
+            self.access.count(key, limited);
+        }
+        let (status, persistence) = match result {
             Ok(Answer::Later) => return Reply::Deferred,
-            Ok(Answer::Now(status)) => (status, !request.keep_alive),
+            Ok(Answer::Now(status)) => (status, request.persistence()),
             Err(error) => {
-                let close = !request.keep_alive || error.closes_connection();
-                let limiter = &self.limiter;
+                let persistence = request.persistence().or_close(error.closes_connection());
                 let head_only = request.method == Method::Head;
-                error.write_with(out.buf(), &self.date, head_only, close, |head| {
-                    if let ApiError::RateLimited { retry_after_secs } = error {
-                        let limited = Decision::Limited { retry_after_secs };
-                        head.header_with(ratelimit::POLICY_HEADER, |v| limiter.write_policy(v))
-                            .header_with(ratelimit::STATE_HEADER, |v| {
-                                limiter.write_state(v, &limited)
-                            });
-                    }
-                });
-                (error.status(), close)
+                error.write(out.buf(), &self.date, head_only, persistence);
+                (error.status(), persistence)
             }
         };
         self.metrics.request(route, status);
         self.answered += 1;
-        log::debug!(
-            "{:?} {} -> {}",
-            request.method,
-            String::from_utf8_lossy(request.path),
-            status.code()
-        );
-        if close {
+        self.log_access(conn, caller.as_ref(), request, status);
+        if persistence.closes() {
             Reply::Close
         } else {
             Reply::KeepAlive
@@ -247,7 +273,7 @@ impl Respond for App {
     }
 
     fn reject(&mut self, error: ApiError, out: &mut Output) {
-        error.write(out.buf(), &self.date, false, true);
+        error.write(out.buf(), &self.date, false, Persistence::Close);
         self.metrics.request(None, error.status());
         self.answered += 1;
         log::debug!("rejected a request: {}", error.status().code());
@@ -255,6 +281,37 @@ impl Respond for App {
 
     fn is_released(&self, batch: BatchId) -> bool {
         self.stepper.is_released(batch)
+    }
+}
+
+impl App {
+    /// The access log, at debug level under the `fibd::access` target: the
+    /// client's address (as resolved through trusted proxies) and its key's
+    /// name, never the key.
+    fn log_access(
+        &self,
+        conn: ConnRef,
+        caller: Option<&Caller>,
+        request: &Request<'_>,
+        status: Status,
+    ) {
+        if !log::log_enabled!(target: "fibd::access", log::Level::Debug) {
+            return;
+        }
+        let addr = caller.map_or_else(
+            || self.access.client_address(conn.peer, request),
+            |c| c.addr,
+        );
+        let key = caller
+            .and_then(|c| c.key)
+            .map_or("-", |k| self.access.key_name(k));
+        log::debug!(
+            target: "fibd::access",
+            "{addr} key={key} {:?} {} -> {}",
+            request.method,
+            String::from_utf8_lossy(request.path),
+            status.code()
+        );
     }
 }
 
@@ -279,7 +336,7 @@ fn write_no_store(
     let mut head = Head::start(out.buf(), Status::OK, date);
     head.content_type(content_type)
         .header("Cache-Control", b"no-store");
-    let out = head.finish(Status::OK, body.len(), !request.keep_alive);
+    let out = head.finish(Status::OK, body.len(), request.persistence());
     if request.method != Method::Head {
         out.extend_from_slice(body);
     }

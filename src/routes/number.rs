@@ -6,7 +6,7 @@ use crate::conn::Output;
 use crate::fib::digits;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
-use crate::http::response::{ContentType, Head, Status};
+use crate::http::response::{ContentType, Head, Persistence, Status};
 use crate::stepper::Value;
 
 /// What the stepper's and /v1/fib's replies have in common: a Fibonacci
@@ -17,7 +17,7 @@ pub(super) struct NumberReply<'a> {
     pub(super) value: &'a Value,
     pub(super) format: Format,
     pub(super) head_only: bool,
-    pub(super) close: bool,
+    pub(super) persistence: Persistence,
 }
 
 pub(super) fn write_number(
@@ -38,7 +38,7 @@ pub(super) fn write_number(
     let mut head = Head::start(out.buf(), Status::OK, date);
     head.content_type(content_type);
     headers(&mut head);
-    let buf = head.finish(Status::OK, length, reply.close);
+    let buf = head.finish(Status::OK, length, reply.persistence);
     if reply.head_only {
         return;
     }

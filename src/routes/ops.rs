@@ -4,7 +4,7 @@ use super::{App, write_no_store};
 use crate::conn::Output;
 use crate::http::parse::Request;
 use crate::http::response::ContentType;
-use crate::metrics::Gauges;
+use crate::metrics::{self, Gauges};
 
 impl App {
     pub(super) fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
@@ -18,6 +18,7 @@ impl App {
         };
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&gauges, &mut text);
+        metrics::render_key_counts(&mut text, self.access.key_counts());
         let body = text.as_bytes();
         write_no_store(out, &self.date, request, ContentType::Prometheus, body);
     }

@@ -1,7 +1,8 @@
 //! /v1/random replies.
 
 use super::{App, negotiate, write_no_store};
-use crate::conn::{ConnRef, Output};
+use crate::access::Caller;
+use crate::conn::Output;
 use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::parse::Request;
@@ -11,7 +12,7 @@ use crate::random::{self, RandomQuery};
 impl App {
     pub(super) fn random(
         &mut self,
-        conn: ConnRef,
+        caller: &Caller,
         request: &Request<'_>,
         out: &mut Output,
     ) -> Result<(), ApiError> {
@@ -20,7 +21,7 @@ impl App {
             message: e.message(),
         })?;
         let values = u32::from(query.count.unwrap_or(1));
-        self.charge(conn, request, values.div_ceil(RANDOM_VALUES_PER_TOKEN))?;
+        self.charge(caller, values.div_ceil(RANDOM_VALUES_PER_TOKEN))?;
         self.draws.clear();
         for _ in 0..query.count.unwrap_or(1) {
             let value = self

@@ -2,7 +2,8 @@
 
 use super::number::{JSON_INDEX, NumberReply, write_number};
 use super::{App, Route, negotiate};
-use crate::conn::{ConnRef, Output};
+use crate::access::Caller;
+use crate::conn::Output;
 use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
@@ -12,12 +13,12 @@ use crate::stepper::{Reading, Step, StepError};
 impl App {
     pub(super) fn stepper(
         &mut self,
-        conn: ConnRef,
+        caller: &Caller,
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
     ) -> Result<(), ApiError> {
-        self.charge(conn, request, 1)?;
+        self.charge(caller, 1)?;
         let format = negotiate(request, Format::Text)?;
         let reading = match route {
             Route::Next => self.stepper.step(Step::Next).map_err(step_error)?,
@@ -59,7 +60,7 @@ fn write_reading(
         value: &reading.value,
         format,
         head_only: request.method == Method::Head,
-        close: !request.keep_alive,
+        persistence: request.persistence(),
     };
     write_number(out, date, &shape, |head| {
         head.header_u64("X-Fib-Index", reading.index)

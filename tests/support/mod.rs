@@ -2,6 +2,8 @@
 //! free port with a fresh data directory, talk raw HTTP/1.1 to it, kill it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -130,6 +132,21 @@ impl Fibd {
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// Waits for a log line containing `needle` (after the start line);
+    /// panics with the lines seen if none comes within the timeout.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no log line with {needle:?}; saw {seen:#?}"),
+            }
+        }
     }
 
     /// One request on a fresh connection.
