@@ -60,6 +60,7 @@ pub enum ContentType {
     Text,
     Json,
     Prometheus,
+    Html,
 }
 
 impl ContentType {
@@ -70,6 +71,7 @@ impl ContentType {
             ContentType::Text => "text/plain",
             ContentType::Json => "application/json",
             ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            ContentType::Html => "text/html; charset=utf-8",
         }
     }
 }

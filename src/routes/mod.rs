@@ -4,9 +4,10 @@
 //!
 //! This file holds the route table, dispatch, charging and the answers every
 //! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `random`, `ops`), and `number` is the one writer of a
-//! Fibonacci value that the stepper and /v1/fib share.
+//! (`stepper`, `fib`, `random`, `ops`, `docs`), and `number` is the one writer
+//! of a Fibonacci value that the stepper and /v1/fib share.
 
+mod docs;
 mod fib;
 mod number;
 mod ops;
@@ -39,10 +40,14 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// This API's OpenAPI description (`openapi.json`, built in).
+    OpenApi,
+    /// The same description as an HTML reference.
+    Docs,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 10] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -51,6 +56,8 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::OpenApi,
+        Route::Docs,
     ];
 
     pub fn path(self) -> &'static str {
@@ -63,15 +70,30 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Docs => "/docs",
+        }
+    }
+
+    /// Other paths of the same resource, kept for clients of the services
+    /// fibd replaces. A path with `{name}` is a template: the route matches
+    /// it itself, and the template is how openapi.json names it.
+    // One arm until the primes tasks add theirs (`/tasks`, `/tasks/{id}`).
+    #[allow(clippy::match_single_binding)]
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            _ => &[],
         }
     }
 
     pub fn from_path(path: &[u8]) -> Option<Route> {
-        Route::ALL.into_iter().find(|r| r.path().as_bytes() == path)
+        Route::ALL.into_iter().find(|r| {
+            r.path().as_bytes() == path || r.aliases().iter().any(|a| a.as_bytes() == path)
+        })
     }
 
     /// The methods a route takes, as the Allow header lists them.
-    fn allow(self) -> &'static str {
+    pub fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
             _ => "GET, HEAD",
@@ -230,6 +252,7 @@ impl App {
                 self.metrics_page(request, out);
                 done(Ok(()))
             }
+            Route::OpenApi | Route::Docs => Ok(Answer::Now(self.api_document(route, request, out))),
         }
     }
 }
