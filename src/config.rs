@@ -119,6 +119,7 @@ ENDPOINTS:
     GET /v1/fib?n=N                         F(n), exact, cacheable forever (ETag, 304)
     GET /v1/random?min=A&max=B&count=N     unbiased random integers
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
+    GET /openapi.json, /docs                this API's OpenAPI 3.1 description, as HTML
 
 SIGHUP rereads the --api-keys file; a bad file is logged and the old keys kept.
 
