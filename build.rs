@@ -73,20 +73,33 @@ fn render_docs(doc: &Value) -> String {
     for (path, method, op) in &operations {
         render_operation(&mut h, doc, path, method, op);
     }
+    render_schemas(&mut h, doc);
     h.push_str("</body></html>\n");
     h
 }
 
+/// Every operation, grouped by tag in the document's tag order, then by
+/// path and method (serde_json's maps are sorted, so the file's own order
+/// is not kept).
 fn operations(doc: &Value) -> Vec<(&str, &str, &Value)> {
+    let tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| str_of(&t["name"]))
+        .collect();
     let mut all = Vec::new();
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        for method in METHODS {
-            if let Some(op) = item.get(method) {
-                all.push((path.as_str(), method, op));
+        for (rank, method) in METHODS.iter().enumerate() {
+            if let Some(op) = item.get(*method) {
+                let tag = str_of(&op["tags"][0]);
+                let group = tags.iter().position(|t| *t == tag).unwrap_or(tags.len());
+                all.push(((group, path.as_str(), rank), (path.as_str(), *method, op)));
             }
         }
     }
-    all
+    all.sort_by_key(|(key, _)| *key);
+    all.into_iter().map(|(_, op)| op).collect()
 }
 
 fn render_operation(h: &mut String, doc: &Value, path: &str, method: &str, op: &Value) {
@@ -126,7 +139,7 @@ fn render_operation(h: &mut String, doc: &Value, path: &str, method: &str, op: &
                 } else {
                     "no"
                 },
-                esc(&schema_text(doc, &p["schema"])),
+                esc(&schema_text(&p["schema"])),
                 esc(str_of(&p["description"])),
             );
         }
@@ -139,7 +152,7 @@ fn render_operation(h: &mut String, doc: &Value, path: &str, method: &str, op: &
                 h,
                 "<li><code>{}</code>: <code>{}</code></li>",
                 esc(ctype),
-                esc(&schema_text(doc, &media["schema"]))
+                esc(&schema_text(&media["schema"]))
             );
         }
         h.push_str("</ul>");
@@ -154,7 +167,7 @@ fn render_operation(h: &mut String, doc: &Value, path: &str, method: &str, op: &
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(ctype, media)| format!("{ctype}: {}", schema_text(doc, &media["schema"])))
+            .map(|(ctype, media)| format!("{ctype}: {}", schema_text(&media["schema"])))
             .collect();
         let headers: Vec<&str> = response["headers"]
             .as_object()
@@ -174,6 +187,25 @@ fn render_operation(h: &mut String, doc: &Value, path: &str, method: &str, op: &
     h.push_str("</table></section>");
 }
 
+/// Every named schema once, with its fields (`?` when optional).
+fn render_schemas(h: &mut String, doc: &Value) {
+    h.push_str("<section id=\"schemas\"><h2>Schemas</h2><table><tr><th>name</th><th>schema</th><th>description</th></tr>");
+    for (name, schema) in doc["components"]["schemas"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let _ = write!(
+            h,
+            "<tr><td id=\"schema-{n}\"><code>{n}</code></td><td><code>{s}</code></td><td>{d}</td></tr>",
+            n = esc(name),
+            s = esc(&schema_text(schema)),
+            d = esc(str_of(&schema["description"])),
+        );
+    }
+    h.push_str("</table></section>");
+}
+
 /// A `$ref` to a component, followed; anything else as it is.
 fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
     match value["$ref"].as_str() {
@@ -186,10 +218,11 @@ fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
 }
 
 /// A one-line summary of a schema: its component name, or its type and bounds.
-fn schema_text(doc: &Value, schema: &Value) -> String {
+fn schema_text(schema: &Value) -> String {
     if let Some(reference) = schema["$ref"].as_str() {
+        // Named schemas are spelled out once, under Schemas.
         let name = reference.rsplit('/').next().unwrap_or(reference);
-        return format!("{name} {}", schema_text(doc, resolve(doc, schema)));
+        return name.to_string();
     }
     let Some(object) = schema.as_object() else {
         return String::new();
