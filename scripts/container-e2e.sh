@@ -80,6 +80,9 @@ check static-binary "file: ${file_out%%, BuildID*}; ldd: $ldd_out" \
 # Everything from `FROM scratch` on, with the build stage's outputs replaced
 # by files in this context.
 cp "$binary" "$ctx/fibd"
+mkdir -p "$ctx/sbom"
+cp "$REPO/sbom/fibd.cdx.json" "$ctx/sbom/"
+revision=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 mkdir -p "$ctx/rootfs/var/lib/fibd"
 chmod 0700 "$ctx/rootfs/var/lib/fibd"
 sed -n '/^FROM scratch/,$p' "$REPO/Containerfile" |
@@ -89,12 +92,14 @@ sed -n '/^FROM scratch/,$p' "$REPO/Containerfile" |
 if grep -q -- '--from=build' "$ctx/Containerfile.runtime"; then
     die "the runtime stage copies something from the build stage this script does not know: $(grep -- '--from=build' "$ctx/Containerfile.runtime")"
 fi
-build_log=$(podman build --format docker -t "$tag" -f "$ctx/Containerfile.runtime" "$ctx" 2>&1) && built=0 || built=$?
+build_log=$(podman build --format docker --build-arg "REVISION=$revision" -t "$tag" -f "$ctx/Containerfile.runtime" "$ctx" 2>&1) && built=0 || built=$?
 check image-build "podman build of the Containerfile's runtime stage: $( [ "$built" = 0 ] && echo ok || echo "failed ($built)")" test "$built" = 0
 [ "$built" = 0 ] || { sed 's/^/    /' <<<"$build_log"; exit 1; }
 config=$(podman image inspect "$tag" --format \
     'user={{.Config.User}} stop={{.Config.StopSignal}} volumes={{range $k, $v := .Config.Volumes}}{{$k}} {{end}}ports={{range $k, $v := .Config.ExposedPorts}}{{$k}} {{end}}health={{if .Config.Healthcheck}}{{join .Config.Healthcheck.Test " "}}{{end}} entrypoint={{join .Config.Entrypoint " "}}')
 size=$(podman image inspect "$tag" --format '{{.Size}}')
+labels=$(podman image inspect "$tag" --format '{{index .Config.Labels "org.opencontainers.image.revision"}} {{index .Config.Labels "dev.fibd.sbom.path"}}')
+check image-labels "revision and SBOM labels: $labels" test "$labels" = "$revision /sbom/fibd.cdx.json"
 check image-config "$config; $((size / 1024)) KiB" \
     bash -c '[[ $1 == *"user=65532:65532"* && $1 == *"stop=SIGTERM"* && $1 == *"/var/lib/fibd"* && $1 == *"8080/tcp"* && $1 == *"healthcheck --listen 127.0.0.1:8080"* ]]' _ "$config"
 

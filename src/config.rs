@@ -151,6 +151,7 @@ ENDPOINTS:
     GET /v1/primes/tasks/ID[?wait=S]        its status and result, now or within S seconds
                                             (also at /tasks and /tasks/ID)
     GET /healthz, /readyz, /metrics         liveness, readiness, Prometheus metrics
+    GET /openapi.json, /docs                this API's OpenAPI 3.1 description, as HTML
 
 SIGHUP rereads the --api-keys file; a bad file is logged and the old keys kept.
 

@@ -9,14 +9,16 @@
 //! - [`conn`]: one connection's state machine, the only code that touches a
 //!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
 //! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
-//!   content negotiation, the Date header, response heads (and the one rule
-//!   for the `Connection` field), the client address behind trusted proxies,
-//!   and the reader of upstream responses (`http::upstream`).
+//!   content negotiation, the Date header, `If-None-Match`, response heads
+//!   (and the one rule for the `Connection` field), the client address behind
+//!   trusted proxies, and the reader of upstream responses (`http::upstream`).
 //! - [`park`]: replies answered later: a ticket per parked request, which the
 //!   service keeps instead of the connection, and the deadlines they expire at.
 //! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
 //!   one file of replies per service (`stepper`, `fib`, `primes`, `random`,
-//!   `smart`, `ops`, with `number` the value writer the stepper and /v1/fib share).
+//!   `smart`, `ops`, `docs` for /openapi.json and /docs, which `build.rs`
+//!   renders from `openapi.json`; `number` is the value writer the stepper and
+//!   /v1/fib share).
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
 //! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big

@@ -9,8 +9,8 @@
 use std::fmt;
 
 use crate::fib::digits;
+use crate::http::etag;
 use crate::http::query::{self, Lookup};
-use crate::http::trim_ows;
 
 /// The largest n served unless configured otherwise: F(10^7) has about two
 /// million digits and takes a second or two on a worker (design notes §2).
@@ -182,58 +182,17 @@ pub fn write_etag(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Whether an `If-None-Match` field value (RFC 9110 §13.1.2) matches F(n)'s
-/// ETag, so the caller can answer 304 without computing F(n).
-///
-/// If-None-Match uses weak comparison, so `W/"fib-5"` matches too. A value
-/// that is not a valid `*` or entity-tag list matches nothing as a whole:
-/// answering 200 with the full body is always correct, while guessing at a
-/// malformed list could wrongly answer 304.
+/// ETag, so the caller can answer 304 without computing F(n); the list
+/// grammar and weak comparison are [`etag::if_none_match`]'s.
 pub fn if_none_match(header: &[u8], n: u64) -> bool {
-    let mut rest = trim_ows(header);
-    if rest == b"*" {
-        return true;
-    }
     let mut n_digits = [0u8; 20];
     let n_digits = n_digits.get_mut(..digits::u64_len(n)).unwrap_or_default();
     digits::fill_padded(n_digits, n);
-
-    let mut matched = false;
-    loop {
-        // RFC 9110 §5.6.1: recipients accept empty list elements (`a, ,b`).
-        while let Some(after_comma) = rest.strip_prefix(b",") {
-            rest = trim_ows(after_comma);
-        }
-        if rest.is_empty() {
-            return matched;
-        }
-        let Some((opaque, after_tag)) = entity_tag(rest) else {
-            return false;
-        };
-        matched |= opaque
+    etag::if_none_match(header, |opaque| {
+        opaque
             .strip_prefix(ETAG_PREFIX)
-            .is_some_and(|tag_n| tag_n == &n_digits[..]);
-        rest = trim_ows(after_tag);
-        if !rest.is_empty() && !rest.starts_with(b",") {
-            return false;
-        }
-    }
-}
-
-/// Splits one `entity-tag` (weak or strong) off the front of `input`: the
-/// characters between its quotes, and what follows the closing quote.
-///
-/// Scans for the closing quote instead of splitting the list on commas,
-/// because a comma is a valid character inside a tag (`"a,b"`).
-fn entity_tag(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let quoted = input.strip_prefix(b"W/").unwrap_or(input);
-    let inner = quoted.strip_prefix(b"\"")?;
-    let close = inner.iter().position(|&b| b == b'"')?;
-    let (opaque, rest) = inner.split_at(close);
-    // etagc = %x21 / %x23-7E / obs-text
-    let valid = opaque
-        .iter()
-        .all(|&b| b == 0x21 || (0x23..=0x7E).contains(&b) || b >= 0x80);
-    valid.then(|| (opaque, rest.get(1..).unwrap_or_default()))
+            .is_some_and(|tag_n| tag_n == &n_digits[..])
+    })
 }
 
 #[cfg(test)]

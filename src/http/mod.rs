@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod chunked;
 pub mod date;
+pub mod etag;
 pub mod forwarded;
 pub mod parse;
 pub mod query;

@@ -4,9 +4,10 @@
 //!
 //! This file holds the route table, dispatch, charging and the answers every
 //! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `primes`, `random`, `smart`, `ops`), and `number` is the one
-//! writer of a Fibonacci value that the stepper and /v1/fib share.
+//! (`stepper`, `fib`, `primes`, `random`, `smart`, `ops`, `docs`), and `number`
+//! is the one writer of a Fibonacci value that the stepper and /v1/fib share.
 
+mod docs;
 mod fib;
 mod number;
 mod ops;
@@ -58,10 +59,14 @@ pub enum Route {
     PrimesTasks,
     /// GET one primes task by id (also at /tasks/{id}).
     PrimesTask,
+    /// This API's OpenAPI description (`openapi.json`, built in).
+    OpenApi,
+    /// The same description as an HTML reference.
+    Docs,
 }
 
 impl Route {
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 15] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -75,6 +80,8 @@ impl Route {
         Route::Dashboard,
         Route::PrimesTasks,
         Route::PrimesTask,
+        Route::OpenApi,
+        Route::Docs,
     ];
 
     pub fn path(self) -> &'static str {
@@ -92,18 +99,33 @@ impl Route {
             Route::Dashboard => "/dashboard",
             Route::PrimesTasks => "/v1/primes/tasks",
             Route::PrimesTask => "/v1/primes/tasks/{id}",
+            Route::OpenApi => "/openapi.json",
+            Route::Docs => "/docs",
+        }
+    }
+
+    /// Other paths of the same resource, kept for clients of the services
+    /// fibd replaces. A path with `{name}` is a template: the route matches
+    /// it itself, and the template is how openapi.json names it.
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Route::PrimesTasks => &["/tasks"],
+            Route::PrimesTask => &["/tasks/{id}"],
+            _ => &[],
         }
     }
 
     pub fn from_path(path: &[u8]) -> Option<Route> {
         Route::ALL
             .into_iter()
-            .find(|r| r.path().as_bytes() == path)
+            .find(|r| {
+                r.path().as_bytes() == path || r.aliases().iter().any(|a| a.as_bytes() == path)
+            })
             .or_else(|| primes::task_route(path))
     }
 
     /// The methods a route takes, as the Allow header lists them.
-    fn allow(self) -> &'static str {
+    pub fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
             Route::PrimesTasks => "POST",
@@ -428,6 +450,7 @@ impl App {
             }
             Route::PrimesTasks => self.primes_post(caller, request, body, out),
             Route::PrimesTask => self.primes_get(conn, caller, request, out),
+            Route::OpenApi | Route::Docs => Ok(Answer::Now(self.api_document(route, request, out))),
         }
     }
 }
