@@ -6,8 +6,9 @@
 //! 3. apply commit outcomes: release or withdraw the replies they held;
 //! 4. deliver finished computations to their parked requests;
 //! 5. timers and outbound calls: expire parked requests whose deadline
-//!    passed, send due hedges, let the outbound client connect and expire,
-//!    and deliver the replies all of that decided;
+//!    passed, send due hedges, hand a due batch of trace spans to the
+//!    outbound client, let the client connect and expire, and deliver the
+//!    replies all of that decided;
 //! 6. hand the batch collected meanwhile to the commit thread;
 //! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
 //!    rereads the API keys).
@@ -152,11 +153,13 @@ impl Server {
         app.connections_max = config.connections_max;
         if let Some(trace) = config.trace.clone() {
             log::info!(
-                "tracing: {} of requests without a caller's decision, spans for {}; \
-                 export waits for the outbound HTTP client (issue 12): until then spans \
-                 fill a {}-span buffer and the rest count as fibd_trace_spans_dropped_total",
+                "tracing: {} of requests without a caller's decision; spans go to {} at {} \
+                 in batches of up to {}, with up to {} waiting (more are dropped and counted \
+                 in fibd_trace_spans_dropped_total)",
                 trace.sample_ratio,
-                trace.zipkin_url,
+                trace.collector,
+                trace.collector.addr,
+                crate::trace::BATCH_SPANS,
                 trace.buffer_spans
             );
             app.enable_tracing(trace);
@@ -472,14 +475,15 @@ impl Server {
         }
     }
 
-    /// Expired parks, due hedges and the outbound client's own work, then
-    /// the replies they decided.
+    /// Expired parks, due hedges, a due span batch and the outbound
+    /// client's own work, then the replies they decided.
     fn timers_and_calls(&mut self) {
         self.app.settle_upstream();
         while let Some((ticket, owner)) = self.app.parking.expired(self.now) {
             self.app.expire(ticket, owner);
         }
         self.app.run_smart_timers(self.now);
+        self.app.export_spans();
         let mut registrar = PollRegistrar(self.poll.registry());
         self.app.upstream.drive(self.now, &mut registrar);
         self.app.settle_upstream();
