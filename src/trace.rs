@@ -260,6 +260,11 @@ impl Tracer {
         self.counts
     }
 
+    /// Where batches go.
+    pub fn collector(&self) -> &Target {
+        &self.config.collector
+    }
+
     /// A server span for a request, or None when it is not sampled. A valid
     /// caller's `traceparent` decides (its trace continues under its span);
     /// otherwise `--trace-sample` does, for a new trace.

@@ -386,4 +386,9 @@ fn a_hung_collector_costs_dropped_spans_not_answers() {
         "{dropped} then {after}"
     );
     assert_eq!(metric(&mut client, "fibd_upstream_connections_open"), 1.0);
+    let warning = fibd.wait_log("trace export: ");
+    assert!(
+        warning.contains("no answer before the deadline") && warning.contains("/api/v2/spans"),
+        "{warning}"
+    );
 }

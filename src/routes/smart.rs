@@ -146,9 +146,9 @@ impl App {
 
     /// Cancels a call's attempts still in flight; their spans end cancelled.
     fn cancel_attempts(&mut self, live: &Live) {
+        let request_id = live.shape.request_id;
         for attempt in &live.attempts {
             self.upstream.cancel(attempt.call);
-            let request_id = live.shape.request_id;
             self.finish_span(attempt.span, 0, request_id, Some("cancelled"));
         }
     }

@@ -69,28 +69,26 @@ impl App {
         };
         let failure = match &done.result {
             Ok(response) if (200..300).contains(&response.status) => None,
-            Ok(response) => Some(format!("the collector answered {}", response.status)),
-            Err(e) => Some(e.to_string().replace("upstream", "collector")),
+            Ok(response) => Some(format!("answered {}", response.status)),
+            Err(e) => Some(e.to_string()),
         };
+        let collector = tracer.collector();
+        let was_failing = self.span_export_failing;
+        self.span_export_failing = failure.is_some();
         match failure {
-            None => {
-                tracer.export_finished(ExportOutcome::Delivered);
-                if std::mem::take(&mut self.span_export_failing) {
-                    log::info!("trace export: the collector takes spans again");
-                }
-            }
-            Some(why) => {
-                tracer.export_finished(ExportOutcome::Failed);
-                if !std::mem::replace(&mut self.span_export_failing, true) {
-                    log::warn!(
-                        "trace export: {why}; spans are dropped until it takes them \
-                         (fibd_trace_spans_dropped_total)"
-                    );
-                } else {
-                    log::debug!("trace export: {why}");
-                }
-            }
+            None if was_failing => log::info!("trace export: {collector} takes spans again"),
+            None => {}
+            Some(why) if was_failing => log::debug!("trace export: {collector}: {why}"),
+            Some(why) => log::warn!(
+                "trace export: {collector}: {why}; spans are dropped until it takes \
+                 them (fibd_trace_spans_dropped_total)"
+            ),
         }
+        tracer.export_finished(if self.span_export_failing {
+            ExportOutcome::Failed
+        } else {
+            ExportOutcome::Delivered
+        });
     }
 }
 

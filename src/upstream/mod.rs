@@ -149,9 +149,9 @@ pub enum CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CallError::Connect(kind) => write!(f, "cannot connect to the upstream: {kind}"),
-            CallError::Closed => f.write_str("the upstream closed the connection before answering"),
-            CallError::Timeout => f.write_str("the upstream did not answer in time"),
+            CallError::Connect(kind) => write!(f, "cannot connect: {kind}"),
+            CallError::Closed => f.write_str("the connection closed before a whole answer"),
+            CallError::Timeout => f.write_str("no answer before the deadline"),
             CallError::Response(e) => f.write_str(e.message()),
         }
     }
