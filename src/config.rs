@@ -125,8 +125,9 @@ OPTIONS:
     --upstream-max-conns N    outbound connections at most, idle ones included; past it
                               /api/smart answers 503 at once [env FIBD_UPSTREAM_MAX_CONNS]
                               (default 512)
-    --trace-zipkin URL        send sampled request spans as Zipkin v2 JSON to this collector,
-                              e.g. http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
+    --trace-zipkin URL        send sampled request spans as Zipkin v2 JSON to this http://
+                              collector (Zipkin or Jaeger), resolved at start-up, e.g.
+                              http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
                               (default: no tracing)
     --trace-sample RATIO      share of requests traced when the caller's traceparent does not
                               decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
