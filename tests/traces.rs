@@ -239,7 +239,9 @@ fn hedged_attempts_end_won_failed_and_cancelled_each_with_its_own_context() {
     let collector = collector();
     let upstream = FakeUpstream::start(|seen| match seen.index {
         0 => Answer::status(0, 500),
-        1 => Answer::json(0, "{\"v\": 2}"),
+        // Late enough that the other hedge is surely on the wire: every
+        // attempt, the cancelled one too, reaches the upstream.
+        1 => Answer::json(300, "{\"v\": 2}"),
         _ => Answer::json(3_000, "{\"v\": 3}"),
     });
     let data = DataDir::new("traces-hedged");
