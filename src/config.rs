@@ -13,8 +13,9 @@ use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
 use crate::primes::PrimesLimits;
 use crate::ratelimit::RateLimitConfig;
-use crate::smart::{SmartConfig, UpstreamTarget};
+use crate::smart::SmartConfig;
 use crate::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
+use crate::upstream::Target;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";
@@ -126,8 +127,9 @@ OPTIONS:
     --upstream-max-conns N    outbound connections at most, idle ones included; past it
                               /api/smart answers 503 at once [env FIBD_UPSTREAM_MAX_CONNS]
                               (default 512)
-    --trace-zipkin URL        send sampled request spans as Zipkin v2 JSON to this collector,
-                              e.g. http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
+    --trace-zipkin URL        send sampled request spans as Zipkin v2 JSON to this http://
+                              collector (Zipkin or Jaeger), resolved at start-up, e.g.
+                              http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
                               (default: no tracing)
     --trace-sample RATIO      share of requests traced when the caller's traceparent does not
                               decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
@@ -449,15 +451,13 @@ fn smart_config(
     let defaults = SmartConfig::default();
     let upstream = match upstream.filter(|u| !u.is_empty()) {
         None => None,
-        Some(url) => {
-            Some(
-                UpstreamTarget::resolve(&url).map_err(|expected| ConfigError::Invalid {
-                    setting: "upstream",
-                    value: url,
-                    expected,
-                })?,
-            )
-        }
+        Some(url) => Some(
+            Target::resolve(&url).map_err(|expected| ConfigError::Invalid {
+                setting: "upstream",
+                value: url,
+                expected,
+            })?,
+        ),
     };
     Ok(SmartConfig {
         upstream,
@@ -541,6 +541,7 @@ fn switch(raw: Option<String>, setting: &'static str) -> Result<bool, ConfigErro
 }
 
 /// An empty URL (as a compose file's unset variable gives) means no tracing.
+/// The collector is resolved here, once: never a lookup on the loop.
 fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConfig>, ConfigError> {
     let sample_ratio = match sample {
         None => DEFAULT_SAMPLE_RATIO,
@@ -559,19 +560,13 @@ fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConf
         return Ok(None);
     };
     // The outbound client speaks plain HTTP/1.1: http://HOST:PORT/PATH.
-    let authority = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .filter(|a| !a.is_empty() && !a.contains(char::is_whitespace));
-    if authority.is_none() {
-        return Err(ConfigError::Invalid {
-            setting: "trace collector URL",
-            value: url,
-            expected: "http://HOST:PORT/PATH, e.g. http://127.0.0.1:9411/api/v2/spans",
-        });
-    }
+    let collector = Target::resolve(url.trim()).map_err(|expected| ConfigError::Invalid {
+        setting: "trace collector URL",
+        value: url,
+        expected,
+    })?;
     Ok(Some(TraceConfig {
-        zipkin_url: url,
+        collector,
         sample_ratio,
         buffer_spans: DEFAULT_BUFFER_SPANS,
     }))
@@ -765,7 +760,11 @@ mod tests {
         assert_eq!(serve(&[], &[("FIBD_TRACE_ZIPKIN", "")]).trace, None);
         let url = "http://127.0.0.1:9411/api/v2/spans";
         let t = serve(&["--trace-zipkin", url], &[]).trace.unwrap();
-        assert_eq!((t.zipkin_url.as_str(), t.sample_ratio), (url, 0.1));
+        assert_eq!(
+            (t.collector.to_string().as_str(), t.sample_ratio),
+            (url, 0.1)
+        );
+        assert_eq!(t.collector.addr.to_string(), "127.0.0.1:9411", "resolved");
         let t = serve(&["--trace-sample=1"], &[("FIBD_TRACE_ZIPKIN", url)])
             .trace
             .unwrap();
@@ -779,6 +778,7 @@ mod tests {
             "zipkin:9411",
             "http:///x",
             "http://a b/",
+            "http://no-such-host.invalid:9411/api/v2/spans",
         ] {
             let err = parse(&["--trace-zipkin", bad], &[]).unwrap_err();
             assert!(err.to_string().contains("trace collector URL"), "{err}");

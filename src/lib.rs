@@ -36,7 +36,9 @@
 //!   machine, and the live calls with their hedge timers.
 //! - [`upstream`]: the outbound HTTP/1.1 client inside the loop (non-blocking
 //!   connect, bounded keep-alive pool, deadlines), the only code that touches
-//!   an upstream socket; the server drives it through a token range.
+//!   an upstream socket; the server drives it through a token range. Its
+//!   callers are /api/smart and the trace exporter; where a call goes is an
+//!   `upstream::Target`, resolved at start-up.
 //! - [`request_id`]: the caller's `X-Request-Id` validated, or one made cheaply;
 //!   echoed on every answer, in logs and error bodies.
 //! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
@@ -47,7 +49,9 @@
 //! - [`metrics`], [`logging`], [`systemd`]: Prometheus text and the dashboard's
 //!   JSON, the journald-aware log format, sd_notify and socket activation.
 //! - [`trace`]: W3C traceparent, sampled request spans in a bounded buffer,
-//!   Zipkin v2 JSON batches for the outbound client to send (sans-IO).
+//!   Zipkin v2 JSON batches for the outbound client to send (sans-IO);
+//!   `routes/trace.rs` ends spans, makes /api/smart's attempt spans and hands
+//!   batches to the client from a loop phase.
 //! - [`config`]: command line and environment, validated once.
 //!
 //! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a

@@ -111,6 +111,7 @@ pub struct Gauges {
     pub upstream: crate::upstream::PoolStats,
     pub trace_spans_recorded: u64,
     pub trace_spans_dropped: u64,
+    pub trace_spans_exported: u64,
     pub start_time_unix_seconds: u64,
     /// Since start, on the monotonic clock (JSON only: the page's time base).
     pub uptime: Duration,
@@ -300,7 +301,7 @@ impl Metrics {
             "Stepper mutations made durable by one commit.",
             &self.commit_batch_steps,
         );
-        let scalars: [(Kind, &str, &str, u64); 18] = [
+        let scalars: [(Kind, &str, &str, u64); 19] = [
             (
                 Kind::Counter,
                 "fibd_commit_failures_total",
@@ -400,8 +401,14 @@ impl Metrics {
             (
                 Kind::Counter,
                 "fibd_trace_spans_dropped_total",
-                "Spans dropped because the export buffer was full (the collector is slow or down).",
+                "Spans dropped: the export buffer was full, or the collector did not take their batch.",
                 gauges.trace_spans_dropped,
+            ),
+            (
+                Kind::Counter,
+                "fibd_trace_spans_exported_total",
+                "Spans in batches the Zipkin collector took (a 2xx answer).",
+                gauges.trace_spans_exported,
             ),
             (
                 Kind::Gauge,
@@ -440,7 +447,7 @@ impl Metrics {
         );
         sink.histogram(
             "fibd_upstream_duration_seconds",
-            "Outbound calls, from the send to the answer or failure (cancelled ones excluded).",
+            "/api/smart's upstream calls, from the send to the answer or failure (cancelled ones excluded).",
             &self.upstream_seconds,
         );
         let pool = gauges.upstream;

@@ -6,9 +6,9 @@
 //! 3. apply commit outcomes: release or withdraw the replies they held;
 //! 4. deliver finished computations to their parked requests;
 //! 5. timers and outbound calls: expire parked requests whose deadline
-//!    passed (through the service that owns them), send due hedges, let the
-//!    outbound client connect and expire, and deliver the replies all of
-//!    that decided;
+//!    passed (through the service that owns them), send due hedges, hand a
+//!    due batch of trace spans to the outbound client, let the client
+//!    connect and expire, and deliver the replies all of that decided;
 //! 6. housekeeping (task retention) and hand the batch collected meanwhile
 //!    to the commit thread;
 //! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
@@ -160,11 +160,13 @@ impl Server {
         app.connections_max = config.connections_max;
         if let Some(trace) = config.trace.clone() {
             log::info!(
-                "tracing: {} of requests without a caller's decision, spans for {}; \
-                 export waits for the outbound HTTP client (issue 12): until then spans \
-                 fill a {}-span buffer and the rest count as fibd_trace_spans_dropped_total",
+                "tracing: {} of requests without a caller's decision; spans go to {} at {} \
+                 in batches of up to {}, with up to {} waiting (more are dropped and counted \
+                 in fibd_trace_spans_dropped_total)",
                 trace.sample_ratio,
-                trace.zipkin_url,
+                trace.collector,
+                trace.collector.addr,
+                crate::trace::BATCH_SPANS,
                 trace.buffer_spans
             );
             app.enable_tracing(trace);
@@ -503,8 +505,8 @@ impl Server {
         }
     }
 
-    /// Expired parks, due hedges and the outbound client's own work, then
-    /// the replies they decided.
+    /// Expired parks, due hedges, a due span batch and the outbound
+    /// client's own work, then the replies they decided.
     fn timers_and_calls(&mut self) {
         // Answers that arrived are delivered before any deadline is looked
         // at: a call that succeeded in the pass its deadline passed is
@@ -515,6 +517,7 @@ impl Server {
             self.app.expire(ticket, owner);
         }
         self.app.run_smart_timers(self.now);
+        self.app.export_spans();
         let mut registrar = PollRegistrar(self.poll.registry());
         self.app.upstream.drive(self.now, &mut registrar);
         self.app.settle_upstream();

@@ -18,13 +18,13 @@
 use crate::http::response::Persistence;
 use crate::request_id::RequestId;
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::http::query::{self, Lookup};
 use crate::http::upstream::ResponseError;
 use crate::park::Ticket;
-use crate::upstream::{CallId, Outbound};
+use crate::trace::SpanStart;
+use crate::upstream::{CallId, Outbound, Target};
 
 /// Attempts per call at most: the first, then two hedges.
 pub const ATTEMPTS_MAX: u8 = 3;
@@ -33,78 +33,10 @@ pub const TIMEOUT_MS_MIN: u64 = 1;
 pub const TIMEOUT_MS_MAX: u64 = 60_000;
 pub const DEFAULT_HEDGE_AFTER: Duration = Duration::from_millis(300);
 
-/// Where the upstream is, resolved once at start-up.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    pub addr: SocketAddr,
-    /// The `Host` field: the URL's authority as given.
-    pub host: String,
-    /// Path and query, as given (`/` when the URL has none).
-    pub target: String,
-}
-
-impl UpstreamTarget {
-    /// Parses `http://host[:port][/path][?query]` and resolves the host
-    /// (start-up only: a DNS lookup never runs on the loop).
-    pub fn resolve(url: &str) -> Result<UpstreamTarget, &'static str> {
-        if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
-            return Err("plain http:// only; put a local TLS proxy in front of an HTTPS upstream");
-        }
-        let rest = url
-            .get(..7)
-            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
-            .and_then(|_| url.get(7..))
-            .ok_or("an http:// URL")?;
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (host, target) = rest.split_at(split);
-        if host.is_empty() || host.contains('@') || target.contains('#') {
-            return Err("an http://HOST[:PORT]/PATH URL without user info or fragment");
-        }
-        let target = match target {
-            "" => "/".to_owned(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_owned(),
-        };
-        if target.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err("a URL whose path is printable ASCII (percent-encode the rest)");
-        }
-        let with_port = if host.rsplit_once(':').is_some_and(|(h, p)| {
-            !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (!h.contains(':') || h.ends_with(']'))
-        }) {
-            host.to_owned()
-        } else {
-            format!("{host}:80")
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or("an upstream host that resolves")?;
-        Ok(UpstreamTarget {
-            addr,
-            host: host.to_owned(),
-            target,
-        })
-    }
-
-    /// The request every attempt sends.
-    pub fn request(&self) -> Outbound {
-        Outbound::new(
-            "GET",
-            self.addr,
-            &self.host,
-            &self.target,
-            &[("Accept", "application/json"), ("User-Agent", "fibd")],
-            b"",
-        )
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmartConfig {
-    pub upstream: Option<UpstreamTarget>,
+    /// Where attempts go, resolved once at start-up.
+    pub upstream: Option<Target>,
     pub hedge_after: Duration,
     /// Outbound connections at most, idle pooled ones included.
     pub conns_max: usize,
@@ -324,6 +256,17 @@ pub struct Shape {
     pub head_only: bool,
     pub persistence: Persistence,
     pub request_id: RequestId,
+    /// The request's trace span, when it is sampled; ended with the reply.
+    pub span: Option<SpanStart>,
+}
+
+/// One attempt in flight.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    pub call: CallId,
+    /// Its client span, a child of the request's; its context went out in
+    /// the attempt's `traceparent`.
+    pub span: Option<SpanStart>,
 }
 
 /// A call in progress.
@@ -334,8 +277,19 @@ pub struct Live {
     pub deadline: Instant,
     pub shape: Shape,
     /// Attempts in flight.
-    pub calls: Vec<CallId>,
+    pub attempts: Vec<Attempt>,
 }
+
+impl Live {
+    /// Takes the attempt that made `call` out of those in flight.
+    pub fn take_attempt(&mut self, call: CallId) -> Option<Attempt> {
+        let i = self.attempts.iter().position(|a| a.call == call)?;
+        Some(self.attempts.swap_remove(i))
+    }
+}
+
+/// The fields every attempt sends.
+const ATTEMPT_FIELDS: [(&str, &str); 2] = [("Accept", "application/json"), ("User-Agent", "fibd")];
 
 /// The live calls by park ticket, and their hedge moments in time order.
 #[derive(Debug)]
@@ -351,7 +305,10 @@ pub struct SmartService {
 impl SmartService {
     pub fn new(config: SmartConfig) -> SmartService {
         SmartService {
-            request: config.upstream.as_ref().map(UpstreamTarget::request),
+            request: config
+                .upstream
+                .as_ref()
+                .map(|upstream| upstream.request("GET", &ATTEMPT_FIELDS, b"")),
             config,
             live: HashMap::new(),
             hedges: VecDeque::new(),
@@ -363,6 +320,14 @@ impl SmartService {
         self.request.as_ref()
     }
 
+    /// The request a traced attempt sends: the same, with its `traceparent`
+    /// (encoded per attempt, as only sampled requests need it).
+    pub fn traced_request(&self, traceparent: &str) -> Option<Outbound> {
+        let [accept, agent] = ATTEMPT_FIELDS;
+        let fields = [accept, agent, ("traceparent", traceparent)];
+        Some(self.config.upstream.as_ref()?.request("GET", &fields, b""))
+    }
+
     pub fn config(&self) -> &SmartConfig {
         &self.config
     }
@@ -372,6 +337,10 @@ impl SmartService {
             self.hedges.push_back((at, ticket));
         }
         self.live.insert(ticket, live);
+    }
+
+    pub fn get(&self, ticket: Ticket) -> Option<&Live> {
+        self.live.get(&ticket)
     }
 
     pub fn get_mut(&mut self, ticket: Ticket) -> Option<&mut Live> {
@@ -598,6 +567,7 @@ mod tests {
             head_only: false,
             persistence: Persistence::KeepAlive,
             request_id: RequestId::from_caller(b"test").expect("a valid id"),
+            span: None,
         };
         let mut tickets = Vec::new();
         for i in 0..3 {
@@ -609,7 +579,7 @@ mod tests {
                 started: t0,
                 deadline: t0 + ms(1000),
                 shape,
-                calls: Vec::new(),
+                attempts: Vec::new(),
             };
             service.insert(ticket, live);
             tickets.push(ticket);
@@ -720,31 +690,6 @@ mod tests {
         ] {
             let message = parse_timeout(bad.as_bytes()).unwrap_err();
             assert!(message.contains("1 to 60000"), "{bad}: {message}");
-        }
-    }
-
-    #[test]
-    fn upstream_urls() {
-        let t = UpstreamTarget::resolve("http://127.0.0.1:9000/api/data?x=1").unwrap();
-        assert_eq!(t.addr, "127.0.0.1:9000".parse().unwrap());
-        assert_eq!(
-            (t.host.as_str(), t.target.as_str()),
-            ("127.0.0.1:9000", "/api/data?x=1")
-        );
-        let t = UpstreamTarget::resolve("http://127.0.0.1").unwrap();
-        assert_eq!((t.addr.port(), t.target.as_str()), (80, "/"));
-        let t = UpstreamTarget::resolve("HTTP://[::1]:81?q").unwrap();
-        assert_eq!((t.addr.port(), t.target.as_str()), (81, "/?q"));
-        let https = UpstreamTarget::resolve("https://127.0.0.1/").unwrap_err();
-        assert!(https.contains("TLS proxy"));
-        for bad in [
-            "127.0.0.1:9000",
-            "ftp://x/",
-            "http://",
-            "http://u@127.0.0.1/",
-            "http://127.0.0.1/a b",
-        ] {
-            assert!(UpstreamTarget::resolve(bad).is_err(), "{bad}");
         }
     }
 }

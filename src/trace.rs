@@ -10,13 +10,16 @@
 //! reports back with [`Tracer::export_finished`]. A batch is due when
 //! [`BATCH_SPANS`] spans wait or the oldest has waited [`FLUSH_INTERVAL`]; one
 //! batch is in flight at most, and while the collector is slow or down new
-//! spans beyond [`TraceConfig::buffer_spans`] are dropped and counted.
+//! spans beyond [`TraceConfig::buffer_spans`] are dropped and counted. A
+//! client that cannot take a batch (every outbound connection busy) is asked
+//! again after [`FLUSH_INTERVAL`], not on every loop pass.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::request_id::RequestId;
+use crate::upstream::Target;
 
 /// Spans sent in one POST at most.
 pub const BATCH_SPANS: usize = 128;
@@ -31,8 +34,9 @@ const SERVICE_NAME: &str = "fibd";
 /// `--trace-zipkin` and `--trace-sample`, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceConfig {
-    /// Where batches are POSTed, e.g. `http://127.0.0.1:9411/api/v2/spans`.
-    pub zipkin_url: String,
+    /// Where batches are POSTed, e.g. `http://127.0.0.1:9411/api/v2/spans`,
+    /// resolved at start-up.
+    pub collector: Target,
     /// Share of requests without a caller's decision that are traced, 0 to 1.
     pub sample_ratio: f64,
     pub buffer_spans: usize,
@@ -99,14 +103,22 @@ fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// `traceparent` for a call made inside `context`'s span (the upstream
-/// requests of /api/smart): version 00, its trace and span ids, its flag.
-pub fn write_traceparent(out: &mut Vec<u8>, context: &SpanContext) {
-    out.extend_from_slice(b"00-");
-    write_hex(out, &context.trace_id);
-    out.push(b'-');
-    write_hex(out, &context.span_id);
-    out.extend_from_slice(if context.sampled { b"-01" } else { b"-00" });
+impl SpanContext {
+    /// `traceparent` for a call made inside this span (the upstream requests
+    /// of /api/smart): version 00, its trace and span ids, its flag.
+    pub fn traceparent(&self) -> String {
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        for b in self.trace_id {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push('-');
+        for b in self.span_id {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
+    }
 }
 
 /// Zipkin's span kinds that fibd records.
@@ -152,17 +164,17 @@ pub enum ExportOutcome {
     Failed,
 }
 
-/// The seam to the outbound HTTP/1.1 client (issue 12): POST these bytes to
-/// this URL with a deadline; the outcome comes back later through
+/// The seam to the outbound HTTP/1.1 client: POST these bytes to this
+/// collector with a deadline; the outcome comes back later through
 /// [`Tracer::export_finished`]. Nothing else is asked of the client.
 pub trait Post {
     /// Starts the request; false if the client cannot take it now (the batch
-    /// is then kept for the next try).
+    /// is then kept for a later try).
     fn post(
         &mut self,
-        url: &str,
+        to: &Target,
         content_type: &'static str,
-        body: Vec<u8>,
+        body: &[u8],
         deadline: Instant,
     ) -> bool;
 }
@@ -171,7 +183,9 @@ pub trait Post {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceCounts {
     pub recorded: u64,
+    /// Dropped for a full buffer, or in a batch the collector did not take.
     pub dropped: u64,
+    /// In batches the collector took (a 2xx).
     pub exported: u64,
 }
 
@@ -206,10 +220,14 @@ pub struct Tracer {
     epoch_unix_us: u64,
     spans: VecDeque<Span>,
     oldest_waiting_since: Option<Instant>,
+    /// After the client refused a batch: not asked again before this.
+    retry_at: Option<Instant>,
     in_flight: bool,
     /// Spans in the batch in flight, counted when its outcome arrives.
     in_flight_spans: u64,
     counts: TraceCounts,
+    /// The JSON of the batch being handed over, reused batch after batch.
+    body: Vec<u8>,
 }
 
 impl Tracer {
@@ -230,14 +248,21 @@ impl Tracer {
             epoch: now,
             epoch_unix_us,
             oldest_waiting_since: None,
+            retry_at: None,
             in_flight: false,
             in_flight_spans: 0,
             counts: TraceCounts::default(),
+            body: Vec::new(),
         }
     }
 
     pub fn counts(&self) -> TraceCounts {
         self.counts
+    }
+
+    /// Where batches go.
+    pub fn collector(&self) -> &Target {
+        &self.config.collector
     }
 
     /// A server span for a request, or None when it is not sampled. A valid
@@ -326,27 +351,42 @@ impl Tracer {
         self.oldest_waiting_since.get_or_insert(now);
     }
 
+    /// When [`Tracer::export_due`] has a batch to hand over, for the loop's
+    /// sleep; None while a batch is in flight or nothing waits.
+    pub fn next_export(&self) -> Option<Instant> {
+        if self.in_flight {
+            return None;
+        }
+        let oldest = self.oldest_waiting_since?;
+        let due = if self.spans.len() >= BATCH_SPANS {
+            oldest
+        } else {
+            oldest + FLUSH_INTERVAL
+        };
+        Some(self.retry_at.map_or(due, |retry| retry.max(due)))
+    }
+
     /// Loop phase: hands a batch to `client` when one is due and none is in flight.
     pub fn export_due(&mut self, now: Instant, client: &mut impl Post) {
-        let waited = self
-            .oldest_waiting_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= FLUSH_INTERVAL);
-        if self.in_flight || self.spans.is_empty() || (self.spans.len() < BATCH_SPANS && !waited) {
+        if self.next_export().is_none_or(|due| due > now) {
             return;
         }
         let take = self.spans.len().min(BATCH_SPANS);
-        let mut body = Vec::with_capacity(take * 400);
-        encode_zipkin(&mut body, self.spans.range(..take));
+        self.body.clear();
+        encode_zipkin(&mut self.body, self.spans.range(..take));
         if client.post(
-            &self.config.zipkin_url,
+            &self.config.collector,
             "application/json",
-            body,
+            &self.body,
             now + EXPORT_DEADLINE,
         ) {
             self.spans.drain(..take);
             self.in_flight = true;
             self.in_flight_spans = take as u64;
             self.oldest_waiting_since = (!self.spans.is_empty()).then_some(now);
+            self.retry_at = None;
+        } else {
+            self.retry_at = Some(now + FLUSH_INTERVAL);
         }
     }
 
@@ -442,7 +482,7 @@ mod tests {
 
     fn config(ratio: f64, buffer_spans: usize) -> TraceConfig {
         TraceConfig {
-            zipkin_url: "http://127.0.0.1:9411/api/v2/spans".into(),
+            collector: Target::resolve("http://127.0.0.1:9411/api/v2/spans").unwrap(),
             sample_ratio: ratio,
             buffer_spans,
         }
@@ -473,9 +513,7 @@ mod tests {
             parse_traceparent(&future).is_some(),
             "later versions may add fields"
         );
-        let mut out = Vec::new();
-        write_traceparent(&mut out, &c);
-        assert_eq!(out, VALID);
+        assert_eq!(c.traceparent().as_bytes(), VALID);
     }
 
     #[test]
@@ -540,21 +578,23 @@ mod tests {
     struct Collector {
         bodies: Vec<(String, Vec<u8>)>,
         refuse: bool,
+        asked: usize,
     }
 
     impl Post for Collector {
         fn post(
             &mut self,
-            url: &str,
+            to: &Target,
             content_type: &'static str,
-            body: Vec<u8>,
+            body: &[u8],
             _: Instant,
         ) -> bool {
             assert_eq!(content_type, "application/json");
+            self.asked += 1;
             if self.refuse {
                 return false;
             }
-            self.bodies.push((url.to_owned(), body));
+            self.bodies.push((to.to_string(), body.to_vec()));
             true
         }
     }
@@ -569,9 +609,7 @@ mod tests {
         let (mut t, now) = tracer(0.0, 16);
         let server = t.start(Some(VALID), "/api/smart", "GET", now).unwrap();
         let attempt = t.child(&server, "upstream", "GET", now + Duration::from_micros(10));
-        let mut upstream_header = Vec::new();
-        write_traceparent(&mut upstream_header, &attempt.context);
-        let passed_on = parse_traceparent(&upstream_header).unwrap();
+        let passed_on = parse_traceparent(attempt.context.traceparent().as_bytes()).unwrap();
         assert_eq!(passed_on.trace_id, server.context.trace_id);
         assert_eq!(passed_on.span_id, attempt.context.span_id);
         t.finish(
@@ -689,9 +727,23 @@ mod tests {
         assert_eq!(counts.dropped, 1000 - 300 - BATCH_SPANS as u64);
         t.export_finished(ExportOutcome::Failed);
         assert_eq!(t.counts().dropped, 1000 - 300);
-        // A client that cannot take a batch now leaves it buffered.
+        // A client that cannot take a batch now leaves it buffered, and is
+        // asked again only after the flush interval.
         collector.refuse = true;
-        t.export_due(now + Duration::from_secs(5), &mut collector);
-        assert_eq!(t.spans.len(), 300);
+        let later = now + Duration::from_secs(5);
+        // Full: due since the first span behind the batch in flight arrived.
+        assert_eq!(t.next_export(), Some(now + Duration::from_millis(128)));
+        t.export_due(later, &mut collector);
+        assert_eq!((t.spans.len(), collector.asked), (300, 2));
+        assert_eq!(t.next_export(), Some(later + FLUSH_INTERVAL));
+        t.export_due(later + Duration::from_millis(999), &mut collector);
+        assert_eq!(collector.asked, 2, "not asked on every loop pass");
+        collector.refuse = false;
+        t.export_due(later + FLUSH_INTERVAL, &mut collector);
+        assert_eq!(
+            (t.spans.len(), collector.bodies.len()),
+            (300 - BATCH_SPANS, 2)
+        );
+        assert_eq!(t.next_export(), None, "a batch is in flight");
     }
 }

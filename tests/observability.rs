@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::upstream::{Answer, FakeUpstream};
 use support::{DataDir, Fibd, Response, request_bytes};
 
 /// A made id: six base-32 characters, a dash, a hex counter.
@@ -323,7 +324,10 @@ fn a_callers_sampled_flag_decides_and_the_ratio_decides_the_rest() {
     let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
-    let url = "http://127.0.0.1:9/api/v2/spans";
+    // A collector that takes every batch, so no span is dropped however
+    // slowly this runs.
+    let collector = FakeUpstream::start(|_| Answer::status(0, 202));
+    let url = &format!("http://{}/api/v2/spans", collector.addr);
     let data = DataDir::new("trace-never");
     let never = Fibd::start(&data, &["--trace-zipkin", url, "--trace-sample", "0"]);
     let mut client = never.connect();

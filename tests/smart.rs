@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::upstream::{Answer, FakeUpstream, Kind, Seen};
-use support::{Client, DataDir, Fibd, Response};
+use support::{Client, DataDir, Fibd, Response, metric};
 
 /// Tests that time fibd, and the one that loads it with 800 sockets, run
 /// one at a time: on a 2-CPU machine they would otherwise time each other.
@@ -48,13 +48,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("/proc/PID/fd")
         .count()
-}
-
-fn metric(client: &mut Client, name: &str) -> f64 {
-    let page = client.request("GET", "/metrics", &[]).text();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 #[test]

@@ -91,7 +91,12 @@ impl App {
     ) -> Reply {
         write_fib(out, n, value, &waiter.shape, &self.date);
         self.metrics.request(Some(Route::Fib), Status::OK);
-        self.finish_span(waiter.shape.span, Status::OK, waiter.shape.request_id);
+        self.finish_span(
+            waiter.shape.span,
+            Status::OK.code(),
+            waiter.shape.request_id,
+            None,
+        );
         log::debug!(
             "{} /v1/fib?n={n} -> 200 (computed)",
             waiter.shape.request_id

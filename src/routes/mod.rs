@@ -4,8 +4,9 @@
 //!
 //! This file holds the route table, dispatch, charging and the answers every
 //! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `primes`, `random`, `smart`, `ops`, `docs`), and `number`
-//! is the one writer of a Fibonacci value that the stepper and /v1/fib share.
+//! (`stepper`, `fib`, `primes`, `random`, `smart`, `ops`, `docs`), `number`
+//! is the one writer of a Fibonacci value that the stepper and /v1/fib share,
+//! and `trace` connects spans and their export to the app.
 
 mod docs;
 mod fib;
@@ -15,6 +16,7 @@ mod primes;
 mod random;
 mod smart;
 mod stepper;
+mod trace;
 
 use crate::access::{Access, Caller, Scope};
 use crate::conn::{ConnRef, Output, Reply, Respond};
@@ -35,7 +37,7 @@ use crate::ratelimit::{Decision, RateLimiter};
 use crate::request_id::{RequestId, RequestIds};
 use crate::smart::{SmartConfig, SmartService};
 use crate::stepper::{BatchId, Stepper};
-use crate::trace::{SpanStart, TraceConfig, Tracer};
+use crate::trace::{SpanStart, Tracer};
 use crate::upstream::{Client, ClientConfig};
 
 pub use smart::SmartReply;
@@ -172,6 +174,8 @@ pub enum Waiting {
 pub enum CallOwner {
     /// One attempt of the /api/smart request parked under this ticket.
     Smart(Ticket),
+    /// A batch of finished spans POSTed to the Zipkin collector.
+    TraceExport,
 }
 
 /// A parked request's reply, decided outside request handling (an upstream
@@ -224,6 +228,8 @@ pub struct App {
     /// Present only with `--trace-zipkin`; `span` is the current request's.
     pub tracer: Option<Tracer>,
     span: Option<SpanStart>,
+    /// The last span batch failed: logged once until one is delivered.
+    span_export_failing: bool,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
     draws: Vec<i64>,
@@ -259,6 +265,7 @@ impl App {
             request_ids,
             tracer: None,
             span: None,
+            span_export_failing: false,
             stepper,
             date,
             fib,
@@ -338,30 +345,28 @@ impl App {
         !self.settled.is_empty() || self.upstream.has_work()
     }
 
-    /// The earliest timer of a parked request or an outbound call.
+    /// Routes every finished outbound call to the service that made it.
+    pub fn settle_upstream(&mut self) {
+        while let Some(done) = self.upstream.completed() {
+            match done.tag {
+                CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
+                CallOwner::TraceExport => self.span_export_done(done),
+            }
+        }
+    }
+
+    /// The earliest timer of a parked request, an outbound call or the
+    /// next span batch.
     pub fn next_timer(&mut self) -> Option<Instant> {
         [
             self.parking.next_deadline(),
             self.smart.next_hedge(),
             self.upstream.next_deadline(),
+            self.next_export(),
         ]
         .into_iter()
         .flatten()
         .min()
-    }
-
-    /// Records a span for sampled requests from now on (`--trace-zipkin`).
-    pub fn enable_tracing(&mut self, config: TraceConfig) {
-        // As for request ids: a failed CSPRNG read only makes ids predictable.
-        let seed = self.random.next_u64().unwrap_or(0);
-        self.tracer = Some(Tracer::new(config, seed, self.now, SystemTime::now()));
-    }
-
-    /// Ends the current request's span, if it is sampled.
-    fn finish_span(&mut self, span: Option<SpanStart>, status: Status, request_id: RequestId) {
-        if let (Some(tracer), Some(span)) = (&mut self.tracer, span) {
-            tracer.finish(span, status.code(), request_id, None, Instant::now());
-        }
     }
 
     /// Charges the client's token bucket what this request costs, once the
@@ -514,7 +519,7 @@ impl Respond for App {
         self.metrics.request(route, status);
         self.answered += 1;
         let span = self.span.take();
-        self.finish_span(span, status, self.request_id);
+        self.finish_span(span, status.code(), self.request_id, None);
         self.log_access(conn, caller.as_ref(), request, status);
         if persistence.closes() {
             Reply::Close

@@ -32,6 +32,7 @@ impl App {
             upstream: self.upstream.stats(),
             trace_spans_recorded: self.tracer.as_ref().map_or(0, |t| t.counts().recorded),
             trace_spans_dropped: self.tracer.as_ref().map_or(0, |t| t.counts().dropped),
+            trace_spans_exported: self.tracer.as_ref().map_or(0, |t| t.counts().exported),
             start_time_unix_seconds: self
                 .started_at
                 .duration_since(UNIX_EPOCH)

@@ -1,6 +1,8 @@
 //! /api/smart replies: the timeout checked, the call charged and parked with
 //! the caller's deadline, attempts sent through the outbound client as the
-//! plan (`crate::smart`) says, and the reply once the plan answers.
+//! plan (`crate::smart`) says, and the reply once the plan answers. A sampled
+//! request's span waits with the call; each attempt gets a child span whose
+//! context goes upstream in `traceparent`, ended won, failed or cancelled.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use crate::fib::digits;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status};
 use crate::park::Ticket;
-use crate::smart::{self, Failure, Live, Outcome, Plan, Shape, Step, UpstreamFailure};
+use crate::smart::{self, Attempt, Failure, Live, Outcome, Plan, Shape, Step, UpstreamFailure};
 use crate::upstream::{CallError, Completion, Response};
 
 /// Tokens one call costs: it may hold up to three outbound connections for
@@ -59,8 +61,10 @@ impl App {
                 head_only: request.method == Method::Head,
                 persistence: request.persistence(),
                 request_id: self.request_id,
+                // The span waits with the call; it ends when the reply is written.
+                span: self.span.take(),
             },
-            calls: Vec::with_capacity(usize::from(smart::ATTEMPTS_MAX)),
+            attempts: Vec::with_capacity(usize::from(smart::ATTEMPTS_MAX)),
         };
         self.smart.insert(ticket, live);
         match self.smart_step(ticket, step, Vec::new()) {
@@ -68,9 +72,12 @@ impl App {
             Some(SmartReply {
                 outcome: Outcome::Failure { failure, attempts },
                 time_ms,
+                shape,
                 ..
             }) => {
                 self.parking.take(ticket);
+                // Answered now after all: the request's span ends with it.
+                self.span = shape.span;
                 Err(ApiError::Upstream(UpstreamFailure {
                     failure,
                     time_ms,
@@ -82,15 +89,6 @@ impl App {
                 Ok(Answer::Later)
             }
             None => Ok(Answer::Later),
-        }
-    }
-
-    /// Routes every finished outbound call to the service that made it.
-    pub fn settle_upstream(&mut self) {
-        while let Some(done) = self.upstream.completed() {
-            match done.tag {
-                CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
-            }
         }
     }
 
@@ -120,25 +118,67 @@ impl App {
 
     pub(super) fn abandon_smart(&mut self, ticket: Ticket) {
         if let Some(live) = self.smart.remove(ticket) {
-            for call in live.calls {
-                self.upstream.cancel(call);
-            }
+            self.cancel_attempts(&live);
             self.metrics
                 .smart_outcome("client_gone", live.plan.attempts());
+            // No status: the client left before one was written.
+            self.finish_span(live.shape.span, 0, live.shape.request_id, None);
         }
     }
 
-    fn smart_attempt_done(&mut self, ticket: Ticket, done: Completion<CallOwner>) {
+    pub(super) fn smart_attempt_done(&mut self, ticket: Ticket, done: Completion<CallOwner>) {
         self.metrics.upstream_call(done.elapsed);
         let Some(live) = self.smart.get_mut(ticket) else {
             return;
         };
-        live.calls.retain(|&call| call != done.call);
-        let (step, answer) = match judge(done.result) {
-            Ok(answer) => (live.plan.succeeded(), answer),
-            Err(failure) => (live.plan.failed(failure), Vec::new()),
+        let attempt = live.take_attempt(done.call);
+        let received = done.result.as_ref().map_or(0, |r| r.status);
+        let (step, answer, outcome) = match judge(done.result) {
+            Ok(answer) => (live.plan.succeeded(), answer, "won"),
+            Err(failure) => (live.plan.failed(failure), Vec::new(), "failed"),
         };
+        let request_id = live.shape.request_id;
+        if let Some(attempt) = attempt {
+            self.finish_span(attempt.span, received, request_id, Some(outcome));
+        }
         self.smart_settle(ticket, step, answer);
+    }
+
+    /// Cancels a call's attempts still in flight; their spans end cancelled.
+    fn cancel_attempts(&mut self, live: &Live) {
+        let request_id = live.shape.request_id;
+        for attempt in &live.attempts {
+            self.upstream.cancel(attempt.call);
+            self.finish_span(attempt.span, 0, request_id, Some("cancelled"));
+        }
+    }
+
+    /// Sends one attempt, traced when the request is: a child span, and its
+    /// context in the attempt's `traceparent`. False if no connection is free.
+    fn send_attempt(&mut self, ticket: Ticket) -> bool {
+        let Some(live) = self.smart.get(ticket) else {
+            return false;
+        };
+        let (deadline, parent) = (live.deadline, live.shape.span);
+        let span = self.child_span(parent, "upstream", "GET");
+        let request = match &span {
+            Some(span) => self.smart.traced_request(&span.context.traceparent()),
+            None => self.smart.request().cloned(),
+        };
+        let Some(request) = request else {
+            return false;
+        };
+        let tag = CallOwner::Smart(ticket);
+        match self.upstream.send(tag, &request, deadline, self.now) {
+            Ok(call) => {
+                if let Some(live) = self.smart.get_mut(ticket) {
+                    live.attempts.push(Attempt { call, span });
+                }
+                true
+            }
+            // An attempt never sent leaves no span.
+            Err(_) => false,
+        }
     }
 
     /// Runs a step and queues the reply if the plan answered.
@@ -160,24 +200,15 @@ impl App {
             match step {
                 Step::Wait => return None,
                 Step::Send(asked) => {
-                    let request = self.smart.request()?.clone();
-                    let live = self.smart.get_mut(ticket)?;
                     let mut sent = 0;
-                    while sent < asked {
-                        let tag = CallOwner::Smart(ticket);
-                        match self.upstream.send(tag, &request, live.deadline, self.now) {
-                            Ok(call) => live.calls.push(call),
-                            Err(_) => break,
-                        }
+                    while sent < asked && self.send_attempt(ticket) {
                         sent += 1;
                     }
-                    step = live.plan.sent(asked, sent);
+                    step = self.smart.get_mut(ticket)?.plan.sent(asked, sent);
                 }
                 Step::Answer(outcome) => {
                     let live = self.smart.remove(ticket)?;
-                    for call in live.calls {
-                        self.upstream.cancel(call);
-                    }
+                    self.cancel_attempts(&live);
                     let (code, attempts) = match outcome {
                         Outcome::Success { attempts } => ("ok", attempts),
                         Outcome::Failure { failure, attempts } => (failure.code(), attempts),
@@ -236,6 +267,12 @@ impl App {
         };
         self.metrics.request(Some(Route::Smart), status);
         self.answered += 1;
+        self.finish_span(
+            reply.shape.span,
+            status.code(),
+            reply.shape.request_id,
+            None,
+        );
         if persistence.closes() {
             Reply::Close
         } else {

@@ -1,6 +1,9 @@
 //! fibd's outbound HTTP/1.1 client, inside the event loop: non-blocking
 //! connect, write and read, a bounded pool of keep-alive connections, and a
-//! deadline on every call. No thread per call, no runtime.
+//! deadline on every call. No thread per call, no runtime. Its callers are
+//! /api/smart's attempts and the trace exporter's batches, told apart by the
+//! tag each call carries; where a call goes is a [`Target`], resolved at
+//! start-up.
 //!
 //! # Interface
 //! A caller sends an [`Outbound`] request (encoded once, shared by every
@@ -32,6 +35,7 @@
 //! once on a fresh connection, and that is not the call's failure.
 
 mod conn;
+mod target;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -46,6 +50,7 @@ use mio::net::TcpStream;
 
 pub use crate::http::upstream::{Response, ResponseError, ResponseLimits};
 use conn::{Event, UpConn};
+pub use target::Target;
 
 /// What the client needs from the poller: registering a new socket, for
 /// readiness in both directions, under `token`.
@@ -144,9 +149,9 @@ pub enum CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CallError::Connect(kind) => write!(f, "cannot connect to the upstream: {kind}"),
-            CallError::Closed => f.write_str("the upstream closed the connection before answering"),
-            CallError::Timeout => f.write_str("the upstream did not answer in time"),
+            CallError::Connect(kind) => write!(f, "cannot connect: {kind}"),
+            CallError::Closed => f.write_str("the connection closed before a whole answer"),
+            CallError::Timeout => f.write_str("no answer before the deadline"),
             CallError::Response(e) => f.write_str(e.message()),
         }
     }

@@ -377,6 +377,14 @@ impl Client {
     }
 }
 
+/// A sample's value in /metrics, read on `client`'s connection.
+pub fn metric(client: &mut Client, name: &str) -> f64 {
+    let page = client.request("GET", "/metrics", &[]).text();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: fibd.test\r\n");
     for (name, value) in headers {

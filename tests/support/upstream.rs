@@ -1,11 +1,13 @@
 //! A scripted fake upstream in the test process: a loopback listener whose
 //! every request is answered as a script says (delay, status, framing,
-//! silence, a dropped connection), counting what it saw.
+//! silence, a dropped connection), counting and keeping what it saw (heads,
+//! and bodies by their Content-Length). It also stands in for a Zipkin
+//! collector.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -72,6 +74,39 @@ pub struct Seen {
 
 type Script = dyn Fn(Seen) -> Answer + Send + Sync;
 
+/// A request as it arrived.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The request line.
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn parse(head: &[u8]) -> Received {
+        let head = String::from_utf8_lossy(head);
+        let mut lines = head.split("\r\n");
+        let line = lines.next().unwrap_or_default().to_owned();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Received {
+            line,
+            headers,
+            body: Vec::new(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     accepted: AtomicUsize,
@@ -79,6 +114,7 @@ struct Counters {
     /// Connections the peer (fibd) closed while we held them.
     peer_closed: AtomicUsize,
     stop: AtomicBool,
+    received: Mutex<Vec<Received>>,
 }
 
 pub struct FakeUpstream {
@@ -124,6 +160,15 @@ impl FakeUpstream {
         self.counters.peer_closed.load(Ordering::SeqCst)
     }
 
+    /// Every request so far (whole: head and body), in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.counters
+            .received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Waits (bounded) until `check` holds; false if it never did.
     pub fn wait_until(&self, timeout: Duration, check: impl Fn(&FakeUpstream) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -151,19 +196,32 @@ fn serve(mut stream: TcpStream, script: &Script, counters: &Counters) {
             if let Some(i) = super::find(&buffered, b"\r\n\r\n") {
                 break i + 4;
             }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => {
-                    counters.peer_closed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                Ok(n) => buffered.extend_from_slice(&chunk[..n]),
+            if !fill(&mut stream, &mut buffered) {
+                counters.peer_closed.fetch_add(1, Ordering::SeqCst);
+                return;
             }
         };
+        let mut request = Received::parse(&buffered[..head_end - 4]);
         buffered.drain(..head_end);
+        let length: usize = request
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buffered.len() < length {
+            if !fill(&mut stream, &mut buffered) {
+                counters.peer_closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        request.body = buffered.drain(..length).collect();
         if counters.stop.load(Ordering::SeqCst) {
             return;
         }
+        counters
+            .received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(request);
         let index = counters.requests.fetch_add(1, Ordering::SeqCst);
         let answer = script(Seen {
             index,
@@ -187,6 +245,18 @@ fn serve(mut stream: TcpStream, script: &Script, counters: &Counters) {
         };
         if stream.write_all(&bytes).is_err() || answer.close_after {
             return;
+        }
+    }
+}
+
+/// Reads more into `buffered`; false once the peer closed.
+fn fill(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buffered.extend_from_slice(&chunk[..n]);
+            true
         }
     }
 }

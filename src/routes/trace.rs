@@ -1,0 +1,117 @@
+//! Tracing glue (with `--trace-zipkin`): spans begun and ended around
+//! replies, child spans for outbound calls, and the export of finished
+//! spans in batches through the same outbound client /api/smart uses. The
+//! rules (sampling, buffer, batching) are `crate::trace`'s; this file only
+//! connects them to the app's clock, client and logs.
+
+use std::time::{Instant, SystemTime};
+
+use super::{App, CallOwner};
+use crate::request_id::RequestId;
+use crate::trace::{ExportOutcome, Post, SpanStart, TraceConfig, Tracer};
+use crate::upstream::{Client, Completion, Target};
+
+impl App {
+    /// Records a span for sampled requests from now on (`--trace-zipkin`).
+    pub fn enable_tracing(&mut self, config: TraceConfig) {
+        // As for request ids: a failed CSPRNG read only makes ids predictable.
+        let seed = self.random.next_u64().unwrap_or(0);
+        self.tracer = Some(Tracer::new(config, seed, self.now, SystemTime::now()));
+    }
+
+    /// Ends a span, if there is one: `status` answered or received (0 for
+    /// none), `outcome` for an outbound call's (`won`, `failed`, `cancelled`).
+    pub(super) fn finish_span(
+        &mut self,
+        span: Option<SpanStart>,
+        status: u16,
+        request_id: RequestId,
+        outcome: Option<&'static str>,
+    ) {
+        if let (Some(tracer), Some(span)) = (&mut self.tracer, span) {
+            tracer.finish(span, status, request_id, outcome, Instant::now());
+        }
+    }
+
+    /// A client span inside `parent`, if the request is sampled.
+    pub(super) fn child_span(
+        &mut self,
+        parent: Option<SpanStart>,
+        name: &'static str,
+        method: &'static str,
+    ) -> Option<SpanStart> {
+        let (tracer, parent) = (self.tracer.as_mut()?, parent?);
+        Some(tracer.child(&parent, name, method, self.now))
+    }
+
+    /// Loop phase: hands the tracer's next batch to the outbound client when
+    /// one is due (a `None` check without `--trace-zipkin`).
+    pub fn export_spans(&mut self) {
+        if let Some(tracer) = &mut self.tracer {
+            let mut client = ExportClient {
+                client: &mut self.upstream,
+                now: self.now,
+            };
+            tracer.export_due(self.now, &mut client);
+        }
+    }
+
+    /// When the next batch is due, for the loop's sleep.
+    pub(super) fn next_export(&self) -> Option<Instant> {
+        self.tracer.as_ref()?.next_export()
+    }
+
+    /// The collector's word on the batch in flight. A failure is logged when
+    /// export starts failing and when it recovers, not once per batch.
+    pub(super) fn span_export_done(&mut self, done: Completion<CallOwner>) {
+        let Some(tracer) = &mut self.tracer else {
+            return;
+        };
+        let failure = match &done.result {
+            Ok(response) if (200..300).contains(&response.status) => None,
+            Ok(response) => Some(format!("answered {}", response.status)),
+            Err(e) => Some(e.to_string()),
+        };
+        let collector = tracer.collector();
+        let was_failing = self.span_export_failing;
+        self.span_export_failing = failure.is_some();
+        match failure {
+            None if was_failing => log::info!("trace export: {collector} takes spans again"),
+            None => {}
+            Some(why) if was_failing => log::debug!("trace export: {collector}: {why}"),
+            Some(why) => log::warn!(
+                "trace export: {collector}: {why}; spans are dropped until it takes \
+                 them (fibd_trace_spans_dropped_total)"
+            ),
+        }
+        tracer.export_finished(if self.span_export_failing {
+            ExportOutcome::Failed
+        } else {
+            ExportOutcome::Delivered
+        });
+    }
+}
+
+/// The tracer's [`Post`] through the outbound client: a call tagged
+/// [`CallOwner::TraceExport`], whose completion comes back to
+/// [`App::span_export_done`].
+struct ExportClient<'a> {
+    client: &'a mut Client<CallOwner>,
+    now: Instant,
+}
+
+impl Post for ExportClient<'_> {
+    fn post(
+        &mut self,
+        to: &Target,
+        content_type: &'static str,
+        body: &[u8],
+        deadline: Instant,
+    ) -> bool {
+        let fields = [("Content-Type", content_type), ("User-Agent", "fibd")];
+        let request = to.request("POST", &fields, body);
+        self.client
+            .send(CallOwner::TraceExport, &request, deadline, self.now)
+            .is_ok()
+    }
+}

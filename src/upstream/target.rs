@@ -1,0 +1,120 @@
+//! Where an outbound call goes: an `http://` URL parsed and its host
+//! resolved once, at start-up (a DNS lookup never runs on the loop). The
+//! /api/smart upstream and the Zipkin collector are both given this way.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use super::Outbound;
+
+/// A resolved `http://host[:port][/path][?query]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The `Host` field: the URL's authority as given.
+    pub host: String,
+    /// Path and query, as given (`/` when the URL has none).
+    pub target: String,
+}
+
+impl Target {
+    /// Parses `http://host[:port][/path][?query]` and resolves the host
+    /// (start-up only).
+    pub fn resolve(url: &str) -> Result<Target, &'static str> {
+        if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+            return Err("plain http:// only; put a local TLS proxy in front of an HTTPS server");
+        }
+        let rest = url
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+            .and_then(|_| url.get(7..))
+            .ok_or("an http:// URL")?;
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (host, target) = rest.split_at(split);
+        if host.is_empty() || host.contains('@') || target.contains('#') {
+            return Err("an http://HOST[:PORT]/PATH URL without user info or fragment");
+        }
+        let target = match target {
+            "" => "/".to_owned(),
+            t if t.starts_with('?') => format!("/{t}"),
+            t => t.to_owned(),
+        };
+        if target.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err("a URL whose path is printable ASCII (percent-encode the rest)");
+        }
+        let with_port = if host.rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']'))
+        }) {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or("a host that resolves")?;
+        Ok(Target {
+            addr,
+            host: host.to_owned(),
+            target,
+        })
+    }
+
+    /// A request to this URL, encoded once (see [`Outbound::new`]).
+    pub fn request(&self, method: &str, fields: &[(&str, &str)], body: &[u8]) -> Outbound {
+        Outbound::new(method, self.addr, &self.host, &self.target, fields, body)
+    }
+}
+
+/// The URL as given, for logs.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.host, self.target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed_and_resolved() {
+        let t = Target::resolve("http://127.0.0.1:9000/api/data?x=1").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            (t.host.as_str(), t.target.as_str()),
+            ("127.0.0.1:9000", "/api/data?x=1")
+        );
+        assert_eq!(t.to_string(), "http://127.0.0.1:9000/api/data?x=1");
+        let t = Target::resolve("http://127.0.0.1").unwrap();
+        assert_eq!((t.addr.port(), t.target.as_str()), (80, "/"));
+        let t = Target::resolve("HTTP://[::1]:81?q").unwrap();
+        assert_eq!((t.addr.port(), t.target.as_str()), (81, "/?q"));
+        let https = Target::resolve("https://127.0.0.1/").unwrap_err();
+        assert!(https.contains("TLS proxy"));
+        for bad in [
+            "127.0.0.1:9000",
+            "ftp://x/",
+            "http://",
+            "http://u@127.0.0.1/",
+            "http://127.0.0.1/a b",
+        ] {
+            assert!(Target::resolve(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_host_and_path() {
+        let t = Target::resolve("http://127.0.0.1:9411/api/v2/spans").unwrap();
+        let post = t.request("POST", &[("Content-Type", "application/json")], b"[]");
+        assert_eq!(post.addr(), t.addr);
+        assert_eq!(
+            &*post.bytes,
+            b"POST /api/v2/spans HTTP/1.1\r\nHost: 127.0.0.1:9411\r\n\
+              Content-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"
+        );
+    }
+}
