@@ -629,11 +629,14 @@ enum Segment {
 
 /// A body shared between replies: `Rc` for what the loop built, `Arc` for
 /// what a compute thread built whole (so its allocation, copy and page
-/// faults, milliseconds for megabytes, happen there and not on the loop).
+/// faults, milliseconds for megabytes, happen there and not on the loop),
+/// a static slice for what the binary carries.
 #[derive(Clone, Debug)]
 pub enum SharedBytes {
     Local(Rc<[u8]>),
     Built(Arc<[u8]>),
+    /// Bytes in the binary (/openapi.json, /docs, /dashboard): never copied.
+    Static(&'static [u8]),
 }
 
 impl Deref for SharedBytes {
@@ -643,6 +646,7 @@ impl Deref for SharedBytes {
         match self {
             SharedBytes::Local(bytes) => bytes,
             SharedBytes::Built(bytes) => bytes,
+            SharedBytes::Static(bytes) => bytes,
         }
     }
 }
@@ -656,6 +660,12 @@ impl From<Rc<[u8]>> for SharedBytes {
 impl From<Arc<[u8]>> for SharedBytes {
     fn from(bytes: Arc<[u8]>) -> Self {
         SharedBytes::Built(bytes)
+    }
+}
+
+impl From<&'static [u8]> for SharedBytes {
+    fn from(bytes: &'static [u8]) -> Self {
+        SharedBytes::Static(bytes)
     }
 }
 
@@ -906,10 +916,12 @@ mod tests {
             out.push_shared(Rc::from(&b"second"[..]));
             out.push_shared(Rc::from(&b"third"[..]));
             out.push_shared_prefix(Arc::<[u8]>::from(&b"[1, 2, 3"[..]), 4);
-            out.extend(b"]|end");
+            out.extend(b"]|");
+            out.push_shared_prefix(&b"static"[..], usize::MAX);
+            out.extend(b"|end");
             assert_eq!(
                 drain(&mut out, chunk, |_| true),
-                b"head1|SHARED|tail1|secondthird[1, ]|end"
+                b"head1|SHARED|tail1|secondthird[1, ]|static|end"
             );
             assert!(out.is_empty());
             assert_eq!(out.buf.len(), 0, "a flushed buffer is reset");

@@ -23,6 +23,7 @@
 //! - `#` begins a comment, at the start of a line or of a field; blank
 //!   lines are ignored.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -138,6 +139,11 @@ pub fn read(path: &Path) -> Result<Vec<KeySpec>, KeyFileError> {
 /// Parses the whole file; the first problem found is reported.
 pub fn parse(text: &str) -> Result<Vec<KeySpec>, KeyFileError> {
     let mut specs: Vec<KeySpec> = Vec::new();
+    // Sets, not scans of `specs`: a file of KEYS_MAX keys is parsed on the
+    // event loop at SIGHUP, and pairwise checks would be half a million
+    // comparisons.
+    let mut names: HashSet<String> = HashSet::new();
+    let mut keys: HashSet<Vec<u8>> = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let at = |problem| KeyFileError::Line {
             line: i + 1,
@@ -146,15 +152,17 @@ pub fn parse(text: &str) -> Result<Vec<KeySpec>, KeyFileError> {
         let Some(spec) = parse_line(line).map_err(at)? else {
             continue;
         };
-        if specs.iter().any(|s| s.name == spec.name) {
+        if names.contains(&spec.name) {
             return Err(at("this name is already used by an earlier key"));
         }
-        if specs.iter().any(|s| s.key == spec.key) {
+        if keys.contains(&spec.key) {
             return Err(at("this key is already listed on an earlier line"));
         }
         if specs.len() == KEYS_MAX {
             return Err(KeyFileError::TooManyKeys);
         }
+        names.insert(spec.name.clone());
+        keys.insert(spec.key.clone());
         specs.push(spec);
     }
     Ok(specs)
@@ -300,6 +308,17 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(parse(&fits).unwrap().len(), KEYS_MAX);
+        // A repeat after the last of them is still found, by name or by key.
+        for repeat in [
+            format!("k0 key-{:016}\n", KEYS_MAX),
+            "x key-0000000000000007\n".to_owned(),
+        ] {
+            let err = parse(&format!("{fits}{repeat}")).unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::Line { line, .. } if line == KEYS_MAX + 1),
+                "{repeat:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -35,10 +35,6 @@ const TABLE: [u128; TABLE_LEN] = {
     table
 };
 
-/// `ceil(log10(phi) * 2^64)`; rounded up so estimates built on it never fall
-/// short.
-const LOG10_PHI_Q64: u128 = 3_855_141_514_259_838_964;
-
 /// F(n) when it fits in a `u128` (n < [`TABLE_LEN`]), so small answers cost a
 /// lookup and never touch the big-number code.
 pub fn small(n: u64) -> Option<u128> {
@@ -96,20 +92,6 @@ pub fn decimal(n: u64) -> String {
         Some(v) => v.to_string(),
         None => big(n).to_string(),
     }
-}
-
-/// An upper bound on the number of decimal digits of F(n), exceeding it by at
-/// most 2, for sizing buffers and estimating cost without computing anything.
-///
-/// F(n) <= phi^n, so digits <= floor(n·log10(phi)) + 1; this returns
-/// ceil(n·log10(phi)) + 1 in exact fixed-point arithmetic (floating point
-/// would be off by hundreds near `u64::MAX`).
-pub fn decimal_len_estimate(n: u64) -> u64 {
-    let scaled = u128::from(n) * LOG10_PHI_Q64;
-    // scaled < 2^64 · 0.21 · 2^64, so the rounded-up quotient is below 2^62
-    // and the cast is lossless.
-    let ceil = scaled.div_ceil(1 << 64) as u64;
-    ceil + 1
 }
 
 /// (F(k-1), F(k)) by fast doubling, starting from the table so the
@@ -262,21 +244,5 @@ mod tests {
             (a, b) = (b, (a + b) % modulus);
         }
         assert!(digits.ends_with(&format!("{a:010}")), "last digits {a:010}");
-    }
-
-    #[test]
-    fn decimal_len_estimate_is_a_tight_upper_bound() {
-        let check = |n: u64, len: usize| {
-            let estimate = decimal_len_estimate(n);
-            assert!(estimate >= len as u64, "n={n}: {estimate} < {len}");
-            assert!(estimate <= len as u64 + 2, "n={n}: {estimate} >> {len}");
-        };
-        for (n, value) in iterative(3000).iter().enumerate() {
-            check(n as u64, value.to_string().len());
-        }
-        check(1_000_000, 208_988);
-        // Near the top of the range it must neither overflow nor lose
-        // precision: 0.20898764024997873 * 2^64 = 3855141514259838963.4.
-        assert_eq!(decimal_len_estimate(u64::MAX), 3_855_141_514_259_838_965);
     }
 }

@@ -154,7 +154,9 @@ pub struct PrimesService {
     /// The table size that tasks settled before a restart need.
     table_wanted: u64,
     waiters: HashMap<TaskId, Vec<PrimesWaiter>>,
-    waiting_for: HashMap<Ticket, TaskId>,
+    /// Each parked reader's task and its place in that task's list, so a
+    /// wait that ends takes O(1) however many readers share the task.
+    waiting_for: HashMap<Ticket, (TaskId, usize)>,
     writes: Writes,
     /// The record key of the next accepted task.
     next_seq: u64,
@@ -290,17 +292,24 @@ impl PrimesService {
         {
             self.table_wanted = self.table_wanted.max(task.n);
         }
-        self.waiters.entry(waiter.id).or_default().push(waiter);
-        self.waiting_for.insert(waiter.ticket, waiter.id);
+        let list = self.waiters.entry(waiter.id).or_default();
+        list.push(waiter);
+        self.waiting_for
+            .insert(waiter.ticket, (waiter.id, list.len() - 1));
         self.kick();
     }
 
     /// Takes back a parked reader whose wait ended.
     pub fn forget_waiter(&mut self, ticket: Ticket) -> Option<PrimesWaiter> {
-        let id = self.waiting_for.remove(&ticket)?;
+        let (id, at) = self.waiting_for.remove(&ticket)?;
         let list = self.waiters.get_mut(&id)?;
-        let at = list.iter().position(|w| w.ticket == ticket)?;
+        if list.get(at)?.ticket != ticket {
+            return None;
+        }
         let waiter = list.swap_remove(at);
+        if let Some(moved) = list.get(at) {
+            self.waiting_for.insert(moved.ticket, (id, at));
+        }
         if list.is_empty() {
             self.waiters.remove(&id);
         }
@@ -639,6 +648,39 @@ mod tests {
         assert_eq!(sieved.ready, [reader]);
         assert_eq!(s.table_len(), 40);
         assert!(s.view(id(1)).unwrap().is_final());
+    }
+
+    #[test]
+    fn readers_of_one_task_leave_in_any_order_and_the_rest_are_woken() {
+        let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
+        assert_eq!(s.accept(id(1), 100, 1_000, batch(1)), Status::Processing);
+        let mut parking = crate::park::Parking::new(16);
+        let readers: Vec<PrimesWaiter> = (0..8)
+            .map(|_| PrimesWaiter {
+                ticket: ticket(&mut parking),
+                id: id(1),
+                shape: TaskShape {
+                    head_only: false,
+                    persistence: Persistence::KeepAlive,
+                    request_id: RequestId::from_caller(b"test").expect("a valid id"),
+                },
+            })
+            .collect();
+        for &reader in &readers {
+            s.wait(reader);
+        }
+        // The first, the last and a middle one: each leaves with its own record.
+        for gone in [0, 7, 3, 1] {
+            assert_eq!(s.forget_waiter(readers[gone].ticket), Some(readers[gone]));
+            assert_eq!(s.forget_waiter(readers[gone].ticket), None, "only once");
+        }
+        let mut woken_readers = finish_sieve(&mut s, &woken, 1_010).ready;
+        woken_readers.sort_by_key(|w| w.ticket);
+        assert_eq!(
+            woken_readers,
+            [readers[2], readers[4], readers[5], readers[6]]
+        );
+        assert_eq!(s.forget_waiter(readers[5].ticket), None, "already woken");
     }
 
     #[test]

@@ -68,9 +68,9 @@ impl App {
             .header("Cache-Control", b"no-cache")
             .header("Content-Security-Policy", DASHBOARD_CSP)
             .header("X-Content-Type-Options", b"nosniff");
-        let buf = head.finish(Status::OK, DASHBOARD_HTML.len(), request.persistence());
+        head.finish(Status::OK, DASHBOARD_HTML.len(), request.persistence());
         if request.method != Method::Head {
-            buf.extend_from_slice(DASHBOARD_HTML);
+            out.push_shared_prefix(DASHBOARD_HTML, DASHBOARD_HTML.len());
         }
     }
 }
