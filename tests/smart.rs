@@ -445,15 +445,7 @@ fn current_stays_fast_while_hundreds_of_calls_hang() {
         upstream.requests()
     );
     let mut client = fibd.connect();
-    let mut samples: Vec<Duration> = (0..200)
-        .map(|_| {
-            let started = Instant::now();
-            assert_eq!(client.request("GET", "/current", &[]).status, 200);
-            started.elapsed()
-        })
-        .collect();
-    samples.sort();
-    let median = samples[samples.len() / 2];
+    let median = support::median_current_latency(&mut client, 200);
     assert!(
         median < ms(5),
         "median /current {median:?} with 200 calls hanging"

@@ -365,15 +365,7 @@ fn a_hung_collector_costs_dropped_spans_not_answers() {
     assert_eq!(collector.requests(), 1, "one batch in flight at most");
 
     // Answers stay fast meanwhile.
-    let mut samples: Vec<Duration> = (0..200)
-        .map(|_| {
-            let started = Instant::now();
-            assert_eq!(client.request("GET", "/current", &[]).status, 200);
-            started.elapsed()
-        })
-        .collect();
-    samples.sort();
-    let median = samples[samples.len() / 2];
+    let median = support::median_current_latency(&mut client, 200);
     assert!(
         median < ms(5),
         "median /current {median:?} while the collector hangs"

@@ -434,3 +434,17 @@ pub fn fib_decimal(n: u64) -> String {
     }
     a.iter().rev().map(|d| char::from(b'0' + d)).collect()
 }
+
+/// The median time of `count` GET /current on `client`, each a 200: how fast
+/// the loop answers while the test keeps it busy with something else.
+pub fn median_current_latency(client: &mut Client, count: usize) -> Duration {
+    let mut samples: Vec<Duration> = (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            assert_eq!(client.request("GET", "/current", &[]).status, 200);
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    samples[samples.len() / 2]
+}
