@@ -555,6 +555,19 @@ mod tests {
         parking.park(conn, (), None).unwrap()
     }
 
+    /// A keep-alive GET parked on task `id`.
+    fn reader_of(id: TaskId, parking: &mut crate::park::Parking<()>) -> PrimesWaiter {
+        PrimesWaiter {
+            ticket: ticket(parking),
+            id,
+            shape: TaskShape {
+                head_only: false,
+                persistence: Persistence::KeepAlive,
+                request_id: RequestId::from_caller(b"test").expect("a valid id"),
+            },
+        }
+    }
+
     #[test]
     fn a_burst_shares_one_sieve_and_later_tasks_hit_the_table() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
@@ -634,15 +647,7 @@ mod tests {
         );
         assert!(s.take_join());
         let mut parking = crate::park::Parking::new(4);
-        let reader = PrimesWaiter {
-            ticket: ticket(&mut parking),
-            id: id(2),
-            shape: TaskShape {
-                head_only: false,
-                persistence: Persistence::KeepAlive,
-                request_id: RequestId::from_caller(b"test").expect("a valid id"),
-            },
-        };
+        let reader = reader_of(id(2), &mut parking);
         s.wait(reader);
         let sieved = finish_sieve(&mut s, &woken, 2_000);
         assert_eq!(sieved.ready, [reader]);
@@ -655,17 +660,7 @@ mod tests {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
         assert_eq!(s.accept(id(1), 100, 1_000, batch(1)), Status::Processing);
         let mut parking = crate::park::Parking::new(16);
-        let readers: Vec<PrimesWaiter> = (0..8)
-            .map(|_| PrimesWaiter {
-                ticket: ticket(&mut parking),
-                id: id(1),
-                shape: TaskShape {
-                    head_only: false,
-                    persistence: Persistence::KeepAlive,
-                    request_id: RequestId::from_caller(b"test").expect("a valid id"),
-                },
-            })
-            .collect();
+        let readers: Vec<PrimesWaiter> = (0..8).map(|_| reader_of(id(1), &mut parking)).collect();
         for &reader in &readers {
             s.wait(reader);
         }

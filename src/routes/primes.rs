@@ -23,11 +23,9 @@ const LEGACY_PREFIX: &[u8] = b"/tasks";
 /// the table to be rebuilt (the default largest took 0.7 s on a busy VM here).
 const TABLE_WAIT: Duration = Duration::from_secs(30);
 
-/// The route of a task path that is not in the route table's exact paths.
+/// `/v1/primes/tasks/{id}` and `/tasks/{id}` with a concrete id: the route
+/// table matches exact paths (and `/tasks` as an alias), not templates.
 pub(super) fn task_route(path: &[u8]) -> Option<Route> {
-    if path == LEGACY_PREFIX {
-        return Some(Route::PrimesTasks);
-    }
     task_id_text(path).map(|_| Route::PrimesTask)
 }
 
