@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use fibd::access::Access;
-use fibd::cluster::Cluster;
+use fibd::cluster::{Cluster, ReadMode};
 use fibd::committer::Committer;
 use fibd::compute::ComputeWorker;
 use fibd::config::{self, Command, Config};
@@ -135,7 +135,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         unix_ms(SystemTime::now()),
     );
     log::info!(
-        "fibd {} listening on {}{} with data in {}; recovered index {}",
+        "fibd {} listening on {}{} with data in {}; {}",
         env!("CARGO_PKG_VERSION"),
         listener.local_addr()?,
         if from_systemd {
@@ -144,7 +144,10 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             ""
         },
         config.data_dir.display(),
-        recovered
+        match config.cluster {
+            Some(_) => "the index is in etcd".to_owned(),
+            None => format!("recovered index {recovered}"),
+        }
     );
     if task_count > 0 {
         log::info!("recovered {task_count} primes task(s); pending ones are resumed");
@@ -182,7 +185,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let app = match &config.cluster {
         Some(cluster) => {
             log::info!(
-                "cluster mode: the index is {} in etcd at {} (node {}, {:?} reads); \
+                "cluster mode: the index is {} in etcd at {} (node {}, {} reads); \
                  primes tasks stay in {}",
                 fibd::cluster::etcd::index_key(&cluster.name),
                 cluster
@@ -192,7 +195,10 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                     .collect::<Vec<_>>()
                     .join(", "),
                 cluster.node,
-                cluster.reads,
+                match cluster.reads {
+                    ReadMode::Linearizable => "linearizable",
+                    ReadMode::Serializable => "serializable",
+                },
                 config.data_dir.display()
             );
             app.with_cluster(Cluster::new(cluster.clone(), config.max_index, nonce))

@@ -467,7 +467,7 @@ impl Metrics {
             ),
             (
                 "fibd_etcd_unknown_outcomes_total",
-                "Step transactions whose answer was lost, resolved by reading back.",
+                "Read-backs sent to resolve a step transaction whose answer was lost.",
                 stats.unknown_outcomes,
             ),
             (

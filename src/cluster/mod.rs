@@ -244,12 +244,23 @@ impl<W> Cluster<W> {
     /// The request's wait is over (or its client left): its reply now.
     pub fn expire(&mut self, ticket: Ticket) -> Option<(W, ClusterReply)> {
         let waiter = self.waiting.remove(&ticket)?;
-        let reply = if waiter.sent {
+        let reply = if waiter.sent && self.batch_may_be_applied() {
             ClusterReply::OutcomeUnknown
         } else {
             ClusterReply::Unavailable
         };
         Some((waiter.shape, reply))
+    }
+
+    /// Whether an attempt of the current batch may have been applied
+    /// without this node knowing yet: one is in flight, or its answer was
+    /// lost and not read back yet.
+    fn batch_may_be_applied(&self) -> bool {
+        let in_flight = matches!(
+            self.in_flight,
+            Some((CallKind::Txn | CallKind::Readback, _))
+        );
+        in_flight || self.batch.as_ref().is_some_and(|b| b.unknown)
     }
 
     /// The next reply decided, for the loop to deliver.
@@ -323,6 +334,7 @@ impl<W> Cluster<W> {
         }
         if let Some(batch) = &mut self.batch {
             if batch.unknown {
+                self.stats.unknown_outcomes += 1;
                 let body = self.keys.readback_body();
                 return Some(self.send(CallKind::Readback, etcd::TXN_PATH, body));
             }
@@ -366,11 +378,22 @@ impl<W> Cluster<W> {
         }
     }
 
-    /// The call in flight got no answer (connect error, closed, timeout), or
-    /// could not be sent.
+    /// The call in flight got no answer (closed, timeout): it may have
+    /// reached etcd.
     pub fn failed(&mut self, why: &dyn std::fmt::Display, now: Instant) {
         if let Some((kind, reads)) = self.in_flight.take() {
             self.call_failed(kind, reads, why, now);
+        }
+    }
+
+    /// The call in flight was never handed to the client (no connection
+    /// was free): a transaction in it certainly did not happen, so there is
+    /// nothing to read back.
+    pub fn not_sent(&mut self, why: &dyn std::fmt::Display, now: Instant) {
+        let unknown_before = self.batch.as_ref().is_some_and(|b| b.unknown);
+        self.failed(why, now);
+        if let Some(batch) = &mut self.batch {
+            batch.unknown = unknown_before;
         }
     }
 
@@ -529,9 +552,11 @@ impl<W> Cluster<W> {
                 return;
             }
             None => u64::MAX,
+            // Each step costs the limbs of the larger end: F(i) has about
+            // 0.209·i digits, 18 to a limb.
             Some(c) => index
                 .abs_diff(c.index())
-                .saturating_mul(c.decimal_len() as u64 / 18 + 1),
+                .saturating_mul(index.max(c.index()) / 86 + 1),
         };
         if cost > STEP_BUDGET_LIMB_OPS {
             self.cursor = None;
@@ -571,9 +596,6 @@ impl<W> Cluster<W> {
         now: Instant,
     ) {
         self.count(kind, false);
-        if kind == CallKind::Txn {
-            self.stats.unknown_outcomes += 1;
-        }
         if let Some(batch) = &mut self.batch
             && kind != CallKind::Read
         {
@@ -648,5 +670,305 @@ impl std::fmt::Debug for Batch {
             .field("attempts", &self.attempts.len())
             .field("unknown", &self.unknown)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    use super::*;
+    use crate::park::Parking;
+
+    type Node = Cluster<u32>;
+
+    fn node(endpoints: usize) -> Node {
+        let endpoints = (0..endpoints)
+            .map(|i| Target::resolve(&format!("http://127.0.0.1:{}", 2379 + i)).unwrap())
+            .collect();
+        let config = ClusterConfig {
+            endpoints,
+            name: "t".into(),
+            node: "n1".into(),
+            reads: ReadMode::Linearizable,
+            call_timeout: Duration::from_secs(1),
+            wait: Duration::from_secs(3),
+        };
+        Cluster::new(config, 100, 0xab)
+    }
+
+    fn tickets(n: usize) -> Vec<Ticket> {
+        let mut parking = Parking::<()>::new(1024);
+        (0..n)
+            .map(|i| {
+                let conn = crate::conn::ConnRef {
+                    token: mio::Token(i),
+                    serial: i as u64,
+                    peer: std::net::Ipv4Addr::LOCALHOST.into(),
+                };
+                parking.park(conn, (), None).unwrap()
+            })
+            .collect()
+    }
+
+    fn kv(index: u64, rev: u64) -> String {
+        format!(
+            r#"{{"kvs":[{{"mod_revision":"{rev}","value":"{}"}}]}}"#,
+            B64.encode(index.to_string())
+        )
+    }
+
+    fn range(index: u64, rev: u64) -> String {
+        kv(index, rev)
+    }
+
+    fn moved(index: u64, rev: u64, writer: &str) -> String {
+        format!(
+            r#"{{"header":{{"revision":"{rev}"}},"responses":[{{"response_range":{}}},{{"response_range":{{"kvs":[{{"value":"{}"}}]}}}}]}}"#,
+            kv(index, rev),
+            B64.encode(writer)
+        )
+    }
+
+    fn committed(rev: u64) -> String {
+        format!(r#"{{"header":{{"revision":"{rev}"}},"succeeded":true}}"#)
+    }
+
+    /// The tag and the put index of a step transaction's body.
+    fn sent(call: &EtcdCall) -> (String, u64, String) {
+        let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+        let put = |i: usize| {
+            let v = body["success"][i]["request_put"]["value"].as_str().unwrap();
+            String::from_utf8(B64.decode(v).unwrap()).unwrap()
+        };
+        let expected = body["compare"][0]["mod_revision"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (put(1), put(0).parse().unwrap(), expected)
+    }
+
+    fn replies(n: &mut Node) -> Vec<(u32, ClusterReply)> {
+        std::iter::from_fn(|| n.take_settled().map(|(_, w, r)| (w, r))).collect()
+    }
+
+    fn index(reply: &ClusterReply) -> u64 {
+        match reply {
+            ClusterReply::Index { index, .. } => *index,
+            other => panic!("not an index: {other:?}"),
+        }
+    }
+
+    /// A node that has read index `at` (revision `rev`).
+    fn started(at: u64, rev: u64) -> (Node, Instant) {
+        let mut n = node(3);
+        let now = Instant::now();
+        let call = n.next_call(now).unwrap();
+        assert_eq!(call.kind, CallKind::Read);
+        n.answered(200, range(at, rev).as_bytes(), now);
+        assert!(n.is_ready());
+        (n, now)
+    }
+
+    #[test]
+    fn a_pass_of_steps_is_one_txn_and_replies_wait_for_its_commit() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(4);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.step(t[2], Step::Previous, 2);
+        n.step(t[3], Step::Next, 3);
+        let call = n.next_call(now).unwrap();
+        assert_eq!(call.kind, CallKind::Txn);
+        let (tag, put, expected) = sent(&call);
+        assert_eq!((put, expected.as_str()), (7, "10"));
+        assert_eq!(tag, "00000000000000ab-1");
+        assert!(n.next_call(now).is_none(), "one call in flight");
+        assert!(replies(&mut n).is_empty(), "nothing before the commit");
+        n.answered(200, committed(11).as_bytes(), now);
+        let got: Vec<(u32, u64)> = replies(&mut n)
+            .iter()
+            .map(|(w, r)| (*w, index(r)))
+            .collect();
+        assert_eq!(got, [(0, 6), (1, 7), (2, 6), (3, 7)]);
+        assert_eq!(n.known_index(), Some(7));
+        let ClusterReply::Index { value, .. } = &replies_after_read(&mut n, now)[0].1 else {
+            panic!()
+        };
+        assert_eq!(value.decimal_len(), 2, "F(7) = 13");
+    }
+
+    fn replies_after_read(n: &mut Node, now: Instant) -> Vec<(u32, ClusterReply)> {
+        n.current(tickets(1)[0], 9);
+        let call = n.next_call(now).unwrap();
+        let known = n.known.unwrap();
+        n.answered(200, range(known.index, known.mod_revision).as_bytes(), now);
+        assert_eq!(call.kind, CallKind::Read);
+        replies(n)
+    }
+
+    #[test]
+    fn reads_of_one_pass_share_one_quorum_read_and_later_ones_wait_for_the_next() {
+        let (mut n, now) = started(3, 4);
+        let t = tickets(3);
+        n.current(t[0], 0);
+        n.current(t[1], 1);
+        let call = n.next_call(now).unwrap();
+        assert_eq!(call.kind, CallKind::Read);
+        let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(body["serializable"], false);
+        n.current(t[2], 2); // arrived after the read left: not answered by it
+        n.answered(200, range(4, 5).as_bytes(), now);
+        let got: Vec<(u32, u64)> = replies(&mut n)
+            .iter()
+            .map(|(w, r)| (*w, index(r)))
+            .collect();
+        assert_eq!(got, [(0, 4), (1, 4)]);
+        assert_eq!(n.next_call(now).unwrap().kind, CallKind::Read);
+        n.answered(200, range(4, 5).as_bytes(), now);
+        assert_eq!(index(&replies(&mut n)[0].1), 4);
+    }
+
+    #[test]
+    fn a_conflict_applies_the_batch_again_on_the_index_another_node_made() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(2);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.next_call(now).unwrap();
+        n.answered(200, moved(9, 12, "someone-else-3").as_bytes(), now);
+        assert!(replies(&mut n).is_empty());
+        assert_eq!(n.stats().conflicts, 1);
+        let (tag, put, expected) = sent(&n.next_call(now).unwrap());
+        assert_eq!((put, expected.as_str()), (11, "12"));
+        assert_eq!(tag, "00000000000000ab-2", "a new tag per attempt");
+        n.answered(200, committed(13).as_bytes(), now);
+        let got: Vec<u64> = replies(&mut n).iter().map(|(_, r)| index(r)).collect();
+        assert_eq!(got, [10, 11]);
+    }
+
+    #[test]
+    fn a_lost_answer_is_read_back_and_an_applied_txn_is_not_sent_again() {
+        let (mut n, now) = started(5, 10);
+        n.step(tickets(1)[0], Step::Next, 0);
+        let (tag, _, _) = sent(&n.next_call(now).unwrap());
+        n.failed(&"no answer before the deadline", now);
+        let readback = n.next_call(now).unwrap();
+        assert_eq!(readback.kind, CallKind::Readback);
+        assert_eq!(readback.endpoint, 1, "the next endpoint");
+        // It was applied, and another node stepped after it.
+        n.answered(200, moved(8, 15, &tag).as_bytes(), now);
+        assert_eq!(index(&replies(&mut n)[0].1), 6);
+        assert_eq!(n.known_index(), Some(8));
+        assert!(n.next_call(now).is_none(), "nothing left to send");
+    }
+
+    #[test]
+    fn a_lost_answer_that_was_not_applied_goes_again_under_a_new_tag() {
+        let (mut n, now) = started(5, 10);
+        n.step(tickets(1)[0], Step::Previous, 0);
+        n.next_call(now).unwrap();
+        n.failed(&"closed", now);
+        n.next_call(now).unwrap();
+        n.answered(200, moved(5, 10, "00000000000000ab-0").as_bytes(), now);
+        let (tag, put, expected) = sent(&n.next_call(now).unwrap());
+        assert_eq!(
+            (tag.as_str(), put, expected.as_str()),
+            ("00000000000000ab-2", 4, "10")
+        );
+        // The first attempt arrives late and wins: the second's compare
+        // fails and the writer tag names the first.
+        n.answered(200, moved(4, 11, "00000000000000ab-1").as_bytes(), now);
+        assert_eq!(index(&replies(&mut n)[0].1), 4);
+        assert!(n.next_call(now).is_none());
+    }
+
+    #[test]
+    fn an_expired_step_is_unavailable_before_it_is_sent_and_unknown_after() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(3);
+        n.step(t[0], Step::Next, 0);
+        assert_eq!(n.expire(t[0]), Some((0, ClusterReply::Unavailable)));
+        n.step(t[1], Step::Next, 1);
+        let (_, put, _) = sent(&n.next_call(now).unwrap());
+        assert_eq!(put, 6, "the expired step is not in the batch");
+        assert_eq!(n.expire(t[1]), Some((1, ClusterReply::OutcomeUnknown)));
+        n.failed(&"timeout", now);
+        // Not applied, read back: the batch has no live step left, so it is
+        // dropped, which makes "unknown" true (it happened zero times).
+        n.next_call(now).unwrap();
+        n.answered(200, moved(5, 10, "").as_bytes(), now);
+        n.step(t[2], Step::Next, 2);
+        let (_, put, _) = sent(&n.next_call(now).unwrap());
+        assert_eq!(put, 6);
+    }
+
+    #[test]
+    fn a_far_move_waits_for_a_jump_computed_off_the_loop() {
+        let (mut n, now) = started(5, 10);
+        n.current(tickets(1)[0], 0);
+        n.next_call(now).unwrap();
+        n.answered(200, range(90_000, 99).as_bytes(), now);
+        assert_eq!(n.wanted_jump(), Some(90_000));
+        assert!(replies(&mut n).is_empty());
+        n.jump_started(true, now);
+        assert!(n.next_call(now).is_none(), "nothing is sent during a jump");
+        n.jumped(Cursor::at(90_000));
+        let got = replies(&mut n);
+        assert_eq!(index(&got[0].1), 90_000);
+        let ClusterReply::Index { value, .. } = &got[0].1 else {
+            panic!()
+        };
+        assert_eq!(value.decimal_len(), crate::fib::decimal(90_000).len());
+    }
+
+    #[test]
+    fn a_whole_round_of_failures_is_not_ready_and_backs_off() {
+        let (mut n, now) = started(5, 10);
+        for ticket in tickets(3) {
+            n.current(ticket, 0);
+            n.next_call(now).unwrap();
+            n.failed(&"refused", now);
+        }
+        assert!(!n.is_ready());
+        assert!(n.next_call(now).is_none(), "backing off");
+        let later = n.next_timer().unwrap();
+        let call = n.next_call(later).unwrap();
+        n.answered(200, range(5, 10).as_bytes(), later);
+        assert!(n.is_ready());
+        assert_eq!(call.kind, CallKind::Read);
+        assert_eq!(
+            replies(&mut n).len(),
+            3,
+            "every read waited and was answered"
+        );
+    }
+
+    #[test]
+    fn next_at_the_ceiling_is_refused_inside_the_batch() {
+        let (mut n, now) = started(99, 10);
+        let t = tickets(3);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.step(t[2], Step::Previous, 2);
+        let (_, put, _) = sent(&n.next_call(now).unwrap());
+        assert_eq!(put, 99);
+        n.answered(200, committed(11).as_bytes(), now);
+        let got = replies(&mut n);
+        assert_eq!(index(&got[0].1), 100);
+        assert_eq!(got[1].1, ClusterReply::AtCeiling { max_index: 100 });
+        assert_eq!(index(&got[2].1), 99);
+    }
+
+    #[test]
+    fn an_error_status_or_garbage_is_a_failed_call() {
+        let (mut n, now) = started(5, 10);
+        n.step(tickets(1)[0], Step::Next, 0);
+        n.next_call(now).unwrap();
+        n.answered(503, br#"{"error":"etcdserver: request timed out"}"#, now);
+        assert_eq!(n.next_call(now).unwrap().kind, CallKind::Readback);
+        n.answered(200, b"not json", now);
+        assert_eq!(n.next_call(now).unwrap().kind, CallKind::Readback);
     }
 }

@@ -54,7 +54,7 @@ impl App {
             .upstream
             .send(CallOwner::Etcd, &request, deadline, self.now)
         {
-            cluster.failed(&format!("{e:?}"), self.now);
+            cluster.not_sent(&format!("{e:?}"), self.now);
         }
         self.collect_cluster_replies();
     }
@@ -67,6 +67,9 @@ impl App {
         self.metrics.etcd_call(done.elapsed);
         match done.result {
             Ok(response) => cluster.answered(response.status, &response.body, self.now),
+            // Even a refused connect may follow a first copy of the request
+            // on a pooled connection that the client retried: any failure
+            // leaves the outcome unknown.
             Err(e) => cluster.failed(&e, self.now),
         }
         self.collect_cluster_replies();
