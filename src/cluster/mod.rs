@@ -19,10 +19,13 @@
 //!   it is known, nothing else is sent. Sending the batch again with a new
 //!   tag on the same revision fences the old attempt: at most one attempt of
 //!   a batch can ever match the compare.
-//! - Every request waits at most `wait` (the loop expires its park): a step
-//!   never sent is answered [`ClusterReply::Unavailable`] and is dropped; a
-//!   step already sent is answered [`ClusterReply::OutcomeUnknown`] and is
-//!   dropped from any later attempt (so it happened at most once).
+//! - Every request waits at most `wait` (the loop expires its park). A step
+//!   that no attempt sent so far can still apply (never sent, or every
+//!   attempt lost its compare) is answered [`ClusterReply::Unavailable`] and
+//!   left out of later attempts: it never happens. A step whose attempt is
+//!   in flight, lost, or read back as "not yet" while the index still sits
+//!   at the compared revision (the attempt may still arrive) is answered
+//!   [`ClusterReply::OutcomeUnknown`]: it happens once or not at all.
 //! - The cursor follows the index etcd holds: a few limb-wise steps for a
 //!   short distance, a jump computed on the compute worker for a long one
 //!   (see [`Jump`]); nothing is sent while it runs.
@@ -49,8 +52,8 @@ const STEP_BUDGET_LIMB_OPS: u64 = 200_000;
 const BUILD_ON_LOOP_MAX: u64 = 5_000;
 /// Steps taken into one transaction at most; more wait for the next.
 const BATCH_STEPS_MAX: usize = 8_192;
-/// A batch is given up (its steps answered) after this many conflicts in a
-/// row, rather than chasing a hot index for ever.
+/// A batch is given up (its steps answered 503, not made) after this many
+/// conflicts in a row, rather than chasing a hot index for ever.
 const ATTEMPTS_MAX: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(800);
@@ -151,11 +154,26 @@ struct Waiter<W> {
 }
 
 struct Batch {
+    /// Its steps, in order; every attempt carries exactly these.
     steps: Vec<(Ticket, Step)>,
-    /// Every tag sent for this batch, with the index it was applied on.
-    attempts: Vec<(String, u64)>,
-    /// The last attempt's answer was lost.
+    attempts: Vec<Attempt>,
+    /// The last attempt's answer was lost: read back before anything else.
     unknown: bool,
+    /// Read back as not applied, but the index has not moved since: the
+    /// attempt may still arrive and apply (a stopped etcd member holding
+    /// it), until another attempt on the same revision fences it.
+    unfenced: bool,
+}
+
+/// One transaction sent for a batch.
+struct Attempt {
+    /// The writer tag it puts; read back, it says this attempt applied.
+    tag: String,
+    /// The index it applies the batch on.
+    base: u64,
+    /// The index's mod_revision it compares with: it can apply only while
+    /// the index is still at that revision.
+    compare_revision: u64,
 }
 
 pub struct Cluster<W> {
@@ -260,7 +278,7 @@ impl<W> Cluster<W> {
             self.in_flight,
             Some((CallKind::Txn | CallKind::Readback, _))
         );
-        in_flight || self.batch.as_ref().is_some_and(|b| b.unknown)
+        in_flight || self.batch.as_ref().is_some_and(|b| b.unknown || b.unfenced)
     }
 
     /// The next reply decided, for the loop to deliver.
@@ -332,6 +350,21 @@ impl<W> Cluster<W> {
         if self.batch.is_none() {
             self.batch = self.take_batch();
         }
+        if let Some(batch) = &mut self.batch
+            && !batch.unknown
+            && !batch.unfenced
+        {
+            // No attempt can apply any more: steps whose wait ended (and
+            // were answered then) are left out, so they never happen.
+            let waiting = &self.waiting;
+            batch
+                .steps
+                .retain(|(ticket, _)| waiting.contains_key(ticket));
+            if batch.steps.is_empty() {
+                self.batch = None;
+                return self.next_call(now);
+            }
+        }
         if let Some(batch) = &mut self.batch {
             if batch.unknown {
                 self.stats.unknown_outcomes += 1;
@@ -342,7 +375,11 @@ impl<W> Cluster<W> {
             let tag = format!("{:016x}-{}", self.nonce, self.seq);
             let target = apply_all(known.index, &batch.steps, self.max_index);
             let body = self.keys.step_txn_body(known.mod_revision, target, &tag);
-            batch.attempts.push((tag, known.index));
+            batch.attempts.push(Attempt {
+                tag,
+                base: known.index,
+                compare_revision: known.mod_revision,
+            });
             return Some(self.send(CallKind::Txn, etcd::TXN_PATH, body));
         }
         if self.reads.is_empty() {
@@ -426,6 +463,7 @@ impl<W> Cluster<W> {
             steps,
             attempts: Vec::new(),
             unknown: false,
+            unfenced: false,
         })
     }
 
@@ -435,7 +473,7 @@ impl<W> Cluster<W> {
         };
         match answer {
             TxnAnswer::Committed { revision } => {
-                let base = batch.attempts.last().map_or(0, |(_, base)| *base);
+                let base = batch.attempts.last().map_or(0, |a| a.base);
                 let index = self.render(&batch, base);
                 self.known = Some(Revisioned {
                     index,
@@ -466,10 +504,8 @@ impl<W> Cluster<W> {
         writer: Option<&str>,
         readback: bool,
     ) {
-        let applied = writer.and_then(|w| {
-            let attempt = batch.attempts.iter().find(|(tag, _)| tag == w);
-            attempt.map(|&(_, base)| base)
-        });
+        let applied = writer.and_then(|w| batch.attempts.iter().find(|a| a.tag == w));
+        let applied = applied.map(|a| a.base);
         if let Some(base) = applied {
             self.render(&batch, base);
             self.learn(current);
@@ -480,22 +516,30 @@ impl<W> Cluster<W> {
         }
         self.learn(current);
         batch.unknown = false;
-        // Steps whose wait ended were answered "unknown"; leaving them out
-        // now makes that answer true (they happen at most once: never).
-        batch
-            .steps
-            .retain(|(ticket, _)| self.waiting.contains_key(ticket));
+        batch.unfenced = batch
+            .attempts
+            .iter()
+            .any(|a| a.compare_revision >= current.mod_revision);
         if batch.attempts.len() >= ATTEMPTS_MAX {
             log::warn!(
                 "a batch of {} step(s) lost {ATTEMPTS_MAX} races for the index in a row; answering 503",
                 batch.steps.len()
             );
+            let reply = if batch.unfenced {
+                ClusterReply::OutcomeUnknown
+            } else {
+                ClusterReply::Unavailable // every attempt lost its compare
+            };
             for (ticket, _) in batch.steps {
-                self.settle(ticket, ClusterReply::OutcomeUnknown);
+                self.settle(ticket, reply.clone());
             }
             return;
         }
-        if !batch.steps.is_empty() {
+        if batch
+            .steps
+            .iter()
+            .any(|(t, _)| self.waiting.contains_key(t))
+        {
             self.batch = Some(batch);
         }
     }
@@ -970,5 +1014,42 @@ mod tests {
         assert_eq!(n.next_call(now).unwrap().kind, CallKind::Readback);
         n.answered(200, b"not json", now);
         assert_eq!(n.next_call(now).unwrap().kind, CallKind::Readback);
+    }
+
+    #[test]
+    fn a_step_read_back_as_not_applied_stays_unknown_until_a_new_attempt_fences_the_old() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(2);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.next_call(now).unwrap();
+        n.failed(&"timeout", now);
+        n.next_call(now).unwrap();
+        // Not applied yet, and the index is still at the compared revision:
+        // the lost attempt may still arrive and apply.
+        n.answered(200, moved(5, 10, "").as_bytes(), now);
+        assert_eq!(n.expire(t[0]), Some((0, ClusterReply::OutcomeUnknown)));
+        // So the next attempt carries both steps, on the same revision.
+        let (_, put, expected) = sent(&n.next_call(now).unwrap());
+        assert_eq!((put, expected.as_str()), (7, "10"));
+        n.answered(200, committed(11).as_bytes(), now);
+        let got: Vec<(u32, u64)> = replies(&mut n)
+            .iter()
+            .map(|(w, r)| (*w, index(r)))
+            .collect();
+        assert_eq!(got, [(1, 7)]);
+    }
+
+    #[test]
+    fn a_step_that_expires_between_attempts_no_attempt_can_apply_is_left_out() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(2);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.next_call(now).unwrap();
+        n.answered(200, moved(8, 12, "other-1").as_bytes(), now);
+        assert_eq!(n.expire(t[0]), Some((0, ClusterReply::Unavailable)));
+        let (_, put, expected) = sent(&n.next_call(now).unwrap());
+        assert_eq!((put, expected.as_str()), (9, "12"), "one step, not two");
     }
 }
