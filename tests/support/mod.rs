@@ -2,6 +2,7 @@
 //! free port with a fresh data directory, talk raw HTTP/1.1 to it, kill it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod linearizability;
 pub mod nginx;
 pub mod upstream;
 
