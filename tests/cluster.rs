@@ -1,0 +1,608 @@
+//! Cluster mode (`--store etcd`) against a real three-member etcd cluster on
+//! loopback (tests/support/etcd.rs) and three fibd nodes on it: steps from
+//! many clients over all nodes, a recorded history checked for
+//! linearizability, kill -9 of a node, of etcd's leader and then of a second
+//! member (quorum lost and back), and an etcd member stopped mid-call.
+//!
+//! Each test starts its own etcd cluster; they run one at a time, since each
+//! keeps the two cores busy with six processes and eight clients.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use support::etcd::EtcdCluster;
+use support::linearizability::{History, Op, Outcome, Ret, StepperRegister};
+use support::{Client, DataDir, Fibd};
+
+/// Short etcd deadlines for the fault tests: a call's, and a request's wait.
+const FAST_FAILURE: [&str; 4] = ["--etcd-timeout-ms", "500", "--etcd-wait-ms", "2000"];
+/// How long a client waits for an answer before it counts the call unknown:
+/// well past any `--etcd-wait-ms` used here.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(12);
+/// Bound on every wait for the cluster to reach a state.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// A client's pause after a 503 before its next call.
+const BACK_OFF: Duration = Duration::from_millis(100);
+
+/// Mostly forward, some back, some reads.
+const MIXED: &[Op] = &[
+    Op::Next,
+    Op::Current,
+    Op::Next,
+    Op::Previous,
+    Op::Current,
+    Op::Next,
+];
+const NEXT_ONLY: &[Op] = &[Op::Next];
+
+/// One test at a time (see the module docs).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static CLUSTER: Mutex<()> = Mutex::new(());
+    CLUSTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A name for the test's stepper index, unique to this run.
+fn cluster_name(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// One fibd node: its data directory and arguments outlive its process, so
+/// it can be killed and started again as it was.
+struct Node {
+    data: DataDir,
+    args: Vec<String>,
+    fibd: Option<Fibd>,
+}
+
+impl Node {
+    fn start(name: &str, endpoints: &str, cluster: &str, extra: &[&str]) -> Node {
+        let args: Vec<String> = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            endpoints,
+            "--cluster-name",
+            cluster,
+            "--node-name",
+            name,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        let mut node = Node {
+            data: DataDir::new(&format!("cluster-{name}")),
+            args,
+            fibd: None,
+        };
+        node.restart();
+        node
+    }
+
+    fn fibd(&self) -> &Fibd {
+        self.fibd.as_ref().expect("node is running")
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.fibd().addr
+    }
+
+    fn kill9(&mut self) {
+        self.fibd.take().expect("node is running").kill9();
+    }
+
+    /// Starts the node (again) on its data directory and waits until it is
+    /// ready: it has read the index from etcd.
+    fn restart(&mut self) {
+        assert!(self.fibd.is_none(), "node is running");
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.fibd = Some(Fibd::start(&self.data, &args));
+        self.wait_ready(200);
+    }
+
+    /// Polls /readyz until it answers `status`.
+    fn wait_ready(&self, status: u16) {
+        let fibd = self.fibd();
+        wait_until(&format!("/readyz {status} on {}", fibd.addr), || {
+            (fibd.get("/readyz").status == status).then_some(())
+        });
+    }
+
+    /// /current's index, read once.
+    fn current(&self) -> u64 {
+        let response = self.fibd().get("/current");
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.index()
+    }
+}
+
+/// Three nodes on `etcd`, node k trying member k first.
+fn start_nodes(etcd: &EtcdCluster, cluster: &str, extra: &[&str]) -> Vec<Node> {
+    (0..3)
+        .map(|k| Node::start(&format!("n{k}"), &etcd.endpoints_from(k), cluster, extra))
+        .collect()
+}
+
+fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if let Some(answer) = probe() {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {SETTLE_TIMEOUT:?}"
+        );
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// One stepper call on `client`, read as the history records it. A dropped
+/// connection or no answer in time leaves the outcome unknown (and the
+/// client to be replaced). Every 503 must say when to retry.
+fn perform(client: &mut Client, op: Op) -> (Outcome, bool) {
+    let (method, path) = match op {
+        Op::Next => ("POST", "/next"),
+        Op::Previous => ("POST", "/previous"),
+        Op::Current => ("GET", "/current"),
+    };
+    let request = support::request_bytes(method, path, &[]);
+    use std::io::Write;
+    if client.stream().write_all(&request).is_err() {
+        return (Outcome::Unknown, false);
+    }
+    let Some(response) = client.try_read_response(false) else {
+        return (Outcome::Unknown, false);
+    };
+    let outcome = match response.status {
+        200 => Outcome::Returned(Ret::Index(response.index())),
+        409 => Outcome::Returned(Ret::AtCeiling),
+        503 => {
+            assert_eq!(
+                response.header("Retry-After"),
+                Some("1"),
+                "{op:?}: 503 without Retry-After: {}",
+                response.text()
+            );
+            let body: serde_json::Value =
+                serde_json::from_slice(&response.body).expect("a JSON error body");
+            match (body["code"].as_str(), op) {
+                (Some("store_unavailable"), _) => Outcome::NotApplied,
+                (Some("step_outcome_unknown"), Op::Next | Op::Previous) => Outcome::Unknown,
+                _ => panic!("{op:?}: unexpected 503 {body}"),
+            }
+        }
+        status => panic!("{op:?} answered {status}: {}", response.text()),
+    };
+    (outcome, true)
+}
+
+/// A connection to the first node in `nodes`, from `first` on, that accepts one.
+fn connect(nodes: &RwLock<Vec<SocketAddr>>, first: usize) -> Client {
+    wait_until("a node accepting a connection", || {
+        let nodes = nodes.read().unwrap();
+        (0..nodes.len()).find_map(|k| {
+            let client = Client::try_connect(nodes[(first + k) % nodes.len()]).ok()?;
+            client_timeout(client)
+        })
+    })
+}
+
+/// `client`, which waits [`ANSWER_TIMEOUT`] for an answer.
+fn client_timeout(mut client: Client) -> Option<Client> {
+    client
+        .stream()
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .ok()?;
+    Some(client)
+}
+
+/// Clients that step through the nodes and record every call in one history.
+struct Load {
+    history: Arc<History>,
+    /// The nodes' addresses: a restarted node has a new port.
+    nodes: Arc<RwLock<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    /// While set, a client whose call failed (503, unknown) waits until it is
+    /// cleared instead of calling again: an outage then leaves at most one
+    /// unknown outcome per client for the checker.
+    hold: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn new(nodes: &[Node]) -> Load {
+        Load {
+            history: History::new(),
+            nodes: Arc::new(RwLock::new(nodes.iter().map(Node::addr).collect())),
+            stop: Arc::new(AtomicBool::new(false)),
+            hold: Arc::new(AtomicBool::new(false)),
+            clients: Vec::new(),
+        }
+    }
+
+    /// Starts `count` clients, client i on node i mod 3 (and on the next
+    /// node while that one does not accept), each cycling through `ops`
+    /// until stopped or until `answered` of its calls returned (a call that
+    /// did not happen is made again).
+    fn spawn(&mut self, count: usize, ops: &'static [Op], answered: Option<usize>) {
+        for i in 0..count {
+            let (history, nodes) = (self.history.clone(), self.nodes.clone());
+            let (stop, hold) = (self.stop.clone(), self.hold.clone());
+            self.clients.push(thread::spawn(move || {
+                let mut process = history.process();
+                let mut client = connect(&nodes, i);
+                let mut returned = 0;
+                let limit = answered.unwrap_or(usize::MAX);
+                let mut calls = 0;
+                while !stop.load(Ordering::Relaxed) && returned < limit {
+                    calls += 1;
+                    assert!(
+                        calls <= limit.saturating_mul(2),
+                        "client {i}: too many calls refused"
+                    );
+                    let op = ops[calls % ops.len()];
+                    let mut alive = true;
+                    let outcome = process.call(op, || {
+                        let (outcome, kept) = perform(&mut client, op);
+                        alive = kept;
+                        outcome
+                    });
+                    if !alive {
+                        client = connect(&nodes, i);
+                    }
+                    match outcome {
+                        Outcome::Returned(_) => returned += 1,
+                        _ => Load::pause(&hold, &stop),
+                    }
+                }
+            }));
+        }
+    }
+
+    fn pause(hold: &AtomicBool, stop: &AtomicBool) {
+        thread::sleep(BACK_OFF);
+        let deadline = Instant::now() + SETTLE_TIMEOUT * 2;
+        while hold.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "held for too long");
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits until at least `count` calls were answered in all.
+    fn wait_answered(&self, count: usize) {
+        wait_until(&format!("{count} calls answered"), || {
+            let answered = self
+                .history
+                .calls()
+                .iter()
+                .filter(|c| matches!(c.outcome, Outcome::Returned(_)))
+                .count();
+            (answered >= count).then_some(())
+        });
+    }
+
+    fn answered(&self) -> usize {
+        self.history
+            .calls()
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Returned(_)))
+            .count()
+    }
+
+    /// Stops the clients (each after its call in flight) and waits for them.
+    fn finish(self) -> Arc<History> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.hold.store(false, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Waits for clients that make a set number of calls to be done.
+    fn join(self) -> Arc<History> {
+        for client in self.clients {
+            client.join().expect("a client failed");
+        }
+        self.history
+    }
+}
+
+/// The indices acknowledged to /next calls, sorted.
+fn acknowledged_nexts(history: &History) -> Vec<u64> {
+    let mut indices: Vec<u64> = history
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Next)
+        .filter_map(|c| match c.outcome {
+            Outcome::Returned(Ret::Index(i)) => Some(i),
+            _ => None,
+        })
+        .collect();
+    indices.sort_unstable();
+    indices
+}
+
+fn unknown_outcomes(history: &History) -> usize {
+    history
+        .calls()
+        .iter()
+        .filter(|c| c.outcome == Outcome::Unknown)
+        .count()
+}
+
+fn assert_distinct(indices: &[u64]) {
+    for pair in indices.windows(2) {
+        assert_ne!(pair[0], pair[1], "index {} acknowledged twice", pair[0]);
+    }
+}
+
+/// A last /current, after every other call, recorded into `history` so the
+/// checker holds the final index to everything acknowledged before it.
+fn final_read(history: &Arc<History>, node: &Node) -> u64 {
+    let mut client = client_timeout(node.fibd().connect()).expect("client");
+    let outcome = history
+        .process()
+        .call(Op::Current, || perform(&mut client, Op::Current).0);
+    match outcome {
+        Outcome::Returned(Ret::Index(i)) => i,
+        other => panic!("final /current: {other:?}"),
+    }
+}
+
+fn assert_linearizable(history: &History) {
+    let started = Instant::now();
+    match history.check(StepperRegister::fresh()) {
+        Ok(calls) => eprintln!(
+            "{calls} calls ({} unknown) linearizable, checked in {:?}",
+            unknown_outcomes(history),
+            started.elapsed()
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn the_harness_elects_a_new_leader_after_kill_9_and_takes_the_member_back() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("harness");
+    assert_eq!(etcd.index(&name), 0, "absent key reads as 0");
+    let old = etcd.leader();
+    etcd.kill9(old);
+    let new = etcd.leader();
+    assert_ne!(new, old);
+    etcd.wait_for_quorum();
+    etcd.restart(old);
+    etcd.wait_for_quorum();
+    // The restarted member answers and follows the new leader.
+    assert_eq!(etcd.leader(), new);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn next_from_eight_clients_over_three_nodes_gives_every_index_once() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("next");
+    let nodes = start_nodes(&etcd, &name, &[]);
+    let mut load = Load::new(&nodes);
+    let started = Instant::now();
+    load.spawn(8, NEXT_ONLY, Some(200));
+    let history = load.join();
+    eprintln!("1600 steps over three nodes in {:?}", started.elapsed());
+
+    assert_eq!(
+        unknown_outcomes(&history),
+        0,
+        "a healthy cluster lost an answer"
+    );
+    let acked = acknowledged_nexts(&history);
+    assert_eq!(acked.len(), 1600);
+    assert_distinct(&acked);
+    assert_eq!(
+        acked,
+        (1..=1600).collect::<Vec<u64>>(),
+        "a gap in the indices"
+    );
+    assert_eq!(etcd.index(&name), 1600);
+    for node in &nodes {
+        assert_eq!(node.current(), 1600);
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn a_mixed_history_over_three_nodes_is_linearizable_and_serializable_reads_answer() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("mixed");
+    let nodes = start_nodes(&etcd, &name, &[]);
+    let mut load = Load::new(&nodes);
+    load.spawn(8, MIXED, Some(50));
+    let history = load.join();
+    let last = final_read(&history, &nodes[0]);
+    assert_linearizable(&history);
+    assert_eq!(etcd.index(&name), last);
+
+    // Serializable reads: answered from the endpoint's own copy, which may
+    // lag, so not checked for linearizability; they answer, and steps made
+    // through such nodes are still transactions on the one index.
+    let relaxed = ["--etcd-reads", "serializable"];
+    let relaxed_nodes: Vec<Node> = (0..3)
+        .map(|k| Node::start(&format!("s{k}"), &etcd.endpoints_from(k), &name, &relaxed))
+        .collect();
+    let mut stepped = Vec::new();
+    for node in &relaxed_nodes {
+        let current = node.current();
+        assert!(current <= last, "{current} past every step made");
+        let response = node.fibd().post("/next");
+        assert_eq!(response.status, 200, "{}", response.text());
+        stepped.push(response.index());
+    }
+    stepped.sort_unstable();
+    assert_eq!(stepped, [last + 1, last + 2, last + 3]);
+    assert_eq!(etcd.index(&name), last + 3);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn kill_9_of_a_fibd_node_under_load_loses_no_acknowledged_step() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("killnode");
+    let mut nodes = start_nodes(&etcd, &name, &FAST_FAILURE);
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(100);
+    nodes[1].kill9();
+    // Its clients move to the other nodes.
+    load.wait_answered(load.answered() + 100);
+    let history = load.finish();
+
+    let acked = acknowledged_nexts(&history);
+    assert!(acked.len() >= 200, "{} steps acknowledged", acked.len());
+    assert_distinct(&acked);
+    let index = etcd.index(&name);
+    let highest = *acked.last().unwrap();
+    assert!(
+        index >= highest,
+        "etcd holds {index}, {highest} was acknowledged"
+    );
+    // Every index up to the final one was given once, or went to a call
+    // whose answer the kill took away.
+    let unanswered = index - acked.len() as u64;
+    assert!(
+        unanswered <= unknown_outcomes(&history) as u64,
+        "{unanswered} steps made without an answer, {} calls unanswered",
+        unknown_outcomes(&history)
+    );
+    let last = final_read(&history, &nodes[0]);
+    assert_eq!(last, index);
+    assert_linearizable(&history);
+
+    nodes[1].restart();
+    for node in &nodes {
+        assert_eq!(node.current(), index);
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("quorum");
+    let nodes = start_nodes(&etcd, &name, &FAST_FAILURE);
+    let mut load = Load::new(&nodes);
+    load.spawn(8, MIXED, None);
+    load.wait_answered(50);
+
+    // The leader: a new one is elected, and service goes on.
+    let leader = etcd.leader();
+    etcd.kill9(leader);
+    let new_leader = etcd.leader();
+    load.wait_answered(load.answered() + 50);
+
+    // A second member (the new leader): no quorum.
+    load.hold.store(true, Ordering::Relaxed);
+    etcd.kill9(new_leader);
+    let mut probe = load.history.process();
+    for node in &nodes {
+        let mut client = client_timeout(node.fibd().connect()).expect("client");
+        let started = Instant::now();
+        let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+        let took = started.elapsed();
+        assert!(
+            matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
+            "/next without quorum: {outcome:?}"
+        );
+        assert!(took < Duration::from_secs(5), "503 after {took:?}");
+        node.wait_ready(503);
+    }
+
+    // Both back: service resumes on its own.
+    etcd.restart(leader);
+    etcd.restart(new_leader);
+    etcd.wait_for_quorum();
+    for node in &nodes {
+        node.wait_ready(200);
+    }
+    load.hold.store(false, Ordering::Relaxed);
+    load.wait_answered(load.answered() + 50);
+    let history = load.finish();
+
+    let last = final_read(&history, &nodes[2]);
+    assert_eq!(etcd.index(&name), last);
+    assert_linearizable(&history);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn a_step_whose_etcd_member_stops_mid_call_is_resolved_once() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("sigstop");
+    // A follower, so that no election muddles the picture: node 0 sends to
+    // it first, the other nodes to the other members.
+    let leader = etcd.leader();
+    let stopped = (leader + 1) % 3;
+    let others = [(stopped + 1) % 3, (stopped + 2) % 3];
+    let mut nodes = vec![Node::start(
+        "n0",
+        &etcd.endpoints_from(stopped),
+        &name,
+        &FAST_FAILURE,
+    )];
+    for (k, member) in others.iter().enumerate() {
+        let endpoints = etcd.endpoints_from(*member);
+        nodes.push(Node::start(
+            &format!("n{}", k + 1),
+            &endpoints,
+            &name,
+            &FAST_FAILURE,
+        ));
+    }
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(100);
+    let lost_before = nodes[0].fibd().metric("fibd_etcd_unknown_outcomes_total");
+
+    // Node 0 always has a call to that member in flight or about to go.
+    etcd.stop(stopped);
+    let mut probe = load.history.process();
+    let mut client = client_timeout(nodes[0].fibd().connect()).expect("client");
+    for _ in 0..5 {
+        let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+        assert!(
+            matches!(outcome, Outcome::Returned(Ret::Index(_))),
+            "/next on node 0 with its first member stopped: {outcome:?}"
+        );
+    }
+    load.wait_answered(load.answered() + 100);
+    let lost = nodes[0].fibd().metric("fibd_etcd_unknown_outcomes_total") - lost_before;
+    assert!(
+        lost >= 1.0,
+        "node 0 lost no answer: the member stopped between calls"
+    );
+    etcd.resume(stopped);
+    load.wait_answered(load.answered() + 50);
+    let history = load.finish();
+
+    assert_eq!(unknown_outcomes(&history), 0, "an outcome was left unknown");
+    let acked = acknowledged_nexts(&history);
+    assert_distinct(&acked);
+    // Every step was answered: none lost, none made twice, even after the
+    // stopped member came back with whatever it had been sent.
+    let index = etcd.index(&name);
+    assert_eq!(acked, (1..=index).collect::<Vec<u64>>());
+    assert_eq!(final_read(&history, &nodes[0]), index);
+    assert_linearizable(&history);
+}
