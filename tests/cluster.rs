@@ -439,10 +439,12 @@ fn a_mixed_history_over_three_nodes_is_linearizable_and_serializable_reads_answe
     let relaxed_nodes: Vec<Node> = (0..3)
         .map(|k| Node::start(&format!("s{k}"), &etcd.endpoints_from(k), &name, &relaxed))
         .collect();
-    let mut stepped = Vec::new();
     for node in &relaxed_nodes {
         let current = node.current();
         assert!(current <= last, "{current} past every step made");
+    }
+    let mut stepped = Vec::new();
+    for node in &relaxed_nodes {
         let response = node.fibd().post("/next");
         assert_eq!(response.status, 200, "{}", response.text());
         stepped.push(response.index());
