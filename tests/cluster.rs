@@ -29,6 +29,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// A client's pause after a 503 before its next call.
 const BACK_OFF: Duration = Duration::from_millis(100);
+const LOG_TAIL_LINES: usize = 40;
 
 /// Mostly forward, some back, some reads.
 const MIXED: &[Op] = &[
@@ -57,6 +58,7 @@ fn cluster_name(test: &str) -> String {
 /// One fibd node: its data directory and arguments outlive its process, so
 /// it can be killed and started again as it was.
 struct Node {
+    name: String,
     data: DataDir,
     args: Vec<String>,
     fibd: Option<Fibd>,
@@ -79,6 +81,7 @@ impl Node {
         .map(|s| s.to_string())
         .collect();
         let mut node = Node {
+            name: name.to_owned(),
             data: DataDir::new(&format!("cluster-{name}")),
             args,
             fibd: None,
@@ -121,6 +124,23 @@ impl Node {
         let response = self.fibd().get("/current");
         assert_eq!(response.status, 200, "{}", response.text());
         response.index()
+    }
+}
+
+impl Drop for Node {
+    /// A failing test shows the tail of each node's log.
+    fn drop(&mut self) {
+        if let (true, Some(fibd)) = (thread::panicking(), &self.fibd) {
+            let lines: Vec<String> = fibd.log.try_iter().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "---- fibd node {} ({}), last {} log lines ----\n{}",
+                self.name,
+                fibd.addr,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
@@ -337,6 +357,15 @@ fn unknown_outcomes(history: &History) -> usize {
         .count()
 }
 
+/// Calls answered 503 `store_unavailable`: not made (and made again).
+fn refused(history: &History) -> usize {
+    history
+        .calls()
+        .iter()
+        .filter(|c| c.outcome == Outcome::NotApplied)
+        .count()
+}
+
 fn assert_distinct(indices: &[u64]) {
     for pair in indices.windows(2) {
         assert_ne!(pair[0], pair[1], "index {} acknowledged twice", pair[0]);
@@ -360,8 +389,9 @@ fn assert_linearizable(history: &History) {
     let started = Instant::now();
     match history.check(StepperRegister::fresh()) {
         Ok(calls) => eprintln!(
-            "{calls} calls ({} unknown) linearizable, checked in {:?}",
+            "{calls} calls ({} unknown, {} refused and left out) linearizable, checked in {:?}",
             unknown_outcomes(history),
+            refused(history),
             started.elapsed()
         ),
         Err(e) => panic!("{e}"),
@@ -428,6 +458,7 @@ fn a_mixed_history_over_three_nodes_is_linearizable_and_serializable_reads_answe
     let mut load = Load::new(&nodes);
     load.spawn(8, MIXED, Some(50));
     let history = load.join();
+    assert_eq!(refused(&history), 0, "a healthy cluster refused a call");
     let last = final_read(&history, &nodes[0]);
     assert_linearizable(&history);
     assert_eq!(etcd.index(&name), last);
@@ -599,6 +630,7 @@ fn a_step_whose_etcd_member_stops_mid_call_is_resolved_once() {
     let history = load.finish();
 
     assert_eq!(unknown_outcomes(&history), 0, "an outcome was left unknown");
+    assert_eq!(refused(&history), 0, "a step was refused");
     let acked = acknowledged_nexts(&history);
     assert_distinct(&acked);
     // Every step was answered: none lost, none made twice, even after the
