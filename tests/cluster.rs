@@ -614,8 +614,13 @@ fn a_step_whose_etcd_member_stops_mid_call_is_resolved_once() {
     let mut client = client_timeout(nodes[0].fibd().connect()).expect("client");
     for _ in 0..5 {
         let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+        // Resolved: made (200) or certainly not made (503 store_unavailable,
+        // which with a minority down is the starvation the test below shows).
         assert!(
-            matches!(outcome, Outcome::Returned(Ret::Index(_))),
+            matches!(
+                outcome,
+                Outcome::Returned(Ret::Index(_)) | Outcome::NotApplied
+            ),
             "/next on node 0 with its first member stopped: {outcome:?}"
         );
     }
@@ -630,13 +635,51 @@ fn a_step_whose_etcd_member_stops_mid_call_is_resolved_once() {
     let history = load.finish();
 
     assert_eq!(unknown_outcomes(&history), 0, "an outcome was left unknown");
-    assert_eq!(refused(&history), 0, "a step was refused");
     let acked = acknowledged_nexts(&history);
     assert_distinct(&acked);
-    // Every step was answered: none lost, none made twice, even after the
-    // stopped member came back with whatever it had been sent.
+    // Every step made was answered, and every step refused was not made:
+    // none lost, none made twice, even after the stopped member came back
+    // with whatever it had been sent.
     let index = etcd.index(&name);
     assert_eq!(acked, (1..=index).collect::<Vec<u64>>());
     assert_eq!(final_read(&history, &nodes[0]), index);
     assert_linearizable(&history);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn with_a_member_down_nodes_on_the_follower_are_not_starved_by_one_on_the_leader() {
+    // Found by the SIGSTOP test: with one member (a minority) down, a commit
+    // needs the leader and the one follower left. Nodes that send to that
+    // follower then lose the compare to a node that sends to the leader, up
+    // to the node's 64 attempts, and answer 503 store_unavailable while
+    // etcd answers every call; the README promises 200 for a minority down.
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("fair");
+    let leader = etcd.leader();
+    let (down, follower) = ((leader + 1) % 3, (leader + 2) % 3);
+    etcd.kill9(down);
+    let nodes = vec![
+        Node::start("n0", &etcd.endpoints_from(follower), &name, &[]),
+        Node::start("n1", &etcd.endpoints_from(follower), &name, &[]),
+        Node::start("n2", &etcd.endpoints_from(leader), &name, &[]),
+    ];
+    let mut load = Load::new(&nodes);
+    load.spawn(9, NEXT_ONLY, Some(100));
+    let history = load.join();
+    let conflicts: Vec<f64> = nodes
+        .iter()
+        .map(|n| n.fibd().metric("fibd_etcd_txn_conflicts_total"))
+        .collect();
+    eprintln!(
+        "conflicts per node {conflicts:?}; {} steps refused",
+        refused(&history)
+    );
+    assert_eq!(
+        refused(&history),
+        0,
+        "steps refused (lost races) while etcd answered every call"
+    );
+    assert_eq!(etcd.index(&name), 900);
 }
