@@ -42,6 +42,8 @@ const MIXED: &[Op] = &[
     Op::Current,
     Op::Next,
 ];
+/// Every answer distinct: the checker's search stays short however many
+/// outcomes a fault leaves unknown (reads beside unknown steps multiply it).
 const NEXT_ONLY: &[Op] = &[Op::Next];
 
 /// One test at a time (see the module docs).
@@ -450,7 +452,7 @@ fn a_mixed_history_over_three_nodes_is_linearizable_and_serializable_reads_answe
     let name = cluster_name("mixed");
     let nodes = start_nodes(&etcd, &name, &[]);
     let mut load = Load::new(&nodes);
-    load.spawn(8, MIXED, Some(50));
+    load.spawn(8, MIXED, Some(40));
     let history = load.join();
     assert_eq!(refused(&history), 0, "a healthy cluster refused a call");
     let last = final_read(&history, &nodes[0]);
@@ -529,7 +531,7 @@ fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
     let name = cluster_name("quorum");
     let nodes = start_nodes(&etcd, &name, &FAST_FAILURE);
     let mut load = Load::new(&nodes);
-    load.spawn(8, MIXED, None);
+    load.spawn(8, NEXT_ONLY, None);
     load.wait_answered(50);
 
     // The leader: a new one is elected, and service goes on.
