@@ -26,6 +26,11 @@
 //!   in flight, lost, or read back as "not yet" while the index still sits
 //!   at the compared revision (the attempt may still arrive) is answered
 //!   [`ClusterReply::OutcomeUnknown`]: it happens once or not at all.
+//! - A node that loses the race says so in the same transaction (its
+//!   failure branch rewrites its `losing` key); a winner that sees another
+//!   node's recent loss waits about one round trip (at most [`YIELD_MAX`])
+//!   before its next attempt. Without that, a node nearer etcd's leader
+//!   wins every race and the others' steps wait out their time.
 //! - The cursor follows the index etcd holds: a few limb-wise steps for a
 //!   short distance, a jump computed on the compute worker for a long one
 //!   (see [`Jump`]); nothing is sent while it runs.
@@ -52,9 +57,8 @@ const STEP_BUDGET_LIMB_OPS: u64 = 200_000;
 const BUILD_ON_LOOP_MAX: u64 = 5_000;
 /// Steps taken into one transaction at most; more wait for the next.
 const BATCH_STEPS_MAX: usize = 8_192;
-/// A batch is given up (its steps answered 503, not made) after this many
-/// conflicts in a row, rather than chasing a hot index for ever.
-const ATTEMPTS_MAX: usize = 64;
+/// The longest a winner waits for a node that keeps losing the race.
+const YIELD_MAX: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(800);
 
@@ -144,6 +148,8 @@ pub struct ClusterStats {
     pub conflicts: u64,
     /// Transactions whose answer was lost and had to be read back.
     pub unknown_outcomes: u64,
+    /// Pauses after a commit that saw another node losing races.
+    pub yields: u64,
     pub jumps: u64,
 }
 
@@ -189,6 +195,8 @@ pub struct Cluster<W> {
     reads_answered: Vec<Ticket>,
     batch: Option<Batch>,
     in_flight: Option<(CallKind, Vec<Ticket>)>,
+    /// When the call in flight (or the last one) was sent.
+    sent_at: Instant,
     /// The index as this node last saw it in etcd; None before the first read.
     known: Option<Revisioned>,
     /// At `known.index` whenever no jump runs (None until the first one).
@@ -216,6 +224,7 @@ impl<W> Cluster<W> {
             reads_answered: Vec::new(),
             batch: None,
             in_flight: None,
+            sent_at: Instant::now(),
             known: None,
             cursor: None,
             jump: None,
@@ -345,7 +354,7 @@ impl<W> Cluster<W> {
         self.retry_at = None;
         let Some(known) = self.known else {
             let body = self.keys.range_body(false);
-            return Some(self.send(CallKind::Read, etcd::RANGE_PATH, body));
+            return Some(self.send(CallKind::Read, etcd::RANGE_PATH, body, now));
         };
         if self.batch.is_none() {
             self.batch = self.take_batch();
@@ -369,7 +378,7 @@ impl<W> Cluster<W> {
             if batch.unknown {
                 self.stats.unknown_outcomes += 1;
                 let body = self.keys.readback_body();
-                return Some(self.send(CallKind::Readback, etcd::TXN_PATH, body));
+                return Some(self.send(CallKind::Readback, etcd::TXN_PATH, body, now));
             }
             self.seq += 1;
             let tag = format!("{:016x}-{}", self.nonce, self.seq);
@@ -380,7 +389,7 @@ impl<W> Cluster<W> {
                 base: known.index,
                 compare_revision: known.mod_revision,
             });
-            return Some(self.send(CallKind::Txn, etcd::TXN_PATH, body));
+            return Some(self.send(CallKind::Txn, etcd::TXN_PATH, body, now));
         }
         if self.reads.is_empty() {
             return None;
@@ -388,7 +397,7 @@ impl<W> Cluster<W> {
         let body = self
             .keys
             .range_body(self.config.reads == ReadMode::Serializable);
-        Some(self.send(CallKind::Read, etcd::RANGE_PATH, body))
+        Some(self.send(CallKind::Read, etcd::RANGE_PATH, body, now))
     }
 
     /// The call in flight got an HTTP answer.
@@ -400,7 +409,8 @@ impl<W> Cluster<W> {
             CallKind::Read => etcd::read_range(status, body).map(|current| {
                 self.learn(current);
             }),
-            CallKind::Txn => etcd::read_txn(status, body).map(|answer| self.txn_answered(answer)),
+            CallKind::Txn => etcd::read_txn(&self.keys, status, body)
+                .map(|answer| self.txn_answered(answer, now)),
             CallKind::Readback => etcd::read_readback(status, body)
                 .map(|(current, writer)| self.read_back(current, writer.as_deref())),
         };
@@ -434,11 +444,18 @@ impl<W> Cluster<W> {
         }
     }
 
-    fn send(&mut self, kind: CallKind, path: &'static str, body: Vec<u8>) -> EtcdCall {
+    fn send(
+        &mut self,
+        kind: CallKind,
+        path: &'static str,
+        body: Vec<u8>,
+        now: Instant,
+    ) -> EtcdCall {
         // The reads collected so far are answered by this call (a Txn or a
         // read-back is a quorum read too): they all arrived before it left.
         let reads = std::mem::take(&mut self.reads);
         self.in_flight = Some((kind, reads));
+        self.sent_at = now;
         EtcdCall {
             endpoint: self.endpoint,
             path,
@@ -467,12 +484,22 @@ impl<W> Cluster<W> {
         })
     }
 
-    fn txn_answered(&mut self, answer: TxnAnswer) {
+    fn txn_answered(&mut self, answer: TxnAnswer, now: Instant) {
         let Some(batch) = self.batch.take() else {
             return;
         };
         match answer {
-            TxnAnswer::Committed { revision } => {
+            TxnAnswer::Committed {
+                revision,
+                others_losing,
+            } => {
+                if others_losing {
+                    // Give a node that keeps losing a window of about one
+                    // round trip to land its attempt before this node's next.
+                    let round_trip = now.saturating_duration_since(self.sent_at);
+                    self.retry_at = Some(now + round_trip.min(YIELD_MAX));
+                    self.stats.yields += 1;
+                }
                 let base = batch.attempts.last().map_or(0, |a| a.base);
                 let index = self.render(&batch, base);
                 self.known = Some(Revisioned {
@@ -516,25 +543,12 @@ impl<W> Cluster<W> {
         }
         self.learn(current);
         batch.unknown = false;
-        batch.unfenced = batch
+        // Only an attempt whose compared revision is still the index's can
+        // ever apply; the others are forgotten.
+        batch
             .attempts
-            .iter()
-            .any(|a| a.compare_revision >= current.mod_revision);
-        if batch.attempts.len() >= ATTEMPTS_MAX {
-            log::warn!(
-                "a batch of {} step(s) lost {ATTEMPTS_MAX} races for the index in a row; answering 503",
-                batch.steps.len()
-            );
-            let reply = if batch.unfenced {
-                ClusterReply::OutcomeUnknown
-            } else {
-                ClusterReply::Unavailable // every attempt lost its compare
-            };
-            for (ticket, _) in batch.steps {
-                self.settle(ticket, reply.clone());
-            }
-            return;
-        }
+            .retain(|a| a.compare_revision >= current.mod_revision);
+        batch.unfenced = !batch.attempts.is_empty();
         if batch
             .steps
             .iter()
@@ -1051,5 +1065,24 @@ mod tests {
         assert_eq!(n.expire(t[0]), Some((0, ClusterReply::Unavailable)));
         let (_, put, expected) = sent(&n.next_call(now).unwrap());
         assert_eq!((put, expected.as_str()), (9, "12"), "one step, not two");
+    }
+
+    #[test]
+    fn a_winner_that_sees_another_node_losing_yields_one_round_trip() {
+        let (mut n, now) = started(5, 10);
+        n.step(tickets(1)[0], Step::Next, 0);
+        n.next_call(now).unwrap();
+        let later = now + Duration::from_millis(4);
+        let losing = B64.encode("/fibd/t/losing/n2");
+        let answer = format!(
+            r#"{{"header":{{"revision":"11"}},"succeeded":true,"responses":[{{}},{{}},{{"response_range":{{"kvs":[{{"key":"{losing}"}}]}}}}]}}"#
+        );
+        n.answered(200, answer.as_bytes(), later);
+        assert_eq!(replies(&mut n).len(), 1);
+        n.step(tickets(2)[1], Step::Next, 1);
+        assert!(n.next_call(later).is_none(), "yielding");
+        assert_eq!(n.next_timer(), Some(later + Duration::from_millis(4)));
+        assert!(n.next_call(later + Duration::from_millis(4)).is_some());
+        assert_eq!(n.stats().yields, 1);
     }
 }
