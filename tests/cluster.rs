@@ -12,7 +12,7 @@ mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -115,12 +115,8 @@ impl Node {
         self.wait_ready(200);
     }
 
-    /// Polls /readyz until it answers `status`.
     fn wait_ready(&self, status: u16) {
-        let fibd = self.fibd();
-        wait_until(&format!("/readyz {status} on {}", fibd.addr), || {
-            (fibd.get("/readyz").status == status).then_some(())
-        });
+        wait_ready(self.addr(), status);
     }
 
     /// /current's index, read once.
@@ -146,6 +142,14 @@ impl Drop for Node {
             );
         }
     }
+}
+
+/// Polls the node's /readyz until it answers `status`.
+fn wait_ready(node: SocketAddr, status: u16) {
+    wait_until(&format!("/readyz {status} on {node}"), || {
+        let mut client = Client::try_connect(node).ok()?;
+        (client.request("GET", "/readyz", &[]).status == status).then_some(())
+    });
 }
 
 /// Three nodes on `etcd`, node k trying member k first.
@@ -227,16 +231,44 @@ fn client_timeout(mut client: Client) -> Option<Client> {
     Some(client)
 }
 
+/// Where the load's clients wait while the test makes an outage: the
+/// checker's search grows fast with the number of unknown outcomes.
+struct Gate {
+    /// Clients from this index on wait before their next call; while it is
+    /// set at all, a client whose last call failed waits too.
+    held_from: AtomicUsize,
+    /// How many clients wait now.
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn holds(&self, client: usize, failed: bool) -> bool {
+        let from = self.held_from.load(Ordering::SeqCst);
+        client >= from || (failed && from != usize::MAX)
+    }
+
+    /// Waits (bounded) while this client is held.
+    fn pass(&self, client: usize, failed: bool, stop: &AtomicBool) {
+        if !self.holds(client, failed) {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + SETTLE_TIMEOUT * 2;
+        while self.holds(client, failed) && !stop.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "client {client} held too long");
+            thread::sleep(POLL_INTERVAL);
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Clients that step through the nodes and record every call in one history.
 struct Load {
     history: Arc<History>,
     /// The nodes' addresses when the load started.
     nodes: Arc<[SocketAddr]>,
     stop: Arc<AtomicBool>,
-    /// While set, a client whose call failed (503, unknown) waits until it is
-    /// cleared instead of calling again: an outage then leaves at most one
-    /// unknown outcome per client for the checker.
-    hold: Arc<AtomicBool>,
+    gate: Arc<Gate>,
     clients: Vec<JoinHandle<()>>,
 }
 
@@ -246,7 +278,10 @@ impl Load {
             history: History::new(),
             nodes: nodes.iter().map(Node::addr).collect(),
             stop: Arc::new(AtomicBool::new(false)),
-            hold: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(Gate {
+                held_from: AtomicUsize::new(usize::MAX),
+                waiting: AtomicUsize::new(0),
+            }),
             clients: Vec::new(),
         }
     }
@@ -258,14 +293,16 @@ impl Load {
     fn spawn(&mut self, count: usize, ops: &'static [Op], answered: Option<usize>) {
         for i in 0..count {
             let (history, nodes) = (self.history.clone(), self.nodes.clone());
-            let (stop, hold) = (self.stop.clone(), self.hold.clone());
+            let (stop, gate) = (self.stop.clone(), self.gate.clone());
             self.clients.push(thread::spawn(move || {
                 let mut process = history.process();
                 let mut client = connect(&nodes, i);
                 let mut returned = 0;
                 let limit = answered.unwrap_or(usize::MAX);
                 let mut calls = 0;
+                let mut failed = false;
                 while !stop.load(Ordering::Relaxed) && returned < limit {
+                    gate.pass(i, failed, &stop);
                     calls += 1;
                     assert!(
                         calls <= limit.saturating_mul(2),
@@ -281,22 +318,30 @@ impl Load {
                     if !alive {
                         client = connect(&nodes, i);
                     }
-                    match outcome {
-                        Outcome::Returned(_) => returned += 1,
-                        _ => Load::pause(&hold, &stop),
+                    failed = !matches!(outcome, Outcome::Returned(_));
+                    if failed {
+                        thread::sleep(BACK_OFF);
+                    } else {
+                        returned += 1;
                     }
                 }
             }));
         }
     }
 
-    fn pause(hold: &AtomicBool, stop: &AtomicBool) {
-        thread::sleep(BACK_OFF);
-        let deadline = Instant::now() + SETTLE_TIMEOUT * 2;
-        while hold.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "held for too long");
-            thread::sleep(POLL_INTERVAL);
-        }
+    /// Holds every client from `keep` on before its next call, and the
+    /// first `keep` after their next failed call; returns once the former
+    /// all wait. An outage made then leaves at most `keep` calls unknown.
+    fn hold(&self, keep: usize) {
+        self.gate.held_from.store(keep, Ordering::SeqCst);
+        let held = self.clients.len().saturating_sub(keep);
+        wait_until(&format!("{held} clients held"), || {
+            (self.gate.waiting.load(Ordering::SeqCst) >= held).then_some(())
+        });
+    }
+
+    fn release(&self) {
+        self.gate.held_from.store(usize::MAX, Ordering::SeqCst);
     }
 
     /// Waits until at least `count` calls were answered in all.
@@ -317,7 +362,7 @@ impl Load {
     /// Stops the clients (each after its call in flight) and waits for them.
     fn finish(self) -> Arc<History> {
         self.stop.store(true, Ordering::Relaxed);
-        self.hold.store(false, Ordering::Relaxed);
+        self.release();
         self.join()
     }
 
@@ -529,7 +574,16 @@ fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
     let _serial = one_at_a_time();
     let mut etcd = EtcdCluster::start(3);
     let name = cluster_name("quorum");
-    let nodes = start_nodes(&etcd, &name, &FAST_FAILURE);
+    // Steps wait long enough to outlast an election (about 1 to 3 s here):
+    // with 2 s, every call in flight at the leader's kill could end unknown,
+    // and eight unknown outcomes take the checker over a minute.
+    let wait = Duration::from_secs(5);
+    let wait_ms = wait.as_millis().to_string();
+    let nodes = start_nodes(
+        &etcd,
+        &name,
+        &["--etcd-timeout-ms", "500", "--etcd-wait-ms", &wait_ms],
+    );
     let mut load = Load::new(&nodes);
     load.spawn(8, NEXT_ONLY, None);
     load.wait_answered(50);
@@ -540,24 +594,31 @@ fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
     let new_leader = etcd.leader();
     load.wait_answered(load.answered() + 50);
 
-    // A second member (the new leader): no quorum.
-    load.hold.store(true, Ordering::Relaxed);
+    // A second member (the new leader): no quorum. Two clients keep
+    // stepping into the outage; the other six wait it out.
+    load.hold(2);
     etcd.kill9(new_leader);
-    let mut probe = load.history.process();
-    for node in &nodes {
-        let mut client = client_timeout(node.fibd().connect()).expect("client");
-        let started = Instant::now();
-        let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
-        let took = started.elapsed();
-        assert!(
-            matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
-            "/next without quorum: {outcome:?}"
-        );
-        assert!(took < Duration::from_secs(5), "503 after {took:?}");
-        let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
-        assert_eq!(read, Outcome::NotApplied, "/current without quorum");
-        node.wait_ready(503);
-    }
+    // Each node, at once: a step waits, then 503 (with Retry-After, which
+    // `perform` checks); /current is 503; /readyz turns 503.
+    thread::scope(|scope| {
+        for node in nodes.iter().map(Node::addr) {
+            let mut probe = load.history.process();
+            scope.spawn(move || {
+                let mut client = client_timeout(Client::connect(node)).expect("client");
+                let started = Instant::now();
+                let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+                let took = started.elapsed();
+                assert!(
+                    matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
+                    "/next without quorum: {outcome:?}"
+                );
+                assert!(took < wait + Duration::from_secs(3), "503 after {took:?}");
+                let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
+                assert_eq!(read, Outcome::NotApplied, "/current without quorum");
+                wait_ready(node, 503);
+            });
+        }
+    });
 
     // Both back: service resumes on its own.
     etcd.restart(leader);
@@ -566,7 +627,7 @@ fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
     for node in &nodes {
         node.wait_ready(200);
     }
-    load.hold.store(false, Ordering::Relaxed);
+    load.release();
     load.wait_answered(load.answered() + 50);
     let history = load.finish();
 
