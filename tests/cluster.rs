@@ -497,7 +497,7 @@ fn a_mixed_history_over_three_nodes_is_linearizable_and_serializable_reads_answe
     let name = cluster_name("mixed");
     let nodes = start_nodes(&etcd, &name, &[]);
     let mut load = Load::new(&nodes);
-    load.spawn(8, MIXED, Some(40));
+    load.spawn(8, MIXED, Some(30));
     let history = load.join();
     assert_eq!(refused(&history), 0, "a healthy cluster refused a call");
     let last = final_read(&history, &nodes[0]);
