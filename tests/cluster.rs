@@ -709,10 +709,11 @@ fn a_step_whose_etcd_member_stops_mid_call_is_resolved_once() {
 #[ignore = "needs etcd: run scripts/test"]
 fn with_a_member_down_nodes_on_the_follower_are_not_starved_by_one_on_the_leader() {
     // Found by the SIGSTOP test: with one member (a minority) down, a commit
-    // needs the leader and the one follower left. Nodes that send to that
-    // follower then lose the compare to a node that sends to the leader, up
-    // to the node's 64 attempts, and answer 503 store_unavailable while
-    // etcd answers every call; the README promises 200 for a minority down.
+    // needs the leader and the one follower left, and a node that sends to
+    // the leader answers first. Before the core's fairness rule, nodes on
+    // the follower lost the compare to it 64 times in a row and answered 503
+    // store_unavailable while etcd answered every call (2 runs in 3); the
+    // README promises 200 with a minority down.
     let _serial = one_at_a_time();
     let mut etcd = EtcdCluster::start(3);
     let name = cluster_name("fair");

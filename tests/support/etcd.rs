@@ -141,10 +141,6 @@ impl EtcdCluster {
             .join(",")
     }
 
-    pub fn endpoints(&self) -> String {
-        self.endpoints_from(0)
-    }
-
     pub fn pid(&self, i: usize) -> u32 {
         self.members[i]
             .process
