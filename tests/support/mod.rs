@@ -2,6 +2,8 @@
 //! free port with a fresh data directory, talk raw HTTP/1.1 to it, kill it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod etcd;
+pub mod linearizability;
 pub mod nginx;
 pub mod upstream;
 
@@ -267,13 +269,18 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to fibd");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
+        Client::try_connect(addr).expect("connect to fibd")
+    }
+
+    /// A connection, or the error (for tests whose servers may be down).
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             stream,
             buffered: Vec::new(),
-        }
+        })
     }
 
     pub fn send(&mut self, bytes: &[u8]) {

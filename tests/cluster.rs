@@ -1,0 +1,745 @@
+//! Cluster mode (`--store etcd`) against a real three-member etcd cluster on
+//! loopback (tests/support/etcd.rs) and three fibd nodes on it: steps from
+//! many clients over all nodes, a recorded history checked for
+//! linearizability, kill -9 of a node, of etcd's leader and then of a second
+//! member (quorum lost and back), an etcd member stopped mid-call, and the
+//! fairness of the compare-and-put race with one member down.
+//!
+//! Each test starts its own etcd cluster; they run one at a time, since each
+//! keeps the two cores busy with six processes and eight clients.
+
+mod support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use support::etcd::EtcdCluster;
+use support::linearizability::{History, Op, Outcome, Ret, StepperRegister};
+use support::{Client, DataDir, Fibd};
+
+/// Short etcd deadlines for the fault tests: a call's, and a request's wait.
+const FAST_FAILURE: [&str; 4] = ["--etcd-timeout-ms", "500", "--etcd-wait-ms", "2000"];
+/// How long a client waits for an answer before it counts the call unknown:
+/// well past any `--etcd-wait-ms` used here.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(12);
+/// Bound on every wait for the cluster to reach a state.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// A client's pause after a 503 before its next call.
+const BACK_OFF: Duration = Duration::from_millis(100);
+const LOG_TAIL_LINES: usize = 40;
+
+/// Mostly forward, some back, some reads.
+const MIXED: &[Op] = &[
+    Op::Next,
+    Op::Current,
+    Op::Next,
+    Op::Previous,
+    Op::Current,
+    Op::Next,
+];
+/// Every answer distinct: the checker's search stays short however many
+/// outcomes a fault leaves unknown (reads beside unknown steps multiply it).
+const NEXT_ONLY: &[Op] = &[Op::Next];
+
+/// One test at a time (see the module docs).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static CLUSTER: Mutex<()> = Mutex::new(());
+    CLUSTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A name for the test's stepper index, unique to this run.
+fn cluster_name(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// One fibd node: its data directory and arguments outlive its process, so
+/// it can be killed and started again as it was.
+struct Node {
+    name: String,
+    data: DataDir,
+    args: Vec<String>,
+    fibd: Option<Fibd>,
+}
+
+impl Node {
+    fn start(name: &str, endpoints: &str, cluster: &str, extra: &[&str]) -> Node {
+        let args: Vec<String> = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            endpoints,
+            "--cluster-name",
+            cluster,
+            "--node-name",
+            name,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        let mut node = Node {
+            name: name.to_owned(),
+            data: DataDir::new(&format!("cluster-{name}")),
+            args,
+            fibd: None,
+        };
+        node.restart();
+        node
+    }
+
+    fn fibd(&self) -> &Fibd {
+        self.fibd.as_ref().expect("node is running")
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.fibd().addr
+    }
+
+    fn kill9(&mut self) {
+        self.fibd.take().expect("node is running").kill9();
+    }
+
+    /// Starts the node (again) on its data directory and waits until it is
+    /// ready: it has read the index from etcd.
+    fn restart(&mut self) {
+        assert!(self.fibd.is_none(), "node is running");
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.fibd = Some(Fibd::start(&self.data, &args));
+        self.wait_ready(200);
+    }
+
+    fn wait_ready(&self, status: u16) {
+        wait_ready(self.addr(), status);
+    }
+
+    /// /current's index, read once.
+    fn current(&self) -> u64 {
+        let response = self.fibd().get("/current");
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.index()
+    }
+}
+
+impl Drop for Node {
+    /// A failing test shows the tail of each node's log.
+    fn drop(&mut self) {
+        if let (true, Some(fibd)) = (thread::panicking(), &self.fibd) {
+            let lines: Vec<String> = fibd.log.try_iter().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "---- fibd node {} ({}), last {} log lines ----\n{}",
+                self.name,
+                fibd.addr,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// Polls the node's /readyz until it answers `status`.
+fn wait_ready(node: SocketAddr, status: u16) {
+    wait_until(&format!("/readyz {status} on {node}"), || {
+        let mut client = Client::try_connect(node).ok()?;
+        (client.request("GET", "/readyz", &[]).status == status).then_some(())
+    });
+}
+
+/// Three nodes on `etcd`, node k trying member k first.
+fn start_nodes(etcd: &EtcdCluster, cluster: &str, extra: &[&str]) -> Vec<Node> {
+    (0..3)
+        .map(|k| Node::start(&format!("n{k}"), &etcd.endpoints_from(k), cluster, extra))
+        .collect()
+}
+
+fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if let Some(answer) = probe() {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {SETTLE_TIMEOUT:?}"
+        );
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// One stepper call on `client`, read as the history records it. A dropped
+/// connection or no answer in time leaves the outcome unknown (and the
+/// client to be replaced). Every 503 must say when to retry.
+fn perform(client: &mut Client, op: Op) -> (Outcome, bool) {
+    let (method, path) = match op {
+        Op::Next => ("POST", "/next"),
+        Op::Previous => ("POST", "/previous"),
+        Op::Current => ("GET", "/current"),
+    };
+    let request = support::request_bytes(method, path, &[]);
+    if client.stream().write_all(&request).is_err() {
+        return (Outcome::Unknown, false);
+    }
+    let Some(response) = client.try_read_response(false) else {
+        return (Outcome::Unknown, false);
+    };
+    let outcome = match response.status {
+        200 => Outcome::Returned(Ret::Index(response.index())),
+        409 => Outcome::Returned(Ret::AtCeiling),
+        503 => {
+            assert_eq!(
+                response.header("Retry-After"),
+                Some("1"),
+                "{op:?}: 503 without Retry-After: {}",
+                response.text()
+            );
+            let body: serde_json::Value =
+                serde_json::from_slice(&response.body).expect("a JSON error body");
+            match (body["code"].as_str(), op) {
+                (Some("store_unavailable"), _) => Outcome::NotApplied,
+                (Some("step_outcome_unknown"), Op::Next | Op::Previous) => Outcome::Unknown,
+                _ => panic!("{op:?}: unexpected 503 {body}"),
+            }
+        }
+        status => panic!("{op:?} answered {status}: {}", response.text()),
+    };
+    (outcome, true)
+}
+
+/// A connection to the first node in `nodes`, from `first` on, that accepts one.
+fn connect(nodes: &[SocketAddr], first: usize) -> Client {
+    wait_until("a node accepting a connection", || {
+        (0..nodes.len()).find_map(|k| {
+            let client = Client::try_connect(nodes[(first + k) % nodes.len()]).ok()?;
+            client_timeout(client)
+        })
+    })
+}
+
+/// `client`, which waits [`ANSWER_TIMEOUT`] for an answer.
+fn client_timeout(mut client: Client) -> Option<Client> {
+    client
+        .stream()
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .ok()?;
+    Some(client)
+}
+
+/// Where the load's clients wait while the test makes an outage: the
+/// checker's search grows fast with the number of unknown outcomes.
+struct Gate {
+    /// Clients from this index on wait before their next call; while it is
+    /// set at all, a client whose last call failed waits too.
+    held_from: AtomicUsize,
+    /// How many clients wait now.
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn holds(&self, client: usize, failed: bool) -> bool {
+        let from = self.held_from.load(Ordering::SeqCst);
+        client >= from || (failed && from != usize::MAX)
+    }
+
+    /// Waits (bounded) while this client is held.
+    fn pass(&self, client: usize, failed: bool, stop: &AtomicBool) {
+        if !self.holds(client, failed) {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + SETTLE_TIMEOUT * 2;
+        while self.holds(client, failed) && !stop.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "client {client} held too long");
+            thread::sleep(POLL_INTERVAL);
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Clients that step through the nodes and record every call in one history.
+struct Load {
+    history: Arc<History>,
+    /// The nodes' addresses when the load started.
+    nodes: Arc<[SocketAddr]>,
+    stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn new(nodes: &[Node]) -> Load {
+        Load {
+            history: History::new(),
+            nodes: nodes.iter().map(Node::addr).collect(),
+            stop: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(Gate {
+                held_from: AtomicUsize::new(usize::MAX),
+                waiting: AtomicUsize::new(0),
+            }),
+            clients: Vec::new(),
+        }
+    }
+
+    /// Starts `count` clients, client i on node i mod 3 (and on the next
+    /// node while that one does not accept), each cycling through `ops`
+    /// until stopped or until `answered` of its calls returned (a call that
+    /// did not happen is made again).
+    fn spawn(&mut self, count: usize, ops: &'static [Op], answered: Option<usize>) {
+        for i in 0..count {
+            let (history, nodes) = (self.history.clone(), self.nodes.clone());
+            let (stop, gate) = (self.stop.clone(), self.gate.clone());
+            self.clients.push(thread::spawn(move || {
+                let mut process = history.process();
+                let mut client = connect(&nodes, i);
+                let mut returned = 0;
+                let limit = answered.unwrap_or(usize::MAX);
+                let mut calls = 0;
+                let mut failed = false;
+                while !stop.load(Ordering::Relaxed) && returned < limit {
+                    gate.pass(i, failed, &stop);
+                    calls += 1;
+                    assert!(
+                        calls <= limit.saturating_mul(2),
+                        "client {i}: too many calls refused"
+                    );
+                    let op = ops[calls % ops.len()];
+                    let mut alive = true;
+                    let outcome = process.call(op, || {
+                        let (outcome, kept) = perform(&mut client, op);
+                        alive = kept;
+                        outcome
+                    });
+                    if !alive {
+                        client = connect(&nodes, i);
+                    }
+                    failed = !matches!(outcome, Outcome::Returned(_));
+                    if failed {
+                        thread::sleep(BACK_OFF);
+                    } else {
+                        returned += 1;
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Holds every client from `keep` on before its next call, and the
+    /// first `keep` after their next failed call; returns once the former
+    /// all wait. An outage made then leaves at most `keep` calls unknown.
+    fn hold(&self, keep: usize) {
+        self.gate.held_from.store(keep, Ordering::SeqCst);
+        let held = self.clients.len().saturating_sub(keep);
+        wait_until(&format!("{held} clients held"), || {
+            (self.gate.waiting.load(Ordering::SeqCst) >= held).then_some(())
+        });
+    }
+
+    fn release(&self) {
+        self.gate.held_from.store(usize::MAX, Ordering::SeqCst);
+    }
+
+    /// Waits until at least `count` calls were answered in all.
+    fn wait_answered(&self, count: usize) {
+        wait_until(&format!("{count} calls answered"), || {
+            (self.answered() >= count).then_some(())
+        });
+    }
+
+    fn answered(&self) -> usize {
+        self.history
+            .calls()
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Returned(_)))
+            .count()
+    }
+
+    /// Stops the clients (each after its call in flight) and waits for them.
+    fn finish(self) -> Arc<History> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.release();
+        self.join()
+    }
+
+    /// Waits for clients that make a set number of calls to be done.
+    fn join(self) -> Arc<History> {
+        for client in self.clients {
+            client.join().expect("a client failed");
+        }
+        self.history
+    }
+}
+
+/// The indices acknowledged to /next calls, sorted.
+fn acknowledged_nexts(history: &History) -> Vec<u64> {
+    let mut indices: Vec<u64> = history
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Next)
+        .filter_map(|c| match c.outcome {
+            Outcome::Returned(Ret::Index(i)) => Some(i),
+            _ => None,
+        })
+        .collect();
+    indices.sort_unstable();
+    indices
+}
+
+fn unknown_outcomes(history: &History) -> usize {
+    history
+        .calls()
+        .iter()
+        .filter(|c| c.outcome == Outcome::Unknown)
+        .count()
+}
+
+/// Calls answered 503 `store_unavailable`: not made (and made again).
+fn refused(history: &History) -> usize {
+    history
+        .calls()
+        .iter()
+        .filter(|c| c.outcome == Outcome::NotApplied)
+        .count()
+}
+
+fn assert_distinct(indices: &[u64]) {
+    for pair in indices.windows(2) {
+        assert_ne!(pair[0], pair[1], "index {} acknowledged twice", pair[0]);
+    }
+}
+
+/// A last /current, after every other call, recorded into `history` so the
+/// checker holds the final index to everything acknowledged before it.
+fn final_read(history: &Arc<History>, node: &Node) -> u64 {
+    let mut client = client_timeout(node.fibd().connect()).expect("client");
+    let outcome = history
+        .process()
+        .call(Op::Current, || perform(&mut client, Op::Current).0);
+    match outcome {
+        Outcome::Returned(Ret::Index(i)) => i,
+        other => panic!("final /current: {other:?}"),
+    }
+}
+
+fn assert_linearizable(history: &History) {
+    let started = Instant::now();
+    match history.check(StepperRegister::fresh()) {
+        Ok(calls) => eprintln!(
+            "{calls} calls ({} unknown, {} refused and left out) linearizable, checked in {:?}",
+            unknown_outcomes(history),
+            refused(history),
+            started.elapsed()
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn the_harness_elects_a_new_leader_after_kill_9_and_takes_the_member_back() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("harness");
+    assert_eq!(etcd.index(&name), 0, "absent key reads as 0");
+    let old = etcd.leader();
+    etcd.kill9(old);
+    let new = etcd.leader();
+    assert_ne!(new, old);
+    etcd.wait_for_quorum();
+    etcd.restart(old);
+    etcd.wait_for_quorum();
+    // The restarted member answers and follows the new leader.
+    assert_eq!(etcd.leader(), new);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn next_from_eight_clients_over_three_nodes_gives_every_index_once() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("next");
+    let nodes = start_nodes(&etcd, &name, &[]);
+    let mut load = Load::new(&nodes);
+    let started = Instant::now();
+    load.spawn(8, NEXT_ONLY, Some(200));
+    let history = load.join();
+    eprintln!("1600 steps over three nodes in {:?}", started.elapsed());
+
+    assert_eq!(
+        unknown_outcomes(&history),
+        0,
+        "a healthy cluster lost an answer"
+    );
+    let acked = acknowledged_nexts(&history);
+    assert_eq!(acked.len(), 1600);
+    assert_distinct(&acked);
+    assert_eq!(
+        acked,
+        (1..=1600).collect::<Vec<u64>>(),
+        "a gap in the indices"
+    );
+    assert_eq!(etcd.index(&name), 1600);
+    for node in &nodes {
+        assert_eq!(node.current(), 1600);
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn a_mixed_history_over_three_nodes_is_linearizable_and_serializable_reads_answer() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("mixed");
+    let nodes = start_nodes(&etcd, &name, &[]);
+    let mut load = Load::new(&nodes);
+    load.spawn(8, MIXED, Some(30));
+    let history = load.join();
+    assert_eq!(refused(&history), 0, "a healthy cluster refused a call");
+    let last = final_read(&history, &nodes[0]);
+    assert_linearizable(&history);
+    assert_eq!(etcd.index(&name), last);
+
+    // Serializable reads: answered from the endpoint's own copy, which may
+    // lag, so not checked for linearizability; they answer, and steps made
+    // through such nodes are still transactions on the one index.
+    let relaxed = ["--etcd-reads", "serializable"];
+    let relaxed_nodes: Vec<Node> = (0..3)
+        .map(|k| Node::start(&format!("s{k}"), &etcd.endpoints_from(k), &name, &relaxed))
+        .collect();
+    for node in &relaxed_nodes {
+        let current = node.current();
+        assert!(current <= last, "{current} past every step made");
+    }
+    let mut stepped = Vec::new();
+    for node in &relaxed_nodes {
+        let response = node.fibd().post("/next");
+        assert_eq!(response.status, 200, "{}", response.text());
+        stepped.push(response.index());
+    }
+    stepped.sort_unstable();
+    assert_eq!(stepped, [last + 1, last + 2, last + 3]);
+    assert_eq!(etcd.index(&name), last + 3);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn kill_9_of_a_fibd_node_under_load_loses_no_acknowledged_step() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("killnode");
+    let mut nodes = start_nodes(&etcd, &name, &FAST_FAILURE);
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(100);
+    nodes[1].kill9();
+    // Its clients move to the other nodes.
+    load.wait_answered(load.answered() + 100);
+    let history = load.finish();
+
+    let acked = acknowledged_nexts(&history);
+    assert!(acked.len() >= 200, "{} steps acknowledged", acked.len());
+    assert_distinct(&acked);
+    let index = etcd.index(&name);
+    let highest = *acked.last().unwrap();
+    assert!(
+        index >= highest,
+        "etcd holds {index}, {highest} was acknowledged"
+    );
+    // Every index up to the final one was given once, or went to a call
+    // whose answer the kill took away.
+    let unanswered = index - acked.len() as u64;
+    assert!(
+        unanswered <= unknown_outcomes(&history) as u64,
+        "{unanswered} steps made without an answer, {} calls unanswered",
+        unknown_outcomes(&history)
+    );
+    let last = final_read(&history, &nodes[0]);
+    assert_eq!(last, index);
+    assert_linearizable(&history);
+
+    nodes[1].restart();
+    for node in &nodes {
+        assert_eq!(node.current(), index);
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("quorum");
+    // Steps wait long enough to outlast an election (about 1 to 3 s here):
+    // with 2 s, every call in flight at the leader's kill could end unknown,
+    // and eight unknown outcomes take the checker over a minute.
+    let wait = Duration::from_secs(5);
+    let wait_ms = wait.as_millis().to_string();
+    let nodes = start_nodes(
+        &etcd,
+        &name,
+        &["--etcd-timeout-ms", "500", "--etcd-wait-ms", &wait_ms],
+    );
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(50);
+
+    // The leader: a new one is elected, and service goes on.
+    let leader = etcd.leader();
+    etcd.kill9(leader);
+    let new_leader = etcd.leader();
+    load.wait_answered(load.answered() + 50);
+
+    // A second member (the new leader): no quorum. Two clients keep
+    // stepping into the outage; the other six wait it out.
+    load.hold(2);
+    etcd.kill9(new_leader);
+    // Each node, at once: a step waits, then 503 (with Retry-After, which
+    // `perform` checks); /current is 503; /readyz turns 503.
+    thread::scope(|scope| {
+        for node in nodes.iter().map(Node::addr) {
+            let mut probe = load.history.process();
+            scope.spawn(move || {
+                let mut client = client_timeout(Client::connect(node)).expect("client");
+                let started = Instant::now();
+                let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+                let took = started.elapsed();
+                assert!(
+                    matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
+                    "/next without quorum: {outcome:?}"
+                );
+                assert!(took < wait + Duration::from_secs(3), "503 after {took:?}");
+                let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
+                assert_eq!(read, Outcome::NotApplied, "/current without quorum");
+                wait_ready(node, 503);
+            });
+        }
+    });
+
+    // Both back: service resumes on its own.
+    etcd.restart(leader);
+    etcd.restart(new_leader);
+    etcd.wait_for_quorum();
+    for node in &nodes {
+        node.wait_ready(200);
+    }
+    load.release();
+    load.wait_answered(load.answered() + 50);
+    let history = load.finish();
+
+    let last = final_read(&history, &nodes[2]);
+    assert_eq!(etcd.index(&name), last);
+    assert_linearizable(&history);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn a_step_whose_etcd_member_stops_mid_call_is_resolved_once() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("sigstop");
+    // A follower, so that no election muddles the picture: node 0 sends to
+    // it first, the other nodes to the other members.
+    let leader = etcd.leader();
+    let stopped = (leader + 1) % 3;
+    let others = [(stopped + 1) % 3, (stopped + 2) % 3];
+    let mut nodes = vec![Node::start(
+        "n0",
+        &etcd.endpoints_from(stopped),
+        &name,
+        &FAST_FAILURE,
+    )];
+    for (k, member) in others.iter().enumerate() {
+        let endpoints = etcd.endpoints_from(*member);
+        nodes.push(Node::start(
+            &format!("n{}", k + 1),
+            &endpoints,
+            &name,
+            &FAST_FAILURE,
+        ));
+    }
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(100);
+    let lost_before = nodes[0].fibd().metric("fibd_etcd_unknown_outcomes_total");
+
+    // Node 0 always has a call to that member in flight or about to go.
+    etcd.stop(stopped);
+    let mut probe = load.history.process();
+    let mut client = client_timeout(nodes[0].fibd().connect()).expect("client");
+    for _ in 0..5 {
+        let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+        // Resolved: made (200) or certainly not made (503 store_unavailable,
+        // which with a minority down is the starvation the test below shows).
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Returned(Ret::Index(_)) | Outcome::NotApplied
+            ),
+            "/next on node 0 with its first member stopped: {outcome:?}"
+        );
+    }
+    load.wait_answered(load.answered() + 100);
+    let lost = nodes[0].fibd().metric("fibd_etcd_unknown_outcomes_total") - lost_before;
+    assert!(
+        lost >= 1.0,
+        "node 0 lost no answer: the member stopped between calls"
+    );
+    etcd.resume(stopped);
+    load.wait_answered(load.answered() + 50);
+    let history = load.finish();
+
+    assert_eq!(unknown_outcomes(&history), 0, "an outcome was left unknown");
+    let acked = acknowledged_nexts(&history);
+    assert_distinct(&acked);
+    // Every step made was answered, and every step refused was not made:
+    // none lost, none made twice, even after the stopped member came back
+    // with whatever it had been sent.
+    let index = etcd.index(&name);
+    assert_eq!(acked, (1..=index).collect::<Vec<u64>>());
+    assert_eq!(final_read(&history, &nodes[0]), index);
+    assert_linearizable(&history);
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn with_a_member_down_nodes_on_the_follower_are_not_starved_by_one_on_the_leader() {
+    // Found by the SIGSTOP test: with one member (a minority) down, a commit
+    // needs the leader and the one follower left, and a node that sends to
+    // the leader answers first. Before the core's fairness rule, nodes on
+    // the follower lost the compare to it 64 times in a row and answered 503
+    // store_unavailable while etcd answered every call (2 runs in 3); the
+    // README promises 200 with a minority down.
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start(3);
+    let name = cluster_name("fair");
+    let leader = etcd.leader();
+    let (down, follower) = ((leader + 1) % 3, (leader + 2) % 3);
+    etcd.kill9(down);
+    let nodes = vec![
+        Node::start("n0", &etcd.endpoints_from(follower), &name, &[]),
+        Node::start("n1", &etcd.endpoints_from(follower), &name, &[]),
+        Node::start("n2", &etcd.endpoints_from(leader), &name, &[]),
+    ];
+    let mut load = Load::new(&nodes);
+    load.spawn(9, NEXT_ONLY, Some(100));
+    let history = load.join();
+    let conflicts: Vec<f64> = nodes
+        .iter()
+        .map(|n| n.fibd().metric("fibd_etcd_txn_conflicts_total"))
+        .collect();
+    eprintln!(
+        "conflicts per node {conflicts:?}; {} steps refused",
+        refused(&history)
+    );
+    assert_eq!(
+        refused(&history),
+        0,
+        "steps refused (lost races) while etcd answered every call"
+    );
+    assert_eq!(etcd.index(&name), 900);
+}
