@@ -16,6 +16,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::fib;
+use crate::fib::cursor::Cursor;
 use crate::primes::sieve::{self, PrimeTable};
 
 /// Jobs preallocated in the queue; a larger `queue_max` grows on demand, so a
@@ -33,6 +34,9 @@ pub enum Job {
     Fib(u64),
     /// The first n primes, with their JSON rendering.
     Primes(u64),
+    /// The stepper's cursor at an index too far to step to on the loop
+    /// (cluster mode, after another node moved the shared index).
+    Cursor(u64),
     /// A large buffer nobody reads any more, to be freed here: giving
     /// megabytes back to the OS takes milliseconds the loop does not have.
     /// Produces no result.
@@ -48,6 +52,7 @@ pub enum Output {
         digits: Vec<u8>,
     },
     Primes(PrimeTable),
+    Cursor(Box<Cursor>),
 }
 
 /// A finished job.
@@ -66,6 +71,7 @@ impl Job {
                 digits: fib::decimal(n).into_bytes(),
             }),
             Job::Primes(n) => Some(Output::Primes(sieve::first_primes(n))),
+            Job::Cursor(index) => Some(Output::Cursor(Box::new(Cursor::at(index)))),
             Job::Release(buffer) => {
                 drop(buffer);
                 None
@@ -336,9 +342,11 @@ mod tests {
             .submit(Job::Release(Arc::from(&b"gone"[..])))
             .unwrap();
         worker.submit(Job::Primes(100)).unwrap();
+        worker.submit(Job::Cursor(10_000)).unwrap();
         let mut results = Vec::new();
         let mut tables = Vec::new();
-        for _ in 0..=ns.len() {
+        let mut cursors = Vec::new();
+        for _ in 0..ns.len() + 2 {
             let wake = woken.recv_timeout(DEADLINE).expect("a wake per result");
             let name = wake.thread_name.unwrap_or_default();
             assert!(name.starts_with("fibd-compute-"), "{name}");
@@ -348,6 +356,7 @@ mod tests {
             match worker.try_result().expect("a result after a wake").output {
                 Output::Fib { n, digits } => results.push((n, digits)),
                 Output::Primes(table) => tables.push(table),
+                Output::Cursor(cursor) => cursors.push(cursor),
             }
         }
         assert!(worker.try_result().is_none());
@@ -359,6 +368,10 @@ mod tests {
         }
         assert_eq!(tables.len(), 1);
         assert_eq!(tables[0].len(), 100);
+        assert_eq!(cursors.len(), 1);
+        let mut digits = Vec::new();
+        cursors[0].write_decimal(&mut digits);
+        assert_eq!(digits, fib::decimal(10_000).into_bytes());
         assert_eq!(worker.queued(), 0);
     }
 
@@ -391,7 +404,7 @@ mod tests {
             .filter_map(|_| worker.try_result())
             .filter_map(|c| match c.output {
                 Output::Fib { n, .. } => Some(n),
-                Output::Primes(_) => None,
+                Output::Primes(_) | Output::Cursor(_) => None,
             })
             .collect();
         assert_eq!(done, [10, 11]);

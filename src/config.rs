@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::access::{AccessConfig, Cidr};
+use crate::cluster::{ClusterConfig, ReadMode};
 use crate::conn::Timeouts;
 use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
@@ -43,6 +44,9 @@ pub struct Config {
     /// None unless `--trace-zipkin` names a collector: tracing off, at no cost.
     pub trace: Option<TraceConfig>,
     pub primes: PrimesLimits,
+    /// `--store etcd`: the index lives in etcd, shared with other nodes;
+    /// None keeps it in the embedded LMDB store.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug)]
@@ -141,6 +145,22 @@ OPTIONS:
                               [env FIBD_PRIMES_QUEUE] (default 10000)
     --primes-retention-secs N settled primes tasks are deleted this long after they settle
                               [env FIBD_PRIMES_RETENTION_SECS] (default 86400)
+    --store lmdb|etcd         where the stepper's index lives: the embedded LMDB store, or
+                              an etcd cluster that several fibd nodes share [env FIBD_STORE]
+                              (default lmdb)
+    --etcd-endpoints URLS     comma-separated http:// client URLs of the etcd members,
+                              resolved at start-up (needs --store etcd) [env FIBD_ETCD_ENDPOINTS]
+    --cluster-name NAME       the shared index is the etcd key /fibd/NAME/index
+                              [env FIBD_CLUSTER_NAME] (default fibd)
+    --node-name NAME          this node's name, unique in the cluster [env FIBD_NODE_NAME]
+                              (default HOSTNAME:PORT)
+    --etcd-reads MODE         /current from a quorum read (linearizable) or from the member's
+                              own, possibly stale, copy (serializable) [env FIBD_ETCD_READS]
+                              (default linearizable)
+    --etcd-timeout-ms N       deadline of one etcd call; then the next endpoint is tried
+                              [env FIBD_ETCD_TIMEOUT_MS] (default 1000)
+    --etcd-wait-ms N          a step or /current waits this long for etcd, then gets 503
+                              [env FIBD_ETCD_WAIT_MS] (default 3000)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -192,6 +212,13 @@ struct Raw {
     primes_tasks_max: Option<String>,
     primes_queue: Option<String>,
     primes_retention_secs: Option<String>,
+    store: Option<String>,
+    etcd_endpoints: Option<String>,
+    cluster_name: Option<String>,
+    node_name: Option<String>,
+    etcd_reads: Option<String>,
+    etcd_timeout_ms: Option<String>,
+    etcd_wait_ms: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -225,6 +252,13 @@ pub fn from_args(
         primes_tasks_max: env("FIBD_PRIMES_TASKS_MAX"),
         primes_queue: env("FIBD_PRIMES_QUEUE"),
         primes_retention_secs: env("FIBD_PRIMES_RETENTION_SECS"),
+        store: env("FIBD_STORE"),
+        etcd_endpoints: env("FIBD_ETCD_ENDPOINTS"),
+        cluster_name: env("FIBD_CLUSTER_NAME"),
+        node_name: env("FIBD_NODE_NAME"),
+        etcd_reads: env("FIBD_ETCD_READS"),
+        etcd_timeout_ms: env("FIBD_ETCD_TIMEOUT_MS"),
+        etcd_wait_ms: env("FIBD_ETCD_WAIT_MS"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -270,6 +304,13 @@ pub fn from_args(
             "--primes-tasks-max" => &mut raw.primes_tasks_max,
             "--primes-queue" => &mut raw.primes_queue,
             "--primes-retention-secs" => &mut raw.primes_retention_secs,
+            "--store" => &mut raw.store,
+            "--etcd-endpoints" => &mut raw.etcd_endpoints,
+            "--cluster-name" => &mut raw.cluster_name,
+            "--node-name" => &mut raw.node_name,
+            "--etcd-reads" => &mut raw.etcd_reads,
+            "--etcd-timeout-ms" => &mut raw.etcd_timeout_ms,
+            "--etcd-wait-ms" => &mut raw.etcd_wait_ms,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -291,12 +332,16 @@ pub fn from_args(
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let primes = primes_limits(&raw)?;
-    let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen_text = raw
+        .listen
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = resolve(&listen_text).ok_or(ConfigError::Invalid {
         setting: "listen address",
         value: listen_text,
         expected: "ADDR:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
     })?;
+    let cluster = cluster(&raw, listen)?;
     let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()));
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError::Invalid {
@@ -402,7 +447,105 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         smart,
         trace,
         primes,
+        cluster,
     })
+}
+
+/// `--store` and the etcd settings; the etcd ones without `--store etcd`
+/// are a mistake worth refusing, not ignoring.
+fn cluster(raw: &Raw, listen: SocketAddr) -> Result<Option<ClusterConfig>, ConfigError> {
+    let etcd = match raw.store.as_deref().unwrap_or("lmdb") {
+        "lmdb" => false,
+        "etcd" => true,
+        other => return Err(invalid("store", other, "lmdb or etcd")),
+    };
+    if !etcd {
+        return match raw.etcd_endpoints {
+            Some(_) => Err(invalid(
+                "etcd endpoints",
+                "",
+                "no endpoints unless --store etcd",
+            )),
+            None => Ok(None),
+        };
+    }
+    let endpoints_text = raw.etcd_endpoints.clone().unwrap_or_default();
+    let expected = "comma-separated http://HOST:PORT URLs of etcd members";
+    let endpoints = endpoints_text
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|url| {
+            Target::resolve(url)
+                .ok()
+                .filter(|t| t.target == "/")
+                .ok_or_else(|| invalid("etcd endpoint", url, expected))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() || endpoints.len() > 16 {
+        return Err(invalid("etcd endpoints", &endpoints_text, expected));
+    }
+    let name = raw
+        .cluster_name
+        .clone()
+        .unwrap_or_else(|| "fibd".to_owned());
+    let node = raw
+        .node_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", hostname(), listen.port()));
+    for (setting, value) in [("cluster name", &name), ("node name", &node)] {
+        let valid = (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+        if !valid {
+            return Err(invalid(setting, value, "1 to 64 of A-Z a-z 0-9 . _ - :"));
+        }
+    }
+    let reads = match raw.etcd_reads.as_deref().unwrap_or("linearizable") {
+        "linearizable" => ReadMode::Linearizable,
+        "serializable" => ReadMode::Serializable,
+        other => return Err(invalid("etcd reads", other, "linearizable or serializable")),
+    };
+    let call_timeout = Duration::from_millis(number(
+        raw.etcd_timeout_ms.clone(),
+        1000,
+        "etcd timeout",
+        10..=60_000,
+        "milliseconds from 10 to 60000",
+    )?);
+    let wait = Duration::from_millis(number(
+        raw.etcd_wait_ms.clone(),
+        3000,
+        "etcd wait",
+        10..=600_000,
+        "milliseconds from 10 to 600000",
+    )?);
+    Ok(Some(ClusterConfig {
+        endpoints,
+        name,
+        node,
+        reads,
+        call_timeout,
+        wait,
+    }))
+}
+
+fn invalid(setting: &'static str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+/// The kernel's host name, for the default node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fibd".to_owned())
 }
 
 /// The primes tasks' bounds. The table's ceiling keeps its JSON (about 8 MB

@@ -57,6 +57,12 @@ pub enum ApiError {
     },
     /// The store could not make a step durable; the step was not applied.
     CommitFailed,
+    /// Cluster mode: etcd did not answer within `--etcd-wait-ms`; the step
+    /// was not made (or /current could not be read).
+    StoreUnavailable,
+    /// Cluster mode: the step's transaction was sent and its outcome could
+    /// not be read back in time: it happened once or not at all.
+    StepOutcomeUnknown,
     /// The client began a request and did not finish it in time.
     RequestTimeout,
     /// Commits are failing: the daemon is up but cannot make steps durable.
@@ -118,6 +124,8 @@ impl ApiError {
             ApiError::UnknownKey | ApiError::KeyRequired { .. } => Status::UNAUTHORIZED,
             ApiError::ScopeMissing { .. } => Status::FORBIDDEN,
             ApiError::CommitFailed
+            | ApiError::StoreUnavailable
+            | ApiError::StepOutcomeUnknown
             | ApiError::RandomUnavailable
             | ApiError::NotReady
             | ApiError::Upstream(_) => Status::SERVICE_UNAVAILABLE,
@@ -172,6 +180,14 @@ impl ApiError {
             ApiError::CommitFailed => {
                 "the step could not be made durable and was not applied; retry shortly"
             }
+            ApiError::StoreUnavailable => {
+                "the shared store (etcd) did not answer in time; the step was not made; \
+                 retry after Retry-After"
+            }
+            ApiError::StepOutcomeUnknown => {
+                "the shared store (etcd) did not confirm this step in time: it was made once \
+                 or not at all; read /current before retrying"
+            }
             ApiError::RequestTimeout => {
                 "the request was not completed in time; send it whole, without long pauses"
             }
@@ -217,7 +233,13 @@ impl ApiError {
     /// Server-side faults a person should hear about; the rest are the
     /// client's business (and the access log's, at debug).
     pub fn is_fault(self) -> bool {
-        matches!(self, ApiError::CommitFailed | ApiError::RandomUnavailable)
+        matches!(
+            self,
+            ApiError::CommitFailed
+                | ApiError::RandomUnavailable
+                | ApiError::StoreUnavailable
+                | ApiError::StepOutcomeUnknown
+        )
     }
 
     /// Appends the whole response: head and JSON body (none for HEAD).
@@ -289,6 +311,12 @@ impl ApiError {
             ApiError::BadTask { max_n, .. } => {
                 out.extend_from_slice(b", \"min_n\": 1, \"max_n\": ");
                 digits::write_u64(&mut out, max_n);
+            }
+            ApiError::StoreUnavailable => {
+                out.extend_from_slice(b", \"code\": \"store_unavailable\"")
+            }
+            ApiError::StepOutcomeUnknown => {
+                out.extend_from_slice(b", \"code\": \"step_outcome_unknown\"");
             }
             _ => {}
         }

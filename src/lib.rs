@@ -46,6 +46,11 @@
 //! - [`committer`]: the commit thread that runs the store off the event loop.
 //! - [`store`]: LMDB through heed: the stepper's index and the task records,
 //!   written together, one transaction per batch.
+//! - [`cluster`]: the other store of the index (`--store etcd`): one index
+//!   that several nodes share in etcd, group commit as one compare-and-put
+//!   transaction per batch, quorum reads for /current, lost answers read
+//!   back (sans-IO; `cluster::etcd` is the JSON gateway's wire format, and
+//!   `routes/cluster.rs` carries the calls through [`upstream`]).
 //! - [`metrics`], [`logging`], [`systemd`]: Prometheus text and the dashboard's
 //!   JSON, the journald-aware log format, sd_notify and socket activation.
 //! - [`trace`]: W3C traceparent, sampled request spans in a bounded buffer,
@@ -62,6 +67,7 @@
 //! `main.rs` only wires these together.
 
 pub mod access;
+pub mod cluster;
 pub mod committer;
 pub mod compute;
 pub mod config;

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use fibd::access::Access;
+use fibd::cluster::{Cluster, ReadMode};
 use fibd::committer::Committer;
 use fibd::compute::ComputeWorker;
 use fibd::config::{self, Command, Config};
@@ -75,6 +76,10 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         RandomSource::new().map_err(|e| format!("no OS random number generator: {e}"))?;
     let secret =
         hash_key(&mut random).map_err(|e| format!("no OS random number generator: {e}"))?;
+    // Makes cluster mode's writer tags unique to this process.
+    let nonce = random
+        .next_u64()
+        .map_err(|e| format!("no OS random number generator: {e}"))?;
     let access = Access::new(config.access.clone(), config.rate_limit, secret).map_err(|e| {
         let path = config
             .access
@@ -130,7 +135,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         unix_ms(SystemTime::now()),
     );
     log::info!(
-        "fibd {} listening on {}{} with data in {}; recovered index {}",
+        "fibd {} listening on {}{} with data in {}; {}",
         env!("CARGO_PKG_VERSION"),
         listener.local_addr()?,
         if from_systemd {
@@ -139,7 +144,10 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             ""
         },
         config.data_dir.display(),
-        recovered
+        match config.cluster {
+            Some(_) => "the index is in etcd".to_owned(),
+            None => format!("recovered index {recovered}"),
+        }
     );
     if task_count > 0 {
         log::info!("recovered {task_count} primes task(s); pending ones are resumed");
@@ -174,6 +182,29 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         limiter,
     )
     .with_upstream(SmartService::new(config.smart.clone()), upstream);
+    let app = match &config.cluster {
+        Some(cluster) => {
+            log::info!(
+                "cluster mode: the index is {} in etcd at {} (node {}, {} reads); \
+                 primes tasks stay in {}",
+                fibd::cluster::etcd::index_key(&cluster.name),
+                cluster
+                    .endpoints
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cluster.node,
+                match cluster.reads {
+                    ReadMode::Linearizable => "linearizable",
+                    ReadMode::Serializable => "serializable",
+                },
+                config.data_dir.display()
+            );
+            app.with_cluster(Cluster::new(cluster.clone(), config.max_index, nonce))
+        }
+        None => app,
+    };
     let server = Server::new(poll, listener, committer, app, config, Notifier::from_env())?;
     let committer = server.run()?;
     for outcome in committer.shutdown() {

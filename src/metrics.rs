@@ -116,6 +116,8 @@ pub struct Gauges {
     /// Since start, on the monotonic clock (JSON only: the page's time base).
     pub uptime: Duration,
     pub primes: PrimesGauges,
+    /// Cluster mode only.
+    pub cluster: Option<crate::cluster::ClusterStats>,
 }
 
 /// The primes tasks' state at scrape time.
@@ -146,6 +148,7 @@ pub struct Metrics {
     smart_outcomes: [u64; SMART_OUTCOMES.len()],
     smart_attempts: Histogram,
     upstream_seconds: Histogram,
+    etcd_seconds: Histogram,
     primes_task_seconds: Histogram,
 }
 
@@ -166,6 +169,7 @@ impl Default for Metrics {
             smart_outcomes: [0; SMART_OUTCOMES.len()],
             smart_attempts: Histogram::new(&ATTEMPT_BOUNDS),
             upstream_seconds: Histogram::new(&UPSTREAM_BOUNDS),
+            etcd_seconds: Histogram::new(&COMMIT_BOUNDS),
             primes_task_seconds: Histogram::new(&TASK_BOUNDS),
         }
     }
@@ -238,6 +242,11 @@ impl Metrics {
     }
 
     /// A primes task done `elapsed_ms` after it was accepted.
+    /// One etcd call, from its send to its answer or failure.
+    pub fn etcd_call(&mut self, elapsed: Duration) {
+        self.etcd_seconds.observe(elapsed.as_secs_f64());
+    }
+
     pub fn primes_task_done(&mut self, elapsed_ms: u64) {
         self.primes_task_seconds.observe(elapsed_ms as f64 / 1000.0);
     }
@@ -427,6 +436,49 @@ impl Metrics {
         );
         self.expose_upstream(gauges, sink);
         self.expose_primes(&gauges.primes, sink);
+        if let Some(cluster) = &gauges.cluster {
+            self.expose_cluster(cluster, sink);
+        }
+    }
+
+    /// Cluster mode: the etcd calls and what they found.
+    fn expose_cluster(&self, stats: &crate::cluster::ClusterStats, sink: &mut dyn Exposition) {
+        use crate::cluster::CallKind;
+        sink.family(
+            Kind::Counter,
+            "fibd_etcd_calls_total",
+            "etcd calls by kind (read, txn, readback) and outcome (answered, failed).",
+            &["kind", "outcome"],
+        );
+        for (kind, counts) in CallKind::ALL.iter().zip(stats.calls) {
+            sink.series(&[kind.name(), "answered"], counts[0]);
+            sink.series(&[kind.name(), "failed"], counts[1]);
+        }
+        sink.histogram(
+            "fibd_etcd_call_duration_seconds",
+            "etcd calls, from the send to the answer or failure.",
+            &self.etcd_seconds,
+        );
+        let scalars: [(&str, &str, u64); 3] = [
+            (
+                "fibd_etcd_txn_conflicts_total",
+                "Step transactions that found the index moved by another node and went again.",
+                stats.conflicts,
+            ),
+            (
+                "fibd_etcd_unknown_outcomes_total",
+                "Read-backs sent to resolve a step transaction whose answer was lost.",
+                stats.unknown_outcomes,
+            ),
+            (
+                "fibd_etcd_cursor_jumps_total",
+                "Cursor moves too long for the loop, computed on the compute worker.",
+                stats.jumps,
+            ),
+        ];
+        for (name, help, value) in scalars {
+            sink.scalar(Kind::Counter, name, help, value);
+        }
     }
 
     /// /api/smart and its outbound client.

@@ -7,8 +7,9 @@
 //! 4. deliver finished computations to their parked requests;
 //! 5. timers and outbound calls: expire parked requests whose deadline
 //!    passed (through the service that owns them), send due hedges, hand a
-//!    due batch of trace spans to the outbound client, let the client
-//!    connect and expire, and deliver the replies all of that decided;
+//!    due batch of trace spans to the outbound client, send cluster mode's
+//!    next etcd call, let the client connect and expire, and deliver the
+//!    replies all of that decided;
 //! 6. housekeeping (task retention) and hand the batch collected meanwhile
 //!    to the commit thread;
 //! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
@@ -291,7 +292,7 @@ impl Server {
                 self.watchdog_due = Some(now + interval);
             }
         }
-        let index = self.app.stepper.committed_index();
+        let index = self.app.committed_index();
         if self.status_index != Some(index) {
             self.status_index = Some(index);
             self.notifier
@@ -491,6 +492,7 @@ impl Server {
                         });
                     }
                 }
+                Computed::Cursor(cursor) => self.app.cluster_jumped(*cursor),
                 Computed::Primes(table) => {
                     log::debug!("{} primes sieved in {:?}", table.len(), computed.elapsed);
                     let sieved = self.app.primes.sieved(table, self.app.now_unix_ms);
@@ -518,6 +520,7 @@ impl Server {
         }
         self.app.run_smart_timers(self.now);
         self.app.export_spans();
+        self.app.drive_cluster();
         let mut registrar = PollRegistrar(self.poll.registry());
         self.app.upstream.drive(self.now, &mut registrar);
         self.app.settle_upstream();

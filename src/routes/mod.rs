@@ -8,6 +8,7 @@
 //! is the one writer of a Fibonacci value that the stepper and /v1/fib share,
 //! and `trace` connects spans and their export to the app.
 
+mod cluster;
 mod docs;
 mod fib;
 mod number;
@@ -19,6 +20,7 @@ mod stepper;
 mod trace;
 
 use crate::access::{Access, Caller, Scope};
+use crate::cluster::{Cluster, ClusterReply};
 use crate::conn::{ConnRef, Output, Reply, Respond};
 use crate::error::ApiError;
 use crate::http::accept::{self, Format};
@@ -42,6 +44,7 @@ use crate::upstream::{Client, ClientConfig};
 
 pub use smart::SmartReply;
 use std::rc::Rc;
+pub use stepper::StepShape;
 
 /// The resources fibd serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +170,8 @@ pub enum Waiting {
     Smart,
     /// A primes task GET waiting for its task to settle (`?wait`).
     PrimesTask,
+    /// Cluster mode: a /current, /next or /previous waiting for etcd.
+    Step,
 }
 
 /// Who made an outbound call, so its completion reaches the right service.
@@ -176,6 +181,8 @@ pub enum CallOwner {
     Smart(Ticket),
     /// A batch of finished spans POSTed to the Zipkin collector.
     TraceExport,
+    /// Cluster mode: the one etcd call in flight.
+    Etcd,
 }
 
 /// A parked request's reply, decided outside request handling (an upstream
@@ -185,11 +192,17 @@ pub enum LateReply {
     Smart(SmartReply),
     /// A primes task's `?wait` ended before the task settled: its status now.
     PrimesWaitOver(Option<PrimesWaiter>),
+    /// Cluster mode: a stepper request's answer from etcd, or its 503.
+    Step(Route, StepShape, ClusterReply),
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
 pub struct App {
+    /// The local stepper: the index with `--store lmdb`; with `--store
+    /// etcd` it only carries the primes tasks' records to LMDB.
     pub stepper: Stepper,
+    /// `--store etcd`: the index shared with other nodes through etcd.
+    pub cluster: Option<Cluster<(Route, StepShape)>>,
     pub date: HttpDate,
     pub metrics: Metrics,
     /// The loop pass's clock reading; the server sets it, nothing here reads a clock.
@@ -267,6 +280,7 @@ impl App {
             span: None,
             span_export_failing: false,
             stepper,
+            cluster: None,
             date,
             fib,
             primes,
@@ -298,6 +312,12 @@ impl App {
         self
     }
 
+    /// Cluster mode: the index lives in etcd (see [`crate::cluster`]).
+    pub fn with_cluster(mut self, cluster: Cluster<(Route, StepShape)>) -> App {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// A parked request's deadline passed: its owner gives it up and
     /// queues the reply it gets then (see [`App::take_settled`]).
     pub fn expire(&mut self, ticket: Ticket, owner: Waiting) {
@@ -310,6 +330,7 @@ impl App {
                 self.settled
                     .push_back((ticket, LateReply::PrimesWaitOver(waiter)));
             }
+            Waiting::Step => self.expire_step(ticket),
         }
     }
 
@@ -322,6 +343,12 @@ impl App {
             Waiting::Smart => self.abandon_smart(ticket),
             Waiting::PrimesTask => {
                 self.primes.forget_waiter(ticket);
+            }
+            // A step already sent still happens; one not sent yet is dropped.
+            Waiting::Step => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.expire(ticket);
+                }
             }
         }
         self.parking.take(ticket);
@@ -337,12 +364,15 @@ impl App {
         match reply {
             LateReply::Smart(reply) => self.write_smart(reply, out),
             LateReply::PrimesWaitOver(waiter) => self.primes_wait_over(waiter, out),
+            LateReply::Step(route, shape, reply) => self.write_step(route, shape, reply, out),
         }
     }
 
     /// Whether the loop must run another pass before it sleeps.
     pub fn has_work(&self) -> bool {
-        !self.settled.is_empty() || self.upstream.has_work()
+        !self.settled.is_empty()
+            || self.upstream.has_work()
+            || self.cluster.as_ref().is_some_and(|c| c.has_work(self.now))
     }
 
     /// Routes every finished outbound call to the service that made it.
@@ -351,6 +381,7 @@ impl App {
             match done.tag {
                 CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
                 CallOwner::TraceExport => self.span_export_done(done),
+                CallOwner::Etcd => self.etcd_call_done(done),
             }
         }
     }
@@ -363,6 +394,7 @@ impl App {
             self.smart.next_hedge(),
             self.upstream.next_deadline(),
             self.next_export(),
+            self.cluster.as_ref().and_then(Cluster::next_timer),
         ]
         .into_iter()
         .flatten()
@@ -425,7 +457,7 @@ impl App {
         let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
         match route {
             Route::Current | Route::Next | Route::Previous => {
-                done(self.stepper(caller, route, request, out))
+                self.stepper(conn, caller, route, request, out)
             }
             Route::Fib => self.fib(conn, caller, request, out),
             Route::Random => done(self.random(caller, request, out)),
@@ -434,7 +466,7 @@ impl App {
                 self.write_no_store(out, request, ContentType::Json, body);
                 done(Ok(()))
             }
-            Route::Readyz if self.store_ready => {
+            Route::Readyz if self.is_ready() => {
                 let body = b"{\"status\": \"ready\"}\n";
                 self.write_no_store(out, request, ContentType::Json, body);
                 done(Ok(()))

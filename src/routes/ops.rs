@@ -20,10 +20,13 @@ form-action 'none'; frame-ancestors 'none'";
 impl App {
     fn gauges(&self) -> Gauges {
         Gauges {
-            ready: self.store_ready,
+            ready: self.is_ready(),
             connections_max: self.connections_max,
-            committed_index: self.stepper.committed_index(),
-            pending_index: self.stepper.pending_index(),
+            committed_index: self.committed_index(),
+            pending_index: self
+                .cluster
+                .as_ref()
+                .map_or(self.stepper.pending_index(), |_| self.committed_index()),
             fib_cache_bytes: self.fib.cache_bytes(),
             fib_cache_entries: self.fib.cache_len(),
             fib_queue: self.compute.queued(),
@@ -46,6 +49,7 @@ impl App {
                 table_bytes: self.primes.table_bytes(),
                 queue_capacity: self.primes.pending_max(),
             },
+            cluster: self.cluster.as_ref().map(|c| c.stats()),
         }
     }
 

@@ -1,26 +1,40 @@
-//! The stepper's replies: /current, /next and /previous.
+//! The stepper's replies: /current, /next and /previous, from the local
+//! stepper (LMDB: answered at once, held until their batch is on disk) or
+//! from the cluster (etcd: parked until etcd answered).
 
 use super::number::{JSON_INDEX, NumberReply, write_number};
-use super::{App, Route, negotiate};
+use super::{Answer, App, LateReply, Route, Waiting, negotiate};
 use crate::access::Caller;
-use crate::conn::Output;
+use crate::cluster::ClusterReply;
+use crate::conn::{ConnRef, Output, Reply};
 use crate::error::ApiError;
+use crate::fib::service::FibShape;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
+use crate::http::response::Status;
+use crate::park::Ticket;
 use crate::request_id::RequestId;
 use crate::stepper::{Reading, Step, StepError};
+
+/// A parked stepper reply is written like a /v1/fib one: the shape the
+/// request asked for, decided when it arrived.
+pub type StepShape = FibShape;
 
 impl App {
     pub(super) fn stepper(
         &mut self,
+        conn: ConnRef,
         caller: &Caller,
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Answer, ApiError> {
         self.charge(caller, 1)?;
         let format = negotiate(request, Format::Text)?;
+        if self.cluster.is_some() {
+            return self.cluster_step(conn, route, request, format);
+        }
         let reading = match route {
             Route::Next => self.stepper.step(Step::Next).map_err(step_error)?,
             Route::Previous => self.stepper.step(Step::Previous).map_err(step_error)?,
@@ -34,7 +48,105 @@ impl App {
             }
         };
         write_reading(out, &reading, format, request, &self.date, &self.request_id);
-        Ok(())
+        Ok(Answer::Now(Status::OK))
+    }
+
+    /// Cluster mode: the request waits for etcd, at most `--etcd-wait-ms`.
+    fn cluster_step(
+        &mut self,
+        conn: ConnRef,
+        route: Route,
+        request: &Request<'_>,
+        format: Format,
+    ) -> Result<Answer, ApiError> {
+        let Some(cluster) = &self.cluster else {
+            return Err(ApiError::NotReady);
+        };
+        let deadline = self.now + cluster.config().wait;
+        let ticket = self.park(conn, Waiting::Step, Some(deadline))?;
+        let shape = StepShape {
+            format,
+            head_only: request.method == Method::Head,
+            persistence: request.persistence(),
+            request_id: self.request_id,
+            span: self.span.take(),
+        };
+        let Some(cluster) = &mut self.cluster else {
+            return Err(ApiError::NotReady);
+        };
+        match route {
+            Route::Next => cluster.step(ticket, Step::Next, (route, shape)),
+            Route::Previous => cluster.step(ticket, Step::Previous, (route, shape)),
+            _ => cluster.current(ticket, (route, shape)),
+        }
+        Ok(Answer::Later)
+    }
+
+    /// A parked stepper request's wait is over: its 503, now.
+    pub(super) fn expire_step(&mut self, ticket: Ticket) {
+        if let Some(((route, shape), reply)) = self.cluster.as_mut().and_then(|c| c.expire(ticket))
+        {
+            self.settled
+                .push_back((ticket, LateReply::Step(route, shape, reply)));
+        }
+    }
+
+    /// Moves the replies the cluster decided to the delivery queue.
+    pub(super) fn collect_cluster_replies(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        while let Some((ticket, (route, shape), reply)) = cluster.take_settled() {
+            self.settled
+                .push_back((ticket, LateReply::Step(route, shape, reply)));
+        }
+    }
+
+    /// Writes a parked stepper request's reply.
+    pub(super) fn write_step(
+        &mut self,
+        route: Route,
+        shape: StepShape,
+        reply: ClusterReply,
+        out: &mut Output,
+    ) -> Reply {
+        let status = match reply {
+            ClusterReply::Index { index, value } => {
+                let reading = Reading {
+                    index,
+                    value,
+                    durable_after: None,
+                };
+                write_shaped(out, &reading, &shape, &self.date);
+                Status::OK
+            }
+            ClusterReply::AtCeiling { max_index } => {
+                self.write_error(ApiError::AtCeiling { max_index }, &shape, out)
+            }
+            ClusterReply::Unavailable => self.write_error(ApiError::StoreUnavailable, &shape, out),
+            ClusterReply::OutcomeUnknown => {
+                self.write_error(ApiError::StepOutcomeUnknown, &shape, out)
+            }
+        };
+        self.metrics.request(Some(route), status);
+        self.answered += 1;
+        self.finish_span(shape.span, status.code(), shape.request_id, None);
+        if shape.persistence.closes() {
+            Reply::Close
+        } else {
+            Reply::KeepAlive
+        }
+    }
+
+    fn write_error(&self, error: ApiError, shape: &StepShape, out: &mut Output) -> Status {
+        error.write(
+            out.buf(),
+            &self.date,
+            &shape.request_id,
+            shape.head_only,
+            shape.persistence,
+        );
+        error.status()
     }
 }
 
@@ -56,14 +168,25 @@ fn write_reading(
     if let Some(batch) = reading.durable_after {
         out.push_hold(batch, *request_id);
     }
-    let shape = NumberReply {
-        request_id,
-        json_key: JSON_INDEX,
-        key: reading.index,
-        value: &reading.value,
+    let shape = StepShape {
         format,
         head_only: request.method == Method::Head,
         persistence: request.persistence(),
+        request_id: *request_id,
+        span: None,
+    };
+    write_shaped(out, reading, &shape, date);
+}
+
+fn write_shaped(out: &mut Output, reading: &Reading, shape: &StepShape, date: &HttpDate) {
+    let shape = NumberReply {
+        request_id: &shape.request_id,
+        json_key: JSON_INDEX,
+        key: reading.index,
+        value: &reading.value,
+        format: shape.format,
+        head_only: shape.head_only,
+        persistence: shape.persistence,
     };
     write_number(out, date, &shape, |head| {
         head.header_u64("X-Fib-Index", reading.index)

@@ -63,6 +63,18 @@ impl Target {
         })
     }
 
+    /// A request to `path` on this URL's server (its own path set aside),
+    /// for servers with several resources, such as etcd's gateway.
+    pub fn request_to(
+        &self,
+        method: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+        body: &[u8],
+    ) -> Outbound {
+        Outbound::new(method, self.addr, &self.host, path, fields, body)
+    }
+
     /// A request to this URL, encoded once (see [`Outbound::new`]).
     pub fn request(&self, method: &str, fields: &[(&str, &str)], body: &[u8]) -> Outbound {
         Outbound::new(method, self.addr, &self.host, &self.target, fields, body)
