@@ -416,3 +416,36 @@ fn cluster_nginx_spreads_requests_fails_over_and_keeps_primes_clients_on_one_nod
         }
     }
 }
+
+#[test]
+fn cluster_env_files_are_configuration_fibd_accepts() {
+    for vm in VMS {
+        let env = settings(&cluster_file(&format!("{vm}/fibd.env")));
+        // Every variable is one fibd reads (a misspelt name would be
+        // ignored without a word).
+        for key in env.keys() {
+            assert!(
+                fibd::config::HELP.contains(&format!("[env {key}")),
+                "{vm}/fibd.env: fibd --help names no {key}"
+            );
+        }
+        // fibd starts with these values, in cluster mode. The members are
+        // loopback ports where nothing listens, so it cannot be ready.
+        let dead: Vec<String> = (0..3)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let dead = dead.join(",");
+        let vars: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "FIBD_ETCD_ENDPOINTS" => (k.as_str(), dead.as_str()),
+                _ => (k.as_str(), v.as_str()),
+            })
+            .collect();
+        let data = DataDir::new(&format!("cluster-env-{vm}"));
+        let node = Fibd::start_with(&data, &[], &vars);
+        assert_eq!(node.get("/healthz").status, 200, "{vm}");
+        // On LMDB it would be ready at once: 503 is the etcd store waiting.
+        assert_eq!(node.get("/readyz").status, 503, "{vm}: ready without etcd");
+    }
+}
