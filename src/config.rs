@@ -946,4 +946,63 @@ mod tests {
         );
         assert_eq!(c.primes.retention, Duration::from_secs(60));
     }
+
+    #[test]
+    fn cluster_mode_needs_endpoints_and_takes_its_settings() {
+        assert!(serve(&[], &[]).cluster.is_none());
+        let c = serve(
+            &[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379, http://127.0.0.1:22379",
+                "--cluster-name",
+                "prod",
+                "--etcd-reads",
+                "serializable",
+                "--listen",
+                "127.0.0.1:8081",
+            ],
+            &[("FIBD_ETCD_WAIT_MS", "500")],
+        )
+        .cluster
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.endpoints[1].addr.port(), 22379);
+        assert_eq!(c.name, "prod");
+        assert!(c.node.ends_with(":8081"), "{}", c.node);
+        assert_eq!(c.reads, ReadMode::Serializable);
+        assert_eq!(c.wait, Duration::from_millis(500));
+        assert_eq!(c.call_timeout, Duration::from_secs(1));
+        for bad in [
+            &["--store", "etcd"][..],
+            &["--store", "redis"],
+            &[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "https://127.0.0.1:2379",
+            ],
+            &[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379/v3",
+            ],
+            &["--etcd-endpoints", "http://127.0.0.1:2379"],
+            &[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+                "--cluster-name",
+                "a/b",
+            ],
+        ] {
+            assert!(
+                matches!(parse(bad, &[]), Err(ConfigError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -459,7 +459,7 @@ impl Metrics {
             "etcd calls, from the send to the answer or failure.",
             &self.etcd_seconds,
         );
-        let scalars: [(&str, &str, u64); 3] = [
+        let scalars: [(&str, &str, u64); 4] = [
             (
                 "fibd_etcd_txn_conflicts_total",
                 "Step transactions that found the index moved by another node and went again.",
@@ -469,6 +469,11 @@ impl Metrics {
                 "fibd_etcd_unknown_outcomes_total",
                 "Read-backs sent to resolve a step transaction whose answer was lost.",
                 stats.unknown_outcomes,
+            ),
+            (
+                "fibd_etcd_yields_total",
+                "Pauses of about one round trip after a commit, to let a node that keeps losing the race win one.",
+                stats.yields,
             ),
             (
                 "fibd_etcd_cursor_jumps_total",

@@ -7,13 +7,18 @@
 //! values in base64 and every int64 as a JSON string; proto3 leaves a field
 //! out when it holds its default (`succeeded: false`, an empty `kvs`).
 //!
-//! Two keys per cluster name:
+//! Keys per cluster name:
 //! - `/fibd/<cluster>/index`: the stepper's index, in ASCII decimal (absent
 //!   means 0, with mod_revision 0, which a compare matches);
 //! - `/fibd/<cluster>/writers/<node>`: the tag of the last step batch this
 //!   node committed, written in the same transaction as the index, so a
 //!   transaction whose answer was lost can be told applied or not by reading
-//!   it back.
+//!   it back;
+//! - `/fibd/<cluster>/losing/<node>`: rewritten by a node each time it loses
+//!   the compare. A winner's transaction lists the ones rewritten in the
+//!   last [`LOSING_WINDOW`] revisions, and a winner that sees another
+//!   node's pauses before its next attempt: a node closer to etcd's leader
+//!   would otherwise win every race and starve the others.
 
 use std::fmt;
 
@@ -23,6 +28,8 @@ use serde_json::Value;
 
 pub const RANGE_PATH: &str = "/v3/kv/range";
 pub const TXN_PATH: &str = "/v3/kv/txn";
+/// How recent, in etcd revisions, a lost race must be for a winner to yield.
+pub const LOSING_WINDOW: u64 = 32;
 
 /// A key's value and the revision that last changed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +42,9 @@ pub struct Revisioned {
 /// What the transaction of a step batch answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnAnswer {
-    /// The compare held: the new index is stored, at this revision.
-    Committed { revision: u64 },
+    /// The compare held: the new index is stored, at this revision;
+    /// `others_losing`: another node lost a race lately.
+    Committed { revision: u64, others_losing: bool },
     /// Another writer moved the index first: the index as it is now, and
     /// this node's writer tag as it is now.
     Moved {
@@ -67,13 +75,25 @@ impl fmt::Display for WireError {
 pub struct Keys {
     index: String,
     writer: String,
+    losing: String,
+    losing_prefix: String,
+    /// The prefix's range end: the prefix with its last byte plus one.
+    losing_end: String,
+    /// This node's own losing key, unencoded, to tell it from the others'.
+    own_losing: Vec<u8>,
 }
 
 impl Keys {
     pub fn new(cluster_name: &str, node_name: &str) -> Keys {
+        let prefix = format!("/fibd/{cluster_name}/losing/");
+        let own_losing = format!("{prefix}{node_name}").into_bytes();
         Keys {
             index: B64.encode(index_key(cluster_name)),
             writer: B64.encode(format!("/fibd/{cluster_name}/writers/{node_name}")),
+            losing: B64.encode(&own_losing),
+            losing_prefix: B64.encode(&prefix),
+            losing_end: B64.encode(format!("/fibd/{cluster_name}/losing0")),
+            own_losing,
         }
     }
 
@@ -97,10 +117,35 @@ impl Keys {
             "success": [
                 { "request_put": { "key": self.index, "value": B64.encode(index.to_string()) } },
                 { "request_put": { "key": self.writer, "value": B64.encode(tag) } },
+                { "request_range": {
+                    "key": self.losing_prefix,
+                    "range_end": self.losing_end,
+                    "keys_only": true,
+                    "min_mod_revision": expected.saturating_sub(LOSING_WINDOW).max(1).to_string(),
+                } },
             ],
-            "failure": self.both_ranges(),
+            "failure": [
+                { "request_range": { "key": self.index } },
+                { "request_range": { "key": self.writer } },
+                { "request_put": { "key": self.losing, "value": B64.encode("1") } },
+            ],
         });
         body.to_string().into_bytes()
+    }
+
+    /// Whether a committed transaction's answer lists another node's
+    /// recent lost race (its third response, the losing keys).
+    fn others_losing(&self, txn: &Value) -> Result<bool, WireError> {
+        let kvs = txn["responses"][2]["response_range"]["kvs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for kv in kvs {
+            if decode(&kv["key"])? != self.own_losing {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// `POST /v3/kv/txn` with no compare: both keys read at one revision,
@@ -130,11 +175,12 @@ pub fn read_range(status: u16, body: &[u8]) -> Result<Revisioned, WireError> {
 }
 
 /// Reads a step transaction's answer.
-pub fn read_txn(status: u16, body: &[u8]) -> Result<TxnAnswer, WireError> {
+pub fn read_txn(keys: &Keys, status: u16, body: &[u8]) -> Result<TxnAnswer, WireError> {
     let txn = parse(status, body)?;
     if txn["succeeded"].as_bool().unwrap_or(false) {
         return Ok(TxnAnswer::Committed {
             revision: int64(&txn["header"]["revision"])?,
+            others_losing: keys.others_losing(&txn)?,
         });
     }
     let (current, writer) = both_keys(&txn)?;
@@ -151,7 +197,7 @@ fn both_keys(txn: &Value) -> Result<(Revisioned, Option<String>), WireError> {
         .as_array()
         .map(|r| r.as_slice())
         .unwrap_or_default();
-    let [index, writer] = ranges else {
+    let [index, writer, ..] = ranges else {
         return Err(WireError::Malformed("a transaction without two ranges"));
     };
     let (index, writer) = (&index["response_range"], &writer["response_range"]);
@@ -240,15 +286,56 @@ mod tests {
     #[test]
     fn a_committed_txn_gives_its_revision() {
         assert_eq!(
-            read_txn(200, COMMITTED.as_bytes()),
-            Ok(TxnAnswer::Committed { revision: 2 })
+            read_txn(&Keys::new("x", "n1"), 200, COMMITTED.as_bytes()),
+            Ok(TxnAnswer::Committed {
+                revision: 2,
+                others_losing: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_commit_tells_whether_another_node_lost_a_race_lately() {
+        let keys = Keys::new("x", "n1");
+        let answer = |losing: &[&str]| {
+            let kvs: Vec<String> = losing
+                .iter()
+                .map(|k| format!(r#"{{"key":"{}"}}"#, B64.encode(k)))
+                .collect();
+            let body = format!(
+                r#"{{"header":{{"revision":"9"}},"succeeded":true,"responses":[{{}},{{}},{{"response_range":{{"kvs":[{}]}}}}]}}"#,
+                kvs.join(",")
+            );
+            read_txn(&keys, 200, body.as_bytes())
+        };
+        let committed = |others_losing| {
+            Ok(TxnAnswer::Committed {
+                revision: 9,
+                others_losing,
+            })
+        };
+        assert_eq!(answer(&[]), committed(false));
+        assert_eq!(answer(&["/fibd/x/losing/n1"]), committed(false), "its own");
+        assert_eq!(
+            answer(&["/fibd/x/losing/n1", "/fibd/x/losing/n2"]),
+            committed(true)
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&keys.step_txn_body(100, 5, "t")).unwrap();
+        assert_eq!(
+            body["success"][2]["request_range"]["min_mod_revision"],
+            "68"
+        );
+        assert_eq!(
+            body["failure"][2]["request_put"]["key"],
+            B64.encode("/fibd/x/losing/n1")
         );
     }
 
     #[test]
     fn a_failed_compare_gives_the_index_and_the_writer_tag() {
         assert_eq!(
-            read_txn(200, MOVED.as_bytes()),
+            read_txn(&Keys::new("x", "n1"), 200, MOVED.as_bytes()),
             Ok(TxnAnswer::Moved {
                 current: Revisioned {
                     index: 5,

@@ -19,10 +19,18 @@
 //!   it is known, nothing else is sent. Sending the batch again with a new
 //!   tag on the same revision fences the old attempt: at most one attempt of
 //!   a batch can ever match the compare.
-//! - Every request waits at most `wait` (the loop expires its park): a step
-//!   never sent is answered [`ClusterReply::Unavailable`] and is dropped; a
-//!   step already sent is answered [`ClusterReply::OutcomeUnknown`] and is
-//!   dropped from any later attempt (so it happened at most once).
+//! - Every request waits at most `wait` (the loop expires its park). A step
+//!   that no attempt sent so far can still apply (never sent, or every
+//!   attempt lost its compare) is answered [`ClusterReply::Unavailable`] and
+//!   left out of later attempts: it never happens. A step whose attempt is
+//!   in flight, lost, or read back as "not yet" while the index still sits
+//!   at the compared revision (the attempt may still arrive) is answered
+//!   [`ClusterReply::OutcomeUnknown`]: it happens once or not at all.
+//! - A node that loses the race says so in the same transaction (its
+//!   failure branch rewrites its `losing` key); a winner that sees another
+//!   node's recent loss waits about one round trip (at most [`YIELD_MAX`])
+//!   before its next attempt. Without that, a node nearer etcd's leader
+//!   wins every race and the others' steps wait out their time.
 //! - The cursor follows the index etcd holds: a few limb-wise steps for a
 //!   short distance, a jump computed on the compute worker for a long one
 //!   (see [`Jump`]); nothing is sent while it runs.
@@ -49,9 +57,8 @@ const STEP_BUDGET_LIMB_OPS: u64 = 200_000;
 const BUILD_ON_LOOP_MAX: u64 = 5_000;
 /// Steps taken into one transaction at most; more wait for the next.
 const BATCH_STEPS_MAX: usize = 8_192;
-/// A batch is given up (its steps answered) after this many conflicts in a
-/// row, rather than chasing a hot index for ever.
-const ATTEMPTS_MAX: usize = 64;
+/// The longest a winner waits for a node that keeps losing the race.
+const YIELD_MAX: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(800);
 
@@ -141,6 +148,8 @@ pub struct ClusterStats {
     pub conflicts: u64,
     /// Transactions whose answer was lost and had to be read back.
     pub unknown_outcomes: u64,
+    /// Pauses after a commit that saw another node losing races.
+    pub yields: u64,
     pub jumps: u64,
 }
 
@@ -151,11 +160,26 @@ struct Waiter<W> {
 }
 
 struct Batch {
+    /// Its steps, in order; every attempt carries exactly these.
     steps: Vec<(Ticket, Step)>,
-    /// Every tag sent for this batch, with the index it was applied on.
-    attempts: Vec<(String, u64)>,
-    /// The last attempt's answer was lost.
+    attempts: Vec<Attempt>,
+    /// The last attempt's answer was lost: read back before anything else.
     unknown: bool,
+    /// Read back as not applied, but the index has not moved since: the
+    /// attempt may still arrive and apply (a stopped etcd member holding
+    /// it), until another attempt on the same revision fences it.
+    unfenced: bool,
+}
+
+/// One transaction sent for a batch.
+struct Attempt {
+    /// The writer tag it puts; read back, it says this attempt applied.
+    tag: String,
+    /// The index it applies the batch on.
+    base: u64,
+    /// The index's mod_revision it compares with: it can apply only while
+    /// the index is still at that revision.
+    compare_revision: u64,
 }
 
 pub struct Cluster<W> {
@@ -171,6 +195,8 @@ pub struct Cluster<W> {
     reads_answered: Vec<Ticket>,
     batch: Option<Batch>,
     in_flight: Option<(CallKind, Vec<Ticket>)>,
+    /// When the call in flight (or the last one) was sent.
+    sent_at: Instant,
     /// The index as this node last saw it in etcd; None before the first read.
     known: Option<Revisioned>,
     /// At `known.index` whenever no jump runs (None until the first one).
@@ -198,6 +224,7 @@ impl<W> Cluster<W> {
             reads_answered: Vec::new(),
             batch: None,
             in_flight: None,
+            sent_at: Instant::now(),
             known: None,
             cursor: None,
             jump: None,
@@ -260,7 +287,7 @@ impl<W> Cluster<W> {
             self.in_flight,
             Some((CallKind::Txn | CallKind::Readback, _))
         );
-        in_flight || self.batch.as_ref().is_some_and(|b| b.unknown)
+        in_flight || self.batch.as_ref().is_some_and(|b| b.unknown || b.unfenced)
     }
 
     /// The next reply decided, for the loop to deliver.
@@ -327,23 +354,42 @@ impl<W> Cluster<W> {
         self.retry_at = None;
         let Some(known) = self.known else {
             let body = self.keys.range_body(false);
-            return Some(self.send(CallKind::Read, etcd::RANGE_PATH, body));
+            return Some(self.send(CallKind::Read, etcd::RANGE_PATH, body, now));
         };
         if self.batch.is_none() {
             self.batch = self.take_batch();
+        }
+        if let Some(batch) = &mut self.batch
+            && !batch.unknown
+            && !batch.unfenced
+        {
+            // No attempt can apply any more: steps whose wait ended (and
+            // were answered then) are left out, so they never happen.
+            let waiting = &self.waiting;
+            batch
+                .steps
+                .retain(|(ticket, _)| waiting.contains_key(ticket));
+            if batch.steps.is_empty() {
+                self.batch = None;
+                return self.next_call(now);
+            }
         }
         if let Some(batch) = &mut self.batch {
             if batch.unknown {
                 self.stats.unknown_outcomes += 1;
                 let body = self.keys.readback_body();
-                return Some(self.send(CallKind::Readback, etcd::TXN_PATH, body));
+                return Some(self.send(CallKind::Readback, etcd::TXN_PATH, body, now));
             }
             self.seq += 1;
             let tag = format!("{:016x}-{}", self.nonce, self.seq);
             let target = apply_all(known.index, &batch.steps, self.max_index);
             let body = self.keys.step_txn_body(known.mod_revision, target, &tag);
-            batch.attempts.push((tag, known.index));
-            return Some(self.send(CallKind::Txn, etcd::TXN_PATH, body));
+            batch.attempts.push(Attempt {
+                tag,
+                base: known.index,
+                compare_revision: known.mod_revision,
+            });
+            return Some(self.send(CallKind::Txn, etcd::TXN_PATH, body, now));
         }
         if self.reads.is_empty() {
             return None;
@@ -351,7 +397,7 @@ impl<W> Cluster<W> {
         let body = self
             .keys
             .range_body(self.config.reads == ReadMode::Serializable);
-        Some(self.send(CallKind::Read, etcd::RANGE_PATH, body))
+        Some(self.send(CallKind::Read, etcd::RANGE_PATH, body, now))
     }
 
     /// The call in flight got an HTTP answer.
@@ -363,7 +409,8 @@ impl<W> Cluster<W> {
             CallKind::Read => etcd::read_range(status, body).map(|current| {
                 self.learn(current);
             }),
-            CallKind::Txn => etcd::read_txn(status, body).map(|answer| self.txn_answered(answer)),
+            CallKind::Txn => etcd::read_txn(&self.keys, status, body)
+                .map(|answer| self.txn_answered(answer, now)),
             CallKind::Readback => etcd::read_readback(status, body)
                 .map(|(current, writer)| self.read_back(current, writer.as_deref())),
         };
@@ -397,11 +444,18 @@ impl<W> Cluster<W> {
         }
     }
 
-    fn send(&mut self, kind: CallKind, path: &'static str, body: Vec<u8>) -> EtcdCall {
+    fn send(
+        &mut self,
+        kind: CallKind,
+        path: &'static str,
+        body: Vec<u8>,
+        now: Instant,
+    ) -> EtcdCall {
         // The reads collected so far are answered by this call (a Txn or a
         // read-back is a quorum read too): they all arrived before it left.
         let reads = std::mem::take(&mut self.reads);
         self.in_flight = Some((kind, reads));
+        self.sent_at = now;
         EtcdCall {
             endpoint: self.endpoint,
             path,
@@ -426,16 +480,27 @@ impl<W> Cluster<W> {
             steps,
             attempts: Vec::new(),
             unknown: false,
+            unfenced: false,
         })
     }
 
-    fn txn_answered(&mut self, answer: TxnAnswer) {
+    fn txn_answered(&mut self, answer: TxnAnswer, now: Instant) {
         let Some(batch) = self.batch.take() else {
             return;
         };
         match answer {
-            TxnAnswer::Committed { revision } => {
-                let base = batch.attempts.last().map_or(0, |(_, base)| *base);
+            TxnAnswer::Committed {
+                revision,
+                others_losing,
+            } => {
+                if others_losing {
+                    // Give a node that keeps losing a window of about one
+                    // round trip to land its attempt before this node's next.
+                    let round_trip = now.saturating_duration_since(self.sent_at);
+                    self.retry_at = Some(now + round_trip.min(YIELD_MAX));
+                    self.stats.yields += 1;
+                }
+                let base = batch.attempts.last().map_or(0, |a| a.base);
                 let index = self.render(&batch, base);
                 self.known = Some(Revisioned {
                     index,
@@ -466,10 +531,8 @@ impl<W> Cluster<W> {
         writer: Option<&str>,
         readback: bool,
     ) {
-        let applied = writer.and_then(|w| {
-            let attempt = batch.attempts.iter().find(|(tag, _)| tag == w);
-            attempt.map(|&(_, base)| base)
-        });
+        let applied = writer.and_then(|w| batch.attempts.iter().find(|a| a.tag == w));
+        let applied = applied.map(|a| a.base);
         if let Some(base) = applied {
             self.render(&batch, base);
             self.learn(current);
@@ -480,22 +543,17 @@ impl<W> Cluster<W> {
         }
         self.learn(current);
         batch.unknown = false;
-        // Steps whose wait ended were answered "unknown"; leaving them out
-        // now makes that answer true (they happen at most once: never).
+        // Only an attempt whose compared revision is still the index's can
+        // ever apply; the others are forgotten.
         batch
+            .attempts
+            .retain(|a| a.compare_revision >= current.mod_revision);
+        batch.unfenced = !batch.attempts.is_empty();
+        if batch
             .steps
-            .retain(|(ticket, _)| self.waiting.contains_key(ticket));
-        if batch.attempts.len() >= ATTEMPTS_MAX {
-            log::warn!(
-                "a batch of {} step(s) lost {ATTEMPTS_MAX} races for the index in a row; answering 503",
-                batch.steps.len()
-            );
-            for (ticket, _) in batch.steps {
-                self.settle(ticket, ClusterReply::OutcomeUnknown);
-            }
-            return;
-        }
-        if !batch.steps.is_empty() {
+            .iter()
+            .any(|(t, _)| self.waiting.contains_key(t))
+        {
             self.batch = Some(batch);
         }
     }
@@ -970,5 +1028,61 @@ mod tests {
         assert_eq!(n.next_call(now).unwrap().kind, CallKind::Readback);
         n.answered(200, b"not json", now);
         assert_eq!(n.next_call(now).unwrap().kind, CallKind::Readback);
+    }
+
+    #[test]
+    fn a_step_read_back_as_not_applied_stays_unknown_until_a_new_attempt_fences_the_old() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(2);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.next_call(now).unwrap();
+        n.failed(&"timeout", now);
+        n.next_call(now).unwrap();
+        // Not applied yet, and the index is still at the compared revision:
+        // the lost attempt may still arrive and apply.
+        n.answered(200, moved(5, 10, "").as_bytes(), now);
+        assert_eq!(n.expire(t[0]), Some((0, ClusterReply::OutcomeUnknown)));
+        // So the next attempt carries both steps, on the same revision.
+        let (_, put, expected) = sent(&n.next_call(now).unwrap());
+        assert_eq!((put, expected.as_str()), (7, "10"));
+        n.answered(200, committed(11).as_bytes(), now);
+        let got: Vec<(u32, u64)> = replies(&mut n)
+            .iter()
+            .map(|(w, r)| (*w, index(r)))
+            .collect();
+        assert_eq!(got, [(1, 7)]);
+    }
+
+    #[test]
+    fn a_step_that_expires_between_attempts_no_attempt_can_apply_is_left_out() {
+        let (mut n, now) = started(5, 10);
+        let t = tickets(2);
+        n.step(t[0], Step::Next, 0);
+        n.step(t[1], Step::Next, 1);
+        n.next_call(now).unwrap();
+        n.answered(200, moved(8, 12, "other-1").as_bytes(), now);
+        assert_eq!(n.expire(t[0]), Some((0, ClusterReply::Unavailable)));
+        let (_, put, expected) = sent(&n.next_call(now).unwrap());
+        assert_eq!((put, expected.as_str()), (9, "12"), "one step, not two");
+    }
+
+    #[test]
+    fn a_winner_that_sees_another_node_losing_yields_one_round_trip() {
+        let (mut n, now) = started(5, 10);
+        n.step(tickets(1)[0], Step::Next, 0);
+        n.next_call(now).unwrap();
+        let later = now + Duration::from_millis(4);
+        let losing = B64.encode("/fibd/t/losing/n2");
+        let answer = format!(
+            r#"{{"header":{{"revision":"11"}},"succeeded":true,"responses":[{{}},{{}},{{"response_range":{{"kvs":[{{"key":"{losing}"}}]}}}}]}}"#
+        );
+        n.answered(200, answer.as_bytes(), later);
+        assert_eq!(replies(&mut n).len(), 1);
+        n.step(tickets(2)[1], Step::Next, 1);
+        assert!(n.next_call(later).is_none(), "yielding");
+        assert_eq!(n.next_timer(), Some(later + Duration::from_millis(4)));
+        assert!(n.next_call(later + Duration::from_millis(4)).is_some());
+        assert_eq!(n.stats().yields, 1);
     }
 }
