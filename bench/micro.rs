@@ -37,6 +37,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use fibd::fib::cursor::Cursor;
+use fibd::fib::engine::limbs::BASE;
+use fibd::fib::engine::mul;
+use fibd::fib::engine::ntt::Transforms;
 use fibd::fib::{self, digits};
 use fibd::http::parse::{self, Limits, Parsed};
 
@@ -314,7 +317,35 @@ fn cases() -> Vec<Case> {
             Box::new(move |iters| timed(iters, || fib::decimal(black_box(n))))
         });
         decimal.heavy = heavy;
-        all.extend([big, decimal]);
+        let mut ibig_decimal = case(format!("fib/ibig-decimal/{label}"), move || {
+            Box::new(move |iters| timed(iters, || fib::big(black_box(n)).to_string()))
+        });
+        ibig_decimal.heavy = heavy;
+        let mut cursor_at = case(format!("cursor/at/{label}"), move || {
+            Box::new(move |iters| timed(iters, || Cursor::at(black_box(n))))
+        });
+        cursor_at.heavy = heavy;
+        all.extend([big, decimal, ibig_decimal, cursor_at]);
+    }
+
+    for limbs in [16usize, 32, 64, 128, 256, 384, 512, 1024, 4096, 65_536] {
+        let a: Vec<u64> = (1..=limbs as u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % BASE)
+            .collect();
+        let b: Vec<u64> = a.iter().rev().copied().collect();
+        all.push(case(format!("engine/mul/{limbs}"), move || {
+            let mut transforms = Transforms::new();
+            Box::new(move |iters| timed(iters, || mul::mul(&mut transforms, black_box(&a), &b)))
+        }));
+    }
+    for limbs in [16usize, 32, 64, 128, 256, 384, 512, 1024, 4096, 65_536] {
+        let a: Vec<u64> = (1..=limbs as u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % BASE)
+            .collect();
+        all.push(case(format!("engine/square/{limbs}"), move || {
+            let mut transforms = Transforms::new();
+            Box::new(move |iters| timed(iters, || mul::square(&mut transforms, black_box(&a))))
+        }));
     }
 
     for (label, n) in [("1e5", 100_000u64), ("1e6", 1_000_000)] {
