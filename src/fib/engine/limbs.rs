@@ -17,29 +17,41 @@ pub const BASE: u64 = 10_000_000_000_000_000_000;
 /// this width.
 pub const LIMB_DIGITS: usize = 19;
 
-/// The reciprocal of Möller and Granlund ("Improved division by invariant
-/// integers", 2011): floor((2^128 - 1) / BASE) - 2^64. BASE has its top bit
-/// set, so it is its own normalised divisor.
-const BASE_RECIPROCAL: u64 = ((u128::MAX / BASE as u128) - (1u128 << 64)) as u64;
+/// The reciprocal of a normalised divisor `d` (top bit set) for
+/// [`div_2by1`]: floor((2^128 - 1) / d) - 2^64 (Möller and Granlund,
+/// "Improved division by invariant integers", 2011).
+pub const fn reciprocal(d: u64) -> u64 {
+    assert!(d >= 1 << 63, "divisor not normalised");
+    ((u128::MAX / d as u128) - (1u128 << 64)) as u64
+}
 
-/// `(hi·2^64 + lo) / BASE` and the remainder, for `hi < BASE`, with two
-/// multiplications instead of a 128-bit division (a library call).
-#[inline]
-pub fn div_rem_base(hi: u64, lo: u64) -> (u64, u64) {
-    debug_assert!(hi < BASE);
+/// `(hi·2^64 + lo) / d` and the remainder, for a normalised `d` and `hi < d`,
+/// with two multiplications instead of a 128-bit division (a library call).
+#[inline(always)]
+pub fn div_2by1(hi: u64, lo: u64, d: u64, reciprocal: u64) -> (u64, u64) {
+    debug_assert!(hi < d);
     let estimate =
-        u128::from(BASE_RECIPROCAL) * u128::from(hi) + ((u128::from(hi) << 64) | u128::from(lo));
+        u128::from(reciprocal) * u128::from(hi) + ((u128::from(hi) << 64) | u128::from(lo));
     let mut quotient = ((estimate >> 64) as u64).wrapping_add(1);
-    let mut remainder = lo.wrapping_sub(quotient.wrapping_mul(BASE));
+    let mut remainder = lo.wrapping_sub(quotient.wrapping_mul(d));
     if remainder > estimate as u64 {
         quotient = quotient.wrapping_sub(1);
-        remainder = remainder.wrapping_add(BASE);
+        remainder = remainder.wrapping_add(d);
     }
-    if remainder >= BASE {
+    if remainder >= d {
         quotient += 1;
-        remainder -= BASE;
+        remainder -= d;
     }
     (quotient, remainder)
+}
+
+/// BASE has its top bit set, so it is its own normalised divisor.
+const BASE_RECIPROCAL: u64 = reciprocal(BASE);
+
+/// `(hi·2^64 + lo) / BASE` and the remainder, for `hi < BASE`.
+#[inline]
+pub fn div_rem_base(hi: u64, lo: u64) -> (u64, u64) {
+    div_2by1(hi, lo, BASE, BASE_RECIPROCAL)
 }
 
 /// `(hi·2^128 + lo) / BASE` and the remainder, for `hi < BASE`: a column sum
@@ -229,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn division_by_the_base_matches_u128_division() {
+    fn division_by_invariant_divisors_matches_u128_division() {
         let mut state = 7;
         let mut cases = vec![
             (0, 0),
@@ -247,6 +259,16 @@ mod tests {
             assert_eq!(
                 (u128::from(q), u128::from(r)),
                 (v / u128::from(BASE), v % u128::from(BASE))
+            );
+        }
+        for _ in 0..10_000 {
+            let d = splitmix(&mut state) | 1 << 63;
+            let (hi, lo) = (splitmix(&mut state) % d, splitmix(&mut state));
+            let v = (u128::from(hi) << 64) | u128::from(lo);
+            let (q, r) = div_2by1(hi, lo, d, reciprocal(d));
+            assert_eq!(
+                (u128::from(q), u128::from(r)),
+                (v / u128::from(d), v % u128::from(d))
             );
         }
         let (q, r) = div_rem_base_wide(5, u128::MAX);

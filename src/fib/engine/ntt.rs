@@ -37,14 +37,20 @@ pub const MAX_LOG_LEN: u32 = 40;
 /// stages stay in cache.
 const BLOCK: usize = 1 << 12;
 
-/// One prime field and its constants, all derived at compile time.
+/// One prime field and its constants, all derived at compile time so a
+/// short product pays for no set-up.
 #[derive(Debug)]
 struct Field {
     p: u64,
     /// `-p^-1 mod 2^64`, for Montgomery reduction.
     neg_inv: u64,
-    /// A primitive 2^MAX_LOG_LEN-th root of unity.
-    root: u64,
+    /// `roots[k]`: a primitive 2^k-th root of unity.
+    roots: [u64; MAX_LOG_LEN as usize + 1],
+    /// `scales[k]`: 2^64 / 2^k mod p, the factor that ends a 2^k-point
+    /// inverse transform of Montgomery products.
+    scales: [u64; MAX_LOG_LEN as usize + 1],
+    /// [`limbs::reciprocal`] of 4p (normalised, as p > 2^61), for Shoup quotients.
+    reciprocal_4p: u64,
 }
 
 impl Field {
@@ -60,12 +66,45 @@ impl Field {
             i += 1;
         }
         assert!(p.wrapping_mul(inv) == 1);
-        let root = pow_mod(generator, (p - 1) >> MAX_LOG_LEN, p);
-        assert!(pow_mod(root, 1 << (MAX_LOG_LEN - 1), p) == p - 1);
+        const LEN: usize = MAX_LOG_LEN as usize + 1;
+        let mut roots = [0u64; LEN];
+        roots[LEN - 1] = pow_mod(generator, (p - 1) >> MAX_LOG_LEN, p);
+        let mut k = LEN - 1;
+        while k > 0 {
+            roots[k - 1] = mul_mod(roots[k], roots[k], p);
+            k -= 1;
+        }
+        assert!(roots[0] == 1 && roots[1] == p - 1);
+        // 1/2 mod p.
+        let half = p.div_ceil(2);
+        let mut scales = [0u64; LEN];
+        scales[0] = ((1u128 << 64) % p as u128) as u64;
+        let mut k = 1;
+        while k < LEN {
+            scales[k] = mul_mod(scales[k - 1], half, p);
+            k += 1;
+        }
         Field {
             p,
             neg_inv: inv.wrapping_neg(),
-            root,
+            roots,
+            scales,
+            reciprocal_4p: limbs::reciprocal(4 * p),
+        }
+    }
+
+    /// Shoup's quotient for multiplying by the constant `w < p`:
+    /// floor(w·2^64 / p) = floor(4w·2^64 / 4p), one [`limbs::div_2by1`].
+    #[inline]
+    fn quotient(&self, w: u64) -> u64 {
+        limbs::div_2by1(w << 2, 0, 4 * self.p, self.reciprocal_4p).0
+    }
+
+    /// `w` ready for [`shoup`] in this field.
+    fn factor(&self, w: u64) -> Factor {
+        Factor {
+            w,
+            quotient: self.quotient(w),
         }
     }
 
@@ -86,19 +125,23 @@ const FIELDS: [Field; 3] = [
     Field::new(0x3fff_8400_0000_0001, 19),
 ];
 
+/// `a·b mod p`, slowly (a 128-bit division), for constants.
+const fn mul_mod(a: u64, b: u64, p: u64) -> u64 {
+    ((a as u128 * b as u128) % p as u128) as u64
+}
+
 /// `base^exp mod p`, slowly, for constants.
 const fn pow_mod(base: u64, mut exp: u64, p: u64) -> u64 {
-    let p128 = p as u128;
-    let mut result: u128 = 1;
-    let mut b = base as u128 % p128;
+    let mut result = 1 % p;
+    let mut b = base % p;
     while exp > 0 {
         if exp & 1 == 1 {
-            result = result * b % p128;
+            result = mul_mod(result, b, p);
         }
-        b = b * b % p128;
+        b = mul_mod(b, b, p);
         exp >>= 1;
     }
-    result as u64
+    result
 }
 
 /// Shoup's quotient for multiplying by the constant `w < p`: floor(w·2^64 / p).
@@ -189,14 +232,11 @@ impl Table {
         while self.w.len() < n {
             let m = self.w.len();
             let log = m.trailing_zeros() + 1;
-            let step = Factor::new(
-                pow_mod(field.root, 1 << (MAX_LOG_LEN - log), field.p),
-                field.p,
-            );
+            let step = field.factor(field.roots[log as usize]);
             let mut w = 1;
             for _ in 0..m {
                 self.w.push(w);
-                self.quotient.push(shoup_quotient(w, field.p));
+                self.quotient.push(field.quotient(w));
                 w = reduce_once(step.mul(w, field.p), field.p);
             }
         }
@@ -292,11 +332,24 @@ fn dit_stage(a: &mut [u64], m: usize, table: &Table, p: u64) {
     }
 }
 
+/// The stage of span 1, whose only twiddle factor is 1: no multiplication,
+/// and no per-block loop set-up (the general stage's cost at this span).
+/// The same butterfly serves both directions, the result in `[0, 2p)`.
+#[inline(always)]
+fn unit_stage(a: &mut [u64], p: u64) {
+    let two_p = 2 * p;
+    for pair in a.chunks_exact_mut(2) {
+        let (u, v) = (pair[0], pair[1]);
+        pair[0] = reduce_once(u + v, two_p);
+        pair[1] = reduce_once(u + two_p - v, two_p);
+    }
+}
+
 /// The transform, natural order in, bit-reversed order out.
 fn forward(a: &mut [u64], table: &Table, p: u64) {
     let n = a.len();
     let mut m = n / 2;
-    while m > 0 && 2 * m > BLOCK {
+    while m > 1 && 2 * m > BLOCK {
         dif_stage(a, m, table, p);
         m /= 2;
     }
@@ -305,10 +358,11 @@ fn forward(a: &mut [u64], table: &Table, p: u64) {
     }
     for block in a.chunks_exact_mut(2 * m) {
         let mut inner = m;
-        while inner > 0 {
+        while inner > 1 {
             dif_stage(block, inner, table, p);
             inner /= 2;
         }
+        unit_stage(block, p);
     }
 }
 
@@ -319,7 +373,11 @@ fn inverse(a: &mut [u64], table: &Table, p: u64) {
     let n = a.len();
     let block_len = n.min(BLOCK);
     for block in a.chunks_exact_mut(block_len) {
-        let mut m = 1;
+        if block_len < 2 {
+            break;
+        }
+        unit_stage(block, p);
+        let mut m = 2;
         while m < block_len {
             dit_stage(block, m, table, p);
             m *= 2;
@@ -337,16 +395,8 @@ fn inverse(a: &mut [u64], table: &Table, p: u64) {
 /// factor n), recombined into the exact value below 2^186, added to the
 /// carry from below and split into one limb and the next carry.
 fn recombine(residues: &[Vec<u64>; 3], n: usize, out: &mut [u64]) {
-    let scales: [Factor; 3] = std::array::from_fn(|i| {
-        let p = FIELDS[i].p;
-        // 2^64 / n mod p = (2^64 mod p) · n^-1 mod p.
-        let r = ((1u128 << 64) % u128::from(p)) as u64;
-        let n_inv = pow_mod(n as u64 % p, p - 2, p);
-        Factor::new(
-            ((u128::from(r) * u128::from(n_inv)) % u128::from(p)) as u64,
-            p,
-        )
-    });
+    let log = n.trailing_zeros() as usize;
+    let scales: [Factor; 3] = std::array::from_fn(|i| FIELDS[i].factor(FIELDS[i].scales[log]));
     let (p0, p1, p2) = (FIELDS[0].p, FIELDS[1].p, FIELDS[2].p);
     let (p0p1_lo, p0p1_hi) = (garner::P0P1 as u64, (garner::P0P1 >> 64) as u64);
     let (last, coefficients) = out.split_last_mut().expect("a product has limbs");
@@ -395,8 +445,14 @@ mod tests {
         for field in &FIELDS {
             let p = field.p;
             assert_eq!(p.wrapping_mul(field.neg_inv.wrapping_neg()), 1);
-            assert_eq!(pow_mod(field.root, 1 << MAX_LOG_LEN, p), 1);
-            assert_ne!(pow_mod(field.root, 1 << (MAX_LOG_LEN - 1), p), 1);
+            let root = field.roots[MAX_LOG_LEN as usize];
+            assert_eq!(pow_mod(root, 1 << MAX_LOG_LEN, p), 1);
+            assert_ne!(pow_mod(root, 1 << (MAX_LOG_LEN - 1), p), 1);
+            for k in 0..=MAX_LOG_LEN as usize {
+                // scales[k] · 2^k = 2^64 (mod p).
+                let back = mul_mod(field.scales[k], pow_mod(2, k as u64, p), p);
+                assert_eq!(u128::from(back), (1u128 << 64) % u128::from(p));
+            }
         }
         let (p0, p1, p2) = (FIELDS[0].p, FIELDS[1].p, FIELDS[2].p);
         assert_eq!(
@@ -424,7 +480,8 @@ mod tests {
             for _ in 0..10_000 {
                 let a = crate::fib::engine::testing::splitmix(&mut state);
                 let w = crate::fib::engine::testing::splitmix(&mut state) % p;
-                let got = Factor::new(w, p).mul(a, p);
+                assert_eq!(field.quotient(w), shoup_quotient(w, p));
+                let got = field.factor(w).mul(a, p);
                 assert!(got < 2 * p);
                 assert_eq!(
                     u128::from(got) % u128::from(p),
