@@ -1,11 +1,16 @@
 //! Exact Fibonacci numbers: a compile-time table for every value that fits in
-//! a `u128`, and fast doubling on `ibig` beyond it.
+//! a `u128`, and beyond it fast doubling in two forms: in decimal limbs
+//! ([`engine`], what /v1/fib and the cursor use: the digits come out without
+//! a radix conversion) and on `ibig` ([`big`], [`pair`]: binary values, and
+//! the independent oracle of the engine's tests).
 //!
 //! This module owns the arithmetic only. It knows nothing of HTTP, limits or
 //! threads: callers bound `n` and decide where expensive calls run (F(10^7)
-//! takes about a second, see design notes section 2).
+//! with its digits takes about 0.1 s, see bench/RESULTS.md).
 //!
 //! - [`digits`] prints machine integers without allocating.
+//! - [`engine`] computes in base 10^19: schoolbook, Karatsuba and
+//!   number-theoretic-transform multiplication.
 //! - [`cursor`] keeps a position in decimal limbs so stepping and printing are
 //!   linear in the size of the number.
 

@@ -12,9 +12,25 @@ use super::ntt::{self, Transforms};
 /// Below this many limbs in the shorter operand, schoolbook.
 pub const KARATSUBA_THRESHOLD: usize = 32;
 
-/// From this many limbs in the product (both operands past the Karatsuba
-/// threshold), transforms.
-pub const NTT_THRESHOLD: usize = 768;
+/// From this many coefficients (limbs in the product, less one; both
+/// operands past the Karatsuba threshold), transforms may be used ...
+pub const NTT_THRESHOLD: usize = 767;
+
+/// ... but below this many only when they fill at least [`NTT_MIN_FILL_EIGHTHS`] of
+/// the power-of-two transform: 1,100 coefficients (the last product of
+/// F(10^5)) would pad to 2,048 points, where three Karatsuba halves are
+/// cheaper. From here on a transform beats the split at any fill.
+pub const NTT_ANY_FILL: usize = 2048;
+
+/// Eighths of the transform the coefficients must fill below [`NTT_ANY_FILL`].
+const NTT_MIN_FILL_EIGHTHS: usize = 5;
+
+/// Whether a product of `coefficients` coefficients goes to the transforms.
+fn use_transform(coefficients: usize) -> bool {
+    coefficients >= NTT_ANY_FILL
+        || (coefficients >= NTT_THRESHOLD
+            && 8 * coefficients >= NTT_MIN_FILL_EIGHTHS * coefficients.next_power_of_two())
+}
 
 /// `a · b`, canonical.
 pub fn mul(transforms: &mut Transforms, a: &[u64], b: &[u64]) -> Vec<u64> {
@@ -47,7 +63,7 @@ pub fn mul_into(transforms: &mut Transforms, a: &[u64], b: &[u64], out: &mut [u6
         out.fill(0);
     } else if short.len() < KARATSUBA_THRESHOLD {
         schoolbook(long, short, out);
-    } else if out.len() >= NTT_THRESHOLD {
+    } else if use_transform(out.len() - 1) {
         ntt::multiply(transforms, long, short, out);
     } else if long.len() > 2 * short.len() {
         unbalanced(transforms, long, short, out);
@@ -64,7 +80,7 @@ pub fn square_into(transforms: &mut Transforms, a: &[u64], out: &mut [u64]) {
     }
     if a.len() < KARATSUBA_THRESHOLD {
         schoolbook_square(a, out);
-    } else if out.len() >= NTT_THRESHOLD {
+    } else if use_transform(out.len() - 1) {
         ntt::multiply(transforms, a, a, out);
     } else {
         karatsuba_square(transforms, a, out);
@@ -262,7 +278,10 @@ mod tests {
     /// Lengths around every switch, and some between.
     fn lengths() -> Vec<usize> {
         let mut lengths = vec![0, 1, 2, 3, 5, 8, 13, 20, 50, 100, 200, 300, 500, 1000, 1500];
-        for switch in [KARATSUBA_THRESHOLD, NTT_THRESHOLD / 2, NTT_THRESHOLD] {
+        // Operand lengths where the product's path changes: Karatsuba, and
+        // the transforms by coefficient count (767, 1,024/1,025 and 1,280/1,281
+        // where the fill rule switches, 2,048).
+        for switch in [KARATSUBA_THRESHOLD, 384, 512, 640, 1024, NTT_THRESHOLD] {
             lengths.extend([switch - 2, switch - 1, switch, switch + 1, switch + 2]);
         }
         lengths
