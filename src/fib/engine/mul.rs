@@ -10,7 +10,7 @@ use super::limbs::{self, div_rem_base_wide};
 use super::ntt::{self, Transforms};
 
 /// Below this many limbs in the shorter operand, schoolbook.
-pub const KARATSUBA_THRESHOLD: usize = 32;
+pub const KARATSUBA_THRESHOLD: usize = 64;
 
 /// From this many coefficients (limbs in the product, less one; both
 /// operands past the Karatsuba threshold), transforms may be used ...
