@@ -4,8 +4,13 @@
 //!   wrk-style GET, a curl-style GET with four header fields, and 16 pipelined
 //!   requests parsed one after the other until the buffer is consumed; with
 //!   time per request and requests per second.
-//! - `fib/*`: [`fibd::fib::big`] (compute only) and [`fibd::fib::decimal`]
-//!   (compute + binary-to-decimal conversion) at n = 10^5, 10^6 and 10^7.
+//! - `fib/*`: [`fibd::fib::big`] (ibig, binary, compute only),
+//!   [`fibd::fib::decimal`] (the decimal engine, digits included) and
+//!   `fib::big(n).to_string()` (ibig plus its binary-to-decimal conversion,
+//!   the path before the engine) at n = 10^5, 10^6 and 10^7; `cursor/at/*`:
+//!   [`Cursor::at`] at the same n.
+//! - `engine/*`: the engine's [`mul::mul`] and [`mul::square`] at 16 to
+//!   65,536 limbs, across the schoolbook, Karatsuba and transform switches.
 //! - `cursor/*`: the stepper's per-step cost at index 10^6:
 //!   [`Cursor::forward`], [`Cursor::write_decimal`], and both together (what
 //!   one /next does to the value).
@@ -21,6 +26,7 @@
 //! cargo bench --bench micro              # every case (about 25 s)
 //! cargo bench --bench micro -- parse     # only cases whose name contains "parse"
 //! cargo bench --bench micro -- --quick   # short budgets: checks that it all works
+//! cargo bench --bench micro -- --fib N   # one F(N), for bench/fib-gmp
 //! ```
 //!
 //! Each case warms up, then takes samples of a batch of iterations until its

@@ -10,12 +10,12 @@
 //! end, like `fib::big`; the last product is the most expensive single step.
 //!
 //! # Memory
-//! For F(n) the peak is a few times the result's size plus the transform
-//! buffers of the last product: the two factors (about 0.35·n bits each as
-//! limbs), the product, four transform buffers and the twiddle tables of
-//! 2^k words each, where 2^k is the product's limb count rounded up to a
-//! power of two. F(10^7): 110,000 limbs, 2^17-point transforms, peak
-//! resident memory measured in bench/RESULTS.md.
+//! For F(n) the peak is a few times the result's size plus the last
+//! product's transforms: the two factors (0.35·n bits each, as limbs of 64
+//! bits holding 63.1), the product, and the buffers and twiddle tables of
+//! [`ntt`] (48 and 32 bytes per transform point). F(10^7): 110,000 limbs,
+//! 2^17-point transforms, about 13 MiB in all; bench/RESULTS.md has the
+//! measured peak of a process that computes it with its digits.
 
 pub mod limbs;
 pub mod mul;

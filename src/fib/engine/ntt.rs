@@ -20,12 +20,12 @@
 //!   backwards, so no bit-reversal pass is ever made.
 //!
 //! # Memory
-//! A product of `len` limbs transforms at `n`, the next power of two, and
-//! holds four buffers of `n` words (three residues and one scratch; a square
-//! three), 32·n bytes, plus the twiddle tables: 16·n bytes per prime, kept in
-//! a [`Transforms`] that grows with the largest product and is dropped with
-//! it. For F(10^7) the last product has 220,000 limbs: n = 2^18... see the
-//! engine's module documentation for the measured peak.
+//! A product of `c` coefficients transforms at `n`, the next power of two,
+//! and holds four buffers of `n` words while it runs (three residues and one
+//! scratch; a square three), 32·n bytes, plus the twiddle tables: 16·n bytes
+//! per field, kept in a [`Transforms`] that grows with the largest product
+//! and is dropped with it. For F(10^7) the last product has 110,000
+//! coefficients: n = 2^17, 4 MiB of buffers and 6 MiB of tables.
 
 use super::limbs::{self, BASE};
 
