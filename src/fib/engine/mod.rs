@@ -3,7 +3,7 @@
 //! which cost ibig about three quarters of the total at n = 10^7.
 //!
 //! - [`limbs`]: the number format and its linear operations and printing.
-//! - [`mul`]: multiplication by size (schoolbook, Karatsuba, transforms).
+//! - [`mul`](mod@mul): multiplication by size (schoolbook, Karatsuba, transforms).
 //! - [`ntt`]: the number-theoretic transforms over three 62-bit primes.
 //!
 //! Fast doubling here takes two squares per bit of n and one product at the

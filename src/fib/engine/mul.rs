@@ -27,7 +27,7 @@ pub const NTT_THRESHOLD: usize = 767;
 pub const NTT_ANY_FILL: usize = 2048;
 
 /// Eighths of the transform the coefficients must fill below [`NTT_ANY_FILL`].
-const NTT_MIN_FILL_EIGHTHS: usize = 5;
+pub const NTT_MIN_FILL_EIGHTHS: usize = 5;
 
 /// Whether a product of `coefficients` coefficients goes to the transforms.
 fn use_transform(coefficients: usize) -> bool {
