@@ -14,7 +14,7 @@ use super::limbs::{self, div_rem_base_wide};
 use super::ntt::{self, Transforms};
 
 /// Below this many limbs in the shorter operand, schoolbook.
-pub const KARATSUBA_THRESHOLD: usize = 64;
+pub const KARATSUBA_THRESHOLD: usize = 96;
 
 /// From this many coefficients (limbs in the product, less one; both
 /// operands past the Karatsuba threshold), transforms may be used ...
