@@ -345,23 +345,106 @@ fn unit_stage(a: &mut [u64], p: u64) {
     }
 }
 
+/// Two decimation-in-frequency stages in one pass, spans `m` then `m/2`
+/// over blocks of `2m`: the four values a butterfly pair touches stay in
+/// registers, so the array is read and written once instead of twice. The
+/// arithmetic and the twiddle factors are those of two [`dif_stage`]s.
+#[inline(always)]
+fn dif_stage_pair(a: &mut [u64], m: usize, table: &Table, p: u64) {
+    let two_p = 2 * p;
+    let q = m / 2;
+    // Every slice cut to exactly q entries, so the loop has no bounds checks.
+    let (w0, q0) = (&table.w[m..m + q], &table.quotient[m..m + q]);
+    let (w1, q1) = (&table.w[m + q..2 * m], &table.quotient[m + q..2 * m]);
+    let (wi, qi) = (&table.w[q..m], &table.quotient[q..m]);
+    for block in a.chunks_exact_mut(2 * m) {
+        let (first, second) = block.split_at_mut(m);
+        let (a0s, a1s) = first.split_at_mut(q);
+        let (a2s, a3s) = second.split_at_mut(q);
+        for j in 0..q {
+            let (a0, a1, a2, a3) = (a0s[j], a1s[j], a2s[j], a3s[j]);
+            let b0 = reduce_once(a0 + a2, two_p);
+            let b2 = shoup(a0 + two_p - a2, w0[j], q0[j], p);
+            let b1 = reduce_once(a1 + a3, two_p);
+            let b3 = shoup(a1 + two_p - a3, w1[j], q1[j], p);
+            a0s[j] = reduce_once(b0 + b1, two_p);
+            a1s[j] = shoup(b0 + two_p - b1, wi[j], qi[j], p);
+            a2s[j] = reduce_once(b2 + b3, two_p);
+            a3s[j] = shoup(b2 + two_p - b3, wi[j], qi[j], p);
+        }
+    }
+}
+
+/// Two decimation-in-time stages in one pass, spans `q` then `2q` over
+/// blocks of `4q`: the counterpart of [`dif_stage_pair`] for [`dit_stage`].
+#[inline(always)]
+fn dit_stage_pair(a: &mut [u64], q: usize, table: &Table, p: u64) {
+    let two_p = 2 * p;
+    let m = 2 * q;
+    // Every slice cut to exactly q entries, so the loop has no bounds checks.
+    let (wi, qi) = (&table.w[q..m], &table.quotient[q..m]);
+    let (w0, q0) = (&table.w[m..m + q], &table.quotient[m..m + q]);
+    let (w1, q1) = (&table.w[m + q..2 * m], &table.quotient[m + q..2 * m]);
+    for block in a.chunks_exact_mut(2 * m) {
+        let (first, second) = block.split_at_mut(m);
+        let (a0s, a1s) = first.split_at_mut(q);
+        let (a2s, a3s) = second.split_at_mut(q);
+        for j in 0..q {
+            let (a0, a2) = (a0s[j], a2s[j]);
+            let a1 = shoup(a1s[j], wi[j], qi[j], p);
+            let a3 = shoup(a3s[j], wi[j], qi[j], p);
+            let b0 = reduce_once(a0 + a1, two_p);
+            let b1 = reduce_once(a0 + two_p - a1, two_p);
+            let b2 = shoup(a2 + a3, w0[j], q0[j], p);
+            let b3 = shoup(a2 + two_p - a3, w1[j], q1[j], p);
+            a0s[j] = reduce_once(b0 + b2, two_p);
+            a2s[j] = reduce_once(b0 + two_p - b2, two_p);
+            a1s[j] = reduce_once(b1 + b3, two_p);
+            a3s[j] = reduce_once(b1 + two_p - b3, two_p);
+        }
+    }
+}
+
+/// Runs the decimation-in-frequency stages of spans `m, m/2, ...` above
+/// `stop` on `a`, two at a time where it can.
+fn dif_stages(a: &mut [u64], mut m: usize, stop: usize, table: &Table, p: u64) {
+    while m > stop {
+        if m / 2 > stop {
+            dif_stage_pair(a, m, table, p);
+            m /= 4;
+        } else {
+            dif_stage(a, m, table, p);
+            m /= 2;
+        }
+    }
+}
+
+/// Runs the decimation-in-time stages of spans `m, 2m, ...` below `stop`
+/// on `a`, two at a time where it can.
+fn dit_stages(a: &mut [u64], mut m: usize, stop: usize, table: &Table, p: u64) {
+    while m < stop {
+        if 2 * m < stop {
+            dit_stage_pair(a, m, table, p);
+            m *= 4;
+        } else {
+            dit_stage(a, m, table, p);
+            m *= 2;
+        }
+    }
+}
+
 /// The transform, natural order in, bit-reversed order out.
 fn forward(a: &mut [u64], table: &Table, p: u64) {
     let n = a.len();
-    let mut m = n / 2;
-    while m > 1 && 2 * m > BLOCK {
-        dif_stage(a, m, table, p);
-        m /= 2;
-    }
-    if m == 0 {
+    if n < 2 {
         return;
     }
-    for block in a.chunks_exact_mut(2 * m) {
-        let mut inner = m;
-        while inner > 1 {
-            dif_stage(block, inner, table, p);
-            inner /= 2;
-        }
+    // Spans whose blocks are longer than BLOCK over the whole array, then
+    // each block through all its remaining stages while it is in cache.
+    let block_len = n.min(BLOCK);
+    dif_stages(a, n / 2, block_len / 2, table, p);
+    for block in a.chunks_exact_mut(block_len) {
+        dif_stages(block, block_len / 2, 1, table, p);
         unit_stage(block, p);
     }
 }
@@ -371,23 +454,15 @@ fn forward(a: &mut [u64], table: &Table, p: u64) {
 /// (entry `k` is at `(n - k) mod n`).
 fn inverse(a: &mut [u64], table: &Table, p: u64) {
     let n = a.len();
+    if n < 2 {
+        return;
+    }
     let block_len = n.min(BLOCK);
     for block in a.chunks_exact_mut(block_len) {
-        if block_len < 2 {
-            break;
-        }
         unit_stage(block, p);
-        let mut m = 2;
-        while m < block_len {
-            dit_stage(block, m, table, p);
-            m *= 2;
-        }
+        dit_stages(block, 2, block_len, table, p);
     }
-    let mut m = block_len;
-    while m < n {
-        dit_stage(a, m, table, p);
-        m *= 2;
-    }
+    dit_stages(a, block_len, n, table, p);
 }
 
 /// Turns the three inverse transforms into base-10^19 limbs: each
