@@ -13,7 +13,7 @@
 //! For F(n) the peak is a few times the result's size plus the last
 //! product's transforms: the two factors (0.35·n bits each, as limbs of 64
 //! bits holding 63.1), the product, and the buffers and twiddle tables of
-//! [`ntt`] (48 and 32 bytes per transform point). F(10^7): 110,000 limbs,
+//! [`ntt`] (32 and 48 bytes per transform point). F(10^7): 110,000 limbs,
 //! 2^17-point transforms, about 13 MiB in all; bench/RESULTS.md has the
 //! measured peak of a process that computes it with its digits.
 
