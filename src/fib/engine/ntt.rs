@@ -17,7 +17,10 @@
 //! - the forward transform is decimation in frequency (natural order in,
 //!   bit-reversed out) and the inverse is decimation in time on the same
 //!   twiddles (bit-reversed in, natural out) followed by reading the result
-//!   backwards, so no bit-reversal pass is ever made.
+//!   backwards, so no bit-reversal pass is ever made;
+//! - stages run two at a time (one pass over the array for two), over the
+//!   whole array while their blocks are long, then block by block while a
+//!   block sits in the L1 cache.
 //!
 //! # Memory
 //! A product of `c` coefficients transforms at `n`, the next power of two,
