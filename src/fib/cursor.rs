@@ -42,9 +42,9 @@ impl Cursor {
     /// ever does.
     ///
     /// Costs one fast doubling in the decimal engine (about as long as
-    /// `fib::decimal(index)`: 84 ms at 10^7, see bench/RESULTS.md) and memory proportional
-    /// to `index`, so callers bound `index` and run this before serving or
-    /// off the event loop.
+    /// `fib::decimal(index)`: 84 ms at 10^7, see bench/RESULTS.md) and
+    /// memory proportional to `index`, so callers bound `index` and run this
+    /// before serving or off the event loop.
     pub fn at(index: u64) -> Cursor {
         let (mut current, mut next) = engine::pair(index);
         current.reserve(HEADROOM_LIMBS);
