@@ -4,8 +4,13 @@
 //!   wrk-style GET, a curl-style GET with four header fields, and 16 pipelined
 //!   requests parsed one after the other until the buffer is consumed; with
 //!   time per request and requests per second.
-//! - `fib/*`: [`fibd::fib::big`] (compute only) and [`fibd::fib::decimal`]
-//!   (compute + binary-to-decimal conversion) at n = 10^5, 10^6 and 10^7.
+//! - `fib/*`: [`fibd::fib::big`] (ibig, binary, compute only),
+//!   [`fibd::fib::decimal`] (the decimal engine, digits included) and
+//!   `fib::big(n).to_string()` (ibig plus its binary-to-decimal conversion,
+//!   the path before the engine) at n = 10^5, 10^6 and 10^7; `cursor/at/*`:
+//!   [`Cursor::at`] at the same n.
+//! - `engine/*`: the engine's [`mul::mul`] and [`mul::square`] at 16 to
+//!   65,536 limbs, across the schoolbook, Karatsuba and transform switches.
 //! - `cursor/*`: the stepper's per-step cost at index 10^6:
 //!   [`Cursor::forward`], [`Cursor::write_decimal`], and both together (what
 //!   one /next does to the value).
@@ -21,6 +26,7 @@
 //! cargo bench --bench micro              # every case (about 25 s)
 //! cargo bench --bench micro -- parse     # only cases whose name contains "parse"
 //! cargo bench --bench micro -- --quick   # short budgets: checks that it all works
+//! cargo bench --bench micro -- --fib N   # one F(N), for bench/fib-gmp
 //! ```
 //!
 //! Each case warms up, then takes samples of a batch of iterations until its
@@ -37,12 +43,18 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use fibd::fib::cursor::Cursor;
+use fibd::fib::engine::limbs::BASE;
+use fibd::fib::engine::mul;
+use fibd::fib::engine::ntt::Transforms;
 use fibd::fib::{self, digits};
 use fibd::http::parse::{self, Limits, Parsed};
 
 const USAGE: &str = "usage: cargo bench --bench micro -- [FILTER] [--quick]
+       cargo bench --bench micro -- --fib N
   FILTER   run only the cases whose name contains FILTER
-  --quick  short budgets (about 0.2 s a case, the 10^7 cases once)";
+  --quick  short budgets (about 0.2 s a case, the 10^7 cases once)
+  --fib N  F(N) with its decimal digits once untimed, once timed, then one
+           line: N DIGITS SECONDS VMHWM_KIB START_KIB HEAD TAIL (for bench/fib-gmp)";
 
 /// `wrk -c100 URL` sends exactly this.
 const WRK_GET: &[u8] = b"GET /current HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
@@ -105,9 +117,18 @@ fn main() {
     let mut filter: Option<String> = None;
     let mut quick = false;
     let mut bench_flag = false;
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--fib" => {
+                let Some(n) = args.next().and_then(|n| n.parse().ok()) else {
+                    eprintln!("micro: --fib needs a number\n{USAGE}");
+                    std::process::exit(2);
+                };
+                fib_once(n);
+                return;
+            }
             "--bench" => bench_flag = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -143,6 +164,35 @@ fn main() {
         Mode::Smoke => smoke(selected),
         Mode::Bench { quick } => bench(selected, quick),
     }
+}
+
+/// One side of bench/fib-gmp: F(n) in decimal as `/v1/fib` computes it
+/// (`fib::decimal`), a warm-up call then a timed one, and the process's
+/// memory: VmRSS before the first call and VmHWM after the last. HEAD and
+/// TAIL (ten digits each) let the script check both sides agree.
+fn fib_once(n: u64) {
+    let start_kib = proc_status_kib("VmRSS");
+    black_box(fib::decimal(n));
+    let start = Instant::now();
+    let digits = fib::decimal(black_box(n));
+    let seconds = start.elapsed().as_secs_f64();
+    let hwm_kib = proc_status_kib("VmHWM");
+    let head = &digits[..digits.len().min(10)];
+    let tail = &digits[digits.len().saturating_sub(10)..];
+    println!(
+        "{n} {} {seconds:.6} {hwm_kib} {start_kib} {head} {tail}",
+        digits.len()
+    );
+}
+
+/// A `kB` field of /proc/self/status, 0 if it cannot be read.
+fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn smoke(selected: Vec<Case>) {
@@ -314,7 +364,35 @@ fn cases() -> Vec<Case> {
             Box::new(move |iters| timed(iters, || fib::decimal(black_box(n))))
         });
         decimal.heavy = heavy;
-        all.extend([big, decimal]);
+        let mut ibig_decimal = case(format!("fib/ibig-decimal/{label}"), move || {
+            Box::new(move |iters| timed(iters, || fib::big(black_box(n)).to_string()))
+        });
+        ibig_decimal.heavy = heavy;
+        let mut cursor_at = case(format!("cursor/at/{label}"), move || {
+            Box::new(move |iters| timed(iters, || Cursor::at(black_box(n))))
+        });
+        cursor_at.heavy = heavy;
+        all.extend([big, decimal, ibig_decimal, cursor_at]);
+    }
+
+    for limbs in [16usize, 32, 64, 128, 256, 384, 512, 550, 1024, 4096, 65_536] {
+        let a: Vec<u64> = (1..=limbs as u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % BASE)
+            .collect();
+        let b: Vec<u64> = a.iter().rev().copied().collect();
+        all.push(case(format!("engine/mul/{limbs}"), move || {
+            let mut transforms = Transforms::new();
+            Box::new(move |iters| timed(iters, || mul::mul(&mut transforms, black_box(&a), &b)))
+        }));
+    }
+    for limbs in [16usize, 32, 64, 128, 256, 384, 512, 550, 1024, 4096, 65_536] {
+        let a: Vec<u64> = (1..=limbs as u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % BASE)
+            .collect();
+        all.push(case(format!("engine/square/{limbs}"), move || {
+            let mut transforms = Transforms::new();
+            Box::new(move |iters| timed(iters, || mul::square(&mut transforms, black_box(&a))))
+        }));
     }
 
     for (label, n) in [("1e5", 100_000u64), ("1e6", 1_000_000)] {

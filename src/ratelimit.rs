@@ -352,31 +352,34 @@ fn secs_to_earn(nano_tokens: u64, rate_per_sec: u32) -> u32 {
     u32::try_from(nano_tokens.div_ceil(per_sec)).unwrap_or(u32::MAX)
 }
 
-/// Measured compute time of F(n) with `fib::decimal` (fast doubling plus the
-/// decimal conversion, ibig, release build), as (n, microseconds), best of
-/// 2–50 runs on this 2-core machine with another build running:
+/// Measured compute time of F(n) with `fib::decimal` (fast doubling in the
+/// decimal engine, digits included, release build), as (n, microseconds):
+/// `taskset -c 0 micro --fib N` (bench/micro.rs), median of 7 runs on this
+/// 2-core machine with other builds running (load average 4 to 7):
 ///
-/// | n      | 1e3 | 5e3 | 2e4 | 5e4 | 1e5 | 2e5  | 5e5  | 1e6   | 2e6    |
-/// |--------|-----|-----|-----|-----|-----|------|------|-------|--------|
-/// | µs     | 1.2 | 8.5 | 63  | 284 | 820 | 2400 | 9345 | 50000 | 129000 |
+/// | n      | 1e3 | 5e3 | 2e4 | 5e4 | 1e5 | 2e5  | 5e5  | 1e6   | 2e6   | 5e6   | 1e7    |
+/// |--------|-----|-----|-----|-----|-----|------|------|-------|-------|-------|--------|
+/// | µs     | 2   | 6   | 34  | 202 | 601 | 1972 | 4924 | 10838 | 26476 | 53490 | 113168 |
 ///
-/// (and 530 ms at 5e6, 1.56 s at 1e7; an idle run gave F(1e5) ≈ 1 ms,
-/// F(1e6) ≈ 35 ms, F(1e7) ≈ 0.9 s). The table rounds each figure up to the
-/// larger of the two sets. Growth is about n^1.5 (Karatsuba-class
-/// multiplication plus divide-and-conquer radix conversion), i.e. convex, so
+/// (the fastest of the seven: 81 ms at 1e7, 10.2 ms at 1e6, 0.58 ms at 1e5;
+/// bench/RESULTS.md has the side-by-side run against GMP). The table rounds
+/// each median up. Growth is a little above linear (n log n multiplication
+/// on a number of 0.21·n digits, log n doubling steps), i.e. convex, so
 /// interpolating linearly between points over-estimates, which is the safe
 /// side for a price.
-const COMPUTE_MICROS: [(u64, u64); 10] = [
+const COMPUTE_MICROS: [(u64, u64); 12] = [
     (0, 0),
     (1_000, 2),
-    (5_000, 10),
-    (20_000, 65),
-    (50_000, 290),
-    (100_000, 1_000),
-    (200_000, 2_500),
-    (500_000, 9_500),
-    (1_000_000, 50_000),
-    (2_000_000, 130_000),
+    (5_000, 8),
+    (20_000, 40),
+    (50_000, 210),
+    (100_000, 650),
+    (200_000, 2_000),
+    (500_000, 5_000),
+    (1_000_000, 11_000),
+    (2_000_000, 27_000),
+    (5_000_000, 55_000),
+    (10_000_000, 115_000),
 ];
 
 /// A token is "one cheap request", about 10 µs of event-loop time.
@@ -388,7 +391,7 @@ const MICROS_PER_TOKEN: u64 = 10;
 /// `cost(n) = clamp(ceil(est_micros(n) / 10), 1, 10000)`
 ///
 /// where `est_micros` interpolates linearly between the measurements. So
-/// F(10^4) costs 3, F(10^5) 100, F(5·10^5) 950, and from about n = 1.6·10^6
+/// F(10^4) costs 2, F(10^5) 65, F(10^6) 1,100, and from about n = 8.75·10^6
 /// (100 ms) on every n costs 10000, the default `burst`: the price tops out
 /// there so one request is always affordable from a full default bucket, and
 /// [`RateLimiter::charge`] caps it again at a smaller configured burst. With
@@ -797,10 +800,12 @@ mod tests {
         let table: &[(u64, u32)] = &[
             (0, 1),
             (186, 1),
-            (10_000, 3),
-            (100_000, 100),
-            (500_000, 950),
-            (1_000_000, 5_000),
+            (10_000, 2),
+            (100_000, 65),
+            (500_000, 500),
+            (1_000_000, 1_100),
+            (8_700_000, 9_940),
+            (8_750_000, DEFAULT_BURST),
             (10_000_000, DEFAULT_BURST),
         ];
         for &(n, cost) in table {

@@ -1,17 +1,23 @@
 //! Exact Fibonacci numbers: a compile-time table for every value that fits in
-//! a `u128`, and fast doubling on `ibig` beyond it.
+//! a `u128`, and beyond it fast doubling in two forms: in decimal limbs
+//! ([`engine`], what /v1/fib and the cursor use: the digits come out without
+//! a radix conversion) and on `ibig` ([`big`], [`pair`]: binary values, and
+//! the independent oracle of the engine's tests).
 //!
 //! This module owns the arithmetic only. It knows nothing of HTTP, limits or
 //! threads: callers bound `n` and decide where expensive calls run (F(10^7)
-//! takes about a second, see design notes section 2).
+//! with its digits takes about 0.1 s, see bench/RESULTS.md).
 //!
 //! - [`digits`] prints machine integers without allocating.
+//! - [`engine`] computes in base 10^19: schoolbook, Karatsuba and
+//!   number-theoretic-transform multiplication.
 //! - [`cursor`] keeps a position in decimal limbs so stepping and printing are
 //!   linear in the size of the number.
 
 pub mod cache;
 pub mod cursor;
 pub mod digits;
+pub mod engine;
 pub mod request;
 pub mod service;
 
@@ -82,15 +88,19 @@ pub fn pair(n: u64) -> (UBig, UBig) {
     (cur, next)
 }
 
-/// F(n) in decimal.
+/// F(n) in decimal, computed in base 10^19 throughout ([`engine`]), so no
+/// binary-to-decimal conversion.
 ///
-/// The binary-to-decimal conversion costs more than computing F(n) itself at
-/// large n (about 3/4 of the total at 10^7), so prefer [`cursor::Cursor`] when
-/// printing many neighbouring values.
+/// Same cost and memory caveat as [`big`].
 pub fn decimal(n: u64) -> String {
     match small(n) {
         Some(v) => v.to_string(),
-        None => big(n).to_string(),
+        None => {
+            let value = engine::fib(n);
+            let mut out = Vec::with_capacity(engine::limbs::decimal_len(&value));
+            engine::limbs::write_decimal(&value, &mut out);
+            String::from_utf8(out).unwrap_or_default()
+        }
     }
 }
 

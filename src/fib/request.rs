@@ -13,7 +13,8 @@ use crate::http::etag;
 use crate::http::query::{self, Lookup};
 
 /// The largest n served unless configured otherwise: F(10^7) has about two
-/// million digits and takes a second or two on a worker (design notes §2).
+/// million digits and takes about 0.1 s on a worker with the decimal engine
+/// (bench/RESULTS.md).
 pub const DEFAULT_MAX_N: u64 = 10_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
