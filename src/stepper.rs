@@ -88,7 +88,7 @@ pub struct Stepper {
 
 impl Stepper {
     /// Builds the stepper at the recovered index. Building the cursor there
-    /// is the one super-linear computation (seconds near 10^7), done once.
+    /// is the one super-linear computation (about 0.1 s near 10^7), done once.
     pub fn new(recovered_index: u64, max_index: u64) -> Stepper {
         let cursor = Cursor::at(recovered_index);
         let value = Value::at_cursor(&cursor);
