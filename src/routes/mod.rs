@@ -620,6 +620,20 @@ fn negotiate(request: &Request<'_>, default: Format) -> Result<Format, ApiError>
 }
 
 impl App {
+    /// An error as the later reply of a parked request, in the shape the
+    /// request asked for when it arrived.
+    fn write_late_error(
+        &self,
+        error: ApiError,
+        request_id: RequestId,
+        head_only: bool,
+        persistence: Persistence,
+        out: &mut Output,
+    ) -> Status {
+        error.write(out.buf(), &self.date, &request_id, head_only, persistence);
+        error.status()
+    }
+
     /// A 200 with an inline body that no cache may keep; HEAD gets the head only.
     fn write_no_store(
         &self,

@@ -129,8 +129,8 @@ impl App {
                 self.write_task(out, waiter.id, &view, &waiter.shape);
                 Status::OK
             }
-            Some(_) => self.write_late_error(ApiError::ResultUnavailable, &waiter.shape, out),
-            None => self.write_late_error(ApiError::TaskNotFound, &waiter.shape, out),
+            Some(_) => self.write_task_error(ApiError::ResultUnavailable, &waiter.shape, out),
+            None => self.write_task_error(ApiError::TaskNotFound, &waiter.shape, out),
         };
         self.metrics.request(Some(Route::PrimesTask), status);
         self.answered += 1;
@@ -155,22 +155,21 @@ impl App {
                     persistence: Persistence::Close,
                     request_id: self.request_ids.fresh(),
                 };
-                let status = self.write_late_error(ApiError::TaskNotFound, &shape, out);
+                let status = self.write_task_error(ApiError::TaskNotFound, &shape, out);
                 self.metrics.request(Some(Route::PrimesTask), status);
                 Reply::Close
             }
         }
     }
 
-    fn write_late_error(&self, error: ApiError, shape: &TaskShape, out: &mut Output) -> Status {
-        error.write(
-            out.buf(),
-            &self.date,
-            &shape.request_id,
+    fn write_task_error(&self, error: ApiError, shape: &TaskShape, out: &mut Output) -> Status {
+        self.write_late_error(
+            error,
+            shape.request_id,
             shape.head_only,
             shape.persistence,
-        );
-        error.status()
+            out,
+        )
     }
 
     /// An unguessable id no stored task has.

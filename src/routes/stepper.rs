@@ -139,14 +139,13 @@ impl App {
     }
 
     fn write_error(&self, error: ApiError, shape: &StepShape, out: &mut Output) -> Status {
-        error.write(
-            out.buf(),
-            &self.date,
-            &shape.request_id,
+        self.write_late_error(
+            error,
+            shape.request_id,
             shape.head_only,
             shape.persistence,
-        );
-        error.status()
+            out,
+        )
     }
 }
 
