@@ -18,12 +18,15 @@
 //!   one file of replies per service (`stepper`, `fib`, `primes`, `random`,
 //!   `smart`, `ops`, `docs` for /openapi.json and /docs, which `build.rs`
 //!   renders from `openapi.json`; `number` is the value writer the stepper and
-//!   /v1/fib share).
+//!   /v1/fib share; `cluster` carries cluster mode's etcd calls and cursor
+//!   jumps).
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
 //! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
-//! - [`fib`]: the Fibonacci engine (a compile-time table, fast doubling on big
-//!   integers, a decimal cursor whose steps and printing are linear) and the
-//!   /v1/fib service (byte-bounded cache, single flight).
+//! - [`fib`]: the Fibonacci engine (a compile-time table; `fib::engine`, fast
+//!   doubling in base-10^19 limbs with schoolbook, Karatsuba and NTT
+//!   multiplication, so F(n) never leaves decimal; ibig as the binary oracle;
+//!   a decimal cursor whose steps and printing are linear) and the /v1/fib
+//!   service (byte-bounded cache, single flight).
 //! - [`primes`]: primes as durable background tasks: the segmented sieve, the
 //!   one shared JSON table, task records, retention (sans-IO service).
 //! - [`compute`]: the low-priority threads and the one bounded queue that run
