@@ -28,7 +28,7 @@
 //!   [`ClusterReply::OutcomeUnknown`]: it happens once or not at all.
 //! - A node that loses the race says so in the same transaction (its
 //!   failure branch rewrites its `losing` key); a winner that sees another
-//!   node's recent loss waits about one round trip (at most [`YIELD_MAX`])
+//!   node's recent loss waits about one round trip (at most 20 ms, `YIELD_MAX`)
 //!   before its next attempt. Without that, a node nearer etcd's leader
 //!   wins every race and the others' steps wait out their time.
 //! - The cursor follows the index etcd holds: a few limb-wise steps for a
