@@ -3,22 +3,16 @@
 //! goes to the cluster state machine (`crate::cluster`), whose replies join
 //! the delivery queue. The replies themselves are written in `stepper.rs`.
 
-use super::{App, CallOwner};
-use crate::cluster::Cluster;
+use super::{App, CallOwner, ClusterNode};
 use crate::compute::Job;
 use crate::fib::cursor::Cursor;
-use crate::routes::StepShape;
 use crate::upstream::Completion;
-
-use super::Route;
-
-type Node = Cluster<(Route, StepShape)>;
 
 impl App {
     /// /readyz: commits succeed (LMDB), or etcd answers and the index is
     /// known (cluster mode).
     pub(super) fn is_ready(&self) -> bool {
-        self.store_ready && self.cluster.as_ref().is_none_or(Node::is_ready)
+        self.store_ready && self.cluster.as_ref().is_none_or(ClusterNode::is_ready)
     }
 
     /// The committed index: the local one, or the one last seen in etcd.

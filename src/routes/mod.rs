@@ -174,6 +174,10 @@ pub enum Waiting {
     Step,
 }
 
+/// Cluster mode's state machine, with what each parked stepper request
+/// needs for its reply: its route (for the metrics) and its shape.
+pub type ClusterNode = Cluster<(Route, StepShape)>;
+
 /// Who made an outbound call, so its completion reaches the right service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallOwner {
@@ -202,7 +206,7 @@ pub struct App {
     /// etcd` it only carries the primes tasks' records to LMDB.
     pub stepper: Stepper,
     /// `--store etcd`: the index shared with other nodes through etcd.
-    pub cluster: Option<Cluster<(Route, StepShape)>>,
+    pub cluster: Option<ClusterNode>,
     pub date: HttpDate,
     pub metrics: Metrics,
     /// The loop pass's clock reading; the server sets it, nothing here reads a clock.
@@ -313,7 +317,7 @@ impl App {
     }
 
     /// Cluster mode: the index lives in etcd (see [`crate::cluster`]).
-    pub fn with_cluster(mut self, cluster: Cluster<(Route, StepShape)>) -> App {
+    pub fn with_cluster(mut self, cluster: ClusterNode) -> App {
         self.cluster = Some(cluster);
         self
     }

@@ -16,6 +16,7 @@ use crate::http::response::Status;
 use crate::park::Ticket;
 use crate::request_id::RequestId;
 use crate::stepper::{Reading, Step, StepError};
+use std::time::Duration;
 
 /// A parked stepper reply is written like a /v1/fib one: the shape the
 /// request asked for, decided when it arrived.
@@ -32,8 +33,8 @@ impl App {
     ) -> Result<Answer, ApiError> {
         self.charge(caller, 1)?;
         let format = negotiate(request, Format::Text)?;
-        if self.cluster.is_some() {
-            return self.cluster_step(conn, route, request, format);
+        if let Some(wait) = self.cluster.as_ref().map(|c| c.config().wait) {
+            return self.cluster_step(conn, route, request, format, wait);
         }
         let reading = match route {
             Route::Next => self.stepper.step(Step::Next).map_err(step_error)?,
@@ -51,19 +52,17 @@ impl App {
         Ok(Answer::Now(Status::OK))
     }
 
-    /// Cluster mode: the request waits for etcd, at most `--etcd-wait-ms`.
+    /// Cluster mode: the request waits for etcd, at most `wait`
+    /// (`--etcd-wait-ms`).
     fn cluster_step(
         &mut self,
         conn: ConnRef,
         route: Route,
         request: &Request<'_>,
         format: Format,
+        wait: Duration,
     ) -> Result<Answer, ApiError> {
-        let Some(cluster) = &self.cluster else {
-            return Err(ApiError::NotReady);
-        };
-        let deadline = self.now + cluster.config().wait;
-        let ticket = self.park(conn, Waiting::Step, Some(deadline))?;
+        let ticket = self.park(conn, Waiting::Step, Some(self.now + wait))?;
         let shape = StepShape {
             format,
             head_only: request.method == Method::Head,
@@ -71,13 +70,12 @@ impl App {
             request_id: self.request_id,
             span: self.span.take(),
         };
-        let Some(cluster) = &mut self.cluster else {
-            return Err(ApiError::NotReady);
-        };
-        match route {
-            Route::Next => cluster.step(ticket, Step::Next, (route, shape)),
-            Route::Previous => cluster.step(ticket, Step::Previous, (route, shape)),
-            _ => cluster.current(ticket, (route, shape)),
+        if let Some(cluster) = &mut self.cluster {
+            match route {
+                Route::Next => cluster.step(ticket, Step::Next, (route, shape)),
+                Route::Previous => cluster.step(ticket, Step::Previous, (route, shape)),
+                _ => cluster.current(ticket, (route, shape)),
+            }
         }
         Ok(Answer::Later)
     }
