@@ -4,8 +4,8 @@
 //!   wrk-style GET, a curl-style GET with four header fields, and 16 pipelined
 //!   requests parsed one after the other until the buffer is consumed; with
 //!   time per request and requests per second.
-//! - `fib/*`: [`fibd::fib::big`] (ibig, binary, compute only),
-//!   [`fibd::fib::decimal`] (the decimal engine, digits included) and
+//! - `fib/*`: [`fibd::services::fib::big`] (ibig, binary, compute only),
+//!   [`fibd::services::fib::decimal`] (the decimal engine, digits included) and
 //!   `fib::big(n).to_string()` (ibig plus its binary-to-decimal conversion,
 //!   the path before the engine) at n = 10^5, 10^6 and 10^7; `cursor/at/*`:
 //!   [`Cursor::at`] at the same n.
@@ -14,9 +14,9 @@
 //! - `cursor/*`: the stepper's per-step cost at index 10^6:
 //!   [`Cursor::forward`], [`Cursor::write_decimal`], and both together (what
 //!   one /next does to the value).
-//! - `digits/*`: [`fibd::fib::digits::write_u128`] on F(186), the largest
+//! - `digits/*`: [`fibd::base::digits::write_u128`] on F(186), the largest
 //!   table value.
-//! - `primes/*`: [`fibd::primes::sieve::first_primes`], the segmented sieve
+//! - `primes/*`: [`fibd::services::primes::sieve::first_primes`], the segmented sieve
 //!   and the JSON rendering of the first 10^5 and 10^6 primes (what a primes
 //!   task computes on a compute thread).
 //!
@@ -42,12 +42,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use fibd::fib::cursor::Cursor;
-use fibd::fib::engine::limbs::BASE;
-use fibd::fib::engine::mul;
-use fibd::fib::engine::ntt::Transforms;
-use fibd::fib::{self, digits};
+use fibd::base::digits;
 use fibd::http::parse::{self, Limits, Parsed};
+use fibd::services::fib;
+use fibd::services::fib::cursor::Cursor;
+use fibd::services::fib::engine::limbs::BASE;
+use fibd::services::fib::engine::mul;
+use fibd::services::fib::engine::ntt::Transforms;
 
 const USAGE: &str = "usage: cargo bench --bench micro -- [FILTER] [--quick]
        cargo bench --bench micro -- --fib N
@@ -397,7 +398,11 @@ fn cases() -> Vec<Case> {
 
     for (label, n) in [("1e5", 100_000u64), ("1e6", 1_000_000)] {
         all.push(case(format!("primes/first/{label}"), move || {
-            Box::new(move |iters| timed(iters, || fibd::primes::sieve::first_primes(black_box(n))))
+            Box::new(move |iters| {
+                timed(iters, || {
+                    fibd::services::primes::sieve::first_primes(black_box(n))
+                })
+            })
         }));
     }
 

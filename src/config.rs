@@ -7,16 +7,16 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::ratelimit::RateLimitConfig;
 use crate::access::{AccessConfig, Cidr};
-use crate::cluster::{ClusterConfig, ReadMode};
-use crate::conn::Timeouts;
-use crate::fib::service::FibLimits;
 use crate::http::parse::Limits;
-use crate::primes::PrimesLimits;
-use crate::ratelimit::RateLimitConfig;
-use crate::smart::SmartConfig;
-use crate::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
-use crate::upstream::Target;
+use crate::net::conn::Timeouts;
+use crate::net::upstream::Target;
+use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
+use crate::services::fib::service::FibLimits;
+use crate::services::primes::PrimesLimits;
+use crate::services::smart::SmartConfig;
+use crate::store::etcd::{ClusterConfig, ReadMode};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "fibd-data";

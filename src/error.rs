@@ -3,16 +3,16 @@
 //! each message says what to change.
 
 use crate::access::Scope;
-use crate::fib::digits;
-use crate::fib::request::NQueryError;
+use crate::access::ratelimit::{self, Decision, Limit};
+use crate::base::digits;
 use crate::http::chunked::ChunkError;
 use crate::http::date::HttpDate;
 use crate::http::parse::ParseError;
+use crate::http::request_id::RequestId;
 use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
-use crate::primes::request::TaskBodyError;
-use crate::ratelimit::{self, Decision, Limit};
-use crate::request_id::RequestId;
-use crate::smart::{Failure, UpstreamFailure};
+use crate::services::fib::request::NQueryError;
+use crate::services::primes::request::TaskBodyError;
+use crate::services::smart::{Failure, UpstreamFailure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApiError {

@@ -70,27 +70,14 @@
 //! `main.rs` only wires these together.
 
 pub mod access;
-pub mod cluster;
-pub mod committer;
-pub mod compute;
+pub mod base;
 pub mod config;
-pub mod conn;
 pub mod error;
-pub mod fib;
 pub mod http;
-pub mod logging;
-pub mod metrics;
-pub mod park;
-pub mod primes;
-pub mod random;
-pub mod ratelimit;
-pub mod recency;
-pub mod request_id;
+pub mod net;
+pub mod ops;
+pub mod reply;
 pub mod routes;
 pub mod server;
-pub mod smart;
-pub mod stepper;
+pub mod services;
 pub mod store;
-pub mod systemd;
-pub mod trace;
-pub mod upstream;

@@ -8,23 +8,23 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use fibd::access::Access;
-use fibd::cluster::{Cluster, ReadMode};
-use fibd::committer::Committer;
-use fibd::compute::ComputeWorker;
+use fibd::access::ratelimit::RateLimiter;
 use fibd::config::{self, Command, Config};
-use fibd::fib::service::FibService;
 use fibd::http::date::HttpDate;
-use fibd::primes::service::PrimesService;
-use fibd::primes::task::{Task, TaskId};
-use fibd::random::RandomSource;
-use fibd::ratelimit::RateLimiter;
+use fibd::net::systemd::{self, Notifier};
+use fibd::net::upstream::{Client, ClientConfig, ResponseLimits};
 use fibd::routes::{App, Services};
 use fibd::server::{self as server, Server};
-use fibd::smart::SmartService;
-use fibd::stepper::Stepper;
-use fibd::store::Store;
-use fibd::systemd::{self, Notifier};
-use fibd::upstream::{Client, ClientConfig, ResponseLimits};
+use fibd::services::compute::ComputeWorker;
+use fibd::services::fib::service::FibService;
+use fibd::services::primes::service::PrimesService;
+use fibd::services::primes::task::{Task, TaskId};
+use fibd::services::random::RandomSource;
+use fibd::services::smart::SmartService;
+use fibd::services::stepper::Stepper;
+use fibd::store::committer::Committer;
+use fibd::store::etcd::{Cluster, ReadMode};
+use fibd::store::lmdb::Store;
 
 fn main() -> ExitCode {
     let command = match config::from_args(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck(addr) => healthcheck(addr),
         Command::Serve(config) => {
-            fibd::logging::init();
+            fibd::ops::logging::init();
             // A panic ends the process (release builds abort): acknowledged
             // steps are already on disk, and systemd restarts fibd. Say so at
             // error priority so journalctl -p err shows it.
@@ -90,7 +90,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let store = Store::open(&config.data_dir)?;
     let (recovered, records) = store.with_table(|table| {
-        Ok::<_, fibd::store::StoreError>((table.read_index()?, table.read_records()?))
+        Ok::<_, fibd::store::lmdb::StoreError>((table.read_index()?, table.read_records()?))
     })??;
     let tasks: Vec<(TaskId, Task)> = records
         .into_iter()
@@ -187,7 +187,7 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             log::info!(
                 "cluster mode: the index is {} in etcd at {} (node {}, {} reads); \
                  primes tasks stay in {}",
-                fibd::cluster::etcd::index_key(&cluster.name),
+                fibd::store::etcd::wire::index_key(&cluster.name),
                 cluster
                     .endpoints
                     .iter()

@@ -15,7 +15,7 @@
 //! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
 //!    rereads the API keys).
 //!
-//! Outbound sockets (`crate::upstream`) live in a token range of their own,
+//! Outbound sockets (`crate::net::upstream`) live in a token range of their own,
 //! from [`UPSTREAM_TOKEN_BASE`]: readiness there goes to the client, and the
 //! client registers new sockets through [`Registrar`], the one piece of the
 //! poller it sees.
@@ -33,15 +33,15 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::committer::{CommitOutcome, Committer};
-use crate::compute::Output as Computed;
 use crate::config::Config;
-use crate::conn::{Conn, Drive, Expiry, Output, Reply, Shared};
-use crate::park::Ticket;
+use crate::net::conn::{Conn, Drive, Expiry, Output, Reply, Shared};
+use crate::net::systemd::Notifier;
+use crate::net::upstream::Registrar;
+use crate::reply::park::Ticket;
 use crate::routes::App;
-use crate::stepper::CommitEffect;
-use crate::systemd::Notifier;
-use crate::upstream::Registrar;
+use crate::services::compute::Output as Computed;
+use crate::services::stepper::CommitEffect;
+use crate::store::committer::{CommitOutcome, Committer};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -167,7 +167,7 @@ impl Server {
                 trace.sample_ratio,
                 trace.collector,
                 trace.collector.addr,
-                crate::trace::BATCH_SPANS,
+                crate::ops::trace::BATCH_SPANS,
                 trace.buffer_spans
             );
             app.enable_tracing(trace);

@@ -4,7 +4,7 @@
 //!
 //! It owns the key set (loaded from `--api-keys` at start and on SIGHUP),
 //! the decision "anonymous, a known key, or 401", scope checks (403), and
-//! the choice of bucket. It does not own the buckets (`crate::ratelimit`),
+//! the choice of bucket. It does not own the buckets (`crate::access::ratelimit`),
 //! the forwarding fields' syntax (`crate::http::forwarded`), or which route
 //! needs which scope (`crate::routes`).
 //!
@@ -24,6 +24,7 @@
 
 mod cidr;
 pub mod keyfile;
+pub mod ratelimit;
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -36,10 +37,10 @@ use subtle::ConstantTimeEq;
 pub use cidr::Cidr;
 pub use keyfile::{KeyFileError, Scope};
 
+use crate::access::ratelimit::{ClientKey, Limit, RateLimitConfig};
 use crate::error::ApiError;
 use crate::http::forwarded;
 use crate::http::parse::Request;
-use crate::ratelimit::{ClientKey, Limit, RateLimitConfig};
 use keyfile::{KeySpec, Scopes};
 
 /// The access settings, from `Config`.

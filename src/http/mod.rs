@@ -1,7 +1,7 @@
 //! HTTP/1.1 as bytes: parsing requests and writing responses, with no socket in
 //! sight. Everything here is sans-IO so it can be tested byte by byte; the
 //! connection state machine in `conn` feeds it, and the outbound client
-//! (`crate::upstream`) feeds `upstream` the responses it receives.
+//! (`crate::net::upstream`) feeds `upstream` the responses it receives.
 
 pub mod accept;
 pub mod chunked;
@@ -10,6 +10,7 @@ pub mod etag;
 pub mod forwarded;
 pub mod parse;
 pub mod query;
+pub mod request_id;
 pub mod response;
 pub mod upstream;
 

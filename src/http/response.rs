@@ -4,8 +4,8 @@
 
 use super::date::HttpDate;
 use super::parse::Version;
-use crate::fib::digits;
-use crate::request_id::{self, RequestId};
+use crate::base::digits;
+use crate::http::request_id::{self, RequestId};
 
 /// A status code with its reason phrase; only the codes fibd sends exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

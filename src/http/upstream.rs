@@ -1,5 +1,5 @@
 //! Upstream responses as bytes: the sans-IO reader of one HTTP/1.1 response
-//! that fibd's outbound client (`crate::upstream`) receives.
+//! that fibd's outbound client (`crate::net::upstream`) receives.
 //!
 //! It owns the status line, the header fields that frame the body
 //! (Content-Length, Transfer-Encoding, Connection), the body itself

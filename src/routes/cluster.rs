@@ -1,12 +1,12 @@
 //! Cluster mode's plumbing: the etcd calls go out through the outbound
 //! client, a far cursor jump through the compute worker, and what comes back
-//! goes to the cluster state machine (`crate::cluster`), whose replies join
+//! goes to the cluster state machine (`crate::store::etcd`), whose replies join
 //! the delivery queue. The replies themselves are written in `stepper.rs`.
 
 use super::{App, CallOwner, ClusterNode};
-use crate::compute::Job;
-use crate::fib::cursor::Cursor;
-use crate::upstream::Completion;
+use crate::net::upstream::Completion;
+use crate::services::compute::Job;
+use crate::services::fib::cursor::Cursor;
 
 impl App {
     /// /readyz: commits succeed (LMDB), or etcd answers and the index is

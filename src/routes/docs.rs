@@ -4,10 +4,10 @@
 //! lie in the binary (or a 304).
 
 use super::{App, Route};
-use crate::conn::Output;
 use crate::http::etag;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status};
+use crate::net::conn::Output;
 
 /// `openapi.json`, compact, as served.
 pub(super) const OPENAPI_JSON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi.json"));

@@ -4,16 +4,16 @@
 use super::number::{JSON_N, NumberReply, write_number};
 use super::{Answer, App, Route, Waiting, negotiate};
 use crate::access::Caller;
-use crate::conn::{ConnRef, Output, Reply};
+use crate::access::ratelimit;
 use crate::error::ApiError;
-use crate::fib::request;
-use crate::fib::service::{AtHand, FibShape, FibWaiter};
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{Head, Status};
-use crate::ratelimit;
-use crate::stepper::Value;
+use crate::net::conn::{ConnRef, Output, Reply};
+use crate::services::fib::request;
+use crate::services::fib::service::{AtHand, FibShape, FibWaiter};
+use crate::services::stepper::Value;
 
 impl App {
     /// /v1/fib: validated n, then 304, an answer now, or a deferred one.

@@ -20,27 +20,27 @@ mod stepper;
 mod trace;
 
 use crate::access::{Access, Caller, Scope};
-use crate::cluster::{Cluster, ClusterReply};
-use crate::conn::{ConnRef, Output, Reply, Respond};
 use crate::error::ApiError;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
+use crate::net::conn::{ConnRef, Output, Reply, Respond};
+use crate::store::etcd::{Cluster, ClusterReply};
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
-use crate::compute::ComputeWorker;
-use crate::fib::service::FibService;
+use crate::access::ratelimit::{Decision, RateLimiter};
+use crate::http::request_id::{RequestId, RequestIds};
 use crate::http::response::{ContentType, Head, Persistence, Status};
-use crate::metrics::Metrics;
-use crate::park::{Parking, Ticket};
-use crate::primes::service::{PrimesService, PrimesWaiter};
-use crate::ratelimit::{Decision, RateLimiter};
-use crate::request_id::{RequestId, RequestIds};
-use crate::smart::{SmartConfig, SmartService};
-use crate::stepper::{BatchId, Stepper};
-use crate::trace::{SpanStart, Tracer};
-use crate::upstream::{Client, ClientConfig};
+use crate::net::upstream::{Client, ClientConfig};
+use crate::ops::metrics::Metrics;
+use crate::ops::trace::{SpanStart, Tracer};
+use crate::reply::park::{Parking, Ticket};
+use crate::services::compute::ComputeWorker;
+use crate::services::fib::service::FibService;
+use crate::services::primes::service::{PrimesService, PrimesWaiter};
+use crate::services::smart::{SmartConfig, SmartService};
+use crate::services::stepper::{BatchId, Stepper};
 
 pub use smart::SmartReply;
 use std::rc::Rc;
@@ -238,7 +238,7 @@ pub struct App {
     /// Replies to parked requests, decided and waiting to be delivered.
     settled: VecDeque<(Ticket, LateReply)>,
     limiter: RateLimiter,
-    random: crate::random::RandomSource,
+    random: crate::services::random::RandomSource,
     /// The id of the request being answered; every head and error carries it.
     pub request_id: RequestId,
     request_ids: RequestIds,
@@ -264,7 +264,7 @@ impl App {
     pub fn new(
         services: Services,
         date: HttpDate,
-        mut random: crate::random::RandomSource,
+        mut random: crate::services::random::RandomSource,
         access: Access,
         limiter: RateLimiter,
     ) -> App {
@@ -316,7 +316,7 @@ impl App {
         self
     }
 
-    /// Cluster mode: the index lives in etcd (see [`crate::cluster`]).
+    /// Cluster mode: the index lives in etcd (see [`crate::store::etcd`]).
     pub fn with_cluster(mut self, cluster: ClusterNode) -> App {
         self.cluster = Some(cluster);
         self
@@ -500,7 +500,7 @@ impl Respond for App {
     fn body_limit(&self, request: &Request<'_>) -> Option<usize> {
         let route = Route::from_path(request.path)?;
         (route == Route::PrimesTasks && route.accepts(request.method))
-            .then_some(crate::primes::request::BODY_BYTES_MAX)
+            .then_some(crate::services::primes::request::BODY_BYTES_MAX)
     }
 
     fn respond(

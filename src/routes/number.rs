@@ -2,13 +2,13 @@
 //! Fibonacci value keyed by its index, as text or JSON, its big digits shared
 //! rather than copied.
 
-use crate::conn::Output;
-use crate::fib::digits;
+use crate::base::digits;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
+use crate::http::request_id::RequestId;
 use crate::http::response::{ContentType, Head, Persistence, Status};
-use crate::request_id::RequestId;
-use crate::stepper::Value;
+use crate::net::conn::Output;
+use crate::services::stepper::Value;
 
 /// What the stepper's and /v1/fib's replies have in common: a Fibonacci
 /// value, keyed by its index, as text or JSON.

@@ -4,14 +4,14 @@
 use std::time::UNIX_EPOCH;
 
 use super::App;
-use crate::conn::Output;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status};
-use crate::metrics::{self, Gauges, PrimesGauges};
+use crate::net::conn::Output;
+use crate::ops::metrics::{self, Gauges, PrimesGauges};
 
 /// One self-contained page (inline CSS and JavaScript, no external assets)
 /// that polls /metrics.json once a second and draws the last five minutes.
-const DASHBOARD_HTML: &[u8] = include_bytes!("../dashboard.html");
+const DASHBOARD_HTML: &[u8] = include_bytes!("dashboard.html");
 /// The page loads nothing from elsewhere and talks only to fibd.
 const DASHBOARD_CSP: &[u8] = b"default-src 'none'; script-src 'unsafe-inline'; \
 style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \

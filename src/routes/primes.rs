@@ -6,16 +6,18 @@ use std::time::Duration;
 
 use super::{Answer, App, Route, Waiting, negotiate};
 use crate::access::Caller;
-use crate::conn::{ConnRef, Output, Reply};
+use crate::base::digits;
 use crate::error::ApiError;
-use crate::fib::digits;
 use crate::http::accept::Format;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
-use crate::primes::request::{self as task_request};
-use crate::primes::service::{PrimesWaiter, Refused, Status as TaskStatus, TaskShape, TaskView};
-use crate::primes::task::{ID_BYTES, TaskId};
-use crate::primes::task_cost;
+use crate::net::conn::{ConnRef, Output, Reply};
+use crate::services::primes::request::{self as task_request};
+use crate::services::primes::service::{
+    PrimesWaiter, Refused, Status as TaskStatus, TaskShape, TaskView,
+};
+use crate::services::primes::task::{ID_BYTES, TaskId};
+use crate::services::primes::task_cost;
 
 const API_PREFIX: &[u8] = b"/v1/primes/tasks";
 const LEGACY_PREFIX: &[u8] = b"/tasks";

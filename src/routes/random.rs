@@ -2,12 +2,12 @@
 
 use super::{App, negotiate};
 use crate::access::Caller;
-use crate::conn::Output;
 use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::parse::Request;
 use crate::http::response::ContentType;
-use crate::random::{self, RandomQuery};
+use crate::net::conn::Output;
+use crate::services::random::{self, RandomQuery};
 
 impl App {
     pub(super) fn random(

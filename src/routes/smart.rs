@@ -1,6 +1,6 @@
 //! /api/smart replies: the timeout checked, the call charged and parked with
 //! the caller's deadline, attempts sent through the outbound client as the
-//! plan (`crate::smart`) says, and the reply once the plan answers. A sampled
+//! plan (`crate::services::smart`) says, and the reply once the plan answers. A sampled
 //! request's span waits with the call; each attempt gets a child span whose
 //! context goes upstream in `traceparent`, ended won, failed or cancelled.
 
@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use super::{Answer, App, CallOwner, LateReply, Route, Waiting};
 use crate::access::Caller;
-use crate::conn::{ConnRef, Output, Reply};
+use crate::base::digits;
 use crate::error::ApiError;
-use crate::fib::digits;
 use crate::http::parse::{Method, Request};
 use crate::http::response::{ContentType, Head, Status};
-use crate::park::Ticket;
-use crate::smart::{self, Attempt, Failure, Live, Outcome, Plan, Shape, Step, UpstreamFailure};
-use crate::upstream::{CallError, Completion, Response};
+use crate::net::conn::{ConnRef, Output, Reply};
+use crate::net::upstream::{CallError, Completion, Response};
+use crate::reply::park::Ticket;
+use crate::services::smart::{
+    self, Attempt, Failure, Live, Outcome, Plan, Shape, Step, UpstreamFailure,
+};
 
 /// Tokens one call costs: it may hold up to three outbound connections for
 /// up to a minute, so it weighs more than a cached answer.

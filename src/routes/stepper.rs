@@ -5,17 +5,17 @@
 use super::number::{JSON_INDEX, NumberReply, write_number};
 use super::{Answer, App, LateReply, Route, Waiting, negotiate};
 use crate::access::Caller;
-use crate::cluster::ClusterReply;
-use crate::conn::{ConnRef, Output, Reply};
 use crate::error::ApiError;
-use crate::fib::service::FibShape;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::parse::{Method, Request};
+use crate::http::request_id::RequestId;
 use crate::http::response::Status;
-use crate::park::Ticket;
-use crate::request_id::RequestId;
-use crate::stepper::{Reading, Step, StepError};
+use crate::net::conn::{ConnRef, Output, Reply};
+use crate::reply::park::Ticket;
+use crate::services::fib::service::FibShape;
+use crate::services::stepper::{Reading, Step, StepError};
+use crate::store::etcd::ClusterReply;
 use std::time::Duration;
 
 /// A parked stepper reply is written like a /v1/fib one: the shape the

@@ -1,15 +1,15 @@
 //! Tracing glue (with `--trace-zipkin`): spans begun and ended around
 //! replies, child spans for outbound calls, and the export of finished
 //! spans in batches through the same outbound client /api/smart uses. The
-//! rules (sampling, buffer, batching) are `crate::trace`'s; this file only
+//! rules (sampling, buffer, batching) are `crate::ops::trace`'s; this file only
 //! connects them to the app's clock, client and logs.
 
 use std::time::{Instant, SystemTime};
 
 use super::{App, CallOwner};
-use crate::request_id::RequestId;
-use crate::trace::{ExportOutcome, Post, SpanStart, TraceConfig, Tracer};
-use crate::upstream::{Client, Completion, Target};
+use crate::http::request_id::RequestId;
+use crate::net::upstream::{Client, Completion, Target};
+use crate::ops::trace::{ExportOutcome, Post, SpanStart, TraceConfig, Tracer};
 
 impl App {
     /// Records a span for sampled requests from now on (`--trace-zipkin`).

@@ -15,7 +15,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
-use fibd::store::Store;
+use fibd::store::lmdb::Store;
 use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
 
 #[derive(Clone, Copy)]
@@ -46,9 +46,9 @@ fn index_header(n: u64) -> &'static str {
 }
 
 fn value(n: u64) -> Vec<u8> {
-    let mut s = match fibd::fib::small(n) {
+    let mut s = match fibd::services::fib::small(n) {
         Some(v) => v.to_string(),
-        None => fibd::fib::decimal(n),
+        None => fibd::services::fib::decimal(n),
     };
     s.push('\n');
     s.into_bytes()

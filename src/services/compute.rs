@@ -15,9 +15,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::fib;
-use crate::fib::cursor::Cursor;
-use crate::primes::sieve::{self, PrimeTable};
+use crate::services::fib;
+use crate::services::fib::cursor::Cursor;
+use crate::services::primes::sieve::{self, PrimeTable};
 
 /// Jobs preallocated in the queue; a larger `queue_max` grows on demand, so a
 /// generous limit costs no memory until it is used.

@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::http::response::Status;
-use crate::primes::service::PrimesCounts;
 use crate::routes::Route;
+use crate::services::primes::service::PrimesCounts;
 
 /// One row per route, plus one for requests that matched none.
 const ROUTE_ROWS: usize = Route::ALL.len() + 1;
@@ -108,7 +108,7 @@ pub struct Gauges {
     pub fib_queue: usize,
     pub fib_queue_capacity: usize,
     pub rate_limit_clients: usize,
-    pub upstream: crate::upstream::PoolStats,
+    pub upstream: crate::net::upstream::PoolStats,
     pub trace_spans_recorded: u64,
     pub trace_spans_dropped: u64,
     pub trace_spans_exported: u64,
@@ -117,7 +117,7 @@ pub struct Gauges {
     pub uptime: Duration,
     pub primes: PrimesGauges,
     /// Cluster mode only.
-    pub cluster: Option<crate::cluster::ClusterStats>,
+    pub cluster: Option<crate::store::etcd::ClusterStats>,
 }
 
 /// The primes tasks' state at scrape time.
@@ -442,8 +442,8 @@ impl Metrics {
     }
 
     /// Cluster mode: the etcd calls and what they found.
-    fn expose_cluster(&self, stats: &crate::cluster::ClusterStats, sink: &mut dyn Exposition) {
-        use crate::cluster::CallKind;
+    fn expose_cluster(&self, stats: &crate::store::etcd::ClusterStats, sink: &mut dyn Exposition) {
+        use crate::store::etcd::CallKind;
         sink.family(
             Kind::Counter,
             "fibd_etcd_calls_total",

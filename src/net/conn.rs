@@ -23,8 +23,8 @@ use mio::net::TcpStream;
 use crate::error::ApiError;
 use crate::http::chunked::{ChunkProgress, ChunkedDecoder};
 use crate::http::parse::{self, BodyFraming, Limits, Parsed, Request};
-use crate::request_id::RequestId;
-use crate::stepper::BatchId;
+use crate::http::request_id::RequestId;
+use crate::services::stepper::BatchId;
 
 /// What a connection that keeps nothing may read while the shared budget is
 /// spent: room for a normal request, not for a flood.

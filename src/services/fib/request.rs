@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::fib::digits;
+use crate::base::digits;
 use crate::http::etag;
 use crate::http::query::{self, Lookup};
 

@@ -100,7 +100,7 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fib::big;
+    use crate::services::fib::big;
 
     fn printed(cursor: &Cursor) -> String {
         let mut out = b"x".to_vec();

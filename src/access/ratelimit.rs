@@ -23,8 +23,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
 
-use crate::fib::digits::write_u64;
-use crate::recency::Recency;
+use crate::base::digits::write_u64;
+use crate::base::recency::Recency;
 
 /// Header field names for the values written by [`RateLimiter::write_policy`]
 /// and [`RateLimiter::write_state`].

@@ -15,8 +15,8 @@
 //! n at or below its size is done on arrival; above it, the pending tasks
 //! share one sieve for the largest n among them.
 
+use crate::http::request_id::RequestId;
 use crate::http::response::Persistence;
-use crate::request_id::RequestId;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,10 +24,10 @@ use std::sync::Arc;
 use super::PrimesLimits;
 use super::sieve::{self, PrimeTable};
 use super::task::{Failure, Outcome, Task, TaskId};
-use crate::compute::{ComputeWorker, Job};
-use crate::park::Ticket;
-use crate::stepper::{BatchId, CommitEffect};
-use crate::store::RecordWrite;
+use crate::reply::park::Ticket;
+use crate::services::compute::{ComputeWorker, Job};
+use crate::services::stepper::{BatchId, CommitEffect};
+use crate::store::lmdb::RecordWrite;
 
 /// Settled tasks deleted per housekeeping pass at most, so a backlog of
 /// expired records costs several small commits, not one long one.
@@ -508,7 +508,7 @@ impl PrimesService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compute::Output;
+    use crate::services::compute::Output;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -546,8 +546,8 @@ mod tests {
         BatchId::for_tests(k)
     }
 
-    fn ticket(parking: &mut crate::park::Parking<()>) -> Ticket {
-        let conn = crate::conn::ConnRef {
+    fn ticket(parking: &mut crate::reply::park::Parking<()>) -> Ticket {
+        let conn = crate::net::conn::ConnRef {
             token: mio::Token(0),
             serial: 0,
             peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -556,7 +556,7 @@ mod tests {
     }
 
     /// A keep-alive GET parked on task `id`.
-    fn reader_of(id: TaskId, parking: &mut crate::park::Parking<()>) -> PrimesWaiter {
+    fn reader_of(id: TaskId, parking: &mut crate::reply::park::Parking<()>) -> PrimesWaiter {
         PrimesWaiter {
             ticket: ticket(parking),
             id,
@@ -646,7 +646,7 @@ mod tests {
             Status::Failed(Failure::AboveMax)
         );
         assert!(s.take_join());
-        let mut parking = crate::park::Parking::new(4);
+        let mut parking = crate::reply::park::Parking::new(4);
         let reader = reader_of(id(2), &mut parking);
         s.wait(reader);
         let sieved = finish_sieve(&mut s, &woken, 2_000);
@@ -659,7 +659,7 @@ mod tests {
     fn readers_of_one_task_leave_in_any_order_and_the_rest_are_woken() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
         assert_eq!(s.accept(id(1), 100, 1_000, batch(1)), Status::Processing);
-        let mut parking = crate::park::Parking::new(16);
+        let mut parking = crate::reply::park::Parking::new(16);
         let readers: Vec<PrimesWaiter> = (0..8).map(|_| reader_of(id(1), &mut parking)).collect();
         for &reader in &readers {
             s.wait(reader);

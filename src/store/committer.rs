@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::stepper::BatchId;
-use crate::store::{RecordWrite, Store, StoreError};
+use crate::services::stepper::BatchId;
+use crate::store::lmdb::{RecordWrite, Store, StoreError};
 
 /// One group commit: the index after every mutation in the batch, and the
 /// record writes (primes tasks) that ride in the same transaction.

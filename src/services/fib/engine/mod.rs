@@ -159,7 +159,11 @@ mod tests {
     #[test]
     fn matches_ibig_for_every_n_to_3000() {
         for n in 0..=3000 {
-            assert_eq!(text(&fib(n)), crate::fib::big(n).to_string(), "F({n})");
+            assert_eq!(
+                text(&fib(n)),
+                crate::services::fib::big(n).to_string(),
+                "F({n})"
+            );
         }
     }
 
@@ -167,7 +171,7 @@ mod tests {
     fn pair_matches_ibig() {
         for n in (0..2000).chain([10_000, 65_537, 100_000]) {
             let (cur, next) = pair(n);
-            let (big_cur, big_next) = crate::fib::pair(n);
+            let (big_cur, big_next) = crate::services::fib::pair(n);
             assert_eq!(text(&cur), big_cur.to_string(), "F({n})");
             assert_eq!(text(&next), big_next.to_string(), "F({n}+1)");
         }
@@ -184,7 +188,11 @@ mod tests {
         ns.extend((0..4).map(|_| 100_000 + splitmix(&mut state) % 900_000));
         ns.push(1_000_000);
         for n in ns {
-            assert_eq!(text(&fib(n)), crate::fib::big(n).to_string(), "F({n})");
+            assert_eq!(
+                text(&fib(n)),
+                crate::services::fib::big(n).to_string(),
+                "F({n})"
+            );
         }
     }
 }

@@ -8,7 +8,6 @@
 //! threads: callers bound `n` and decide where expensive calls run (F(10^7)
 //! with its digits takes about 0.1 s, see bench/RESULTS.md).
 //!
-//! - [`digits`] prints machine integers without allocating.
 //! - [`engine`] computes in base 10^19: schoolbook, Karatsuba and
 //!   number-theoretic-transform multiplication.
 //! - [`cursor`] keeps a position in decimal limbs so stepping and printing are
@@ -16,7 +15,6 @@
 
 pub mod cache;
 pub mod cursor;
-pub mod digits;
 pub mod engine;
 pub mod request;
 pub mod service;
@@ -24,6 +22,8 @@ pub mod service;
 use std::rc::Rc;
 
 use ibig::UBig;
+
+use crate::base::digits;
 
 /// Length of the table: F(186) is the largest Fibonacci number below 2^128.
 pub const TABLE_LEN: usize = 187;

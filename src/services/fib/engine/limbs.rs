@@ -7,7 +7,7 @@
 //! canonical form has no zero limb on top, and zero is the empty vector; the
 //! functions that return a `Vec` keep it canonical.
 
-use crate::fib::digits;
+use crate::base::digits;
 
 /// 10^19: the largest power of ten below 2^64, so a limb holds 19 digits and
 /// a product of two limbs fits in a `u128`.
@@ -224,7 +224,7 @@ pub fn write_decimal(limbs: &[u64], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fib::engine::testing::{random_limbs, splitmix};
+    use crate::services::fib::engine::testing::{random_limbs, splitmix};
     use ibig::UBig;
 
     fn to_ubig(limbs: &[u64]) -> UBig {

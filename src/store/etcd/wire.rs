@@ -1,7 +1,7 @@
 //! etcd's v3 JSON gateway, as fibd's cluster mode speaks it: the request
 //! bodies for the three calls it makes and the readers of their answers.
 //! Sans-IO: bytes in, bytes out; `cluster` decides when to call, and the
-//! outbound client (`crate::upstream`) carries the bytes.
+//! outbound client (`crate::net::upstream`) carries the bytes.
 //!
 //! The gateway (etcd 3.4 paths, `/v3/kv/...`) takes and gives keys and
 //! values in base64 and every int64 as a JSON string; proto3 leaves a field

@@ -13,18 +13,18 @@
 //! socket or a sleep. [`SmartService`] keeps the live plans by park ticket and
 //! their hedge timers; the glue that sends through the outbound client and
 //! writes replies is in `routes/smart.rs`. Deadlines are the park's
-//! (`crate::park`): the loop expires them.
+//! (`crate::reply::park`): the loop expires them.
 
+use crate::http::request_id::RequestId;
 use crate::http::response::Persistence;
-use crate::request_id::RequestId;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::http::query::{self, Lookup};
 use crate::http::upstream::ResponseError;
-use crate::park::Ticket;
-use crate::trace::SpanStart;
-use crate::upstream::{CallId, Outbound, Target};
+use crate::net::upstream::{CallId, Outbound, Target};
+use crate::ops::trace::SpanStart;
+use crate::reply::park::Ticket;
 
 /// Attempts per call at most: the first, then two hedges.
 pub const ATTEMPTS_MAX: u8 = 3;
@@ -557,8 +557,8 @@ mod tests {
     fn hedge_moments_surface_in_order_and_settled_calls_never() {
         let t0 = Instant::now();
         let mut service = SmartService::new(SmartConfig::default());
-        let mut parking = crate::park::Parking::new(8);
-        let conn = crate::conn::ConnRef {
+        let mut parking = crate::reply::park::Parking::new(8);
+        let conn = crate::net::conn::ConnRef {
             token: mio::Token(1),
             serial: 1,
             peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),

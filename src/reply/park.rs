@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use mio::Token;
 
-use crate::conn::ConnRef;
+use crate::net::conn::ConnRef;
 
 /// Names one parked request. Opaque: only this table makes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

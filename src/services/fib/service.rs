@@ -5,17 +5,17 @@
 //! primes tasks: this service submits jobs to it, and the loop hands each
 //! finished F(n) back through [`FibService::computed`].
 
-use crate::request_id::RequestId;
-use crate::trace::SpanStart;
+use crate::http::request_id::RequestId;
+use crate::ops::trace::SpanStart;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::cache::{FibCache, Joined, SingleFlight};
 use super::{Value, small};
-use crate::compute::{ComputeWorker, Job};
 use crate::http::accept::Format;
 use crate::http::response::Persistence;
-use crate::park::Ticket;
+use crate::reply::park::Ticket;
+use crate::services::compute::{ComputeWorker, Job};
 
 /// Above this n, F(n) is computed off the loop. Measured here with the
 /// decimal engine: F(20,000) with its digits takes about 35 µs, F(10^5)

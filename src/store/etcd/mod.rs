@@ -38,17 +38,17 @@
 //! Calls rotate through the endpoints on failure; after a whole round fails
 //! the node backs off and reports itself not ready until a call succeeds.
 
-pub mod etcd;
+pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use etcd::{Keys, Revisioned, TxnAnswer};
+use wire::{Keys, Revisioned, TxnAnswer};
 
-use crate::fib::cursor::Cursor;
-use crate::park::Ticket;
-use crate::stepper::{Step, Value};
-use crate::upstream::Target;
+use crate::net::upstream::Target;
+use crate::reply::park::Ticket;
+use crate::services::fib::cursor::Cursor;
+use crate::services::stepper::{Step, Value};
 
 /// Limb operations the loop may spend moving the cursor in one go (a limb
 /// add is about a nanosecond, so this stays well under a millisecond).
@@ -354,7 +354,7 @@ impl<W> Cluster<W> {
         self.retry_at = None;
         let Some(known) = self.known else {
             let body = self.keys.range_body(false);
-            return Some(self.send(CallKind::Read, etcd::RANGE_PATH, body, now));
+            return Some(self.send(CallKind::Read, wire::RANGE_PATH, body, now));
         };
         if self.batch.is_none() {
             self.batch = self.take_batch();
@@ -378,7 +378,7 @@ impl<W> Cluster<W> {
             if batch.unknown {
                 self.stats.unknown_outcomes += 1;
                 let body = self.keys.readback_body();
-                return Some(self.send(CallKind::Readback, etcd::TXN_PATH, body, now));
+                return Some(self.send(CallKind::Readback, wire::TXN_PATH, body, now));
             }
             self.seq += 1;
             let tag = format!("{:016x}-{}", self.nonce, self.seq);
@@ -389,7 +389,7 @@ impl<W> Cluster<W> {
                 base: known.index,
                 compare_revision: known.mod_revision,
             });
-            return Some(self.send(CallKind::Txn, etcd::TXN_PATH, body, now));
+            return Some(self.send(CallKind::Txn, wire::TXN_PATH, body, now));
         }
         if self.reads.is_empty() {
             return None;
@@ -397,7 +397,7 @@ impl<W> Cluster<W> {
         let body = self
             .keys
             .range_body(self.config.reads == ReadMode::Serializable);
-        Some(self.send(CallKind::Read, etcd::RANGE_PATH, body, now))
+        Some(self.send(CallKind::Read, wire::RANGE_PATH, body, now))
     }
 
     /// The call in flight got an HTTP answer.
@@ -406,12 +406,12 @@ impl<W> Cluster<W> {
             return;
         };
         let outcome = match kind {
-            CallKind::Read => etcd::read_range(status, body).map(|current| {
+            CallKind::Read => wire::read_range(status, body).map(|current| {
                 self.learn(current);
             }),
-            CallKind::Txn => etcd::read_txn(&self.keys, status, body)
+            CallKind::Txn => wire::read_txn(&self.keys, status, body)
                 .map(|answer| self.txn_answered(answer, now)),
-            CallKind::Readback => etcd::read_readback(status, body)
+            CallKind::Readback => wire::read_readback(status, body)
                 .map(|(current, writer)| self.read_back(current, writer.as_deref())),
         };
         match outcome {
@@ -741,7 +741,7 @@ mod tests {
     use base64::engine::general_purpose::STANDARD as B64;
 
     use super::*;
-    use crate::park::Parking;
+    use crate::reply::park::Parking;
 
     type Node = Cluster<u32>;
 
@@ -764,7 +764,7 @@ mod tests {
         let mut parking = Parking::<()>::new(1024);
         (0..n)
             .map(|i| {
-                let conn = crate::conn::ConnRef {
+                let conn = crate::net::conn::ConnRef {
                     token: mio::Token(i),
                     serial: i as u64,
                     peer: std::net::Ipv4Addr::LOCALHOST.into(),
@@ -982,7 +982,10 @@ mod tests {
         let ClusterReply::Index { value, .. } = &got[0].1 else {
             panic!()
         };
-        assert_eq!(value.decimal_len(), crate::fib::decimal(90_000).len());
+        assert_eq!(
+            value.decimal_len(),
+            crate::services::fib::decimal(90_000).len()
+        );
     }
 
     #[test]

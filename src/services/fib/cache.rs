@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::rc::Rc;
 
-use crate::recency::Recency;
+use crate::base::recency::Recency;
 
 /// Bytes charged per cached value on top of its digits: the hash-map entry
 /// (key, slot index, control byte: ~17 B, rounded up for load factor), the

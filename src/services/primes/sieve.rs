@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::fib::digits;
+use crate::base::digits;
 
 /// Odd numbers per segment: 32 KiB of flags, one byte each.
 const SEGMENT_ODDS: usize = 32 * 1024;

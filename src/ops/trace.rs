@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::request_id::RequestId;
-use crate::upstream::Target;
+use crate::http::request_id::RequestId;
+use crate::net::upstream::Target;
 
 /// Spans sent in one POST at most.
 pub const BATCH_SPANS: usize = 128;

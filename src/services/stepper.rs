@@ -9,9 +9,9 @@
 //! state carries the batch it must wait for (`durable_after`); the connection
 //! holds its bytes until that batch is committed.
 
-use crate::committer::CommitRequest;
-pub use crate::fib::Value;
-use crate::fib::cursor::Cursor;
+pub use crate::services::fib::Value;
+use crate::services::fib::cursor::Cursor;
+use crate::store::committer::CommitRequest;
 
 /// Batches are numbered in commit order; 0 stands for the state recovered at
 /// start-up, so it is committed from the first moment.
@@ -252,7 +252,7 @@ impl Stepper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fib;
+    use crate::services::fib;
 
     fn digits(value: &Value) -> String {
         match value {

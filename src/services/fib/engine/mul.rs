@@ -260,8 +260,8 @@ fn unbalanced(transforms: &mut Transforms, long: &[u64], short: &[u64], out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fib::engine::limbs::BASE;
-    use crate::fib::engine::testing::random_limbs;
+    use crate::services::fib::engine::limbs::BASE;
+    use crate::services::fib::engine::testing::random_limbs;
 
     /// The reference every faster path is checked against.
     fn reference(a: &[u64], b: &[u64]) -> Vec<u64> {

@@ -1,0 +1,3 @@
+//! Small structures every wing uses.
+pub mod digits;
+pub mod recency;

@@ -1,0 +1,4 @@
+//! Everything that owns a socket.
+pub mod conn;
+pub mod systemd;
+pub mod upstream;

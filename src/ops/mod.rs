@@ -1,0 +1,4 @@
+//! What the operator sees.
+pub mod logging;
+pub mod metrics;
+pub mod trace;

@@ -1,0 +1,2 @@
+//! Replies now and later.
+pub mod park;

@@ -1,0 +1,4 @@
+//! The stores.
+pub mod committer;
+pub mod etcd;
+pub mod lmdb;
