@@ -2,14 +2,15 @@
 //! HTTP status and a JSON body. Internal error text never reaches a client;
 //! each message says what to change.
 
-use crate::access::Scope;
 use crate::access::ratelimit::{self, Decision, Limit};
+use crate::access::{Denied, Scope};
 use crate::base::digits;
 use crate::http::chunked::ChunkError;
 use crate::http::date::HttpDate;
+use crate::http::message::Persistence;
 use crate::http::parse::ParseError;
 use crate::http::request_id::RequestId;
-use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
+use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::services::fib::request::NQueryError;
 use crate::services::primes::request::TaskBodyError;
 use crate::services::smart::{Failure, UpstreamFailure};
@@ -93,6 +94,16 @@ pub enum ApiError {
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
         ApiError::Parse(e)
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        match e {
+            Denied::UnknownKey => ApiError::UnknownKey,
+            Denied::KeyRequired { scope } => ApiError::KeyRequired { scope },
+            Denied::ScopeMissing { scope } => ApiError::ScopeMissing { scope },
+        }
     }
 }
 

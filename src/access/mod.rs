@@ -38,7 +38,6 @@ pub use cidr::Cidr;
 pub use keyfile::{KeyFileError, Scope};
 
 use crate::access::ratelimit::{ClientKey, Limit, RateLimitConfig};
-use crate::error::ApiError;
 use crate::http::forwarded;
 use crate::http::parse::Request;
 use keyfile::{KeySpec, Scopes};
@@ -54,6 +53,18 @@ pub struct AccessConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// `--rate-limit-loopback`: limit anonymous loopback peers too.
     pub rate_limit_loopback: bool,
+}
+
+/// Why a request may not go on: the caller is not who it says, or may not
+/// do this. `crate::error` gives each its status (401 or 403).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// An `X-API-Key` that is not in the key file.
+    UnknownKey,
+    /// No key, where one with `scope` is needed.
+    KeyRequired { scope: Scope },
+    /// A known key without `scope`, where it is needed.
+    ScopeMissing { scope: Scope },
 }
 
 /// A key in the loaded set: an index, valid until the next reload (which only
@@ -209,7 +220,7 @@ impl Access {
     /// Who sent `request` over a connection from `peer`: the client address
     /// (see `http::forwarded`), the key, and the bucket. A key that is not in
     /// the file is a 401; without a file, keys are ignored.
-    pub fn identify(&self, peer: IpAddr, request: &Request<'_>) -> Result<Caller, ApiError> {
+    pub fn identify(&self, peer: IpAddr, request: &Request<'_>) -> Result<Caller, Denied> {
         let peer = cidr::canonical(peer);
         let addr = self.client_address(peer, request);
         if let (Some(_), Some(presented)) = (&self.config.api_keys, request.api_key) {
@@ -220,7 +231,7 @@ impl Access {
                 .and_then(|&i| Some((i, self.keys.get(i)?)))
                 .filter(|(_, entry)| bool::from(entry.hash.ct_eq(&hash)));
             let Some((i, entry)) = found else {
-                return Err(ApiError::UnknownKey);
+                return Err(Denied::UnknownKey);
             };
             return Ok(Caller {
                 addr,
@@ -260,7 +271,7 @@ impl Access {
 
     /// 401 without a key, 403 with one that lacks `scope`, when the scope is
     /// enforced (`--protect-steps` for `step`).
-    pub fn authorize(&self, caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+    pub fn authorize(&self, caller: &Caller, scope: Scope) -> Result<(), Denied> {
         let enforced = match scope {
             Scope::Step => self.config.protect_steps,
         };
@@ -268,9 +279,9 @@ impl Access {
             return Ok(());
         }
         match caller.key.and_then(|KeyId(i)| self.keys.get(i)) {
-            None => Err(ApiError::KeyRequired { scope }),
+            None => Err(Denied::KeyRequired { scope }),
             Some(entry) if entry.scopes.contains(scope) => Ok(()),
-            Some(_) => Err(ApiError::ScopeMissing { scope }),
+            Some(_) => Err(Denied::ScopeMissing { scope }),
         }
     }
 
@@ -329,7 +340,7 @@ mod tests {
     }
 
     /// Parses a request with these extra header lines and identifies it.
-    fn identify(access: &Access, peer: &str, headers: &str) -> Result<Caller, ApiError> {
+    fn identify(access: &Access, peer: &str, headers: &str) -> Result<Caller, Denied> {
         let raw = format!("GET /current HTTP/1.1\r\nHost: t\r\n{headers}\r\n");
         let Ok(Parsed::Complete { request, .. }) = parse::parse(raw.as_bytes(), &Limits::default())
         else {
@@ -373,7 +384,7 @@ mod tests {
         for unknown in ["nobody-key-0123456789", "alice-key-012345678", "", "alice"] {
             assert_eq!(
                 identify(&access, "192.0.2.1", &format!("X-API-Key: {unknown}\r\n")),
-                Err(ApiError::UnknownKey),
+                Err(Denied::UnknownKey),
                 "{unknown:?}"
             );
         }
@@ -398,7 +409,7 @@ mod tests {
         assert_eq!(removed, vec!["alice".to_owned()]);
         assert_eq!(
             identify(&access, "192.0.2.1", &format!("X-API-Key: {KEY_A}\r\n")),
-            Err(ApiError::UnknownKey)
+            Err(Denied::UnknownKey)
         );
     }
 
@@ -423,12 +434,12 @@ mod tests {
         let caller = |h: &str| identify(&protected, "192.0.2.1", h).unwrap();
         assert_eq!(
             protected.authorize(&caller(""), step),
-            Err(ApiError::KeyRequired { scope: step })
+            Err(Denied::KeyRequired { scope: step })
         );
         assert_eq!(protected.authorize(&caller(&alice), step), Ok(()));
         assert_eq!(
             protected.authorize(&caller(&bob), step),
-            Err(ApiError::ScopeMissing { scope: step })
+            Err(Denied::ScopeMissing { scope: step })
         );
     }
 

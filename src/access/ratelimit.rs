@@ -2,7 +2,7 @@
 //! bounded size, and the cost of computing F(n) in the same tokens.
 //!
 //! It owns the buckets ([`ClientKey`] names one), how much a computation
-//! costs ([`fib_compute_cost`]), whether a request may go ahead
+//! costs (`services::fib::cost`), whether a request may go ahead
 //! ([`RateLimiter::charge`]) and the values of the `RateLimit-Policy` /
 //! `RateLimit` header fields (IETF httpapi ratelimit-headers draft). It does
 //! not own who the client is or which [`Limit`] applies to it (that is
@@ -31,7 +31,12 @@ use crate::base::recency::Recency;
 pub const POLICY_HEADER: &str = "RateLimit-Policy";
 pub const STATE_HEADER: &str = "RateLimit";
 
-const DEFAULT_BURST: u32 = 10_000;
+/// The default bucket size, and so the most one request costs: one is
+/// always affordable from a full default bucket.
+pub const DEFAULT_BURST: u32 = 10_000;
+/// A token is "one cheap request", about 10 µs of event-loop time; costs of
+/// work measured in time are priced at this rate.
+pub const MICROS_PER_TOKEN: u64 = 10;
 
 /// Tokens are kept in billionths so that a refill of `elapsed_ns * rate` is
 /// exact: no rounding is ever dropped, so many tiny refills add up to exactly
@@ -181,7 +186,7 @@ impl RateLimiter {
     }
 
     /// Charges `cost` tokens (1 for a stepper call or cached answer;
-    /// [`fib_compute_cost`] for computing F(n)) to `client` under `limit` at
+    /// `services::fib::cost::compute_cost` for computing F(n)) to `client` under `limit` at
     /// `now`. A bucket whose limit changed (a key file reload) keeps its
     /// tokens, up to the new burst.
     ///
@@ -350,74 +355,6 @@ fn secs_to_earn(nano_tokens: u64, rate_per_sec: u32) -> u32 {
         return u32::MAX;
     }
     u32::try_from(nano_tokens.div_ceil(per_sec)).unwrap_or(u32::MAX)
-}
-
-/// Measured compute time of F(n) with `fib::decimal` (fast doubling in the
-/// decimal engine, digits included, release build), as (n, microseconds):
-/// `taskset -c 0 micro --fib N` (bench/micro.rs), median of 7 runs on this
-/// 2-core machine with other builds running (load average 4 to 7):
-///
-/// | n      | 1e3 | 5e3 | 2e4 | 5e4 | 1e5 | 2e5  | 5e5  | 1e6   | 2e6   | 5e6   | 1e7    |
-/// |--------|-----|-----|-----|-----|-----|------|------|-------|-------|-------|--------|
-/// | µs     | 2   | 6   | 34  | 202 | 601 | 1972 | 4924 | 10838 | 26476 | 53490 | 113168 |
-///
-/// (the fastest of the seven: 81 ms at 1e7, 10.2 ms at 1e6, 0.58 ms at 1e5;
-/// bench/RESULTS.md has the side-by-side run against GMP). The table rounds
-/// each median up. Growth is a little above linear (n log n multiplication
-/// on a number of 0.21·n digits, log n doubling steps), i.e. convex, so
-/// interpolating linearly between points over-estimates, which is the safe
-/// side for a price.
-const COMPUTE_MICROS: [(u64, u64); 12] = [
-    (0, 0),
-    (1_000, 2),
-    (5_000, 8),
-    (20_000, 40),
-    (50_000, 210),
-    (100_000, 650),
-    (200_000, 2_000),
-    (500_000, 5_000),
-    (1_000_000, 11_000),
-    (2_000_000, 27_000),
-    (5_000_000, 55_000),
-    (10_000_000, 115_000),
-];
-
-/// A token is "one cheap request", about 10 µs of event-loop time.
-const MICROS_PER_TOKEN: u64 = 10;
-
-/// The cost of `/v1/fib?n=N` when it must be computed (a cached answer costs
-/// 1): proportional to the measured compute time above,
-///
-/// `cost(n) = clamp(ceil(est_micros(n) / 10), 1, 10000)`
-///
-/// where `est_micros` interpolates linearly between the measurements. So
-/// F(10^4) costs 2, F(10^5) 65, F(10^6) 1,100, and from about n = 8.75·10^6
-/// (100 ms) on every n costs 10000, the default `burst`: the price tops out
-/// there so one request is always affordable from a full default bucket, and
-/// [`RateLimiter::charge`] caps it again at a smaller configured burst. With
-/// the default rate that still holds one client to one such computation per
-/// two seconds. Monotonic in `n`.
-pub fn fib_compute_cost(n: u64) -> u32 {
-    let tokens = estimate_micros(n)
-        .div_ceil(MICROS_PER_TOKEN)
-        .clamp(1, u64::from(DEFAULT_BURST));
-    u32::try_from(tokens).unwrap_or(DEFAULT_BURST)
-}
-
-/// Beyond the last measurement the answer only needs to exceed the cap.
-fn estimate_micros(n: u64) -> u64 {
-    let mut low = (0u64, 0u64);
-    for &(high_n, high_micros) in &COMPUTE_MICROS {
-        if n <= high_n {
-            let (low_n, low_micros) = low;
-            let span = u128::from(high_n - low_n).max(1);
-            let rise = u128::from(high_micros - low_micros) * u128::from(n - low_n);
-            let extra = u64::try_from(rise.div_ceil(span)).unwrap_or(u64::MAX);
-            return low_micros.saturating_add(extra);
-        }
-        low = (high_n, high_micros);
-    }
-    u64::MAX
 }
 
 #[cfg(test)]
@@ -786,31 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn fib_compute_cost_is_monotonic_and_bounded() {
-        let mut previous = 0;
-        let mut n = 0u64;
-        while n < 50_000_000 {
-            let cost = fib_compute_cost(n);
-            assert!((1..=DEFAULT_BURST).contains(&cost), "n={n} cost={cost}");
-            assert!(cost >= previous, "n={n}");
-            previous = cost;
-            n += 1 + n / 64;
-        }
-        assert_eq!(fib_compute_cost(u64::MAX), DEFAULT_BURST);
-        let table: &[(u64, u32)] = &[
-            (0, 1),
-            (186, 1),
-            (10_000, 2),
-            (100_000, 65),
-            (500_000, 500),
-            (1_000_000, 1_100),
-            (8_700_000, 9_940),
-            (8_750_000, DEFAULT_BURST),
-            (10_000_000, DEFAULT_BURST),
-        ];
-        for &(n, cost) in table {
-            assert_eq!(fib_compute_cost(n), cost, "n={n}");
-        }
+    fn the_default_burst_is_the_most_any_request_costs() {
         assert_eq!(RateLimitConfig::default().burst, DEFAULT_BURST);
     }
 }

@@ -8,6 +8,7 @@ pub mod chunked;
 pub mod date;
 pub mod etag;
 pub mod forwarded;
+pub mod message;
 pub mod parse;
 pub mod query;
 pub mod request_id;

@@ -23,7 +23,7 @@ use std::fmt;
 
 use memchr::memchr;
 
-use super::response::Persistence;
+use super::message::{Method, Persistence, Version};
 use super::trim_ows;
 
 /// Bounds on what one request may make us hold or read; units last.
@@ -44,62 +44,6 @@ impl Default for Limits {
             body_bytes_max: 65536,
         }
     }
-}
-
-/// Request methods; `Other` is a well-formed token we have no route for, so
-/// the router can answer 405/501 instead of the parser answering 400.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Head,
-    Post,
-    Put,
-    Delete,
-    Patch,
-    Options,
-    Trace,
-    Connect,
-    Other,
-}
-
-impl Method {
-    /// The token as sent; `OTHER` for a method fibd has no name for.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Put => "PUT",
-            Method::Delete => "DELETE",
-            Method::Patch => "PATCH",
-            Method::Options => "OPTIONS",
-            Method::Trace => "TRACE",
-            Method::Connect => "CONNECT",
-            Method::Other => "OTHER",
-        }
-    }
-
-    /// Methods are case-sensitive (RFC 9110 §9.1), so `get` is `Other`.
-    fn from_token(token: &[u8]) -> Method {
-        match token {
-            b"GET" => Method::Get,
-            b"HEAD" => Method::Head,
-            b"POST" => Method::Post,
-            b"PUT" => Method::Put,
-            b"DELETE" => Method::Delete,
-            b"PATCH" => Method::Patch,
-            b"OPTIONS" => Method::Options,
-            b"TRACE" => Method::Trace,
-            b"CONNECT" => Method::Connect,
-            _ => Method::Other,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
-    Http10,
-    Http11,
 }
 
 /// How the body that follows the head is delimited. A `Content-Length: 0`

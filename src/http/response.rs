@@ -3,7 +3,7 @@
 //! (`conn::Output::push_shared`), so this file only knows the head's grammar.
 
 use super::date::HttpDate;
-use super::parse::Version;
+use super::message::Persistence;
 use crate::base::digits;
 use crate::http::request_id::{self, RequestId};
 
@@ -76,50 +76,6 @@ impl ContentType {
             ContentType::Json => "application/json",
             ContentType::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
             ContentType::Html => "text/html; charset=utf-8",
-        }
-    }
-}
-
-/// Whether the connection stays open after a response, and what the
-/// response's `Connection` field says about it: the one place that rule lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Persistence {
-    /// HTTP/1.1 persists by default, so nothing needs saying.
-    KeepAlive,
-    /// An HTTP/1.0 client that asked for keep-alive waits for the close that
-    /// ends a response unless told otherwise, so it is told:
-    /// `Connection: keep-alive` (RFC 9112 §9.3 and Appendix C.2.2).
-    KeepAliveHttp10,
-    /// `Connection: close`; the server closes once the response is written.
-    Close,
-}
-
-impl Persistence {
-    /// From the request's version and its `Connection` field, as the parser
-    /// judged them (`keep_alive`).
-    pub fn of(version: Version, keep_alive: bool) -> Persistence {
-        match (keep_alive, version) {
-            (false, _) => Persistence::Close,
-            (true, Version::Http11) => Persistence::KeepAlive,
-            (true, Version::Http10) => Persistence::KeepAliveHttp10,
-        }
-    }
-
-    /// The same, unless `close` forces the connection shut (after an error
-    /// that leaves the connection in an unknown state).
-    pub fn or_close(self, close: bool) -> Persistence {
-        if close { Persistence::Close } else { self }
-    }
-
-    pub fn closes(self) -> bool {
-        self == Persistence::Close
-    }
-
-    fn field(self) -> &'static [u8] {
-        match self {
-            Persistence::KeepAlive => b"",
-            Persistence::KeepAliveHttp10 => b"Connection: keep-alive\r\n",
-            Persistence::Close => b"Connection: close\r\n",
         }
     }
 }
@@ -255,7 +211,7 @@ mod tests {
 
     #[test]
     fn the_connection_field_follows_version_and_keep_alive() {
-        use Version::{Http10, Http11};
+        use crate::http::message::Version::{Http10, Http11};
         let cases = [
             (Http11, true, false, ""),
             (Http11, false, false, "Connection: close\r\n"),

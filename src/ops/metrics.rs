@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::http::response::Status;
-use crate::routes::Route;
+use crate::routes::route::Route;
 use crate::services::primes::service::PrimesCounts;
 
 /// One row per route, plus one for requests that matched none.

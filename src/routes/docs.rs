@@ -5,7 +5,8 @@
 
 use super::{App, Route};
 use crate::http::etag;
-use crate::http::parse::{Method, Request};
+use crate::http::message::Method;
+use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status};
 use crate::net::conn::Output;
 

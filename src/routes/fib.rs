@@ -4,15 +4,15 @@
 use super::number::{JSON_N, NumberReply, write_number};
 use super::{Answer, App, Route, Waiting, negotiate};
 use crate::access::Caller;
-use crate::access::ratelimit;
 use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
-use crate::http::parse::{Method, Request};
+use crate::http::message::Method;
+use crate::http::parse::Request;
 use crate::http::response::{Head, Status};
 use crate::net::conn::{ConnRef, Output, Reply};
-use crate::services::fib::request;
 use crate::services::fib::service::{AtHand, FibShape, FibWaiter};
+use crate::services::fib::{cost, request};
 use crate::services::stepper::Value;
 
 impl App {
@@ -34,7 +34,7 @@ impl App {
         let cost = if revalidated || self.fib.is_at_hand(n) {
             1
         } else {
-            ratelimit::fib_compute_cost(n)
+            cost::compute_cost(n)
         };
         self.charge(caller, cost)?;
         if revalidated {

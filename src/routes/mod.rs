@@ -15,23 +15,26 @@ mod number;
 mod ops;
 mod primes;
 mod random;
+pub mod route;
 mod smart;
 mod stepper;
 mod trace;
 
-use crate::access::{Access, Caller, Scope};
+use crate::access::{Access, Caller};
 use crate::error::ApiError;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
-use crate::http::parse::{Method, Request};
+use crate::http::message::Method;
+use crate::http::parse::Request;
 use crate::net::conn::{ConnRef, Output, Reply, Respond};
 use crate::store::etcd::{Cluster, ClusterReply};
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
 use crate::access::ratelimit::{Decision, RateLimiter};
+use crate::http::message::Persistence;
 use crate::http::request_id::{RequestId, RequestIds};
-use crate::http::response::{ContentType, Head, Persistence, Status};
+use crate::http::response::{ContentType, Head, Status};
 use crate::net::upstream::{Client, ClientConfig};
 use crate::ops::metrics::Metrics;
 use crate::ops::trace::{SpanStart, Tracer};
@@ -42,120 +45,10 @@ use crate::services::primes::service::{PrimesService, PrimesWaiter};
 use crate::services::smart::{SmartConfig, SmartService};
 use crate::services::stepper::{BatchId, Stepper};
 
+pub use route::Route;
 pub use smart::SmartReply;
 use std::rc::Rc;
 pub use stepper::StepShape;
-
-/// The resources fibd serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    Current,
-    Next,
-    Previous,
-    Fib,
-    Random,
-    Healthz,
-    Readyz,
-    Metrics,
-    Smart,
-    MetricsJson,
-    Dashboard,
-    /// POST a primes task (also at /tasks).
-    PrimesTasks,
-    /// GET one primes task by id (also at /tasks/{id}).
-    PrimesTask,
-    /// This API's OpenAPI description (`openapi.json`, built in).
-    OpenApi,
-    /// The same description as an HTML reference.
-    Docs,
-}
-
-impl Route {
-    pub const ALL: [Route; 15] = [
-        Route::Current,
-        Route::Next,
-        Route::Previous,
-        Route::Fib,
-        Route::Random,
-        Route::Healthz,
-        Route::Readyz,
-        Route::Metrics,
-        Route::Smart,
-        Route::MetricsJson,
-        Route::Dashboard,
-        Route::PrimesTasks,
-        Route::PrimesTask,
-        Route::OpenApi,
-        Route::Docs,
-    ];
-
-    pub fn path(self) -> &'static str {
-        match self {
-            Route::Current => "/current",
-            Route::Next => "/next",
-            Route::Previous => "/previous",
-            Route::Fib => "/v1/fib",
-            Route::Random => "/v1/random",
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
-            Route::Smart => "/api/smart",
-            Route::MetricsJson => "/metrics.json",
-            Route::Dashboard => "/dashboard",
-            Route::PrimesTasks => "/v1/primes/tasks",
-            Route::PrimesTask => "/v1/primes/tasks/{id}",
-            Route::OpenApi => "/openapi.json",
-            Route::Docs => "/docs",
-        }
-    }
-
-    /// Other paths of the same resource, kept for clients of the services
-    /// fibd replaces. A path with `{name}` is a template: the route matches
-    /// it itself, and the template is how openapi.json names it.
-    pub fn aliases(self) -> &'static [&'static str] {
-        match self {
-            Route::PrimesTasks => &["/tasks"],
-            Route::PrimesTask => &["/tasks/{id}"],
-            _ => &[],
-        }
-    }
-
-    pub fn from_path(path: &[u8]) -> Option<Route> {
-        Route::ALL
-            .into_iter()
-            .find(|r| {
-                r.path().as_bytes() == path || r.aliases().iter().any(|a| a.as_bytes() == path)
-            })
-            .or_else(|| primes::task_route(path))
-    }
-
-    /// The methods a route takes, as the Allow header lists them.
-    pub fn allow(self) -> &'static str {
-        match self {
-            Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
-            Route::PrimesTasks => "POST",
-            _ => "GET, HEAD",
-        }
-    }
-
-    /// What a key needs beyond reading, when `crate::access` enforces it.
-    fn scope(self) -> Option<Scope> {
-        match self {
-            Route::Next | Route::Previous => Some(Scope::Step),
-            _ => None,
-        }
-    }
-
-    fn accepts(self, method: Method) -> bool {
-        match self {
-            Route::Current | Route::Next | Route::Previous => {
-                matches!(method, Method::Get | Method::Head | Method::Post)
-            }
-            Route::PrimesTasks => method == Method::Post,
-            _ => matches!(method, Method::Get | Method::Head),
-        }
-    }
-}
 
 /// Requests parked at most, across every service: each costs a few words
 /// here and a connection slot, which `--max-connections` bounds anyway.

@@ -5,8 +5,9 @@
 use crate::base::digits;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
+use crate::http::message::Persistence;
 use crate::http::request_id::RequestId;
-use crate::http::response::{ContentType, Head, Persistence, Status};
+use crate::http::response::{ContentType, Head, Status};
 use crate::net::conn::Output;
 use crate::services::stepper::Value;
 

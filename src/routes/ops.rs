@@ -4,7 +4,8 @@
 use std::time::UNIX_EPOCH;
 
 use super::App;
-use crate::http::parse::{Method, Request};
+use crate::http::message::Method;
+use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status};
 use crate::net::conn::Output;
 use crate::ops::metrics::{self, Gauges, PrimesGauges};

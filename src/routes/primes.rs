@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
+use super::route::{API_PREFIX, LEGACY_PREFIX, task_id_text};
 use super::{Answer, App, Route, Waiting, negotiate};
 use crate::access::Caller;
 use crate::base::digits;
 use crate::error::ApiError;
 use crate::http::accept::Format;
-use crate::http::parse::{Method, Request};
-use crate::http::response::{ContentType, Head, Persistence, Status, write_json_str};
+use crate::http::message::Method;
+use crate::http::message::Persistence;
+use crate::http::parse::Request;
+use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::conn::{ConnRef, Output, Reply};
 use crate::services::primes::request::{self as task_request};
 use crate::services::primes::service::{
@@ -19,24 +22,9 @@ use crate::services::primes::service::{
 use crate::services::primes::task::{ID_BYTES, TaskId};
 use crate::services::primes::task_cost;
 
-const API_PREFIX: &[u8] = b"/v1/primes/tasks";
-const LEGACY_PREFIX: &[u8] = b"/tasks";
 /// A reader of a task done before a restart waits this long at most for
 /// the table to be rebuilt (the default largest took 0.7 s on a busy VM here).
 const TABLE_WAIT: Duration = Duration::from_secs(30);
-
-/// `/v1/primes/tasks/{id}` and `/tasks/{id}` with a concrete id: the route
-/// table matches exact paths (and `/tasks` as an alias), not templates.
-pub(super) fn task_route(path: &[u8]) -> Option<Route> {
-    task_id_text(path).map(|_| Route::PrimesTask)
-}
-
-/// The id part of `/v1/primes/tasks/{id}` or `/tasks/{id}`.
-fn task_id_text(path: &[u8]) -> Option<&[u8]> {
-    [API_PREFIX, LEGACY_PREFIX]
-        .into_iter()
-        .find_map(|prefix| path.strip_prefix(prefix)?.strip_prefix(b"/"))
-}
 
 impl App {
     /// POST: a validated task, accepted into the batch being collected; the

@@ -15,8 +15,8 @@
 //! writes replies is in `routes/smart.rs`. Deadlines are the park's
 //! (`crate::reply::park`): the loop expires them.
 
+use crate::http::message::Persistence;
 use crate::http::request_id::RequestId;
-use crate::http::response::Persistence;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

@@ -14,6 +14,7 @@
 //!   linear in the size of the number.
 
 pub mod cache;
+pub mod cost;
 pub mod cursor;
 pub mod engine;
 pub mod request;

@@ -13,13 +13,13 @@ use std::time::Duration;
 use super::cache::{FibCache, Joined, SingleFlight};
 use super::{Value, small};
 use crate::http::accept::Format;
-use crate::http::response::Persistence;
+use crate::http::message::Persistence;
 use crate::reply::park::Ticket;
 use crate::services::compute::{ComputeWorker, Job};
 
 /// Above this n, F(n) is computed off the loop. Measured here with the
 /// decimal engine: F(20,000) with its digits takes about 35 µs, F(10^5)
-/// about 0.6 ms (`ratelimit::fib_compute_cost` has the table); the bound
+/// about 0.6 ms (`cost::compute_cost` has the table); the bound
 /// stays where the ibig path (0.1 ms) put it, far inside the loop's budget.
 pub const INLINE_N_MAX: u64 = 20_000;
 

@@ -15,6 +15,8 @@ pub mod task;
 
 use std::time::Duration;
 
+use crate::access::ratelimit::{DEFAULT_BURST, MICROS_PER_TOKEN};
+
 /// Sizing; all can be changed on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrimesLimits {
@@ -43,15 +45,11 @@ impl Default for PrimesLimits {
     }
 }
 
-/// A token is "one cheap request", about 10 µs of event-loop time
-/// (`ratelimit`); a sieve costs about this many nanoseconds per prime. The
+/// A token is "one cheap request" (`access::ratelimit::MICROS_PER_TOKEN`); a sieve costs about this many nanoseconds per prime. The
 /// sieve and its rendering ran at 0.96x primesieve's time in the same run
 /// (bench/primes), and primesieve takes about 60 ms for the first million
 /// primes on this machine when it is quiet.
 const SIEVE_NANOS_PER_PRIME: u64 = 60;
-const MICROS_PER_TOKEN: u64 = 10;
-/// The most one task costs: the default burst, so one is always affordable.
-const COST_MAX: u64 = 10_000;
 
 /// Tokens a task costs: 1 when the table already holds its answer, else its
 /// estimated sieve time in tokens (the first million primes: 6,000).
@@ -60,7 +58,9 @@ pub fn task_cost(n: u64, table_hit: bool) -> u32 {
         return 1;
     }
     let micros = n.saturating_mul(SIEVE_NANOS_PER_PRIME) / 1000;
-    let tokens = micros.div_ceil(MICROS_PER_TOKEN).clamp(1, COST_MAX);
+    let tokens = micros
+        .div_ceil(MICROS_PER_TOKEN)
+        .clamp(1, u64::from(DEFAULT_BURST));
     u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 

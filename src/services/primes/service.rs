@@ -15,8 +15,8 @@
 //! n at or below its size is done on arrival; above it, the pending tasks
 //! share one sieve for the largest n among them.
 
+use crate::http::message::Persistence;
 use crate::http::request_id::RequestId;
-use crate::http::response::Persistence;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
