@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::access::ratelimit::RateLimitConfig;
 use crate::access::{AccessConfig, Cidr};
 use crate::http::parse::Limits;
-use crate::net::conn::Timeouts;
+use crate::net::session::Timeouts;
 use crate::net::upstream::Target;
 use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
 use crate::services::fib::service::FibLimits;

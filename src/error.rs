@@ -11,6 +11,7 @@ use crate::http::message::Persistence;
 use crate::http::parse::ParseError;
 use crate::http::request_id::RequestId;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
+use crate::net::session::ConnError;
 use crate::services::fib::request::NQueryError;
 use crate::services::primes::request::TaskBodyError;
 use crate::services::smart::{Failure, UpstreamFailure};
@@ -94,6 +95,16 @@ pub enum ApiError {
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
         ApiError::Parse(e)
+    }
+}
+
+impl From<ConnError> for ApiError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Parse(e) => ApiError::Parse(e),
+            ConnError::Chunk(e) => ApiError::Chunk(e),
+            ConnError::RequestTimeout => ApiError::RequestTimeout,
+        }
     }
 }
 

@@ -71,6 +71,7 @@
 
 pub mod access;
 pub mod base;
+pub mod boot;
 pub mod config;
 pub mod error;
 pub mod http;

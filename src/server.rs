@@ -1,27 +1,25 @@
 //! The event loop: the only code that knows `mio::Poll`. One thread serves
 //! every socket; each pass runs a few named phases:
 //!
-//! 1. poll, then read the clock once;
+//! 1. poll, then read the clock once and hand it to the app;
 //! 2. accept, and drive every ready connection (read, parse, route, reply);
-//! 3. apply commit outcomes: release or withdraw the replies they held;
-//! 4. deliver finished computations to their parked requests;
-//! 5. timers and outbound calls: expire parked requests whose deadline
-//!    passed (through the service that owns them), send due hedges, hand a
-//!    due batch of trace spans to the outbound client, send cluster mode's
-//!    next etcd call, let the client connect and expire, and deliver the
-//!    replies all of that decided;
-//! 6. housekeeping (task retention) and hand the batch collected meanwhile
-//!    to the commit thread;
-//! 7. handle signals (a graceful stop waits for in-flight commits; SIGHUP
-//!    rereads the API keys).
+//! 3. the app's phases: commit outcomes, finished computations, timers and
+//!    outbound calls, housekeeping (about once a second), then the next
+//!    batch to its store;
+//! 4. deliver the replies those phases decided to the connections that wait
+//!    for them, and resume connections the shared budget had starved;
+//! 5. tell systemd, sweep timeouts (once a second), and read the clock a
+//!    second time for what measures the pass (latencies, span ends);
+//! 6. signals (a graceful stop waits for in-flight commits; SIGHUP rereads
+//!    the API keys) are handled as their event arrives.
 //!
-//! Outbound sockets (`crate::net::upstream`) live in a token range of their own,
-//! from [`UPSTREAM_TOKEN_BASE`]: readiness there goes to the client, and the
-//! client registers new sockets through [`Registrar`], the one piece of the
-//! poller it sees.
+//! Outbound sockets (`crate::net::upstream`) live in a token range of their
+//! own, from [`UPSTREAM_TOKEN_BASE`]: readiness there goes to the app's
+//! client, which registers new sockets through [`Registrar`], the one piece
+//! of the poller it sees.
 //!
 //! The commit thread's fsync never runs here, so /current is answered from
-//! committed state while a commit is in flight.
+//! durable state while a commit is in flight.
 
 use std::io;
 use std::net::IpAddr;
@@ -33,15 +31,15 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::base::slab::Slab;
 use crate::config::Config;
-use crate::net::conn::{Conn, Drive, Expiry, Output, Reply, Shared};
+use crate::net::conn::{Conn, Drive, Shared};
+use crate::net::session::Expiry;
 use crate::net::systemd::Notifier;
 use crate::net::upstream::Registrar;
-use crate::reply::park::Ticket;
+use crate::reply::park::ConnId;
 use crate::routes::App;
-use crate::services::compute::Output as Computed;
-use crate::services::stepper::CommitEffect;
-use crate::store::committer::{CommitOutcome, Committer};
+use crate::store::ledger::CommitOutcome;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -68,61 +66,17 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// queue is retried.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Open connections, indexed by their token.
-#[derive(Default)]
-struct Connections {
-    slots: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    open: usize,
-}
-
-impl Connections {
-    fn insert(&mut self, conn: Conn) -> Token {
-        self.open += 1;
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(conn);
-                Token(i)
-            }
-            None => {
-                self.slots.push(Some(conn));
-                Token(self.slots.len() - 1)
-            }
-        }
-    }
-
-    fn get_mut(&mut self, token: Token) -> Option<&mut Conn> {
-        self.slots.get_mut(token.0).and_then(Option::as_mut)
-    }
-
-    fn remove(&mut self, token: Token) -> Option<Conn> {
-        let conn = self.slots.get_mut(token.0)?.take()?;
-        self.free.push(token.0);
-        self.open -= 1;
-        Some(conn)
-    }
-
-    fn tokens(&self) -> Vec<Token> {
-        (0..self.slots.len())
-            .filter(|&i| self.slots[i].is_some())
-            .map(Token)
-            .collect()
-    }
-}
-
 pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     signals: Signals,
-    committer: Committer,
     app: App,
     config: Config,
-    conns: Connections,
-    /// Connections with replies held for a commit; driven again on each outcome.
-    waiting: Vec<Token>,
+    /// Open connections; a connection's key is its token.
+    conns: Slab<Conn>,
     shared: Shared,
     /// Connections that stopped reading because `shared`'s budget was spent.
-    starved: Vec<Token>,
+    starved: Vec<usize>,
     accept_paused_until: Option<Instant>,
     stopping_since: Option<Instant>,
     notifier: Notifier,
@@ -147,52 +101,35 @@ impl Server {
     pub fn new(
         poll: Poll,
         mut listener: TcpListener,
-        committer: Committer,
         app: App,
         config: Config,
         notifier: Notifier,
+        now: Instant,
     ) -> io::Result<Server> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new(HANDLED_SIGNALS)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let mut app = app;
-        app.connections_max = config.connections_max;
-        if let Some(trace) = config.trace.clone() {
-            log::info!(
-                "tracing: {} of requests without a caller's decision; spans go to {} at {} \
-                 in batches of up to {}, with up to {} waiting (more are dropped and counted \
-                 in fibd_trace_spans_dropped_total)",
-                trace.sample_ratio,
-                trace.collector,
-                trace.collector.addr,
-                crate::ops::trace::BATCH_SPANS,
-                trace.buffer_spans
-            );
-            app.enable_tracing(trace);
-        }
         Ok(Server {
             poll,
             listener: Some(listener),
             signals,
-            committer,
             app,
             config,
-            conns: Connections::default(),
-            waiting: Vec::new(),
+            conns: Slab::default(),
             shared: Shared::new(SCRATCH_BYTES, KEPT_BYTES_MAX),
             starved: Vec::new(),
             accept_paused_until: None,
             stopping_since: None,
-            watchdog_due: notifier.watchdog_interval().map(|_| Instant::now()),
+            watchdog_due: notifier.watchdog_interval().map(|_| now),
             notifier,
             status_index: None,
             serial: 0,
             fd_exhaustion_reported: false,
-            now: Instant::now(),
-            next_sweep: Instant::now() + SWEEP_INTERVAL,
-            next_housekeeping: Instant::now(),
+            now,
+            next_sweep: now + SWEEP_INTERVAL,
+            next_housekeeping: now,
         })
     }
 
@@ -201,9 +138,9 @@ impl Server {
         Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains and hands back the commit
-    /// thread for the caller to stop.
-    pub fn run(mut self) -> io::Result<Committer> {
+    /// Serves until SIGTERM or SIGINT, drains, and stops the commit thread;
+    /// returns the outcomes of the last commits.
+    pub fn run(mut self) -> io::Result<Vec<CommitOutcome>> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         self.notifier.notify("READY=1");
         loop {
@@ -215,29 +152,26 @@ impl Server {
                 return Err(e);
             }
             self.now = Instant::now();
-            self.app.now = self.now;
-            let wall = SystemTime::now();
-            self.app.date.update(wall);
-            self.app.now_unix_ms = unix_ms(wall);
+            self.app.tick(self.now, SystemTime::now());
             let mut accept_ready = false;
             for event in &events {
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 match event.token() {
                     LISTENER => accept_ready = true,
                     WAKER => {}
                     SIGNALS => self.on_signals(),
-                    token if self.app.upstream.owns(token) => self.app.upstream.on_ready(
+                    Token(token) if self.app.upstream_owns(token) => self.app.upstream_ready(
                         token,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        readable,
                         event.is_writable() || event.is_write_closed() || event.is_error(),
-                        self.now,
                     ),
-                    token => {
-                        if let Some(conn) = self.conns.get_mut(token) {
+                    Token(key) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
                             conn.set_ready(
-                                event.is_readable() || event.is_read_closed() || event.is_error(),
+                                readable,
                                 event.is_writable() || event.is_write_closed(),
                             );
-                            self.drive(token);
+                            self.drive(key);
                         }
                     }
                 }
@@ -245,36 +179,43 @@ impl Server {
             if accept_ready || self.accept_pause_over() {
                 self.accept();
             }
-            self.apply_commit_outcomes()?;
-            self.deliver_computations();
-            self.timers_and_calls();
+            self.app.commits().map_err(|_| {
+                io::Error::other("the commit thread stopped; refusing to acknowledge more steps")
+            })?;
+            self.app.computations();
+            self.app
+                .timers_and_calls(&mut PollRegistrar(self.poll.registry()));
+            if self.app.has_tasks() && self.now >= self.next_housekeeping {
+                self.next_housekeeping = self.now + HOUSEKEEPING_INTERVAL;
+                self.app.housekeeping();
+            }
+            self.app.submit();
+            self.deliver();
             self.feed_starved();
-            self.housekeeping();
-            self.submit_batch();
             self.tell_systemd();
             self.sweep_timeouts();
+            self.app.pass_done(Instant::now());
             if self.stopping_since.is_some() && self.drained() {
-                return Ok(self.committer);
+                return Ok(self.app.shutdown());
             }
         }
     }
 
     /// Sleeps until the earliest timer: an accept pause, the shutdown grace,
-    /// the watchdog ping, a parked request's deadline or an outbound call's
-    /// timer; or until an event. Not at all while replies wait to be delivered.
+    /// the watchdog ping, the timeout sweep, housekeeping or one of the
+    /// app's; or until an event. Not at all while the app has work due.
     fn poll_timeout(&mut self) -> Option<Duration> {
         if self.app.has_work() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
+        let now = self.now;
         [
             self.app.next_timer(),
             self.accept_paused_until,
             self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
             self.watchdog_due,
-            (self.conns.open > 0).then_some(self.next_sweep),
-            self.app.parking.next_deadline(),
-            (self.app.primes.stored() > 0).then_some(self.next_housekeeping),
+            (!self.conns.is_empty()).then_some(self.next_sweep),
+            self.app.has_tasks().then_some(self.next_housekeeping),
         ]
         .into_iter()
         .flatten()
@@ -285,12 +226,10 @@ impl Server {
     /// WATCHDOG=1 when due, and STATUS= when the committed index changed.
     fn tell_systemd(&mut self) {
         if let (Some(due), Some(interval)) = (self.watchdog_due, self.notifier.watchdog_interval())
+            && self.now >= due
         {
-            let now = Instant::now();
-            if now >= due {
-                self.notifier.notify("WATCHDOG=1");
-                self.watchdog_due = Some(now + interval);
-            }
+            self.notifier.notify("WATCHDOG=1");
+            self.watchdog_due = Some(self.now + interval);
         }
         let index = self.app.committed_index();
         if self.status_index != Some(index) {
@@ -302,7 +241,7 @@ impl Server {
 
     fn accept_pause_over(&mut self) -> bool {
         match self.accept_paused_until {
-            Some(t) if Instant::now() >= t => {
+            Some(t) if self.now >= t => {
                 self.accept_paused_until = None;
                 true
             }
@@ -316,7 +255,7 @@ impl Server {
         if self.accept_paused_until.is_some() {
             return;
         }
-        while self.conns.open < self.config.connections_max {
+        while self.conns.len() < self.config.connections_max {
             let Some(listener) = &self.listener else {
                 return;
             };
@@ -332,7 +271,7 @@ impl Server {
                         self.fd_exhaustion_reported = true;
                         log::warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?} at a time");
                     }
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
                     return;
                 }
                 // The peer went away before we accepted it; nothing to do.
@@ -346,60 +285,53 @@ impl Server {
             log::debug!("set TCP_NODELAY: {e}");
         }
         self.serial += 1;
-        let token = self
+        let serial = self.serial;
+        let key = self
             .conns
-            .insert(Conn::new(stream, peer, self.serial, self.now));
-        self.app.metrics.connection_opened();
-        let registered = match self.conns.get_mut(token) {
+            .insert_with(|key| Conn::new(stream, ConnId { key, serial }, peer, self.now));
+        self.app.connection(true);
+        let registered = match self.conns.get_mut(key) {
             Some(conn) => self.poll.registry().register(
                 conn.stream_mut(),
-                token,
+                Token(key),
                 Interest::READABLE | Interest::WRITABLE,
             ),
             None => return,
         };
         if let Err(e) = registered {
             log::warn!("cannot register a connection: {e}");
-            self.conns.remove(token);
+            self.close(key);
         }
     }
 
-    fn drive(&mut self, token: Token) {
-        let Some(conn) = self.conns.get_mut(token) else {
+    fn drive(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let drive = conn.drive(
-            token,
             self.now,
             &mut self.shared,
             &mut self.app,
             &self.config.limits,
         );
-        if self.app.answered > 0 {
-            let answered = std::mem::take(&mut self.app.answered);
-            self.app.metrics.answered(answered, self.now.elapsed());
-        }
         if drive == Drive::Closed {
-            self.close(token);
+            self.close(key);
             return;
         }
-        if conn.is_holding(&self.app) && !self.waiting.contains(&token) {
-            self.waiting.push(token);
-        }
-        if conn.is_starved() && !self.starved.contains(&token) {
-            self.starved.push(token);
+        if conn.is_starved() && !self.starved.contains(&key) {
+            self.starved.push(key);
         }
     }
 
-    fn close(&mut self, token: Token) {
+    fn close(&mut self, key: usize) {
         // Dropping the stream closes the socket, which also takes it out of
         // the epoll set: no deregister call needed.
-        if let Some(conn) = self.conns.remove(token) {
+        if let Some(conn) = self.conns.remove(key) {
             self.shared.kept_bytes -= conn.accounted_bytes();
-            self.app.metrics.connection_closed();
-            // A client that left gives up the request it waited for.
-            if let Some((ticket, owner)) = self.app.parking.left_by(token, conn.serial()) {
-                self.app.abandon(ticket, owner);
+            self.app.connection(false);
+            // A client that left gives up the replies it waited for.
+            for ticket in conn.open_slots() {
+                self.app.abandon(ticket);
             }
         }
         // A freed slot may let a connection waiting in the backlog in.
@@ -408,40 +340,25 @@ impl Server {
         }
     }
 
-    fn apply_commit_outcomes(&mut self) -> io::Result<()> {
-        loop {
-            let outcome = match self.committer.try_outcome() {
-                Ok(Some(outcome)) => outcome,
-                Ok(None) => return Ok(()),
-                Err(_) => {
-                    return Err(io::Error::other(
-                        "the commit thread stopped; refusing to acknowledge more steps",
-                    ));
-                }
+    /// Writes every reply the app decided for a parked request to its
+    /// connection, and drives the connection on.
+    fn deliver(&mut self) {
+        while let Some(delivery) = self.app.next_delivery() {
+            let id = delivery.conn;
+            let Some(conn) = self.conns.get_mut(id.key).filter(|c| c.id() == id) else {
+                // Not reachable: a connection gives its tickets up as it closes.
+                continue;
             };
-            self.apply(outcome);
-        }
-    }
-
-    fn apply(&mut self, outcome: CommitOutcome) {
-        let succeeded = outcome.result.is_ok();
-        self.app
-            .metrics
-            .commit(outcome.result.as_ref().ok().copied());
-        if self.app.store_ready != succeeded {
-            self.app.store_ready = succeeded;
-            if succeeded {
-                log::info!("commits succeed again; ready");
+            let (ticket, withdraw) = (delivery.ticket, delivery.withdraws());
+            let app = &mut self.app;
+            let dropped = conn.deliver(ticket, withdraw, &self.config.limits, |out| {
+                app.write_delivery(delivery, out)
+            });
+            // Replies queued behind a withdrawn one go with it.
+            for ticket in dropped.unwrap_or_default() {
+                self.app.abandon(ticket);
             }
-        }
-        let effect = self.app.stepper.on_commit(outcome.batch, succeeded);
-        self.app.primes.on_commit(effect);
-        let waiting = std::mem::take(&mut self.waiting);
-        for token in waiting {
-            if let (CommitEffect::Failed { .. }, Some(conn)) = (effect, self.conns.get_mut(token)) {
-                conn.withdraw_held(&mut self.app);
-            }
-            self.drive(token);
+            self.drive(id.key);
         }
     }
 
@@ -452,16 +369,16 @@ impl Server {
             return;
         }
         self.next_sweep = self.now + SWEEP_INTERVAL;
-        for token in self.conns.tokens() {
-            let Some(conn) = self.conns.get_mut(token) else {
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            match conn.expired(self.now, &self.config.timeouts, &self.app) {
+            match conn.expired(self.now, &self.config.timeouts) {
                 None => {}
-                Some(Expiry::Idle) => self.close(token),
+                Some(Expiry::Idle) => self.close(key),
                 Some(Expiry::Request) => {
                     conn.time_out(&mut self.app);
-                    self.drive(token);
+                    self.drive(key);
                 }
             }
         }
@@ -473,113 +390,8 @@ impl Server {
         if self.starved.is_empty() || !self.shared.has_room() {
             return;
         }
-        for token in std::mem::take(&mut self.starved) {
-            self.drive(token);
-        }
-    }
-
-    /// Hands each finished computation to its service and answers every
-    /// request that waited for it.
-    fn deliver_computations(&mut self) {
-        while let Some(computed) = self.app.compute.try_result() {
-            match computed.output {
-                Computed::Fib { n, digits } => {
-                    let finished = self.app.fib.computed(n, digits, computed.elapsed);
-                    self.app.metrics.fib_computed(finished.elapsed);
-                    for waiter in &finished.waiters {
-                        self.resume_parked(waiter.ticket, |app, out| {
-                            app.fib_reply(waiter, finished.n, &finished.value, out)
-                        });
-                    }
-                }
-                Computed::Cursor(cursor) => self.app.cluster_jumped(*cursor),
-                Computed::Primes(table) => {
-                    log::debug!("{} primes sieved in {:?}", table.len(), computed.elapsed);
-                    let sieved = self.app.primes.sieved(table, self.app.now_unix_ms);
-                    for elapsed_ms in sieved.durations_ms {
-                        self.app.metrics.primes_task_done(elapsed_ms);
-                    }
-                    for waiter in &sieved.ready {
-                        self.resume_parked(waiter.ticket, |app, out| app.primes_reply(waiter, out));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Expired parks, due hedges, a due span batch and the outbound
-    /// client's own work, then the replies they decided.
-    fn timers_and_calls(&mut self) {
-        // Answers that arrived are delivered before any deadline is looked
-        // at: a call that succeeded in the pass its deadline passed is
-        // answered with its success, and its ticket is gone before expiry.
-        self.app.settle_upstream();
-        self.deliver_settled();
-        while let Some((ticket, owner)) = self.app.parking.expired(self.now) {
-            self.app.expire(ticket, owner);
-        }
-        self.app.run_smart_timers(self.now);
-        self.app.export_spans();
-        self.app.drive_cluster();
-        let mut registrar = PollRegistrar(self.poll.registry());
-        self.app.upstream.drive(self.now, &mut registrar);
-        self.app.settle_upstream();
-        self.deliver_settled();
-    }
-
-    /// Writes every reply decided for a parked request to its connection.
-    fn deliver_settled(&mut self) {
-        while let Some((ticket, reply)) = self.app.take_settled() {
-            self.resume_parked(ticket, |app, out| app.write_late(reply, out));
-        }
-    }
-
-    /// Deletes expired task records (through the next commit) and retries a
-    /// sieve the compute queue refused.
-    fn housekeeping(&mut self) {
-        if self.now < self.next_housekeeping {
-            return;
-        }
-        self.next_housekeeping = self.now + HOUSEKEEPING_INTERVAL;
-        let expired = self.app.primes.expire(self.app.now_unix_ms);
-        if expired > 0 {
-            log::debug!("{expired} expired primes task(s) to delete");
-        }
-        self.app.primes.kick();
-    }
-
-    /// Writes the later answer of a parked request, if its client is still
-    /// connected, and drives the connection on.
-    fn resume_parked(
-        &mut self,
-        ticket: Ticket,
-        reply: impl FnOnce(&mut App, &mut Output) -> Reply,
-    ) {
-        let Some((conn_ref, _)) = self.app.parking.take(ticket) else {
-            return;
-        };
-        let token = conn_ref.token;
-        let Some(conn) = self.conns.get_mut(token) else {
-            return;
-        };
-        if conn.serial() != conn_ref.serial {
-            return; // that client left; its token now names another
-        }
-        let app = &mut self.app;
-        conn.resume(&self.config.limits, |out| reply(app, out));
-        self.drive(token);
-    }
-
-    /// Hands the collected batch to the commit thread: the stepper's index
-    /// and the task records, in one transaction.
-    fn submit_batch(&mut self) {
-        if self.app.primes.take_join() {
-            self.app.stepper.join_batch();
-        }
-        if let Some(mut request) = self.app.stepper.take_batch() {
-            request.records = self.app.primes.take_writes(request.batch);
-            self.app.metrics.batch_submitted(request.steps);
-            self.committer.submit(request);
+        for key in std::mem::take(&mut self.starved) {
+            self.drive(key);
         }
     }
 
@@ -593,35 +405,33 @@ impl Server {
             test_hooks::on_signal(signal);
         }
         if reload {
-            // A small, bounded file (`access::keyfile::FILE_BYTES_MAX`), read
-            // between requests; connections and buckets are untouched.
-            self.app.access.reload();
+            self.app.reload_keys();
         }
         if stop && self.stopping_since.is_none() {
             log::info!("stopping: finishing in-flight requests and commits");
             self.notifier.notify("STOPPING=1");
-            self.stopping_since = Some(Instant::now());
+            self.stopping_since = Some(self.now);
             if let Some(mut listener) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut listener);
             }
-            for token in self.conns.tokens() {
-                if let Some(conn) = self.conns.get_mut(token) {
+            for key in self.conns.keys() {
+                if let Some(conn) = self.conns.get_mut(key) {
                     conn.finish();
                 }
-                self.drive(token);
+                self.drive(key);
             }
         }
     }
 
-    /// Stopped when nothing awaits a commit and every reply is out, or the
-    /// grace period is over (slow readers lose their replies; no step does).
+    /// Stopped when every write taken is durable and every reply is out, or
+    /// the grace period is over (slow readers lose their replies; no step
+    /// a client was told of is lost).
     fn drained(&self) -> bool {
-        let commits_done = self.app.stepper.is_settled() && self.waiting.is_empty();
-        let computations_done = self.app.parking.is_empty();
         let grace_over = self
             .stopping_since
-            .is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
-        commits_done && ((computations_done && self.conns.open == 0) || grace_over)
+            .is_some_and(|t| self.now.saturating_duration_since(t) >= SHUTDOWN_GRACE);
+        self.app.writes_settled()
+            && ((self.app.replies_settled() && self.conns.is_empty()) || grace_over)
     }
 }
 
@@ -659,15 +469,13 @@ mod test_hooks {
 struct PollRegistrar<'r>(&'r Registry);
 
 impl Registrar for PollRegistrar<'_> {
-    fn register(&mut self, stream: &mut TcpStream, token: Token) -> io::Result<()> {
-        self.0
-            .register(stream, token, Interest::READABLE | Interest::WRITABLE)
+    fn register(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
+        self.0.register(
+            stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )
     }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

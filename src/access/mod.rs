@@ -67,10 +67,13 @@ pub enum Denied {
     ScopeMissing { scope: Scope },
 }
 
-/// A key in the loaded set: an index, valid until the next reload (which only
-/// happens between requests).
+/// A key in the loaded set: an index, and the generation of the set it
+/// indexes, so a reply answered after a reload never names another key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeyId(usize);
+pub struct KeyId {
+    index: usize,
+    generation: u64,
+}
 
 /// Who sent a request, as far as fibd can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +108,8 @@ pub struct Access {
     keys: Vec<KeyEntry>,
     /// The first half of each key's hash, to its entry.
     by_hash: HashMap<u64, usize>,
+    /// Counts key sets installed: a `KeyId` of another generation is stale.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Access {
@@ -129,6 +134,7 @@ impl Access {
             secret,
             keys: Vec::new(),
             by_hash: HashMap::new(),
+            generation: 0,
         };
         if let Some(path) = &access.config.api_keys {
             let specs = keyfile::read(path)?;
@@ -166,6 +172,7 @@ impl Access {
 
     /// Replaces the key set; returns the names added and removed.
     fn install(&mut self, specs: Vec<KeySpec>) -> (Vec<String>, Vec<String>) {
+        self.generation += 1;
         let mut old: HashMap<String, KeyEntry> =
             self.keys.drain(..).map(|e| (e.name.clone(), e)).collect();
         let mut added = Vec::new();
@@ -235,7 +242,10 @@ impl Access {
             };
             return Ok(Caller {
                 addr,
-                key: Some(KeyId(i)),
+                key: Some(KeyId {
+                    index: i,
+                    generation: self.generation,
+                }),
                 bucket: ClientKey::ApiKey(hash),
                 limit: entry.limit,
             });
@@ -278,21 +288,33 @@ impl Access {
         if !enforced {
             return Ok(());
         }
-        match caller.key.and_then(|KeyId(i)| self.keys.get(i)) {
+        match caller.key.and_then(|key| self.entry(key)) {
             None => Err(Denied::KeyRequired { scope }),
             Some(entry) if entry.scopes.contains(scope) => Ok(()),
             Some(_) => Err(Denied::ScopeMissing { scope }),
         }
     }
 
-    /// The key's name, for logs; never the key.
+    /// The loaded key `key` names, if the set it was issued from is still
+    /// the loaded one.
+    fn entry(&self, key: KeyId) -> Option<&KeyEntry> {
+        self.keys
+            .get(key.index)
+            .filter(|_| key.generation == self.generation)
+    }
+
+    /// The key's name, for logs; never the key ("?" after a reload).
     pub fn key_name(&self, key: KeyId) -> &str {
-        self.keys.get(key.0).map_or("?", |e| e.name.as_str())
+        self.entry(key).map_or("?", |e| e.name.as_str())
     }
 
     /// Counts a request made with `key`, for /metrics.
     pub fn count(&mut self, key: KeyId, rate_limited: bool) {
-        if let Some(entry) = self.keys.get_mut(key.0) {
+        if let Some(entry) = self
+            .keys
+            .get_mut(key.index)
+            .filter(|_| key.generation == self.generation)
+        {
             entry.requests += 1;
             entry.rate_limited += u64::from(rate_limited);
         }

@@ -1,3 +1,6 @@
 //! Small structures every wing uses.
+pub mod deadlines;
 pub mod digits;
 pub mod recency;
+pub mod slab;
+pub mod time;

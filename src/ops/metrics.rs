@@ -18,6 +18,8 @@ use std::time::Duration;
 use crate::http::response::Status;
 use crate::routes::route::Route;
 use crate::services::primes::service::PrimesCounts;
+use crate::services::smart::CallEnd;
+use crate::store::etcd::{CallKind, EtcdStats};
 
 /// One row per route, plus one for requests that matched none.
 const ROUTE_ROWS: usize = Route::ALL.len() + 1;
@@ -51,18 +53,6 @@ const UPSTREAM_BOUNDS: [f64; 12] = [
 ];
 /// Attempts sent for one /api/smart call: 0 (none could be sent) to 3.
 const ATTEMPT_BOUNDS: [f64; 4] = [0.0, 1.0, 2.0, 3.0];
-/// /api/smart outcomes, as the `error` codes of its failures (and "ok", and
-/// "client_gone" for a caller that hung up first).
-const SMART_OUTCOMES: [&str; 7] = [
-    "ok",
-    "client_gone",
-    "upstream_timeout",
-    "upstream_error",
-    "upstream_unavailable",
-    "upstream_malformed",
-    "upstream_not_configured",
-];
-
 /// A cumulative histogram with fixed bounds.
 #[derive(Debug)]
 struct Histogram {
@@ -116,8 +106,8 @@ pub struct Gauges {
     /// Since start, on the monotonic clock (JSON only: the page's time base).
     pub uptime: Duration,
     pub primes: PrimesGauges,
-    /// Cluster mode only.
-    pub cluster: Option<crate::store::etcd::ClusterStats>,
+    /// `--store etcd` only: etcd's counters, and the stepper's cursor jumps.
+    pub etcd: Option<(EtcdStats, u64)>,
 }
 
 /// The primes tasks' state at scrape time.
@@ -145,7 +135,7 @@ pub struct Metrics {
     fib_cache_misses: u64,
     fib_compute_seconds: Histogram,
     rate_limited: u64,
-    smart_outcomes: [u64; SMART_OUTCOMES.len()],
+    smart_outcomes: [u64; CallEnd::LABELS.len()],
     smart_attempts: Histogram,
     upstream_seconds: Histogram,
     etcd_seconds: Histogram,
@@ -166,7 +156,7 @@ impl Default for Metrics {
             fib_cache_misses: 0,
             fib_compute_seconds: Histogram::new(&COMPUTE_BOUNDS),
             rate_limited: 0,
-            smart_outcomes: [0; SMART_OUTCOMES.len()],
+            smart_outcomes: [0; CallEnd::LABELS.len()],
             smart_attempts: Histogram::new(&ATTEMPT_BOUNDS),
             upstream_seconds: Histogram::new(&UPSTREAM_BOUNDS),
             etcd_seconds: Histogram::new(&COMMIT_BOUNDS),
@@ -204,8 +194,9 @@ impl Metrics {
         self.closed += 1;
     }
 
-    pub fn batch_submitted(&mut self, steps: u64) {
-        self.commit_batch_steps.observe(steps as f64);
+    /// A commit carried `writes` mutations (steps and task records).
+    pub fn batch_committed(&mut self, writes: u64) {
+        self.commit_batch_steps.observe(writes as f64);
     }
 
     pub fn commit(&mut self, elapsed: Option<Duration>) {
@@ -227,12 +218,9 @@ impl Metrics {
         self.fib_compute_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// One /api/smart call ended with `code` ("ok" or its error code)
-    /// after sending `attempts`.
-    pub fn smart_outcome(&mut self, code: &str, attempts: u8) {
-        if let Some(i) = SMART_OUTCOMES.iter().position(|&c| c == code) {
-            self.smart_outcomes[i] += 1;
-        }
+    /// One /api/smart call ended so, after sending `attempts`.
+    pub fn smart_outcome(&mut self, end: CallEnd, attempts: u8) {
+        self.smart_outcomes[end.slot()] += 1;
         self.smart_attempts.observe(f64::from(attempts));
     }
 
@@ -241,12 +229,12 @@ impl Metrics {
         self.upstream_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// A primes task done `elapsed_ms` after it was accepted.
     /// One etcd call, from its send to its answer or failure.
     pub fn etcd_call(&mut self, elapsed: Duration) {
         self.etcd_seconds.observe(elapsed.as_secs_f64());
     }
 
+    /// A primes task done `elapsed_ms` after it was accepted.
     pub fn primes_task_done(&mut self, elapsed_ms: u64) {
         self.primes_task_seconds.observe(elapsed_ms as f64 / 1000.0);
     }
@@ -436,14 +424,13 @@ impl Metrics {
         );
         self.expose_upstream(gauges, sink);
         self.expose_primes(&gauges.primes, sink);
-        if let Some(cluster) = &gauges.cluster {
-            self.expose_cluster(cluster, sink);
+        if let Some((stats, jumps)) = &gauges.etcd {
+            self.expose_etcd(stats, *jumps, sink);
         }
     }
 
-    /// Cluster mode: the etcd calls and what they found.
-    fn expose_cluster(&self, stats: &crate::store::etcd::ClusterStats, sink: &mut dyn Exposition) {
-        use crate::store::etcd::CallKind;
+    /// `--store etcd`: the etcd calls and what they found.
+    fn expose_etcd(&self, stats: &EtcdStats, jumps: u64, sink: &mut dyn Exposition) {
         sink.family(
             Kind::Counter,
             "fibd_etcd_calls_total",
@@ -478,7 +465,7 @@ impl Metrics {
             (
                 "fibd_etcd_cursor_jumps_total",
                 "Cursor moves too long for the loop, computed on the compute worker.",
-                stats.jumps,
+                jumps,
             ),
         ];
         for (name, help, value) in scalars {
@@ -494,7 +481,7 @@ impl Metrics {
             "/api/smart calls answered, by outcome.",
             &["outcome"],
         );
-        for (outcome, count) in SMART_OUTCOMES.iter().zip(self.smart_outcomes) {
+        for (outcome, count) in CallEnd::LABELS.iter().zip(self.smart_outcomes) {
             sink.series(&[outcome], count);
         }
         sink.histogram(

@@ -228,6 +228,11 @@ pub struct Tracer {
     counts: TraceCounts,
     /// The JSON of the batch being handed over, reused batch after batch.
     body: Vec<u8>,
+    /// The loop pass's start: spans ended during the pass end then, until
+    /// [`Tracer::end_pass`] moves their end to the pass's end.
+    pass_start: Instant,
+    /// Spans from here on ended in this pass.
+    pass_from: usize,
 }
 
 impl Tracer {
@@ -253,7 +258,26 @@ impl Tracer {
             in_flight_spans: 0,
             counts: TraceCounts::default(),
             body: Vec::new(),
+            pass_start: now,
+            pass_from: 0,
         }
+    }
+
+    /// A loop pass begins at `now` (the loop reads the clock once a pass).
+    pub fn begin_pass(&mut self, now: Instant) {
+        self.pass_start = now;
+        self.pass_from = self.spans.len();
+    }
+
+    /// The loop pass ended at `end`: the spans ended during it end then
+    /// (the time their replies took to be queued).
+    pub fn end_pass(&mut self, end: Instant) {
+        let extra = end.saturating_duration_since(self.pass_start).as_micros() as u64;
+        for span in self.spans.range_mut(self.pass_from.min(self.spans.len())..) {
+            // Zipkin rounds durations below a microsecond up; so do we.
+            span.duration_us = span.duration_us.saturating_add(extra).max(1);
+        }
+        self.pass_from = self.spans.len();
     }
 
     pub fn counts(&self) -> TraceCounts {
@@ -322,23 +346,23 @@ impl Tracer {
         }
     }
 
-    /// Ends a span at `now` and keeps it for export; dropped (and counted)
-    /// when the buffer is full.
+    /// Ends a span in this loop pass and keeps it for export (its end is
+    /// the pass's, see [`Tracer::end_pass`]); dropped (and counted) when the
+    /// buffer is full.
     pub fn finish(
         &mut self,
         start: SpanStart,
         status: u16,
         request_id: RequestId,
         outcome: Option<&'static str>,
-        now: Instant,
     ) {
+        let now = self.pass_start;
         if self.spans.len() >= self.config.buffer_spans {
             self.counts.dropped += 1;
             return;
         }
         let since_epoch = start.started.saturating_duration_since(self.epoch);
-        // Zipkin rounds durations below a microsecond up; so do we.
-        let duration_us = (now.saturating_duration_since(start.started).as_micros() as u64).max(1);
+        let duration_us = now.saturating_duration_since(start.started).as_micros() as u64;
         self.spans.push_back(Span {
             start,
             timestamp_us: self.epoch_unix_us + since_epoch.as_micros() as u64,
@@ -358,7 +382,8 @@ impl Tracer {
             return None;
         }
         let oldest = self.oldest_waiting_since?;
-        let due = if self.spans.len() >= BATCH_SPANS {
+        // Only spans of passes that are over have their end (`end_pass`).
+        let due = if self.pass_from >= BATCH_SPANS {
             oldest
         } else {
             oldest + FLUSH_INTERVAL
@@ -371,7 +396,11 @@ impl Tracer {
         if self.next_export().is_none_or(|due| due > now) {
             return;
         }
-        let take = self.spans.len().min(BATCH_SPANS);
+        // Spans ended in this pass get their end when it is over.
+        let take = self.pass_from.min(BATCH_SPANS);
+        if take == 0 {
+            return;
+        }
         self.body.clear();
         encode_zipkin(&mut self.body, self.spans.range(..take));
         if client.post(
@@ -381,6 +410,7 @@ impl Tracer {
             now + EXPORT_DEADLINE,
         ) {
             self.spans.drain(..take);
+            self.pass_from -= take;
             self.in_flight = true;
             self.in_flight_spans = take as u64;
             self.oldest_waiting_since = (!self.spans.is_empty()).then_some(now);
@@ -599,6 +629,19 @@ mod tests {
         }
     }
 
+    /// Ends `span` in a loop pass that ends at `at`.
+    fn finish_at(
+        t: &mut Tracer,
+        span: SpanStart,
+        status: u16,
+        outcome: Option<&'static str>,
+        at: Instant,
+    ) {
+        t.begin_pass(at);
+        t.finish(span, status, id(), outcome);
+        t.end_pass(at);
+    }
+
     fn hex_of_len(v: &serde_json::Value, len: usize) -> bool {
         v.as_str()
             .is_some_and(|s| s.len() == len && s.bytes().all(|b| HEX.contains(&b)))
@@ -612,14 +655,14 @@ mod tests {
         let passed_on = parse_traceparent(attempt.context.traceparent().as_bytes()).unwrap();
         assert_eq!(passed_on.trace_id, server.context.trace_id);
         assert_eq!(passed_on.span_id, attempt.context.span_id);
-        t.finish(
+        finish_at(
+            &mut t,
             attempt,
             200,
-            id(),
             Some("won"),
             now + Duration::from_micros(900),
         );
-        t.finish(server, 503, id(), None, now + Duration::from_millis(2));
+        finish_at(&mut t, server, 503, None, now + Duration::from_millis(2));
         let mut collector = Collector::default();
         t.export_due(now + 2 * FLUSH_INTERVAL, &mut collector);
         assert_eq!(collector.bodies.len(), 1);
@@ -674,15 +717,15 @@ mod tests {
         let mut collector = Collector::default();
         for _ in 0..BATCH_SPANS - 1 {
             let s = t.start(None, "/current", "GET", now).unwrap();
-            t.finish(s, 200, id(), None, now);
+            finish_at(&mut t, s, 200, None, now);
         }
         t.export_due(now, &mut collector);
         assert!(collector.bodies.is_empty(), "not full, not old");
         let s = t.start(None, "/current", "GET", now).unwrap();
-        t.finish(s, 200, id(), None, now);
+        finish_at(&mut t, s, 200, None, now);
         for _ in 0..10 {
             let s = t.start(None, "/current", "GET", now).unwrap();
-            t.finish(s, 200, id(), None, now);
+            finish_at(&mut t, s, 200, None, now);
         }
         t.export_due(now, &mut collector);
         assert_eq!(collector.bodies.len(), 1, "a full batch goes at once");
@@ -716,7 +759,7 @@ mod tests {
         for i in 0..1000u32 {
             let at = now + Duration::from_millis(u64::from(i));
             let s = t.start(None, "/next", "POST", at).unwrap();
-            t.finish(s, 200, id(), None, at);
+            finish_at(&mut t, s, 200, None, at);
             t.export_due(at, &mut collector);
         }
         // One batch left and never came back; the buffer filled behind it.

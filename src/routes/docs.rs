@@ -3,12 +3,12 @@
 //! strong ETag of its bytes, so serving them queues those bytes where they
 //! lie in the binary (or a 304).
 
+use super::late::Shape;
 use super::{App, Route};
 use crate::http::etag;
-use crate::http::message::Method;
 use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status};
-use crate::net::conn::Output;
+use crate::reply::output::Output;
 
 /// `openapi.json`, compact, as served.
 pub(super) const OPENAPI_JSON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi.json"));
@@ -25,6 +25,7 @@ impl App {
         route: Route,
         request: &Request<'_>,
         out: &mut Output,
+        shape: &Shape,
     ) -> Status {
         let (body, tag, content_type) = match route {
             Route::Docs => (DOCS_HTML, DOCS_ETAG, ContentType::Html),
@@ -39,15 +40,15 @@ impl App {
         } else {
             Status::OK
         };
-        let mut head = Head::start(out.buf(), status, &self.date, &self.request_id);
+        let mut head = Head::start(out.buf(), status, &self.date, &shape.request_id);
         if !unchanged {
             head.content_type(content_type);
         }
         head.header("ETag", tag.as_bytes())
             .header("Cache-Control", b"no-cache");
         let length = if unchanged { 0 } else { body.len() };
-        head.finish(status, length, request.persistence());
-        if !unchanged && request.method != Method::Head {
+        head.finish(status, length, shape.persistence);
+        if !unchanged && !shape.head_only() {
             // Tens of kilobytes: queued where they lie, not copied.
             out.push_shared_prefix(body, body.len());
         }

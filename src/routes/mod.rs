@@ -1,16 +1,21 @@
 //! From a parsed request to a reply: which resource, which method, which
-//! representation, and the service that answers. Services never see the
-//! connection; they write replies into its `Output`.
+//! representation, and the service that answers; and the loop phases that
+//! carry the services' work between the loop, the stores and the compute
+//! worker. Services never see a connection: a request answered later is a
+//! parking ticket to them, and its connection keeps a slot for its reply.
 //!
-//! This file holds the route table, dispatch, charging and the answers every
-//! service shares; each service's replies live in a file of their own
-//! (`stepper`, `fib`, `primes`, `random`, `smart`, `ops`, `docs`), `number`
-//! is the one writer of a Fibonacci value that the stepper and /v1/fib share,
-//! and `trace` connects spans and their export to the app.
+//! This file holds [`App`]: dispatch, charging, the phases, and the one
+//! ending every reply goes through ([`App::finish`]: counted, its span
+//! ended, logged, and whether the connection stays open), now or later.
+//! `route` is the route table, `late` the vocabulary of replies answered
+//! later; each service's replies live in a file of their own (`stepper`,
+//! `fib`, `primes`, `random`, `smart`, `ops`, `docs`); `number` is the one
+//! writer of a Fibonacci value that the stepper and /v1/fib share, and
+//! `trace` connects spans and their export to the app.
 
-mod cluster;
 mod docs;
 mod fib;
+pub mod late;
 mod number;
 mod ops;
 mod primes;
@@ -20,282 +25,516 @@ mod smart;
 mod stepper;
 mod trace;
 
-use crate::access::{Access, Caller};
-use crate::error::ApiError;
-use crate::http::accept::{self, Format};
-use crate::http::date::HttpDate;
-use crate::http::message::Method;
-use crate::http::parse::Request;
-use crate::net::conn::{ConnRef, Output, Reply, Respond};
-use crate::store::etcd::{Cluster, ClusterReply};
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
 use crate::access::ratelimit::{Decision, RateLimiter};
+use crate::access::{Access, Caller};
+use crate::base::time::unix_ms;
+use crate::error::ApiError;
+use crate::http::accept::{self, Format};
+use crate::http::date::HttpDate;
 use crate::http::message::Persistence;
-use crate::http::request_id::{RequestId, RequestIds};
+use crate::http::parse::Request;
+use crate::http::request_id::RequestIds;
 use crate::http::response::{ContentType, Head, Status};
-use crate::net::upstream::{Client, ClientConfig};
+use crate::net::session::{ConnError, Peer, Reply, Respond};
+use crate::net::upstream::{Client, Registrar};
 use crate::ops::metrics::Metrics;
-use crate::ops::trace::{SpanStart, Tracer};
-use crate::reply::park::{Parking, Ticket};
-use crate::services::compute::ComputeWorker;
+use crate::ops::trace::{TraceConfig, Tracer};
+use crate::reply::output::Output;
+use crate::reply::park::{ConnId, Parking, Ticket};
+use crate::services::compute::{ComputeWorker, Job, Output as Computed};
 use crate::services::fib::service::FibService;
-use crate::services::primes::service::{PrimesService, PrimesWaiter};
-use crate::services::smart::{SmartConfig, SmartService};
-use crate::services::stepper::{BatchId, Stepper};
+use crate::services::primes::service::PrimesService;
+use crate::services::random::RandomSource;
+use crate::services::smart::SmartService;
+use crate::services::stepper::{StepReply, Stepper};
+use crate::store::committer::{Committer, CommitterGone};
+use crate::store::ledger::CommitOutcome;
+use crate::store::ledger::Ledger;
 
+use late::{CallOwner, Delivery, LateReply, Parked, Shape, Waiting};
 pub use route::Route;
-pub use smart::SmartReply;
-use std::rc::Rc;
-pub use stepper::StepShape;
 
 /// Requests parked at most, across every service: each costs a few words
-/// here and a connection slot, which `--max-connections` bounds anyway.
+/// and its reply's shape here and a slot in its connection's output.
 const PARKED_MAX: usize = 65_536;
 
-/// Which service settles a parked request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Waiting {
-    /// A /v1/fib request waiting for the compute worker.
-    Fib,
-    /// An /api/smart request waiting for its upstream attempts.
-    Smart,
-    /// A primes task GET waiting for its task to settle (`?wait`).
-    PrimesTask,
-    /// Cluster mode: a /current, /next or /previous waiting for etcd.
-    Step,
-}
-
-/// Cluster mode's state machine, with what each parked stepper request
-/// needs for its reply: its route (for the metrics) and its shape.
-pub type ClusterNode = Cluster<(Route, StepShape)>;
-
-/// Who made an outbound call, so its completion reaches the right service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallOwner {
-    /// One attempt of the /api/smart request parked under this ticket.
-    Smart(Ticket),
-    /// A batch of finished spans POSTed to the Zipkin collector.
-    TraceExport,
-    /// Cluster mode: the one etcd call in flight.
-    Etcd,
-}
-
-/// A parked request's reply, decided outside request handling (an upstream
-/// answer, a timer, an expired deadline) and queued for the loop to deliver.
-#[derive(Debug)]
-pub enum LateReply {
-    Smart(SmartReply),
-    /// A primes task's `?wait` ended before the task settled: its status now.
-    PrimesWaitOver(Option<PrimesWaiter>),
-    /// Cluster mode: a stepper request's answer from etcd, or its 503.
-    Step(Route, StepShape, ClusterReply),
+/// What the app is built from; `boot` makes each part.
+pub struct Parts {
+    pub stepper: Stepper,
+    pub committer: Committer,
+    pub fib: FibService,
+    pub primes: PrimesService,
+    pub compute: Rc<ComputeWorker>,
+    pub smart: SmartService,
+    pub upstream: Client<CallOwner>,
+    pub access: Access,
+    pub limiter: RateLimiter,
+    pub random: RandomSource,
+    pub tracing: Option<TraceConfig>,
+    /// `--max-connections`, for the saturation gauge.
+    pub connections_max: usize,
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
 pub struct App {
-    /// The local stepper: the index with `--store lmdb`; with `--store
-    /// etcd` it only carries the primes tasks' records to LMDB.
-    pub stepper: Stepper,
-    /// `--store etcd`: the index shared with other nodes through etcd.
-    pub cluster: Option<ClusterNode>,
-    pub date: HttpDate,
-    pub metrics: Metrics,
-    /// The loop pass's clock reading; the server sets it, nothing here reads a clock.
-    pub now: Instant,
+    stepper: Stepper,
+    /// The LMDB group commit, and the thread that runs its commits.
+    ledger: Ledger,
+    committer: Committer,
+    fib: FibService,
+    primes: PrimesService,
+    /// The compute threads /v1/fib, the primes tasks and cursor jumps share.
+    compute: Rc<ComputeWorker>,
+    smart: SmartService,
+    /// The outbound HTTP/1.1 client; the server hands it readiness.
+    upstream: Client<CallOwner>,
+    /// Requests answered later, by ticket; services keep only the tickets.
+    parking: Parking<Parked>,
+    /// Replies to parked requests, decided and waiting to be delivered.
+    settled: VecDeque<(Ticket, LateReply)>,
+    /// Keys, scopes and trusted proxies; reloaded on SIGHUP.
+    access: Access,
+    limiter: RateLimiter,
+    random: RandomSource,
+    request_ids: RequestIds,
+    /// Present only with a trace collector.
+    tracer: Option<Tracer>,
+    /// The last span batch failed: logged once until one is delivered.
+    span_export_failing: bool,
+    metrics: Metrics,
+    /// The loop pass's clock reading ([`App::tick`]); nothing here reads a clock.
+    now: Instant,
     /// The same moment as Unix milliseconds, for what outlives a restart
     /// (task creation and retention).
-    pub now_unix_ms: u64,
-    /// Requests answered since the server last collected the count.
-    pub answered: u64,
+    now_unix_ms: u64,
+    date: HttpDate,
+    /// Requests answered in this loop pass, for the latency histogram.
+    answered: u64,
     /// False while commits fail: /readyz tells the load balancer.
-    pub store_ready: bool,
-    /// `--max-connections`, for the saturation gauge; the server sets it.
-    pub connections_max: usize,
+    store_ready: bool,
+    connections_max: usize,
     /// When the process started serving: monotonic for rates, wall-clock for
     /// `process_start_time_seconds`.
     started: Instant,
     started_at: SystemTime,
-    pub fib: FibService,
-    pub primes: PrimesService,
-    /// The compute threads /v1/fib and the primes tasks share.
-    pub compute: Rc<ComputeWorker>,
-    /// Requests answered later, by ticket; services keep only the tickets.
-    pub parking: Parking<Waiting>,
-    /// Keys, scopes and trusted proxies; the server reloads its keys on SIGHUP.
-    pub access: Access,
-    pub smart: SmartService,
-    /// The outbound HTTP/1.1 client; the server drives its sockets.
-    pub upstream: Client<CallOwner>,
-    /// Replies to parked requests, decided and waiting to be delivered.
-    settled: VecDeque<(Ticket, LateReply)>,
-    limiter: RateLimiter,
-    random: crate::services::random::RandomSource,
-    /// The id of the request being answered; every head and error carries it.
-    pub request_id: RequestId,
-    request_ids: RequestIds,
-    /// Present only with `--trace-zipkin`; `span` is the current request's.
-    pub tracer: Option<Tracer>,
-    span: Option<SpanStart>,
-    /// The last span batch failed: logged once until one is delivered.
-    span_export_failing: bool,
     /// Reused between requests so a body built before its head costs no allocation.
     body: Vec<u8>,
     draws: Vec<i64>,
 }
 
-/// The services that answer from state the loop owns.
-pub struct Services {
-    pub stepper: Stepper,
-    pub fib: FibService,
-    pub primes: PrimesService,
-    pub compute: Rc<ComputeWorker>,
+/// A service's answer: written now (with its status), or later (a slot is
+/// kept for it, and the connection goes on, closes, or waits).
+enum Answer {
+    Now(Status),
+    Later(Reply),
 }
 
 impl App {
-    pub fn new(
-        services: Services,
-        date: HttpDate,
-        mut random: crate::services::random::RandomSource,
-        access: Access,
-        limiter: RateLimiter,
-    ) -> App {
-        let Services {
+    pub fn new(parts: Parts, now: Instant, wall: SystemTime) -> App {
+        let Parts {
             stepper,
+            committer,
             fib,
             primes,
             compute,
-        } = services;
-        // A failed CSPRNG read leaves the prefix fixed: ids stay unique
-        // within the run, which is what they are for.
-        let mut request_ids = RequestIds::new(random.next_u64().unwrap_or(0));
-        App {
-            request_id: request_ids.fresh(),
-            request_ids,
-            tracer: None,
-            span: None,
-            span_export_failing: false,
-            stepper,
-            cluster: None,
-            date,
-            fib,
-            primes,
-            compute,
-            now_unix_ms: 0,
-            parking: Parking::new(PARKED_MAX),
+            smart,
+            upstream,
             access,
-            smart: SmartService::new(SmartConfig::default()),
-            upstream: Client::new(ClientConfig::unused()),
-            settled: VecDeque::new(),
             limiter,
+            mut random,
+            tracing,
+            connections_max,
+        } = parts;
+        // A failed CSPRNG read leaves the prefix fixed: ids stay unique
+        // within the run, which is what they are for; likewise span ids.
+        let request_ids = RequestIds::new(random.next_u64().unwrap_or(0));
+        let tracer = tracing.map(|config| {
+            let seed = random.next_u64().unwrap_or(0);
+            Tracer::new(config, seed, now, wall)
+        });
+        App {
+            stepper,
+            ledger: Ledger::new(),
+            committer,
+            fib,
+            primes,
+            compute,
+            smart,
+            upstream,
+            parking: Parking::new(PARKED_MAX),
+            settled: VecDeque::new(),
+            access,
+            limiter,
+            random,
+            request_ids,
+            tracer,
+            span_export_failing: false,
             metrics: Metrics::default(),
-            now: Instant::now(),
+            now,
+            now_unix_ms: unix_ms(wall),
+            date: HttpDate::new(wall),
             answered: 0,
             store_ready: true,
-            connections_max: 0,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-            random,
+            connections_max,
+            started: now,
+            started_at: wall,
             body: Vec::new(),
             draws: Vec::new(),
         }
     }
 
-    /// Gives /api/smart its upstream and the outbound client it calls through.
-    pub fn with_upstream(mut self, smart: SmartService, upstream: Client<CallOwner>) -> App {
-        self.smart = smart;
-        self.upstream = upstream;
-        self
-    }
-
-    /// Cluster mode: the index lives in etcd (see [`crate::store::etcd`]).
-    pub fn with_cluster(mut self, cluster: ClusterNode) -> App {
-        self.cluster = Some(cluster);
-        self
-    }
-
-    /// A parked request's deadline passed: its owner gives it up and
-    /// queues the reply it gets then (see [`App::take_settled`]).
-    pub fn expire(&mut self, ticket: Ticket, owner: Waiting) {
-        match owner {
-            // /v1/fib parks without a deadline.
-            Waiting::Fib => {}
-            Waiting::Smart => self.expire_smart(ticket),
-            Waiting::PrimesTask => {
-                let waiter = self.primes.forget_waiter(ticket);
-                self.settled
-                    .push_back((ticket, LateReply::PrimesWaitOver(waiter)));
-            }
-            Waiting::Step => self.expire_step(ticket),
+    /// The loop's clock, read once at the start of its pass.
+    pub fn tick(&mut self, now: Instant, wall: SystemTime) {
+        self.now = now;
+        self.now_unix_ms = unix_ms(wall);
+        self.date.update(wall);
+        if let Some(tracer) = &mut self.tracer {
+            tracer.begin_pass(now);
         }
     }
 
-    /// A parked request's client left: its owner stops working for it
-    /// (an /api/smart call cancels its attempts) and the ticket is freed.
-    pub fn abandon(&mut self, ticket: Ticket, owner: Waiting) {
-        match owner {
-            // The computation may serve others; its reply finds no ticket.
-            Waiting::Fib => {}
-            Waiting::Smart => self.abandon_smart(ticket),
-            Waiting::PrimesTask => {
-                self.primes.forget_waiter(ticket);
+    /// The end of a loop pass, `end` read once for what measures time: the
+    /// requests answered in the pass, and the spans ended in it, took until
+    /// then.
+    pub fn pass_done(&mut self, end: Instant) {
+        if self.answered > 0 {
+            let answered = std::mem::take(&mut self.answered);
+            self.metrics
+                .answered(answered, end.saturating_duration_since(self.now));
+        }
+        if let Some(tracer) = &mut self.tracer {
+            tracer.end_pass(end);
+        }
+    }
+
+    /// Whether `token` is one of the outbound client's sockets.
+    pub fn upstream_owns(&self, token: usize) -> bool {
+        self.upstream.owns(token)
+    }
+
+    /// Readiness on one of the outbound client's sockets.
+    pub fn upstream_ready(&mut self, token: usize, readable: bool, writable: bool) {
+        self.upstream.on_ready(token, readable, writable, self.now);
+    }
+
+    /// A connection was accepted (`true`) or closed.
+    pub fn connection(&mut self, opened: bool) {
+        if opened {
+            self.metrics.connection_opened();
+        } else {
+            self.metrics.connection_closed();
+        }
+    }
+
+    /// SIGHUP: the API keys are read again.
+    pub fn reload_keys(&mut self) {
+        // A small, bounded file (`access::keyfile::FILE_BYTES_MAX`), read
+        // between requests; connections and buckets are untouched.
+        self.access.reload();
+    }
+
+    /// Loop phase: the commit thread's outcomes. A dead commit thread is an
+    /// error: nothing more may be acknowledged.
+    pub fn commits(&mut self) -> Result<(), CommitterGone> {
+        while let Some(outcome) = self.committer.try_outcome()? {
+            let Some(committed) = self.ledger.on_outcome(outcome) else {
+                continue;
+            };
+            let succeeded = committed.result.is_ok();
+            self.metrics.commit(committed.result.as_ref().ok().copied());
+            self.metrics.batch_committed(committed.writes);
+            if self.store_ready != succeeded {
+                self.store_ready = succeeded;
+                if succeeded {
+                    log::info!("commits succeed again; ready");
+                }
             }
-            // A step already sent still happens; one not sent yet is dropped.
-            Waiting::Step => {
-                if let Some(cluster) = &mut self.cluster {
-                    cluster.expire(ticket);
+            let settled = &mut self.settled;
+            self.stepper.on_commit(&committed, &mut |ticket, reply| {
+                settled.push_back((ticket, LateReply::Step(reply)));
+            });
+            self.primes
+                .on_commit(committed.effect, &mut |ticket, released| {
+                    let reply = if released {
+                        LateReply::Accepted
+                    } else {
+                        LateReply::Withdrawn
+                    };
+                    settled.push_back((ticket, reply));
+                });
+        }
+        Ok(())
+    }
+
+    /// Loop phase: hands each finished computation to the service that
+    /// asked for it, and decides the replies it settles.
+    pub fn computations(&mut self) {
+        while let Some(computed) = self.compute.try_result() {
+            match computed.output {
+                Computed::Fib { n, digits } => {
+                    let finished = self.fib.computed(n, digits, computed.elapsed);
+                    self.metrics.fib_computed(finished.elapsed);
+                    for ticket in finished.waiters {
+                        let value = finished.value.clone();
+                        self.settled
+                            .push_back((ticket, LateReply::Fib { n, value }));
+                    }
+                }
+                Computed::Cursor(cursor) => {
+                    let settled = &mut self.settled;
+                    self.stepper.jumped(*cursor, &mut |ticket, reply| {
+                        settled.push_back((ticket, LateReply::Step(reply)));
+                    });
+                }
+                Computed::Primes(table) => {
+                    log::debug!("{} primes sieved in {:?}", table.len(), computed.elapsed);
+                    let sieved = self.primes.sieved(table, self.now_unix_ms);
+                    for elapsed_ms in sieved.durations_ms {
+                        self.metrics.primes_task_done(elapsed_ms);
+                    }
+                    for waiter in sieved.ready {
+                        self.settled.push_back((waiter.ticket, LateReply::Task));
+                    }
                 }
             }
         }
-        self.parking.take(ticket);
     }
 
-    /// The next reply decided for a parked request, for the loop to deliver.
-    pub fn take_settled(&mut self) -> Option<(Ticket, LateReply)> {
-        self.settled.pop_front()
-    }
-
-    /// Writes a reply taken from [`App::take_settled`].
-    pub fn write_late(&mut self, reply: LateReply, out: &mut Output) -> Reply {
-        match reply {
-            LateReply::Smart(reply) => self.write_smart(reply, out),
-            LateReply::PrimesWaitOver(waiter) => self.primes_wait_over(waiter, out),
-            LateReply::Step(route, shape, reply) => self.write_step(route, shape, reply, out),
+    /// Loop phase: expired parks, due hedges, a due span batch, and the
+    /// outbound client's own work (connects, writes, deadlines), with the
+    /// answers that arrive.
+    pub fn timers_and_calls(&mut self, registrar: &mut impl Registrar) {
+        // Answers that arrived are settled before any deadline is looked
+        // at: a call that succeeded in the pass its deadline passed is
+        // answered with its success.
+        self.settle_upstream();
+        while let Some((ticket, parked)) = self.parking.expired(self.now) {
+            let owner = parked.payload.owner;
+            self.expire(ticket, owner);
         }
+        self.run_smart_timers();
+        self.export_spans();
+        self.upstream.drive(self.now, registrar);
+        self.settle_upstream();
+    }
+
+    /// Loop phase (about once a second): deletes expired task records
+    /// (through the next commit) and retries a sieve the compute queue
+    /// refused.
+    pub fn housekeeping(&mut self) {
+        let expired = self.primes.expire(self.now_unix_ms);
+        if expired > 0 {
+            log::debug!("{expired} expired primes task(s) to delete");
+        }
+        self.primes.kick();
+    }
+
+    /// Loop phase: the stepper's next batch to its store, a cursor jump to
+    /// the compute worker, the ledger's next batch (with the task records)
+    /// to the commit thread, and the store's call to the outbound client.
+    pub fn submit(&mut self) {
+        let settled = &mut self.settled;
+        let mut settle = |ticket, reply| settled.push_back((ticket, LateReply::Step(reply)));
+        self.stepper.submit(&mut self.ledger, self.now, &mut settle);
+        if let Some(index) = self.stepper.wanted_jump(self.now) {
+            let started = self.compute.submit(Job::Cursor(index)).is_ok();
+            self.stepper.jump_started(started, self.now);
+        }
+        if self.primes.take_join() {
+            self.ledger.join();
+        }
+        if let Some(mut request) = self.ledger.take() {
+            request.records = self.primes.take_writes(request.batch);
+            self.committer.submit(request);
+        }
+        while let Some(call) = self.stepper.next_call(self.now) {
+            let sent = self
+                .upstream
+                .send(CallOwner::Store, &call.request, call.deadline, self.now);
+            if sent.is_err() {
+                self.stepper.call_not_sent(self.now, &mut settle);
+                break;
+            }
+        }
+    }
+
+    /// The next reply decided for a parked request whose client still
+    /// waits, for the loop to deliver to its connection.
+    pub fn next_delivery(&mut self) -> Option<Delivery> {
+        while let Some((ticket, reply)) = self.settled.pop_front() {
+            if let Some(parked) = self.parking.take(ticket) {
+                return Some(Delivery {
+                    conn: parked.conn,
+                    ticket,
+                    parked: parked.payload,
+                    reply,
+                });
+            }
+        }
+        None
+    }
+
+    /// Writes a delivery into its slot (see [`Delivery::withdraws`]).
+    pub fn write_delivery(&mut self, delivery: Delivery, out: &mut Output) -> Reply {
+        let Delivery { parked, reply, .. } = delivery;
+        let shape = parked.shape;
+        let status = match reply {
+            // The 202 was written and accounted when the task was accepted;
+            // only its release was awaited.
+            LateReply::Accepted => return persistence_reply(shape.persistence),
+            LateReply::Withdrawn | LateReply::Step(StepReply::Withdrawn) => {
+                let shape = Shape {
+                    persistence: Persistence::Close,
+                    ..shape
+                };
+                let status = self.write_error(ApiError::CommitFailed, &shape, out);
+                return self.finish(&shape, status, None);
+            }
+            LateReply::Fib { n, value } => self.write_fib_late(n, &value, &shape, out),
+            LateReply::Step(reply) => self.write_step(reply, &shape, out),
+            LateReply::Task => match parked.owner {
+                Waiting::PrimesTask(id) => self.write_task_late(id, &shape, out),
+                _ => self.write_error(ApiError::TaskNotFound, &shape, out),
+            },
+            LateReply::Smart(reply) => self.write_smart(reply, &shape, out),
+        };
+        self.finish(&shape, status, None)
+    }
+
+    /// A parked request's client left (or its slot went with a withdrawn
+    /// one): its owner stops working for it and the ticket is freed.
+    pub fn abandon(&mut self, ticket: Ticket) {
+        let Some(parked) = self.parking.take(ticket) else {
+            return;
+        };
+        let shape = parked.payload.shape;
+        match parked.payload.owner {
+            // The computation may serve others; its reply finds no ticket.
+            Waiting::Fib => {}
+            Waiting::Smart => self.abandon_smart(ticket, &shape),
+            Waiting::PrimesTask(_) => {
+                self.primes.forget_waiter(ticket);
+            }
+            // The task stays accepted; its release finds no ticket.
+            Waiting::PrimesAccepted => {}
+            // A step handed to the store still happens; one not yet is dropped.
+            Waiting::Step => self.stepper.abandon(ticket),
+        }
+        // No status: the client left before one was written.
+        self.finish_span(shape.span, 0, shape.request_id, None);
     }
 
     /// Whether the loop must run another pass before it sleeps.
     pub fn has_work(&self) -> bool {
         !self.settled.is_empty()
             || self.upstream.has_work()
-            || self.cluster.as_ref().is_some_and(|c| c.has_work(self.now))
+            || self.stepper.has_work(self.now)
+            || self.stepper.wants_submit(&self.ledger, self.now)
+            || self.ledger.is_due()
+            || self.primes.owes_writes()
     }
 
-    /// Routes every finished outbound call to the service that made it.
-    pub fn settle_upstream(&mut self) {
-        while let Some(done) = self.upstream.completed() {
-            match done.tag {
-                CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
-                CallOwner::TraceExport => self.span_export_done(done),
-                CallOwner::Etcd => self.etcd_call_done(done),
-            }
-        }
-    }
-
-    /// The earliest timer of a parked request, an outbound call or the
-    /// next span batch.
+    /// The earliest timer of a parked request, an outbound call, a hedge,
+    /// the next span batch or the stepper's store.
     pub fn next_timer(&mut self) -> Option<Instant> {
         [
             self.parking.next_deadline(),
             self.smart.next_hedge(),
             self.upstream.next_deadline(),
             self.next_export(),
-            self.cluster.as_ref().and_then(Cluster::next_timer),
+            self.stepper.next_timer(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// Whether every write taken so far is durable (or certainly not made):
+    /// a graceful stop waits for this whatever its grace.
+    pub fn writes_settled(&self) -> bool {
+        self.stepper.is_settled() && self.ledger.is_settled()
+    }
+
+    /// Whether every parked request is answered.
+    pub fn replies_settled(&self) -> bool {
+        self.parking.is_empty()
+    }
+
+    /// Whether primes tasks are stored (housekeeping is due only then).
+    pub fn has_tasks(&self) -> bool {
+        self.primes.stored() > 0
+    }
+
+    /// The index last made durable, for systemd's STATUS=.
+    pub fn committed_index(&self) -> u64 {
+        self.stepper.committed_index()
+    }
+
+    /// Waits for every batch handed to the commit thread, then stops it.
+    pub fn shutdown(self) -> Vec<CommitOutcome> {
+        self.committer.shutdown()
+    }
+
+    /// The one ending of every reply, now or later: counts it, ends its
+    /// span, logs it, and says whether the connection stays open. `path` is
+    /// the request's, when the request is at hand (else the route's).
+    fn finish(&mut self, shape: &Shape, status: Status, path: Option<&[u8]>) -> Reply {
+        self.metrics.request(shape.route, status);
+        self.answered += 1;
+        if let Some(key) = shape.key {
+            self.access.count(key, status == Status::TOO_MANY_REQUESTS);
+        }
+        self.finish_span(shape.span, status.code(), shape.request_id, None);
+        self.log_access(shape, path, status);
+        persistence_reply(shape.persistence)
+    }
+
+    /// Writes `error` in the shape the request asked for; a server-side
+    /// fault is logged at warning with the request's id.
+    fn write_error(&self, error: ApiError, shape: &Shape, out: &mut Output) -> Status {
+        let id = &shape.request_id;
+        if error.is_fault() {
+            log::warn!(
+                "{id} {:?} {}: answered {}: {error:?}",
+                shape.method,
+                shape.route.map_or("(no route)", Route::path),
+                error.status().code()
+            );
+        }
+        error.write(
+            out.buf(),
+            &self.date,
+            id,
+            shape.head_only(),
+            shape.persistence,
+        );
+        error.status()
+    }
+
+    /// The access log, at debug level under the `fibd::access` target: the
+    /// client's address (as resolved through trusted proxies) and its key's
+    /// name, never the key.
+    fn log_access(&self, shape: &Shape, path: Option<&[u8]>, status: Status) {
+        if !log::log_enabled!(target: "fibd::access", log::Level::Debug) {
+            return;
+        }
+        let key = shape.key.map_or("-", |k| self.access.key_name(k));
+        let path = match path {
+            Some(path) => String::from_utf8_lossy(path),
+            None => shape.route.map_or("(no route)", Route::path).into(),
+        };
+        log::debug!(
+            target: "fibd::access",
+            "{} {} key={key} {:?} {path} -> {}",
+            shape.request_id,
+            shape.client,
+            shape.method,
+            status.code()
+        );
     }
 
     /// Charges the client's token bucket what this request costs, once the
@@ -319,72 +558,129 @@ impl App {
     /// Parks a request for a service to answer later (503 when the table is full).
     fn park(
         &mut self,
-        conn: ConnRef,
+        conn: ConnId,
         owner: Waiting,
+        shape: Shape,
         deadline: Option<Instant>,
     ) -> Result<Ticket, ApiError> {
         self.parking
-            .park(conn, owner, deadline)
+            .park(conn, Parked { owner, shape }, deadline)
             .map_err(|_| ApiError::Overloaded)
     }
 
+    /// A parked request's deadline passed: its owner gives it up and
+    /// queues the reply it gets then.
+    fn expire(&mut self, ticket: Ticket, owner: Waiting) {
+        match owner {
+            // These park without a deadline.
+            Waiting::Fib | Waiting::PrimesAccepted => {}
+            Waiting::Smart => self.expire_smart(ticket),
+            Waiting::PrimesTask(_) => {
+                self.primes.forget_waiter(ticket);
+                self.settled.push_back((ticket, LateReply::Task));
+            }
+            Waiting::Step => {
+                if let Some(reply) = self.stepper.expire(ticket) {
+                    self.settled.push_back((ticket, LateReply::Step(reply)));
+                }
+            }
+        }
+    }
+
+    /// Routes every finished outbound call to the service that made it.
+    fn settle_upstream(&mut self) {
+        while let Some(done) = self.upstream.completed() {
+            match done.tag {
+                CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
+                CallOwner::TraceExport => self.span_export_done(done),
+                CallOwner::Store => {
+                    self.metrics.etcd_call(done.elapsed);
+                    let settled = &mut self.settled;
+                    self.stepper
+                        .call_done(done.result, self.now, &mut |ticket, reply| {
+                            settled.push_back((ticket, LateReply::Step(reply)));
+                        });
+                }
+            }
+        }
+    }
+
     /// Who sent the request, and whether it may use `route`.
-    fn admit(
-        &self,
-        conn: ConnRef,
-        route: Route,
-        request: &Request<'_>,
-    ) -> Result<Caller, ApiError> {
-        let caller = self.access.identify(conn.peer, request)?;
+    fn admit(&self, from: Peer, route: Route, request: &Request<'_>) -> Result<Caller, ApiError> {
+        let caller = self.access.identify(from.addr, request)?;
         if let Some(scope) = route.scope() {
             self.access.authorize(&caller, scope)?;
         }
         Ok(caller)
     }
 
+    /// Hands the request to the service of `shape.route`.
     fn dispatch(
         &mut self,
-        conn: ConnRef,
+        from: Peer,
         caller: &Caller,
-        route: Route,
         request: &Request<'_>,
         body: &[u8],
         out: &mut Output,
+        shape: &mut Shape,
     ) -> Result<Answer, ApiError> {
-        let done = |result: Result<(), ApiError>| result.map(|()| Answer::Now(Status::OK));
+        let now = |status: Status| Ok(Answer::Now(status));
+        let Some(route) = shape.route else {
+            return Err(ApiError::NotFound);
+        };
         match route {
             Route::Current | Route::Next | Route::Previous => {
-                self.stepper(conn, caller, route, request, out)
+                self.stepper(from.conn, caller, route, request, out, shape)
             }
-            Route::Fib => self.fib(conn, caller, request, out),
-            Route::Random => done(self.random(caller, request, out)),
+            Route::Fib => self.fib(from.conn, caller, request, out, shape),
+            Route::Random => {
+                self.random(caller, request, out, shape)?;
+                now(Status::OK)
+            }
             Route::Healthz => {
                 let body = b"{\"status\": \"ok\"}\n";
-                self.write_no_store(out, request, ContentType::Json, body);
-                done(Ok(()))
+                self.write_no_store(out, shape, ContentType::Json, body);
+                now(Status::OK)
             }
-            Route::Readyz if self.is_ready() => {
+            Route::Readyz if self.store_ready && self.stepper.is_ready() => {
                 let body = b"{\"status\": \"ready\"}\n";
-                self.write_no_store(out, request, ContentType::Json, body);
-                done(Ok(()))
+                self.write_no_store(out, shape, ContentType::Json, body);
+                now(Status::OK)
             }
             Route::Readyz => Err(ApiError::NotReady),
             Route::Metrics => {
-                self.metrics_page(request, out);
-                done(Ok(()))
+                self.metrics_page(shape, out);
+                now(Status::OK)
             }
-            Route::Smart => self.smart(conn, caller, request),
+            Route::Smart => self.smart(from.conn, caller, request, out, shape),
             Route::MetricsJson => {
-                self.metrics_json_page(request, out);
-                done(Ok(()))
+                self.metrics_json_page(shape, out);
+                now(Status::OK)
             }
             Route::Dashboard => {
-                self.dashboard_page(request, out);
-                done(Ok(()))
+                self.dashboard_page(shape, out);
+                now(Status::OK)
             }
-            Route::PrimesTasks => self.primes_post(caller, request, body, out),
-            Route::PrimesTask => self.primes_get(conn, caller, request, out),
-            Route::OpenApi | Route::Docs => Ok(Answer::Now(self.api_document(route, request, out))),
+            Route::PrimesTasks => self.primes_post(from.conn, caller, request, body, out, shape),
+            Route::PrimesTask => self.primes_get(from.conn, caller, request, out, shape),
+            Route::OpenApi | Route::Docs => now(self.api_document(route, request, out, shape)),
+        }
+    }
+
+    /// A 200 with an inline body that no cache may keep; HEAD gets the head only.
+    fn write_no_store(
+        &self,
+        out: &mut Output,
+        shape: &Shape,
+        content_type: ContentType,
+        body: &[u8],
+    ) {
+        let mut head = Head::start(out.buf(), Status::OK, &self.date, &shape.request_id);
+        head.content_type(content_type)
+            .header("Cache-Control", b"no-store");
+        let out = head.finish(Status::OK, body.len(), shape.persistence);
+        if !shape.head_only() {
+            out.extend_from_slice(body);
         }
     }
 }
@@ -398,153 +694,75 @@ impl Respond for App {
 
     fn respond(
         &mut self,
-        conn: ConnRef,
+        from: Peer,
         request: &Request<'_>,
         body: &[u8],
         out: &mut Output,
     ) -> Reply {
-        self.request_id = self.request_ids.for_request(request.request_id);
         let route = Route::from_path(request.path);
-        let mut caller = None;
-        if let Some(tracer) = &mut self.tracer {
+        let span = self.tracer.as_mut().and_then(|tracer| {
             let name = route.map_or("other", Route::path);
-            self.span = tracer.start(request.traceparent, name, request.method.as_str(), self.now);
-        }
-        let result = match route {
+            tracer.start(request.traceparent, name, request.method.as_str(), self.now)
+        });
+        let mut shape = Shape {
+            route,
+            method: request.method,
+            format: Format::Json,
+            persistence: request.persistence(),
+            request_id: self.request_ids.for_request(request.request_id),
+            span,
+            client: from.addr,
+            key: None,
+        };
+        let admitted = match route {
             None => Err(ApiError::NotFound),
             Some(route) if !route.accepts(request.method) => Err(ApiError::MethodNotAllowed {
                 allow: route.allow(),
             }),
-            Some(route) => self.admit(conn, route, request).and_then(|admitted| {
-                caller = Some(admitted);
-                self.dispatch(conn, &admitted, route, request, body, out)
-            }),
+            Some(route) => self.admit(from, route, request),
         };
-        if let Some(key) = caller.and_then(|c| c.key) {
-            let limited = matches!(result, Err(ApiError::RateLimited { .. }));
-            self.access.count(key, limited);
-        }
-        let (status, persistence) = match result {
-            // A service that parks a request takes `self.span` with it and
-            // ends it when it writes the answer (see `fib`).
-            Ok(Answer::Later) => return Reply::Deferred,
-            Ok(Answer::Now(status)) => (status, request.persistence()),
+        let result = match admitted {
+            Ok(caller) => {
+                shape.client = caller.addr;
+                shape.key = caller.key;
+                self.dispatch(from, &caller, request, body, out, &mut shape)
+            }
             Err(error) => {
-                let persistence = request.persistence().or_close(error.closes_connection());
-                let head_only = request.method == Method::Head;
-                let id = &self.request_id;
-                if error.is_fault() {
-                    log::warn!(
-                        "{id} {:?} {}: {}",
-                        request.method,
-                        String::from_utf8_lossy(request.path),
-                        error.status().code()
-                    );
-                }
-                error.write(out.buf(), &self.date, id, head_only, persistence);
-                (error.status(), persistence)
+                // Who it was still matters to the log, behind a proxy too.
+                shape.client = self.access.client_address(from.addr, request);
+                Err(error)
             }
         };
-        self.metrics.request(route, status);
-        self.answered += 1;
-        let span = self.span.take();
-        self.finish_span(span, status.code(), self.request_id, None);
-        self.log_access(conn, caller.as_ref(), request, status);
-        if persistence.closes() {
-            Reply::Close
-        } else {
-            Reply::KeepAlive
+        match result {
+            // The shape waits with the parked request; its reply ends it.
+            Ok(Answer::Later(reply)) => reply,
+            Ok(Answer::Now(status)) => self.finish(&shape, status, Some(request.path)),
+            Err(error) => {
+                shape.persistence = shape.persistence.or_close(error.closes_connection());
+                let status = self.write_error(error, &shape, out);
+                self.finish(&shape, status, Some(request.path))
+            }
         }
     }
 
-    fn reject(&mut self, error: ApiError, request_id: Option<RequestId>, out: &mut Output) {
-        let id = request_id.unwrap_or_else(|| self.request_ids.fresh());
+    fn reject(&mut self, error: ConnError, out: &mut Output) {
+        let error = ApiError::from(error);
+        let id = self.request_ids.fresh();
         error.write(out.buf(), &self.date, &id, false, Persistence::Close);
         self.metrics.request(None, error.status());
         self.answered += 1;
-        if error.is_fault() {
-            log::warn!("{id} answered {}: {error:?}", error.status().code());
-        } else {
-            log::debug!("{id} rejected: {}", error.status().code());
-        }
-    }
-
-    fn is_released(&self, batch: BatchId) -> bool {
-        self.stepper.is_released(batch)
+        log::debug!("{id} rejected: {}", error.status().code());
     }
 }
 
-impl App {
-    /// The access log, at debug level under the `fibd::access` target: the
-    /// client's address (as resolved through trusted proxies) and its key's
-    /// name, never the key.
-    fn log_access(
-        &self,
-        conn: ConnRef,
-        caller: Option<&Caller>,
-        request: &Request<'_>,
-        status: Status,
-    ) {
-        if !log::log_enabled!(target: "fibd::access", log::Level::Debug) {
-            return;
-        }
-        let addr = caller.map_or_else(
-            || self.access.client_address(conn.peer, request),
-            |c| c.addr,
-        );
-        let key = caller
-            .and_then(|c| c.key)
-            .map_or("-", |k| self.access.key_name(k));
-        log::debug!(
-            target: "fibd::access",
-            "{} {addr} key={key} {:?} {} -> {}",
-            self.request_id,
-            request.method,
-            String::from_utf8_lossy(request.path),
-            status.code()
-        );
+fn persistence_reply(persistence: Persistence) -> Reply {
+    if persistence.closes() {
+        Reply::Close
+    } else {
+        Reply::KeepAlive
     }
-}
-
-/// A service's answer: written now (with its status), or deferred.
-enum Answer {
-    Now(Status),
-    Later,
 }
 
 fn negotiate(request: &Request<'_>, default: Format) -> Result<Format, ApiError> {
     accept::negotiate(request.accept, default).ok_or(ApiError::NotAcceptable)
-}
-
-impl App {
-    /// An error as the later reply of a parked request, in the shape the
-    /// request asked for when it arrived.
-    fn write_late_error(
-        &self,
-        error: ApiError,
-        request_id: RequestId,
-        head_only: bool,
-        persistence: Persistence,
-        out: &mut Output,
-    ) -> Status {
-        error.write(out.buf(), &self.date, &request_id, head_only, persistence);
-        error.status()
-    }
-
-    /// A 200 with an inline body that no cache may keep; HEAD gets the head only.
-    fn write_no_store(
-        &self,
-        out: &mut Output,
-        request: &Request<'_>,
-        content_type: ContentType,
-        body: &[u8],
-    ) {
-        let mut head = Head::start(out.buf(), Status::OK, &self.date, &self.request_id);
-        head.content_type(content_type)
-            .header("Cache-Control", b"no-store");
-        let out = head.finish(Status::OK, body.len(), request.persistence());
-        if request.method != Method::Head {
-            out.extend_from_slice(body);
-        }
-    }
 }

@@ -8,8 +8,8 @@ use crate::http::date::HttpDate;
 use crate::http::message::Persistence;
 use crate::http::request_id::RequestId;
 use crate::http::response::{ContentType, Head, Status};
-use crate::net::conn::Output;
-use crate::services::stepper::Value;
+use crate::reply::output::Output;
+use crate::services::fib::Value;
 
 /// What the stepper's and /v1/fib's replies have in common: a Fibonacci
 /// value, keyed by its index, as text or JSON.

@@ -4,11 +4,10 @@
 use std::time::UNIX_EPOCH;
 
 use super::App;
-use crate::http::message::Method;
-use crate::http::parse::Request;
+use super::late::Shape;
 use crate::http::response::{ContentType, Head, Status};
-use crate::net::conn::Output;
 use crate::ops::metrics::{self, Gauges, PrimesGauges};
+use crate::reply::output::Output;
 
 /// One self-contained page (inline CSS and JavaScript, no external assets)
 /// that polls /metrics.json once a second and draws the last five minutes.
@@ -21,13 +20,10 @@ form-action 'none'; frame-ancestors 'none'";
 impl App {
     fn gauges(&self) -> Gauges {
         Gauges {
-            ready: self.is_ready(),
+            ready: self.store_ready && self.stepper.is_ready(),
             connections_max: self.connections_max,
-            committed_index: self.committed_index(),
-            pending_index: self
-                .cluster
-                .as_ref()
-                .map_or(self.stepper.pending_index(), |_| self.committed_index()),
+            committed_index: self.stepper.committed_index(),
+            pending_index: self.stepper.pending_index(),
             fib_cache_bytes: self.fib.cache_bytes(),
             fib_cache_entries: self.fib.cache_len(),
             fib_queue: self.compute.queued(),
@@ -50,31 +46,34 @@ impl App {
                 table_bytes: self.primes.table_bytes(),
                 queue_capacity: self.primes.pending_max(),
             },
-            cluster: self.cluster.as_ref().map(|c| c.stats()),
+            etcd: self
+                .stepper
+                .etcd_stats()
+                .map(|stats| (stats, self.stepper.jumps())),
         }
     }
 
-    pub(super) fn metrics_page(&mut self, request: &Request<'_>, out: &mut Output) {
+    pub(super) fn metrics_page(&mut self, shape: &Shape, out: &mut Output) {
         let mut text = String::with_capacity(8 * 1024);
         self.metrics.render(&self.gauges(), &mut text);
         metrics::render_key_counts(&mut text, self.access.key_counts());
-        self.write_no_store(out, request, ContentType::Prometheus, text.as_bytes());
+        self.write_no_store(out, shape, ContentType::Prometheus, text.as_bytes());
     }
 
-    pub(super) fn metrics_json_page(&mut self, request: &Request<'_>, out: &mut Output) {
+    pub(super) fn metrics_json_page(&mut self, shape: &Shape, out: &mut Output) {
         let mut json = String::with_capacity(4 * 1024);
         self.metrics.render_json(&self.gauges(), &mut json);
-        self.write_no_store(out, request, ContentType::Json, json.as_bytes());
+        self.write_no_store(out, shape, ContentType::Json, json.as_bytes());
     }
 
-    pub(super) fn dashboard_page(&mut self, request: &Request<'_>, out: &mut Output) {
-        let mut head = Head::start(out.buf(), Status::OK, &self.date, &self.request_id);
+    pub(super) fn dashboard_page(&mut self, shape: &Shape, out: &mut Output) {
+        let mut head = Head::start(out.buf(), Status::OK, &self.date, &shape.request_id);
         head.content_type(ContentType::Html)
             .header("Cache-Control", b"no-cache")
             .header("Content-Security-Policy", DASHBOARD_CSP)
             .header("X-Content-Type-Options", b"nosniff");
-        head.finish(Status::OK, DASHBOARD_HTML.len(), request.persistence());
-        if request.method != Method::Head {
+        head.finish(Status::OK, DASHBOARD_HTML.len(), shape.persistence);
+        if !shape.head_only() {
             out.push_shared_prefix(DASHBOARD_HTML, DASHBOARD_HTML.len());
         }
     }

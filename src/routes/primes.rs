@@ -4,21 +4,20 @@
 
 use std::time::Duration;
 
+use super::late::{Shape, Waiting};
 use super::route::{API_PREFIX, LEGACY_PREFIX, task_id_text};
-use super::{Answer, App, Route, Waiting, negotiate};
+use super::{Answer, App, negotiate};
 use crate::access::Caller;
 use crate::base::digits;
 use crate::error::ApiError;
 use crate::http::accept::Format;
-use crate::http::message::Method;
-use crate::http::message::Persistence;
 use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
-use crate::net::conn::{ConnRef, Output, Reply};
+use crate::net::session::Reply;
+use crate::reply::output::Output;
+use crate::reply::park::ConnId;
 use crate::services::primes::request::{self as task_request};
-use crate::services::primes::service::{
-    PrimesWaiter, Refused, Status as TaskStatus, TaskShape, TaskView,
-};
+use crate::services::primes::service::{PrimesWaiter, Refused, Status as TaskStatus, TaskView};
 use crate::services::primes::task::{ID_BYTES, TaskId};
 use crate::services::primes::task_cost;
 
@@ -28,13 +27,16 @@ const TABLE_WAIT: Duration = Duration::from_secs(30);
 
 impl App {
     /// POST: a validated task, accepted into the batch being collected; the
-    /// 202 is held until that batch is committed.
+    /// 202 is written at once behind a slot that its batch's commit releases
+    /// (or withdraws).
     pub(super) fn primes_post(
         &mut self,
+        conn: ConnId,
         caller: &Caller,
         request: &Request<'_>,
         body: &[u8],
         out: &mut Output,
+        shape: &Shape,
     ) -> Result<Answer, ApiError> {
         if !task_request::is_json(request.content_type) {
             return Err(ApiError::UnsupportedMediaType);
@@ -49,9 +51,16 @@ impl App {
             Refused::QueueFull => ApiError::TaskQueueFull,
         })?;
         let id = self.new_task_id()?;
-        let batch = self.stepper.join_batch();
-        let status = self.primes.accept(id, n, self.now_unix_ms, batch);
-        out.push_hold(batch, self.request_id);
+        // The 202 is accounted now; its span ends now too, so the parked
+        // copy carries none.
+        let held = Shape {
+            span: None,
+            ..*shape
+        };
+        let ticket = self.park(conn, Waiting::PrimesAccepted, held, None)?;
+        let batch = self.ledger.join();
+        let status = self.primes.accept(id, n, self.now_unix_ms, batch, ticket);
+        out.reserve(ticket);
         self.body.clear();
         self.body.extend_from_slice(b"{\"request_id\": \"");
         id.write(&mut self.body);
@@ -63,7 +72,7 @@ impl App {
         } else {
             LEGACY_PREFIX
         };
-        let mut head = Head::start(out.buf(), Status::ACCEPTED, &self.date, &self.request_id);
+        let mut head = Head::start(out.buf(), Status::ACCEPTED, &self.date, &shape.request_id);
         head.content_type(ContentType::Json)
             .header("Cache-Control", b"no-store")
             .header_with("Location", |v| {
@@ -71,18 +80,21 @@ impl App {
                 v.push(b'/');
                 id.write(v);
             });
-        head.finish(Status::ACCEPTED, self.body.len(), request.persistence())
-            .extend_from_slice(&self.body);
+        let buf = head.finish(Status::ACCEPTED, self.body.len(), shape.persistence);
+        if !shape.head_only() {
+            buf.extend_from_slice(&self.body);
+        }
         Ok(Answer::Now(Status::ACCEPTED))
     }
 
     /// GET: the task now, or parked until it settles or the wait ends.
     pub(super) fn primes_get(
         &mut self,
-        conn: ConnRef,
+        conn: ConnId,
         caller: &Caller,
         request: &Request<'_>,
         out: &mut Output,
+        shape: &Shape,
     ) -> Result<Answer, ApiError> {
         let text = task_id_text(request.path).unwrap_or_default();
         let id = TaskId::parse(text).ok_or(ApiError::BadTaskId)?;
@@ -93,13 +105,8 @@ impl App {
         }
         self.charge(caller, 1)?;
         let view = self.primes.view(id).ok_or(ApiError::TaskNotFound)?;
-        let shape = TaskShape {
-            head_only: request.method == Method::Head,
-            persistence: request.persistence(),
-            request_id: self.request_id,
-        };
         if view.is_final() || (wait == 0 && !view.awaits_table()) {
-            self.write_task(out, id, &view, &shape);
+            self.write_task(out, id, &view, shape);
             return Ok(Answer::Now(Status::OK));
         }
         let wait = if view.awaits_table() {
@@ -107,59 +114,29 @@ impl App {
         } else {
             Duration::from_secs(wait)
         };
-        let ticket = self.park(conn, Waiting::PrimesTask, Some(self.now + wait))?;
-        self.primes.wait(PrimesWaiter { ticket, id, shape });
-        Ok(Answer::Later)
+        let deadline = Some(self.now + wait);
+        let ticket = self.park(conn, Waiting::PrimesTask(id), *shape, deadline)?;
+        self.primes.wait(PrimesWaiter { ticket, id });
+        out.reserve(ticket);
+        Ok(Answer::Later(Reply::Wait(ticket)))
     }
 
-    /// The reply to a parked GET whose task became final.
-    pub fn primes_reply(&mut self, waiter: &PrimesWaiter, out: &mut Output) -> Reply {
-        let status = match self.primes.view(waiter.id) {
+    /// The reply to a parked GET: its task became final, or the wait ended
+    /// (then its state now, 200).
+    pub(super) fn write_task_late(
+        &mut self,
+        id: TaskId,
+        shape: &Shape,
+        out: &mut Output,
+    ) -> Status {
+        match self.primes.view(id) {
             Some(view) if !view.awaits_table() => {
-                self.write_task(out, waiter.id, &view, &waiter.shape);
+                self.write_task(out, id, &view, shape);
                 Status::OK
             }
-            Some(_) => self.write_task_error(ApiError::ResultUnavailable, &waiter.shape, out),
-            None => self.write_task_error(ApiError::TaskNotFound, &waiter.shape, out),
-        };
-        self.metrics.request(Some(Route::PrimesTask), status);
-        self.answered += 1;
-        if waiter.shape.persistence.closes() {
-            Reply::Close
-        } else {
-            Reply::KeepAlive
+            Some(_) => self.write_error(ApiError::ResultUnavailable, shape, out),
+            None => self.write_error(ApiError::TaskNotFound, shape, out),
         }
-    }
-
-    /// A `?wait` ended before the task settled: its current state, 200.
-    pub(super) fn primes_wait_over(
-        &mut self,
-        waiter: Option<PrimesWaiter>,
-        out: &mut Output,
-    ) -> Reply {
-        match waiter {
-            Some(waiter) => self.primes_reply(&waiter, out),
-            None => {
-                let shape = TaskShape {
-                    head_only: false,
-                    persistence: Persistence::Close,
-                    request_id: self.request_ids.fresh(),
-                };
-                let status = self.write_task_error(ApiError::TaskNotFound, &shape, out);
-                self.metrics.request(Some(Route::PrimesTask), status);
-                Reply::Close
-            }
-        }
-    }
-
-    fn write_task_error(&self, error: ApiError, shape: &TaskShape, out: &mut Output) -> Status {
-        self.write_late_error(
-            error,
-            shape.request_id,
-            shape.head_only,
-            shape.persistence,
-            out,
-        )
     }
 
     /// An unguessable id no stored task has.
@@ -183,7 +160,7 @@ impl App {
     /// `{"request_id": …, "n": …, "status": …}`, with `result` and
     /// `elapsed_ms` once done (the result shared from the table, not
     /// copied) or `error` once failed.
-    fn write_task(&mut self, out: &mut Output, id: TaskId, view: &TaskView, shape: &TaskShape) {
+    fn write_task(&mut self, out: &mut Output, id: TaskId, view: &TaskView, shape: &Shape) {
         let body = &mut self.body;
         body.clear();
         body.extend_from_slice(b"{\"request_id\": \"");
@@ -219,7 +196,7 @@ impl App {
         head.content_type(ContentType::Json)
             .header("Cache-Control", b"no-store");
         let buf = head.finish(Status::OK, self.body.len() + result_len, shape.persistence);
-        if shape.head_only {
+        if shape.head_only() {
             return;
         }
         buf.extend_from_slice(&self.body[..split]);

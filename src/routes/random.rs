@@ -1,12 +1,13 @@
 //! /v1/random replies.
 
+use super::late::Shape;
 use super::{App, negotiate};
 use crate::access::Caller;
 use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::parse::Request;
 use crate::http::response::ContentType;
-use crate::net::conn::Output;
+use crate::reply::output::Output;
 use crate::services::random::{self, RandomQuery};
 
 impl App {
@@ -15,6 +16,7 @@ impl App {
         caller: &Caller,
         request: &Request<'_>,
         out: &mut Output,
+        shape: &Shape,
     ) -> Result<(), ApiError> {
         let format = negotiate(request, Format::Json)?;
         let query = RandomQuery::parse(request.query).map_err(|e| ApiError::BadQuery {
@@ -41,7 +43,7 @@ impl App {
                 ContentType::Text
             }
         };
-        self.write_no_store(out, request, content_type, &self.body);
+        self.write_no_store(out, shape, content_type, &self.body);
         Ok(())
     }
 }

@@ -4,133 +4,117 @@
 //! request's span waits with the call; each attempt gets a child span whose
 //! context goes upstream in `traceparent`, ended won, failed or cancelled.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{Answer, App, CallOwner, LateReply, Route, Waiting};
+use super::late::{CallOwner, LateReply, Shape, Waiting};
+use super::{Answer, App};
 use crate::access::Caller;
 use crate::base::digits;
 use crate::error::ApiError;
-use crate::http::message::Method;
 use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status};
-use crate::net::conn::{ConnRef, Output, Reply};
+use crate::net::session::Reply;
 use crate::net::upstream::{CallError, Completion, Response};
-use crate::reply::park::Ticket;
+use crate::reply::output::Output;
+use crate::reply::park::{ConnId, Ticket};
 use crate::services::smart::{
-    self, Attempt, Failure, Live, Outcome, Plan, Shape, Step, UpstreamFailure,
+    self, Attempt, CallEnd, Failure, Live, Outcome, Plan, SmartReply, Step, UpstreamFailure,
 };
 
 /// Tokens one call costs: it may hold up to three outbound connections for
 /// up to a minute, so it weighs more than a cached answer.
 const SMART_COST: u32 = 10;
 
-/// A decided /api/smart reply.
-#[derive(Debug)]
-pub struct SmartReply {
-    outcome: Outcome,
-    time_ms: u64,
-    /// The winning attempt's JSON, trimmed; empty for a failure.
-    answer: Vec<u8>,
-    shape: Shape,
-}
-
 impl App {
     /// GET /api/smart?timeout=MS: parks the request and sends the first attempt.
     pub(super) fn smart(
         &mut self,
-        conn: ConnRef,
+        conn: ConnId,
         caller: &Caller,
         request: &Request<'_>,
+        out: &mut Output,
+        shape: &Shape,
     ) -> Result<Answer, ApiError> {
         let timeout = smart::parse_timeout(request.query)
             .map_err(|message| ApiError::BadQuery { message })?;
         if self.smart.request().is_none() {
-            self.metrics.smart_outcome(Failure::NotConfigured.code(), 0);
+            let failure = Failure::NotConfigured;
+            self.metrics.smart_outcome(CallEnd::Failed(failure), 0);
             return Err(ApiError::Upstream(UpstreamFailure {
-                failure: Failure::NotConfigured,
+                failure,
                 time_ms: 0,
                 attempts: 0,
             }));
         }
         self.charge(caller, SMART_COST)?;
         let deadline = self.now + timeout;
-        let ticket = self.park(conn, Waiting::Smart, Some(deadline))?;
+        // The span waits with the call; it ends when the reply is written.
+        let ticket = self.park(conn, Waiting::Smart, *shape, Some(deadline))?;
         let (plan, step) = Plan::start(self.now, self.smart.config().hedge_after);
         let live = Live {
             plan,
             started: self.now,
             deadline,
-            shape: Shape {
-                head_only: request.method == Method::Head,
-                persistence: request.persistence(),
-                request_id: self.request_id,
-                // The span waits with the call; it ends when the reply is written.
-                span: self.span.take(),
-            },
             attempts: Vec::with_capacity(usize::from(smart::ATTEMPTS_MAX)),
         };
         self.smart.insert(ticket, live);
         match self.smart_step(ticket, step, Vec::new()) {
-            // Not even the first attempt found a connection: say so now.
+            // Not even the first attempt found a connection: say so now
+            // (the request's own span ends with that answer).
             Some(SmartReply {
                 outcome: Outcome::Failure { failure, attempts },
                 time_ms,
-                shape,
                 ..
             }) => {
                 self.parking.take(ticket);
-                // Answered now after all: the request's span ends with it.
-                self.span = shape.span;
                 Err(ApiError::Upstream(UpstreamFailure {
                     failure,
                     time_ms,
                     attempts,
                 }))
             }
-            Some(reply) => {
-                self.settled.push_back((ticket, LateReply::Smart(reply)));
-                Ok(Answer::Later)
+            reply => {
+                if let Some(reply) = reply {
+                    self.settled.push_back((ticket, LateReply::Smart(reply)));
+                }
+                out.reserve(ticket);
+                Ok(Answer::Later(Reply::Wait(ticket)))
             }
-            None => Ok(Answer::Later),
         }
     }
 
     /// Sends the hedges of every call whose hedge delay has passed.
-    pub fn run_smart_timers(&mut self, now: Instant) {
-        while let Some(ticket) = self.smart.due_hedge(now) {
+    pub(super) fn run_smart_timers(&mut self) {
+        while let Some(ticket) = self.smart.due_hedge(self.now) {
             let Some(live) = self.smart.get_mut(ticket) else {
                 continue;
             };
-            let step = live.plan.tick(now);
+            let step = live.plan.tick(self.now);
             self.smart_settle(ticket, step, Vec::new());
         }
     }
 
+    /// The caller's deadline passed. A call that already answered has its
+    /// reply waiting for delivery: nothing to do for it.
     pub(super) fn expire_smart(&mut self, ticket: Ticket) {
-        match self.smart.get_mut(ticket) {
-            Some(live) => {
-                let step = live.plan.expire();
-                self.smart_settle(ticket, step, Vec::new());
-            }
-            // Nothing left to answer it: free the ticket.
-            None => {
-                self.parking.take(ticket);
-            }
+        if let Some(live) = self.smart.get_mut(ticket) {
+            let step = live.plan.expire();
+            self.smart_settle(ticket, step, Vec::new());
         }
     }
 
-    pub(super) fn abandon_smart(&mut self, ticket: Ticket) {
+    /// The caller hung up: its attempts are cancelled.
+    pub(super) fn abandon_smart(&mut self, ticket: Ticket, shape: &Shape) {
         if let Some(live) = self.smart.remove(ticket) {
-            self.cancel_attempts(&live);
+            self.cancel_attempts(&live, shape);
             self.metrics
-                .smart_outcome("client_gone", live.plan.attempts());
-            // No status: the client left before one was written.
-            self.finish_span(live.shape.span, 0, live.shape.request_id, None);
+                .smart_outcome(CallEnd::ClientGone, live.plan.attempts());
         }
     }
 
     pub(super) fn smart_attempt_done(&mut self, ticket: Ticket, done: Completion<CallOwner>) {
         self.metrics.upstream_call(done.elapsed);
+        let request_id = self.parking.get(ticket).map(|p| p.payload.shape.request_id);
         let Some(live) = self.smart.get_mut(ticket) else {
             return;
         };
@@ -140,29 +124,27 @@ impl App {
             Ok(answer) => (live.plan.succeeded(), answer, "won"),
             Err(failure) => (live.plan.failed(failure), Vec::new(), "failed"),
         };
-        let request_id = live.shape.request_id;
-        if let Some(attempt) = attempt {
+        if let (Some(attempt), Some(request_id)) = (attempt, request_id) {
             self.finish_span(attempt.span, received, request_id, Some(outcome));
         }
         self.smart_settle(ticket, step, answer);
     }
 
     /// Cancels a call's attempts still in flight; their spans end cancelled.
-    fn cancel_attempts(&mut self, live: &Live) {
-        let request_id = live.shape.request_id;
+    fn cancel_attempts(&mut self, live: &Live, shape: &Shape) {
         for attempt in &live.attempts {
             self.upstream.cancel(attempt.call);
-            self.finish_span(attempt.span, 0, request_id, Some("cancelled"));
+            self.finish_span(attempt.span, 0, shape.request_id, Some("cancelled"));
         }
     }
 
     /// Sends one attempt, traced when the request is: a child span, and its
     /// context in the attempt's `traceparent`. False if no connection is free.
     fn send_attempt(&mut self, ticket: Ticket) -> bool {
-        let Some(live) = self.smart.get(ticket) else {
+        let (Some(live), Some(parked)) = (self.smart.get(ticket), self.parking.get(ticket)) else {
             return false;
         };
-        let (deadline, parent) = (live.deadline, live.shape.span);
+        let (deadline, parent) = (live.deadline, parked.payload.shape.span);
         let span = self.child_span(parent, "upstream", "GET");
         let request = match &span {
             Some(span) => self.smart.traced_request(&span.context.traceparent()),
@@ -211,17 +193,20 @@ impl App {
                 }
                 Step::Answer(outcome) => {
                     let live = self.smart.remove(ticket)?;
-                    self.cancel_attempts(&live);
-                    let (code, attempts) = match outcome {
-                        Outcome::Success { attempts } => ("ok", attempts),
-                        Outcome::Failure { failure, attempts } => (failure.code(), attempts),
+                    if let Some(shape) = self.parking.get(ticket).map(|p| p.payload.shape) {
+                        self.cancel_attempts(&live, &shape);
+                    }
+                    let (end, attempts) = match outcome {
+                        Outcome::Success { attempts } => (CallEnd::Ok, attempts),
+                        Outcome::Failure { failure, attempts } => {
+                            (CallEnd::Failed(failure), attempts)
+                        }
                     };
-                    self.metrics.smart_outcome(code, attempts);
+                    self.metrics.smart_outcome(end, attempts);
                     return Some(SmartReply {
                         outcome,
                         time_ms: millis(self.now.saturating_duration_since(live.started)),
                         answer,
-                        shape: live.shape,
                     });
                 }
             }
@@ -230,9 +215,13 @@ impl App {
 
     /// `{"time": T, "api": <the upstream's JSON>, "attempts": N}`, or the
     /// failure's 503.
-    pub(super) fn write_smart(&mut self, reply: SmartReply, out: &mut Output) -> Reply {
-        let persistence = reply.shape.persistence;
-        let status = match reply.outcome {
+    pub(super) fn write_smart(
+        &mut self,
+        reply: SmartReply,
+        shape: &Shape,
+        out: &mut Output,
+    ) -> Status {
+        match reply.outcome {
             Outcome::Success { attempts } => {
                 self.body.clear();
                 self.body.extend_from_slice(b"{\"time\": ");
@@ -242,12 +231,11 @@ impl App {
                 self.body.extend_from_slice(b", \"attempts\": ");
                 digits::write_u64(&mut self.body, u64::from(attempts));
                 self.body.extend_from_slice(b"}\n");
-                let mut head =
-                    Head::start(out.buf(), Status::OK, &self.date, &reply.shape.request_id);
+                let mut head = Head::start(out.buf(), Status::OK, &self.date, &shape.request_id);
                 head.content_type(ContentType::Json)
                     .header("Cache-Control", b"no-store");
-                let buf = head.finish(Status::OK, self.body.len(), persistence);
-                if !reply.shape.head_only {
+                let buf = head.finish(Status::OK, self.body.len(), shape.persistence);
+                if !shape.head_only() {
                     buf.extend_from_slice(&self.body);
                 }
                 Status::OK
@@ -258,28 +246,8 @@ impl App {
                     time_ms: reply.time_ms,
                     attempts,
                 });
-                error.write(
-                    out.buf(),
-                    &self.date,
-                    &reply.shape.request_id,
-                    reply.shape.head_only,
-                    persistence,
-                );
-                error.status()
+                self.write_error(error, shape, out)
             }
-        };
-        self.metrics.request(Some(Route::Smart), status);
-        self.answered += 1;
-        self.finish_span(
-            reply.shape.span,
-            status.code(),
-            reply.shape.request_id,
-            None,
-        );
-        if persistence.closes() {
-            Reply::Close
-        } else {
-            Reply::KeepAlive
         }
     }
 }

@@ -1,24 +1,18 @@
 //! Tracing glue (with `--trace-zipkin`): spans begun and ended around
 //! replies, child spans for outbound calls, and the export of finished
 //! spans in batches through the same outbound client /api/smart uses. The
-//! rules (sampling, buffer, batching) are `crate::ops::trace`'s; this file only
-//! connects them to the app's clock, client and logs.
+//! rules (sampling, buffer, batching) are `crate::ops::trace`'s; this file
+//! only connects them to the app's clock, client and logs.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use super::{App, CallOwner};
+use super::App;
+use super::late::CallOwner;
 use crate::http::request_id::RequestId;
 use crate::net::upstream::{Client, Completion, Target};
-use crate::ops::trace::{ExportOutcome, Post, SpanStart, TraceConfig, Tracer};
+use crate::ops::trace::{ExportOutcome, Post, SpanStart};
 
 impl App {
-    /// Records a span for sampled requests from now on (`--trace-zipkin`).
-    pub fn enable_tracing(&mut self, config: TraceConfig) {
-        // As for request ids: a failed CSPRNG read only makes ids predictable.
-        let seed = self.random.next_u64().unwrap_or(0);
-        self.tracer = Some(Tracer::new(config, seed, self.now, SystemTime::now()));
-    }
-
     /// Ends a span, if there is one: `status` answered or received (0 for
     /// none), `outcome` for an outbound call's (`won`, `failed`, `cancelled`).
     pub(super) fn finish_span(
@@ -29,7 +23,7 @@ impl App {
         outcome: Option<&'static str>,
     ) {
         if let (Some(tracer), Some(span)) = (&mut self.tracer, span) {
-            tracer.finish(span, status, request_id, outcome, Instant::now());
+            tracer.finish(span, status, request_id, outcome);
         }
     }
 
@@ -46,7 +40,7 @@ impl App {
 
     /// Loop phase: hands the tracer's next batch to the outbound client when
     /// one is due (a `None` check without `--trace-zipkin`).
-    pub fn export_spans(&mut self) {
+    pub(super) fn export_spans(&mut self) {
         if let Some(tracer) = &mut self.tracer {
             let mut client = ExportClient {
                 client: &mut self.upstream,

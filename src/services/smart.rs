@@ -11,15 +11,14 @@
 //! clock, an attempt's outcome, the deadline), [`Step`]s out (send N more,
 //! wait, answer). Time is an argument, so every path is tested without a
 //! socket or a sleep. [`SmartService`] keeps the live plans by park ticket and
-//! their hedge timers; the glue that sends through the outbound client and
+//! their hedge timers (`base::deadlines`); the glue that sends through the outbound client and
 //! writes replies is in `routes/smart.rs`. Deadlines are the park's
 //! (`crate::reply::park`): the loop expires them.
 
-use crate::http::message::Persistence;
-use crate::http::request_id::RequestId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::base::deadlines::Deadlines;
 use crate::http::query::{self, Lookup};
 use crate::http::upstream::ResponseError;
 use crate::net::upstream::{CallId, Outbound, Target};
@@ -100,6 +99,41 @@ impl Failure {
     }
 }
 
+/// How a call ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallEnd {
+    Ok,
+    /// The caller hung up first.
+    ClientGone,
+    Failed(Failure),
+}
+
+impl CallEnd {
+    /// The `outcome` label of each end, by [`CallEnd::slot`].
+    pub const LABELS: [&'static str; 7] = [
+        "ok",
+        "client_gone",
+        "upstream_timeout",
+        "upstream_error",
+        "upstream_unavailable",
+        "upstream_malformed",
+        "upstream_not_configured",
+    ];
+
+    /// Its place in [`CallEnd::LABELS`]; a failure counts under its code.
+    pub fn slot(self) -> usize {
+        match self {
+            CallEnd::Ok => 0,
+            CallEnd::ClientGone => 1,
+            CallEnd::Failed(Failure::Timeout) => 2,
+            CallEnd::Failed(Failure::Status(_)) => 3,
+            CallEnd::Failed(Failure::Refused | Failure::Closed | Failure::Saturated) => 4,
+            CallEnd::Failed(Failure::BadHttp(_) | Failure::NotJson) => 5,
+            CallEnd::Failed(Failure::NotConfigured) => 6,
+        }
+    }
+}
+
 /// What a client is told when no attempt succeeded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UpstreamFailure {
@@ -120,6 +154,15 @@ pub enum Outcome {
         failure: Failure,
         attempts: u8,
     },
+}
+
+/// A decided call: what the plan concluded, how long it took, and the
+/// winning attempt's JSON (trimmed; empty for a failure).
+#[derive(Debug)]
+pub struct SmartReply {
+    pub outcome: Outcome,
+    pub time_ms: u64,
+    pub answer: Vec<u8>,
 }
 
 /// What to do next.
@@ -250,16 +293,6 @@ impl Plan {
     }
 }
 
-/// How the reply is to be written, kept from the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    pub head_only: bool,
-    pub persistence: Persistence,
-    pub request_id: RequestId,
-    /// The request's trace span, when it is sampled; ended with the reply.
-    pub span: Option<SpanStart>,
-}
-
 /// One attempt in flight.
 #[derive(Clone, Copy, Debug)]
 pub struct Attempt {
@@ -275,7 +308,6 @@ pub struct Live {
     pub plan: Plan,
     pub started: Instant,
     pub deadline: Instant,
-    pub shape: Shape,
     /// Attempts in flight.
     pub attempts: Vec<Attempt>,
 }
@@ -297,9 +329,8 @@ pub struct SmartService {
     config: SmartConfig,
     request: Option<Outbound>,
     live: HashMap<Ticket, Live>,
-    /// The hedge delay is the same for every call, so starting order is
-    /// hedge order: a queue, not a heap. Settled calls are skipped.
-    hedges: VecDeque<(Instant, Ticket)>,
+    /// Hedge moments; a call that settled or hedged already is skipped.
+    hedges: Deadlines<Ticket>,
 }
 
 impl SmartService {
@@ -311,7 +342,7 @@ impl SmartService {
                 .map(|upstream| upstream.request("GET", &ATTEMPT_FIELDS, b"")),
             config,
             live: HashMap::new(),
-            hedges: VecDeque::new(),
+            hedges: Deadlines::default(),
         }
     }
 
@@ -333,10 +364,13 @@ impl SmartService {
     }
 
     pub fn insert(&mut self, ticket: Ticket, live: Live) {
-        if let Some(at) = live.plan.hedge_at() {
-            self.hedges.push_back((at, ticket));
-        }
+        let hedge_at = live.plan.hedge_at();
         self.live.insert(ticket, live);
+        if let Some(at) = hedge_at {
+            let live = &self.live;
+            self.hedges
+                .push(at, ticket, live.len(), |t| is_hedge_pending(live, t));
+        }
     }
 
     pub fn get(&self, ticket: Ticket) -> Option<&Live> {
@@ -365,33 +399,21 @@ impl SmartService {
 
     /// A call whose hedge moment has come (at or before `now`).
     pub fn due_hedge(&mut self, now: Instant) -> Option<Ticket> {
-        self.drop_settled_hedges();
-        let &(at, ticket) = self.hedges.front()?;
-        if at > now {
-            return None;
-        }
-        self.hedges.pop_front();
-        Some(ticket)
+        let live = &self.live;
+        self.hedges.pop_due(now, |t| is_hedge_pending(live, t))
     }
 
     /// The next hedge moment, for the loop's sleep.
     pub fn next_hedge(&mut self) -> Option<Instant> {
-        self.drop_settled_hedges();
-        self.hedges.front().map(|&(at, _)| at)
+        let live = &self.live;
+        self.hedges.next(|t| is_hedge_pending(live, t))
     }
+}
 
-    fn drop_settled_hedges(&mut self) {
-        while let Some((_, ticket)) = self.hedges.front() {
-            let pending = self
-                .live
-                .get(ticket)
-                .is_some_and(|l| l.plan.hedge_at().is_some());
-            if pending {
-                return;
-            }
-            self.hedges.pop_front();
-        }
-    }
+/// Whether the call under `ticket` is live and has not hedged yet.
+fn is_hedge_pending(live: &HashMap<Ticket, Live>, ticket: &Ticket) -> bool {
+    live.get(ticket)
+        .is_some_and(|l| l.plan.hedge_at().is_some())
 }
 
 /// `timeout=MS`, required, in the accepted range; no other parameter.
@@ -423,6 +445,29 @@ pub fn parse_timeout(query: &[u8]) -> Result<Duration, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_counts_under_its_own_code() {
+        let failures = [
+            Failure::Timeout,
+            Failure::Status(500),
+            Failure::Refused,
+            Failure::Closed,
+            Failure::Saturated,
+            Failure::BadHttp(ResponseError::InvalidStatusLine),
+            Failure::NotJson,
+            Failure::NotConfigured,
+        ];
+        for failure in failures {
+            assert_eq!(
+                CallEnd::LABELS[CallEnd::Failed(failure).slot()],
+                failure.code()
+            );
+        }
+        assert_eq!(CallEnd::LABELS[CallEnd::Ok.slot()], "ok");
+        assert_eq!(CallEnd::LABELS[CallEnd::ClientGone.slot()], "client_gone");
+    }
+
     use proptest::prelude::*;
 
     fn ms(n: u64) -> Duration {
@@ -558,17 +603,7 @@ mod tests {
         let t0 = Instant::now();
         let mut service = SmartService::new(SmartConfig::default());
         let mut parking = crate::reply::park::Parking::new(8);
-        let conn = crate::net::conn::ConnRef {
-            token: mio::Token(1),
-            serial: 1,
-            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        };
-        let shape = Shape {
-            head_only: false,
-            persistence: Persistence::KeepAlive,
-            request_id: RequestId::from_caller(b"test").expect("a valid id"),
-            span: None,
-        };
+        let conn = crate::reply::park::ConnId { key: 1, serial: 1 };
         let mut tickets = Vec::new();
         for i in 0..3 {
             let ticket = parking.park(conn, (), None).unwrap();
@@ -578,7 +613,6 @@ mod tests {
                 plan,
                 started: t0,
                 deadline: t0 + ms(1000),
-                shape,
                 attempts: Vec::new(),
             };
             service.insert(ticket, live);

@@ -1,35 +1,15 @@
-//! The commit thread: takes one batch at a time from the event loop, writes it
-//! to the store (two device flushes, about a millisecond), and wakes the loop
-//! with the outcome. The loop keeps serving reads meanwhile and collects the
+//! The commit thread: takes one batch at a time from the event loop (as the
+//! ledger, `store::ledger`, forms them), writes it to the store (two device
+//! flushes, about a millisecond), and wakes the loop with the outcome (the
+//! loop hands in a `wake` closure; this file knows nothing of mio). The loop keeps serving reads meanwhile and collects the
 //! next batch, so throughput scales with the batch, not with the fsync.
 
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mio::Waker;
-
-use crate::services::stepper::BatchId;
-use crate::store::lmdb::{RecordWrite, Store, StoreError};
-
-/// One group commit: the index after every mutation in the batch, and the
-/// record writes (primes tasks) that ride in the same transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CommitRequest {
-    pub batch: BatchId,
-    pub index: u64,
-    /// Mutations in the batch, for the batch-size histogram.
-    pub steps: u64,
-    pub records: Vec<RecordWrite>,
-}
-
-/// What the store said about a batch.
-#[derive(Debug)]
-pub struct CommitOutcome {
-    pub batch: BatchId,
-    pub result: Result<Duration, StoreError>,
-}
+use super::ledger::{CommitOutcome, CommitRequest};
+use super::lmdb::Store;
 
 pub struct Committer {
     requests: Option<Sender<CommitRequest>>,
@@ -39,12 +19,12 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the thread; it owns the store from now on.
-    pub fn spawn(store: Store, waker: Arc<Waker>) -> std::io::Result<Committer> {
+    pub fn spawn(store: Store, wake: impl Fn() + Send + 'static) -> std::io::Result<Committer> {
         let (request_tx, request_rx) = mpsc::channel::<CommitRequest>();
         let (outcome_tx, outcome_rx) = mpsc::channel::<CommitOutcome>();
         let thread = thread::Builder::new()
             .name("fibd-commit".into())
-            .spawn(move || run(&store, &request_rx, &outcome_tx, &waker))?;
+            .spawn(move || run(&store, &request_rx, &outcome_tx, &wake))?;
         Ok(Committer {
             requests: Some(request_tx),
             outcomes: outcome_rx,
@@ -88,7 +68,7 @@ fn run(
     store: &Store,
     requests: &Receiver<CommitRequest>,
     outcomes: &Sender<CommitOutcome>,
-    waker: &Waker,
+    wake: &dyn Fn(),
 ) {
     let opened = store.with_table(|table| {
         for request in requests.iter() {
@@ -97,7 +77,13 @@ fn run(
                 .write_batch(request.index, &request.records)
                 .map(|()| started.elapsed());
             if let Err(e) = &result {
-                log::error!("commit of index {} failed: {e}", request.index);
+                match request.index {
+                    Some(index) => log::error!("commit of index {index} failed: {e}"),
+                    None => log::error!(
+                        "commit of {} task record write(s) failed: {e}",
+                        request.records.len()
+                    ),
+                }
             }
             if outcomes
                 .send(CommitOutcome {
@@ -108,13 +94,11 @@ fn run(
             {
                 return;
             }
-            if let Err(e) = waker.wake() {
-                log::error!("cannot wake the event loop after a commit: {e}");
-            }
+            wake();
         }
     });
     if let Err(e) = opened {
         log::error!("commit thread cannot open the index table: {e}");
-        let _ = waker.wake();
+        wake();
     }
 }

@@ -1,9 +1,11 @@
 //! The durable store: one LMDB environment (through heed) holding the stepper's
 //! index and the records of other services (the primes tasks), keyed by a
 //! sequence number so new records land at the B-tree's right edge (a commit
-//! of many records dirties a page or two, not one page per record). This is the only file that knows LMDB, and the only place with
+//! of many records dirties a page or two, not one page per record). This is
+//! the only file that knows LMDB, and opening its map is the store's one
 //! `unsafe`. It does not know about threads or batching: `committer` runs it
-//! off the event loop, and the services decide what to write. A batch, the
+//! off the event loop, `ledger` groups the writes, and the services decide
+//! what to write. A batch, the
 //! index and every record write in it, is one transaction: one commit, one
 //! pair of device flushes.
 
@@ -196,18 +198,25 @@ impl IndexTable<'_> {
     /// Writes the index in one transaction; returns once LMDB has synced the
     /// data pages and the meta page, so the value survives a crash.
     pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
-        self.write_batch(index, &[])
+        self.write_batch(Some(index), &[])
     }
 
-    /// Writes the index and `records` in one transaction, durable on return
-    /// like [`Self::write_index`]: all of them, or (on an error) none.
-    pub fn write_batch(&self, index: u64, records: &[RecordWrite]) -> Result<(), StoreError> {
+    /// Writes the index (when given: with `--store etcd` the index lives
+    /// elsewhere) and `records` in one transaction, durable on return like
+    /// [`Self::write_index`]: all of them, or (on an error) none.
+    pub fn write_batch(
+        &self,
+        index: Option<u64>,
+        records: &[RecordWrite],
+    ) -> Result<(), StoreError> {
         #[cfg(any(debug_assertions, feature = "test-hooks"))]
         if self.fault_file.exists() {
             return Err(StoreError::InjectedFault);
         }
         let mut wtxn = self.env.write_txn()?;
-        self.db.put(&mut wtxn, INDEX_KEY, &index)?;
+        if let Some(index) = index {
+            self.db.put(&mut wtxn, INDEX_KEY, &index)?;
+        }
         for write in records {
             match write {
                 RecordWrite::Put { key, value } => {

@@ -37,25 +37,26 @@
 mod conn;
 mod target;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use mio::Token;
 use mio::net::TcpStream;
+
+use crate::base::deadlines::Deadlines;
+use crate::base::slab::Slab;
 
 pub use crate::http::upstream::{Response, ResponseError, ResponseLimits};
 use conn::{Event, UpConn};
 pub use target::Target;
 
 /// What the client needs from the poller: registering a new socket, for
-/// readiness in both directions, under `token`.
+/// readiness in both directions, under the token numbered `token`.
 pub trait Registrar {
-    fn register(&mut self, stream: &mut TcpStream, token: Token) -> io::Result<()>;
+    fn register(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +127,13 @@ impl Outbound {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The request's body, for other modules' tests.
+    #[cfg(test)]
+    pub(crate) fn body(&self) -> &[u8] {
+        let head_end = memchr::memmem::find(&self.bytes, b"\r\n\r\n").map_or(0, |i| i + 4);
+        &self.bytes[head_end..]
     }
 }
 
@@ -198,9 +206,8 @@ pub struct PoolStats {
 
 pub struct Client<T> {
     config: ClientConfig,
-    slots: Vec<Option<UpConn>>,
-    free: Vec<usize>,
-    open: usize,
+    /// Connections open or opening, by slot (the token is `token_base` + slot).
+    slots: Slab<UpConn>,
     /// Idle connections, least recently used first.
     idle: VecDeque<usize>,
     calls: HashMap<CallId, Call<T>>,
@@ -209,8 +216,7 @@ pub struct Client<T> {
     pending: VecDeque<CallId>,
     /// Reused connections with a request to write in the next `drive`.
     kick: Vec<usize>,
-    /// May hold finished calls; they are skipped when they surface.
-    deadlines: BinaryHeap<Reverse<(Instant, CallId)>>,
+    deadlines: Deadlines<CallId>,
     completed: VecDeque<Completion<T>>,
     reused: u64,
     retried: u64,
@@ -220,24 +226,22 @@ impl<T: Copy> Client<T> {
     pub fn new(config: ClientConfig) -> Client<T> {
         Client {
             config,
-            slots: Vec::new(),
-            free: Vec::new(),
-            open: 0,
+            slots: Slab::default(),
             idle: VecDeque::new(),
             calls: HashMap::new(),
             next_call: 0,
             pending: VecDeque::new(),
             kick: Vec::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             completed: VecDeque::new(),
             reused: 0,
             retried: 0,
         }
     }
 
-    /// Whether `token` names one of the client's sockets.
-    pub fn owns(&self, token: Token) -> bool {
-        token.0 >= self.config.token_base && token.0 - self.config.token_base < self.slots.len()
+    /// Whether the token numbered `token` names one of the client's sockets.
+    pub fn owns(&self, token: usize) -> bool {
+        token >= self.config.token_base && token - self.config.token_base < self.slots.capacity()
     }
 
     /// Starts a call: reserves a pooled connection to `request`'s address or
@@ -250,7 +254,7 @@ impl<T: Copy> Client<T> {
         now: Instant,
     ) -> Result<CallId, SendError> {
         let idle = self.take_idle(request.addr);
-        if idle.is_none() && self.open + self.pending.len() >= self.config.conns_max {
+        if idle.is_none() && self.slots.len() + self.pending.len() >= self.config.conns_max {
             // Room held by an idle connection to another address is given up.
             match self.idle.front() {
                 Some(&lru) => self.close(lru),
@@ -269,7 +273,9 @@ impl<T: Copy> Client<T> {
                 retried: false,
             },
         );
-        self.push_deadline(deadline, id);
+        let calls = &self.calls;
+        self.deadlines
+            .push(deadline, id, calls.len(), |id| calls.contains_key(id));
         match idle {
             Some(slot) => self.assign(id, slot),
             None => self.pending.push_back(id),
@@ -301,10 +307,10 @@ impl<T: Copy> Client<T> {
 
     /// The earliest call deadline or idle expiry, for the loop's sleep.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        self.drop_stale_deadlines();
-        let call = self.deadlines.peek().map(|Reverse((at, _))| *at);
+        let calls = &self.calls;
+        let call = self.deadlines.next(|id| calls.contains_key(id));
         let idle = self.idle.front().and_then(|&slot| {
-            let since = self.slots.get(slot)?.as_ref()?.idle_since()?;
+            let since = self.slots.get(slot)?.idle_since()?;
             Some(since + self.config.idle_timeout)
         });
         call.into_iter().chain(idle).min()
@@ -312,7 +318,7 @@ impl<T: Copy> Client<T> {
 
     pub fn stats(&self) -> PoolStats {
         PoolStats {
-            open: self.open,
+            open: self.slots.len(),
             idle: self.idle.len(),
             reused: self.reused,
             retried: self.retried,
@@ -320,9 +326,9 @@ impl<T: Copy> Client<T> {
     }
 
     /// Readiness on one of the client's tokens.
-    pub fn on_ready(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
-        let slot = token.0.wrapping_sub(self.config.token_base);
-        if let Some(Some(conn)) = self.slots.get_mut(slot) {
+    pub fn on_ready(&mut self, token: usize, readable: bool, writable: bool, now: Instant) {
+        let slot = token.wrapping_sub(self.config.token_base);
+        if let Some(conn) = self.slots.get_mut(slot) {
             conn.set_ready(readable, writable);
             self.drive_conn(slot, now);
         }
@@ -352,29 +358,23 @@ impl<T: Copy> Client<T> {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("upstream: set TCP_NODELAY: {e}");
         }
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
+        let slot = self.slots.insert(UpConn::connecting(stream, addr));
+        let token = self.config.token_base + slot;
+        let registered = match self.slots.get_mut(slot) {
+            Some(conn) => registrar.register(conn.stream_mut(), token),
+            None => return,
         };
-        let mut conn = UpConn::connecting(stream, addr);
-        let token = Token(self.config.token_base + slot);
-        if let Err(e) = registrar.register(conn.stream_mut(), token) {
-            self.free.push(slot);
+        if let Err(e) = registered {
+            self.slots.remove(slot);
             return self.finish(id, Err(CallError::Connect(e.kind())), now);
         }
-        self.slots[slot] = Some(conn);
-        self.open += 1;
         self.assign(id, slot);
     }
 
     /// Gives `slot` the call's request; a reused connection is written at
     /// the next `drive`, a new one once it is connected.
     fn assign(&mut self, id: CallId, slot: usize) {
-        let (Some(call), Some(Some(conn))) = (self.calls.get_mut(&id), self.slots.get_mut(slot))
-        else {
+        let (Some(call), Some(conn)) = (self.calls.get_mut(&id), self.slots.get_mut(slot)) else {
             return;
         };
         call.slot = Some(slot);
@@ -388,17 +388,15 @@ impl<T: Copy> Client<T> {
     /// The most recently used idle connection to `addr`.
     fn take_idle(&mut self, addr: SocketAddr) -> Option<usize> {
         let slots = &self.slots;
-        let i = self.idle.iter().rposition(|&slot| {
-            slots
-                .get(slot)
-                .and_then(Option::as_ref)
-                .is_some_and(|c| c.addr() == addr)
-        })?;
+        let i = self
+            .idle
+            .iter()
+            .rposition(|&slot| slots.get(slot).is_some_and(|c| c.addr() == addr))?;
         self.idle.remove(i)
     }
 
     fn drive_conn(&mut self, slot: usize, now: Instant) {
-        let Some(Some(conn)) = self.slots.get_mut(slot) else {
+        let Some(conn) = self.slots.get_mut(slot) else {
             return;
         };
         match conn.drive() {
@@ -447,7 +445,7 @@ impl<T: Copy> Client<T> {
     /// Closes a connection (dropping the socket); its call, if any, keeps
     /// going elsewhere or is finished by the caller of this.
     fn close(&mut self, slot: usize) {
-        let Some(conn) = self.slots.get_mut(slot).and_then(Option::take) else {
+        let Some(conn) = self.slots.remove(slot) else {
             return;
         };
         if conn.is_idle() {
@@ -459,19 +457,16 @@ impl<T: Copy> Client<T> {
             call.slot = None;
         }
         self.kick.retain(|&s| s != slot);
-        self.free.push(slot);
-        self.open -= 1;
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
-            if at > now {
+        loop {
+            let calls = &self.calls;
+            let Some(id) = self.deadlines.pop_due(now, |id| calls.contains_key(id)) else {
                 break;
-            }
-            self.deadlines.pop();
-            let slot = match self.calls.get(&id) {
-                Some(call) => call.slot,
-                None => continue,
+            };
+            let Some(slot) = self.calls.get(&id).map(|call| call.slot) else {
+                continue;
             };
             match slot {
                 Some(slot) => self.close(slot),
@@ -480,35 +475,11 @@ impl<T: Copy> Client<T> {
             self.finish(id, Err(CallError::Timeout), now);
         }
         while let Some(&slot) = self.idle.front() {
-            let since = self
-                .slots
-                .get(slot)
-                .and_then(Option::as_ref)
-                .and_then(UpConn::idle_since);
+            let since = self.slots.get(slot).and_then(UpConn::idle_since);
             match since {
                 Some(since) if since + self.config.idle_timeout > now => break,
                 _ => self.close(slot),
             }
-        }
-    }
-
-    fn push_deadline(&mut self, at: Instant, id: CallId) {
-        // Finished calls leave their deadline behind; rebuild before the
-        // leftovers outnumber the live calls, so the heap stays bounded.
-        if self.deadlines.len() > 64 + 2 * self.calls.len() {
-            let calls = &self.calls;
-            self.deadlines
-                .retain(|Reverse((_, id))| calls.contains_key(id));
-        }
-        self.deadlines.push(Reverse((at, id)));
-    }
-
-    fn drop_stale_deadlines(&mut self) {
-        while let Some(Reverse((_, id))) = self.deadlines.peek() {
-            if self.calls.contains_key(id) {
-                return;
-            }
-            self.deadlines.pop();
         }
     }
 }
@@ -552,10 +523,10 @@ mod tests {
     struct TestRegistrar<'r>(&'r mio::Registry);
 
     impl Registrar for TestRegistrar<'_> {
-        fn register(&mut self, stream: &mut TcpStream, token: Token) -> io::Result<()> {
+        fn register(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
             self.0.register(
                 stream,
-                token,
+                mio::Token(token),
                 mio::Interest::READABLE | mio::Interest::WRITABLE,
             )
         }
@@ -606,7 +577,7 @@ mod tests {
             for event in &events {
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                client.on_ready(event.token(), readable, writable, Instant::now());
+                client.on_ready(event.token().0, readable, writable, Instant::now());
             }
         }
     }
@@ -705,6 +676,6 @@ mod tests {
         );
         assert!(!client.has_work());
         assert_eq!(client.next_deadline(), None);
-        assert!(!client.owns(Token(0)));
+        assert!(!client.owns(0));
     }
 }

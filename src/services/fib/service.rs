@@ -1,19 +1,16 @@
 //! The /v1/fib service: decides where F(n) comes from (table, cache, a quick
 //! computation on the loop, or the compute worker) and lets concurrent
 //! requests for one n share a single computation. It knows nothing of HTTP
-//! bytes; `routes` writes the replies. The compute worker is shared with the
+//! bytes or connections: a waiting request is its parking ticket, and
+//! `routes` writes the replies. The compute worker is shared with the
 //! primes tasks: this service submits jobs to it, and the loop hands each
 //! finished F(n) back through [`FibService::computed`].
 
-use crate::http::request_id::RequestId;
-use crate::ops::trace::SpanStart;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::cache::{FibCache, Joined, SingleFlight};
 use super::{Value, small};
-use crate::http::accept::Format;
-use crate::http::message::Persistence;
 use crate::reply::park::Ticket;
 use crate::services::compute::{ComputeWorker, Job};
 
@@ -45,25 +42,6 @@ impl Default for FibLimits {
     }
 }
 
-/// A request waiting for a computation: its parking ticket and what its
-/// reply needs.
-#[derive(Clone, Copy, Debug)]
-pub struct FibWaiter {
-    pub ticket: Ticket,
-    pub shape: FibShape,
-}
-
-/// How a /v1/fib reply is written, decided when the request arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FibShape {
-    pub format: Format,
-    pub head_only: bool,
-    pub persistence: Persistence,
-    pub request_id: RequestId,
-    /// The request's trace span, ended when the answer is written.
-    pub span: Option<SpanStart>,
-}
-
 /// F(n) when it can be had on the loop.
 #[derive(Debug)]
 pub enum AtHand {
@@ -84,14 +62,15 @@ pub struct Busy;
 pub struct Finished {
     pub n: u64,
     pub value: Value,
-    pub waiters: Vec<FibWaiter>,
+    /// The tickets of the requests that waited.
+    pub waiters: Vec<Ticket>,
     pub elapsed: Duration,
 }
 
 pub struct FibService {
     limits: FibLimits,
     cache: FibCache,
-    flight: SingleFlight<FibWaiter>,
+    flight: SingleFlight<Ticket>,
     worker: Rc<ComputeWorker>,
 }
 
@@ -131,10 +110,11 @@ impl FibService {
         AtHand::Computed(Value::Big(digits))
     }
 
-    /// Queues `waiter` for F(n), sharing a computation already under way;
-    /// it is answered from [`FibService::finished`].
-    pub fn wait_for(&mut self, n: u64, waiter: FibWaiter) -> Result<(), Busy> {
-        match self.flight.join(n, waiter) {
+    /// Queues the request parked under `ticket` for F(n), sharing a
+    /// computation already under way; it is answered from
+    /// [`FibService::computed`].
+    pub fn wait_for(&mut self, n: u64, ticket: Ticket) -> Result<(), Busy> {
+        match self.flight.join(n, ticket) {
             Ok(Joined::Follower) => Ok(()),
             Ok(Joined::Leader) => self.worker.submit(Job::Fib(n)).map_err(|_| {
                 self.flight.abandon(n);

@@ -15,8 +15,6 @@
 //! n at or below its size is done on arrival; above it, the pending tasks
 //! share one sieve for the largest n among them.
 
-use crate::http::message::Persistence;
-use crate::http::request_id::RequestId;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,20 +24,12 @@ use super::sieve::{self, PrimeTable};
 use super::task::{Failure, Outcome, Task, TaskId};
 use crate::reply::park::Ticket;
 use crate::services::compute::{ComputeWorker, Job};
-use crate::services::stepper::{BatchId, CommitEffect};
+use crate::store::ledger::{BatchId, CommitEffect};
 use crate::store::lmdb::RecordWrite;
 
 /// Settled tasks deleted per housekeeping pass at most, so a backlog of
 /// expired records costs several small commits, not one long one.
 const EXPIRE_BATCH: usize = 1000;
-
-/// How a task's reply is written, decided when the request arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskShape {
-    pub head_only: bool,
-    pub persistence: Persistence,
-    pub request_id: RequestId,
-}
 
 /// A GET parked until its task settles (`?wait`), or until the table covers
 /// a task done before a restart.
@@ -47,7 +37,6 @@ pub struct TaskShape {
 pub struct PrimesWaiter {
     pub ticket: Ticket,
     pub id: TaskId,
-    pub shape: TaskShape,
 }
 
 /// Why a task was not accepted (503 with Retry-After).
@@ -134,8 +123,9 @@ struct Writes {
     /// Dirty tasks that no caller has joined a batch for yet.
     unjoined: bool,
     in_flight: Option<(BatchId, Vec<(u64, TaskId)>)>,
-    /// Accepted tasks whose 202 waits for this batch, oldest first.
-    unacknowledged: VecDeque<(BatchId, TaskId)>,
+    /// Accepted tasks whose 202 (parked under the ticket) waits for this
+    /// batch, oldest first.
+    unacknowledged: VecDeque<(BatchId, TaskId, Ticket)>,
 }
 
 pub struct PrimesService {
@@ -247,8 +237,16 @@ impl PrimesService {
     }
 
     /// Takes a task (after [`Self::check_room`]) whose record rides in
-    /// `batch`; the caller holds the 202 until that batch is committed.
-    pub fn accept(&mut self, id: TaskId, n: u64, now_ms: u64, batch: BatchId) -> Status {
+    /// `batch`; its 202, parked under `ticket`, is released or withdrawn
+    /// with that batch ([`Self::on_commit`]).
+    pub fn accept(
+        &mut self,
+        id: TaskId,
+        n: u64,
+        now_ms: u64,
+        batch: BatchId,
+        ticket: Ticket,
+    ) -> Status {
         let hit = self.is_table_hit(n);
         let task = Task {
             seq: self.next_seq,
@@ -259,7 +257,7 @@ impl PrimesService {
         self.next_seq += 1;
         self.tasks.insert(id, task);
         self.writes.dirty.push((task.seq, id));
-        self.writes.unacknowledged.push_back((batch, id));
+        self.writes.unacknowledged.push_back((batch, id, ticket));
         self.counts.accepted += 1;
         if hit {
             self.counts.table_hits += 1;
@@ -392,6 +390,11 @@ impl PrimesService {
         expired
     }
 
+    /// Whether writes are owed that no batch was joined for yet.
+    pub fn owes_writes(&self) -> bool {
+        self.writes.unjoined
+    }
+
     /// Whether writes are owed that no batch was joined for; the caller
     /// joins one (once) when this says so.
     pub fn take_join(&mut self) -> bool {
@@ -419,10 +422,11 @@ impl PrimesService {
         writes
     }
 
-    /// Applies a commit outcome: acknowledged tasks become durable; on a
-    /// failure, tasks whose 202 was withdrawn are dropped and the other
-    /// writes are owed again.
-    pub fn on_commit(&mut self, effect: CommitEffect) {
+    /// Applies a commit outcome: acknowledged tasks become durable and
+    /// their 202s may leave (`settle(ticket, true)`); on a failure, tasks
+    /// whose 202 is withdrawn (`settle(ticket, false)`) are dropped and the
+    /// other writes are owed again.
+    pub fn on_commit(&mut self, effect: CommitEffect, settle: &mut impl FnMut(Ticket, bool)) {
         match effect {
             CommitEffect::Released(committed) => {
                 if self
@@ -433,24 +437,23 @@ impl PrimesService {
                 {
                     self.writes.in_flight = None;
                 }
-                while self
-                    .writes
-                    .unacknowledged
-                    .front()
-                    .is_some_and(|(batch, _)| *batch <= committed)
+                while let Some(&(batch, _, ticket)) = self.writes.unacknowledged.front()
+                    && batch <= committed
                 {
                     self.writes.unacknowledged.pop_front();
+                    settle(ticket, true);
                 }
             }
             CommitEffect::Failed { through, .. } => {
                 if let Some((_, ids)) = self.writes.in_flight.take() {
                     self.writes.dirty.extend(ids);
                 }
-                while let Some(&(batch, id)) = self.writes.unacknowledged.front()
+                while let Some(&(batch, id, ticket)) = self.writes.unacknowledged.front()
                     && batch <= through
                 {
                     self.writes.unacknowledged.pop_front();
                     self.drop_task(id);
+                    settle(ticket, false);
                 }
                 self.writes.unjoined = !self.writes.dirty.is_empty();
             }
@@ -547,34 +550,39 @@ mod tests {
     }
 
     fn ticket(parking: &mut crate::reply::park::Parking<()>) -> Ticket {
-        let conn = crate::net::conn::ConnRef {
-            token: mio::Token(0),
-            serial: 0,
-            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        };
+        let conn = crate::reply::park::ConnId { key: 0, serial: 0 };
         parking.park(conn, (), None).unwrap()
     }
 
-    /// A keep-alive GET parked on task `id`.
+    /// A GET parked on task `id`.
     fn reader_of(id: TaskId, parking: &mut crate::reply::park::Parking<()>) -> PrimesWaiter {
         PrimesWaiter {
             ticket: ticket(parking),
             id,
-            shape: TaskShape {
-                head_only: false,
-                persistence: Persistence::KeepAlive,
-                request_id: RequestId::from_caller(b"test").expect("a valid id"),
-            },
         }
+    }
+
+    /// The ticket of a POST's 202.
+    fn post(k: u64) -> Ticket {
+        Ticket::for_tests(k)
     }
 
     #[test]
     fn a_burst_shares_one_sieve_and_later_tasks_hit_the_table() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
-        assert_eq!(s.accept(id(1), 100, 1_000, batch(1)), Status::Processing);
+        assert_eq!(
+            s.accept(id(1), 100, 1_000, batch(1), post(1)),
+            Status::Processing
+        );
         // Queued behind the running sieve for 100: pending, one more sieve later.
-        assert_eq!(s.accept(id(2), 500, 1_001, batch(1)), Status::Pending);
-        assert_eq!(s.accept(id(3), 50, 1_001, batch(1)), Status::Processing);
+        assert_eq!(
+            s.accept(id(2), 500, 1_001, batch(1), post(2)),
+            Status::Pending
+        );
+        assert_eq!(
+            s.accept(id(3), 50, 1_001, batch(1), post(3)),
+            Status::Processing
+        );
         let first = finish_sieve(&mut s, &woken, 1_010);
         assert_eq!(first.durations_ms, [9, 10], "in order of n");
         assert_eq!(s.table_len(), 100);
@@ -585,7 +593,7 @@ mod tests {
         let (table, len) = done.result.unwrap();
         assert!(table[..len].ends_with(b", 3571"), "the 500th prime");
         assert_eq!(
-            s.accept(id(4), 499, 1_030, batch(2)),
+            s.accept(id(4), 499, 1_030, batch(2), post(4)),
             Status::Done { elapsed_ms: 0 }
         );
         let counts = s.counts();
@@ -598,15 +606,24 @@ mod tests {
     #[test]
     fn writes_ride_batches_and_a_failed_batch_drops_its_tasks() {
         let (mut s, _woken) = service(Vec::new(), PrimesLimits::default());
-        s.accept(id(1), 10, 1_000, batch(1));
+        s.accept(id(1), 10, 1_000, batch(1), post(1));
         assert!(!s.take_join(), "the accepting caller joined the batch");
         let writes = s.take_writes(batch(1));
         assert_eq!(writes.len(), 1);
-        s.accept(id(2), 10, 1_000, batch(2));
-        s.on_commit(CommitEffect::Failed {
-            committed: batch(0),
-            through: batch(2),
-        });
+        s.accept(id(2), 10, 1_000, batch(2), post(2));
+        let mut settled = Vec::new();
+        s.on_commit(
+            CommitEffect::Failed {
+                committed: batch(0),
+                through: batch(2),
+            },
+            &mut |ticket, released| settled.push((ticket, released)),
+        );
+        assert_eq!(
+            settled,
+            [(post(1), false), (post(2), false)],
+            "both 202s withdrawn"
+        );
         assert!(!s.contains(id(1)) && !s.contains(id(2)));
         assert!(s.take_join(), "the deletions are owed");
         let writes = s.take_writes(batch(3));
@@ -617,7 +634,9 @@ mod tests {
                 RecordWrite::Delete { key: 2 }
             ]
         );
-        s.on_commit(CommitEffect::Released(batch(3)));
+        s.on_commit(CommitEffect::Released(batch(3)), &mut |_, _| {
+            panic!("no 202 waited for batch 3")
+        });
         assert!(s.take_writes(batch(4)).is_empty());
     }
 
@@ -658,7 +677,10 @@ mod tests {
     #[test]
     fn readers_of_one_task_leave_in_any_order_and_the_rest_are_woken() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
-        assert_eq!(s.accept(id(1), 100, 1_000, batch(1)), Status::Processing);
+        assert_eq!(
+            s.accept(id(1), 100, 1_000, batch(1), post(1)),
+            Status::Processing
+        );
         let mut parking = crate::reply::park::Parking::new(16);
         let readers: Vec<PrimesWaiter> = (0..8).map(|_| reader_of(id(1), &mut parking)).collect();
         for &reader in &readers {

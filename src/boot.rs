@@ -1,0 +1,239 @@
+//! The wiring: from a validated [`Config`] to a serving loop. It opens the
+//! LMDB store and recovers what it holds, builds the store of the index
+//! `--store` names (and only that: with etcd no local cursor is built), the
+//! services, the listener (or the socket systemd passed) and the app, and
+//! runs the loop until a graceful stop. Nothing here decides anything the
+//! modules could.
+
+use std::error::Error;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::access::Access;
+use crate::access::ratelimit::RateLimiter;
+use crate::base::time::unix_ms;
+use crate::config::Config;
+use crate::net::systemd::{self, Notifier};
+use crate::net::upstream::{Client, ClientConfig, ResponseLimits};
+use crate::routes::{App, Parts};
+use crate::server::{self, Server};
+use crate::services::compute::ComputeWorker;
+use crate::services::fib::service::FibService;
+use crate::services::primes::service::PrimesService;
+use crate::services::primes::task::{Task, TaskId};
+use crate::services::random::RandomSource;
+use crate::services::smart::SmartService;
+use crate::services::stepper::Stepper;
+use crate::store::IndexStore;
+use crate::store::committer::Committer;
+use crate::store::etcd::{EtcdIndex, ReadMode, wire};
+use crate::store::lmdb::{Store, StoreError};
+
+/// Pooled upstream connections unused this long are closed: shorter than
+/// the usual server keep-alive timeouts (uvicorn 5 s, nginx 75 s), so fibd
+/// usually closes first.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Serves until SIGTERM or SIGINT, then drains. The start-up and stop lines
+/// are logged under the target `fibd`, the daemon's own voice.
+pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
+    // Taken first: nothing else may run before the environment is cleaned.
+    let activated = systemd::take_activated_listener()?;
+    let no_rng = |e: getrandom::Error| format!("no OS random number generator: {e}");
+    let mut random = RandomSource::new().map_err(no_rng)?;
+    let secret = hash_key(&mut random).map_err(no_rng)?;
+    let access = Access::new(config.access.clone(), config.rate_limit, secret).map_err(|e| {
+        let path = config
+            .access
+            .api_keys
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        format!("API key file {}: {e}", path.display())
+    })?;
+    let store = Store::open(&config.data_dir)?;
+    let (recovered, records) = store
+        .with_table(|table| Ok::<_, StoreError>((table.read_index()?, table.read_records()?)))??;
+    let tasks: Vec<(TaskId, Task)> = records
+        .into_iter()
+        .filter_map(|(seq, value)| {
+            let task = Task::decode(seq, &value);
+            if task.is_none() {
+                log::warn!(target: "fibd", "skipping task record {seq}: this version cannot read it");
+            }
+            task
+        })
+        .collect();
+    let from_systemd = activated.is_some();
+    let listener = match activated {
+        Some(listener) => listener,
+        None => {
+            let listener = std::net::TcpListener::bind(config.listen)
+                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            listener.set_nonblocking(true)?;
+            listener
+        }
+    };
+    let listener = mio::net::TcpListener::from_std(listener);
+    let now = Instant::now();
+    let stepper = match &config.cluster {
+        // The index is etcd's: the cursor is built from its first read.
+        Some(cluster) => {
+            // Makes this process's writer tags unique.
+            let nonce = random.next_u64().map_err(no_rng)?;
+            let etcd = EtcdIndex::new(cluster.clone(), nonce, now);
+            Stepper::new(IndexStore::Etcd(Box::new(etcd)), config.max_index, None)
+        }
+        None => Stepper::new(IndexStore::lmdb(), config.max_index, Some(recovered)),
+    };
+    let poll = mio::Poll::new()?;
+    let waker = Server::waker(&poll)?;
+    let commit_waker = waker.clone();
+    let committer = Committer::spawn(store, move || {
+        if let Err(e) = commit_waker.wake() {
+            log::error!(target: "fibd", "cannot wake the event loop after a commit: {e}");
+        }
+    })?;
+    let compute = Rc::new(ComputeWorker::spawn(
+        config.fib.threads,
+        config.fib.queue_max,
+        move || {
+            if let Err(e) = waker.wake() {
+                log::error!(target: "fibd", "cannot wake the event loop after a computation: {e}");
+            }
+        },
+    )?);
+    let task_count = tasks.len();
+    let primes = PrimesService::new(
+        config.primes,
+        compute.clone(),
+        tasks,
+        unix_ms(SystemTime::now()),
+    );
+    log::info!(
+        target: "fibd",
+        "fibd {} listening on {}{} with data in {}; {}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr()?,
+        if from_systemd {
+            " (socket activation)"
+        } else {
+            ""
+        },
+        config.data_dir.display(),
+        match config.cluster {
+            Some(_) => "the index is in etcd".to_owned(),
+            None => format!("recovered index {recovered}"),
+        }
+    );
+    if task_count > 0 {
+        log::info!(target: "fibd", "recovered {task_count} primes task(s); pending ones are resumed");
+    }
+    log_settings(&config, &access);
+    let upstream = Client::new(ClientConfig {
+        conns_max: config.smart.conns_max,
+        idle_timeout: UPSTREAM_IDLE_TIMEOUT,
+        limits: ResponseLimits::default(),
+        token_base: server::UPSTREAM_TOKEN_BASE,
+    });
+    let parts = Parts {
+        stepper,
+        committer,
+        fib: FibService::new(config.fib, compute.clone()),
+        primes,
+        compute,
+        smart: SmartService::new(config.smart.clone()),
+        upstream,
+        access,
+        limiter: RateLimiter::new(config.rate_limit.clients_max),
+        random,
+        tracing: config.trace.clone(),
+        connections_max: config.connections_max,
+    };
+    let app = App::new(parts, now, SystemTime::now());
+    let server = Server::new(poll, listener, app, config, Notifier::from_env(), now)?;
+    for outcome in server.run()? {
+        if let Err(e) = outcome.result {
+            log::error!(target: "fibd", "a final commit failed: {e}");
+        }
+    }
+    log::info!(target: "fibd", "stopped cleanly");
+    Ok(())
+}
+
+/// What a new operator most needs to know, once at start: exposure, the
+/// upstream, tracing and cluster mode.
+fn log_settings(config: &Config, access: &Access) {
+    let a = &config.access;
+    let proxies: Vec<String> = a.trusted_proxies.iter().map(ToString::to_string).collect();
+    log::info!(
+        target: "fibd",
+        "access: {} API keys{}; steps {}; trusted proxies [{}]; anonymous loopback clients {}",
+        access.key_counts().count(),
+        a.api_keys
+            .as_ref()
+            .map(|p| format!(" from {}", p.display()))
+            .unwrap_or_default(),
+        if a.protect_steps {
+            "need a key with the step scope"
+        } else {
+            "open to all"
+        },
+        proxies.join(", "),
+        if a.rate_limit_loopback || !config.rate_limit.enabled {
+            "limited like everyone"
+        } else {
+            "not rate limited"
+        },
+    );
+    if let Some(upstream) = &config.smart.upstream {
+        log::info!(
+            target: "fibd",
+            "/api/smart calls http://{}{} at {}",
+            upstream.host,
+            upstream.target,
+            upstream.addr
+        );
+    }
+    if let Some(trace) = &config.trace {
+        log::info!(
+            target: "fibd",
+            "tracing: {} of requests without a caller's decision; spans go to {} at {} \
+             in batches of up to {}, with up to {} waiting (more are dropped and counted \
+             in fibd_trace_spans_dropped_total)",
+            trace.sample_ratio,
+            trace.collector,
+            trace.collector.addr,
+            crate::ops::trace::BATCH_SPANS,
+            trace.buffer_spans
+        );
+    }
+    if let Some(cluster) = &config.cluster {
+        log::info!(
+            target: "fibd",
+            "cluster mode: the index is {} in etcd at {} (node {}, {} reads); \
+             primes tasks stay in {}",
+            wire::index_key(&cluster.name),
+            cluster
+                .endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            cluster.node,
+            match cluster.reads {
+                ReadMode::Linearizable => "linearizable",
+                ReadMode::Serializable => "serializable",
+            },
+            config.data_dir.display()
+        );
+    }
+}
+
+/// A per-process secret for hashing API keys: nobody can relate a hash, or
+/// how long comparing it takes, to a key.
+fn hash_key(random: &mut RandomSource) -> Result<[u8; 16], getrandom::Error> {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&random.next_u64()?.to_le_bytes());
+    key[8..].copy_from_slice(&random.next_u64()?.to_le_bytes());
+    Ok(key)
+}

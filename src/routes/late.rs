@@ -1,0 +1,123 @@
+//! Replies answered later, as the routes see them: the one [`Shape`] every
+//! reply is written and accounted in, what a parked request keeps
+//! ([`Parked`]), who settles it ([`Waiting`]), who made an outbound call
+//! ([`CallOwner`]), and the decided replies waiting to be delivered
+//! ([`LateReply`]).
+
+use std::net::IpAddr;
+
+use super::route::Route;
+use crate::access::KeyId;
+use crate::http::accept::Format;
+use crate::http::message::{Method, Persistence};
+use crate::http::request_id::RequestId;
+use crate::ops::trace::SpanStart;
+use crate::reply::park::{ConnId, Ticket};
+use crate::services::fib::Value;
+use crate::services::primes::task::TaskId;
+use crate::services::smart::SmartReply;
+use crate::services::stepper::StepReply;
+
+/// How a reply is written and accounted, decided when its request arrived:
+/// whether it is answered now or later, it ends through
+/// `App::finish`, which counts it, ends its span, logs it and says whether
+/// the connection stays open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// None for a path that matched no route.
+    pub route: Option<Route>,
+    pub method: Method,
+    pub format: Format,
+    pub persistence: Persistence,
+    pub request_id: RequestId,
+    /// The request's trace span, when it is sampled.
+    pub span: Option<SpanStart>,
+    /// The client's address, as resolved through trusted proxies.
+    pub client: IpAddr,
+    /// The API key it presented, when known.
+    pub key: Option<KeyId>,
+}
+
+impl Shape {
+    pub fn head_only(&self) -> bool {
+        self.method == Method::Head
+    }
+}
+
+/// Which service settles a parked request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// A /v1/fib request waiting for the compute worker.
+    Fib,
+    /// An /api/smart request waiting for its upstream attempts.
+    Smart,
+    /// A primes task GET waiting for its task to settle (`?wait`).
+    PrimesTask(TaskId),
+    /// A primes task POST whose 202 waits for its record to be durable.
+    PrimesAccepted,
+    /// A /current, /next or /previous waiting for its batch.
+    Step,
+}
+
+/// What a parked request keeps: who settles it and how its reply is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parked {
+    pub owner: Waiting,
+    pub shape: Shape,
+}
+
+/// Who made an outbound call, so its completion reaches the right service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOwner {
+    /// One attempt of the /api/smart request parked under this ticket.
+    Smart(Ticket),
+    /// A batch of finished spans POSTed to the collector.
+    TraceExport,
+    /// The stepper's store (etcd): the one call in flight.
+    Store,
+}
+
+/// A parked request's reply, decided outside request handling (a commit,
+/// a computation, an upstream answer, an expired deadline) and queued for
+/// the loop to deliver.
+#[derive(Debug)]
+pub enum LateReply {
+    Fib {
+        n: u64,
+        value: Value,
+    },
+    Step(StepReply),
+    /// A primes task GET: the task's state now (it settled, or the wait ended).
+    Task,
+    /// The 202 of a primes task POST may leave: its record is durable.
+    Accepted,
+    /// The write the reply waited for was not made durable: the reply, and
+    /// everything queued after it on its connection, become one 503.
+    Withdrawn,
+    Smart(SmartReply),
+}
+
+impl LateReply {
+    /// Whether the reply replaces its slot and what followed it.
+    pub fn withdraws(&self) -> bool {
+        matches!(
+            self,
+            LateReply::Withdrawn | LateReply::Step(StepReply::Withdrawn)
+        )
+    }
+}
+
+/// A decided reply, with where it goes.
+#[derive(Debug)]
+pub struct Delivery {
+    pub conn: ConnId,
+    pub ticket: Ticket,
+    pub(super) parked: Parked,
+    pub(super) reply: LateReply,
+}
+
+impl Delivery {
+    pub fn withdraws(&self) -> bool {
+        self.reply.withdraws()
+    }
+}
