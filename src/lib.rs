@@ -1,73 +1,87 @@
-//! fibd: a durable HTTP Fibonacci stepper in one binary and one event-loop thread.
+//! fibd: a durable HTTP number service in one binary and one event-loop thread.
+//!
+//! # The flow
+//! `socket → net::conn → net::session (http::parse) → routes → services →
+//! store → reply → net::conn → socket`. A request answered at once is
+//! written into its connection's output in the same pass; one answered later
+//! (a step waiting for its commit, a computation, a task, an upstream call)
+//! is parked under a ticket, its connection keeps a slot for its reply, and
+//! the loop delivers the reply when the service that owns the ticket decides
+//! it. Every reply, now or later, ends through one epilogue in `routes`
+//! (counted, its span ended, logged, keep-alive decided).
 //!
 //! # Layout
-//! The request flow is `socket → conn → http::parse → routes → service →
-//! store → reply → conn → socket`, one module a step:
+//! The top of `src/` holds the wiring and the loop; everything else lives in
+//! a wing named for what it is for. A wing only uses the wings below it in
+//! this list, with one exception: `ops::metrics` reads the counters of the
+//! wings that own them (and names its rows after `routes::route`, a leaf).
+//! No two files import each other, directly or around a circle:
 //!
-//! - [`server`]: the mio event loop, the only code that knows `Poll`; accepts,
-//!   drives connections, applies commit outcomes, handles signals.
-//! - [`conn`]: one connection's state machine, the only code that touches a
-//!   socket; ordered replies, pipelining, backpressure, replies held for a commit.
-//! - [`http`]: sans-IO HTTP/1.1: request parser, chunked bodies, query strings,
-//!   content negotiation, the Date header, `If-None-Match`, response heads
-//!   (and the one rule for the `Connection` field), the client address behind
-//!   trusted proxies, and the reader of upstream responses (`http::upstream`).
-//! - [`park`]: replies answered later: a ticket per parked request, which the
-//!   service keeps instead of the connection, and the deadlines they expire at.
-//! - [`routes`]: the route table, dispatch and charging (`routes/mod.rs`), and
-//!   one file of replies per service (`stepper`, `fib`, `primes`, `random`,
-//!   `smart`, `ops`, `docs` for /openapi.json and /docs, which `build.rs`
-//!   renders from `openapi.json`; `number` is the value writer the stepper and
-//!   /v1/fib share; `cluster` carries cluster mode's etcd calls and cursor
-//!   jumps).
-//! - [`error`]: every failure as a type, mapped to a status and JSON in one place.
-//! - [`stepper`]: the global index and its group-commit bookkeeping (sans-IO).
-//! - [`fib`]: the Fibonacci engine (a compile-time table; `fib::engine`, fast
-//!   doubling in base-10^19 limbs with schoolbook, Karatsuba and NTT
-//!   multiplication, so F(n) never leaves decimal; ibig as the binary oracle;
-//!   a decimal cursor whose steps and printing are linear) and the /v1/fib
-//!   service (byte-bounded cache, single flight).
-//! - [`primes`]: primes as durable background tasks: the segmented sieve, the
-//!   one shared JSON table, task records, retention (sans-IO service).
-//! - [`compute`]: the low-priority threads and the one bounded queue that run
-//!   every long computation (F(n), sieves) off the loop.
-//! - [`random`]: the /v1/random service on the OS CSPRNG.
-//! - [`access`]: who the client is and what it may do: API keys (a file,
-//!   reloaded on SIGHUP) and their scopes, trusted reverse proxies, and which
-//!   bucket and limit a request is charged to.
-//! - [`smart`]: the /api/smart service: the hedging plan as a sans-IO state
-//!   machine, and the live calls with their hedge timers.
-//! - [`upstream`]: the outbound HTTP/1.1 client inside the loop (non-blocking
-//!   connect, bounded keep-alive pool, deadlines), the only code that touches
-//!   an upstream socket; the server drives it through a token range. Its
-//!   callers are /api/smart and the trace exporter; where a call goes is an
-//!   `upstream::Target`, resolved at start-up.
-//! - [`request_id`]: the caller's `X-Request-Id` validated, or one made cheaply;
-//!   echoed on every answer, in logs and error bodies.
-//! - [`ratelimit`]: token buckets per client, weighted by the work a request costs.
-//! - [`recency`]: the O(1) least-recently-used order the cache and the limiter share.
-//! - [`committer`]: the commit thread that runs the store off the event loop.
-//! - [`store`]: LMDB through heed: the stepper's index and the task records,
-//!   written together, one transaction per batch.
-//! - [`cluster`]: the other store of the index (`--store etcd`): one index
-//!   that several nodes share in etcd, group commit as one compare-and-put
-//!   transaction per batch, quorum reads for /current, lost answers read
-//!   back (sans-IO; `cluster::etcd` is the JSON gateway's wire format, and
-//!   `routes/cluster.rs` carries the calls through [`upstream`]).
-//! - [`metrics`], [`logging`], [`systemd`]: Prometheus text and the dashboard's
-//!   JSON, the journald-aware log format, sd_notify and socket activation.
-//! - [`trace`]: W3C traceparent, sampled request spans in a bounded buffer,
-//!   Zipkin v2 JSON batches for the outbound client to send (sans-IO);
-//!   `routes/trace.rs` ends spans, makes /api/smart's attempt spans and hands
-//!   batches to the client from a loop phase.
+//! - `main.rs`: the command line; `serve` goes to [`boot`].
+//! - [`boot`]: the wiring: store recovery, the chosen store of the index,
+//!   services, listener, app, loop.
+//! - [`server`]: the event loop, the only code that knows `mio::Poll`; its
+//!   pass is a few named phases, with the clock read once at its start.
 //! - [`config`]: command line and environment, validated once.
+//! - [`routes`]: request to reply. `mod.rs` holds `App` (dispatch, charging,
+//!   the loop phases, the one epilogue); `route` the route table; `late`
+//!   the shape every reply is written in and the replies answered later;
+//!   one file of replies per service (`stepper`, `fib`, `primes`, `random`,
+//!   `smart`, `ops`, `docs`); `number` the value writer the stepper and
+//!   /v1/fib share; `trace` spans and their export.
+//! - [`error`]: every failure as a type, mapped to a status and JSON in one
+//!   place (the transport's, access's and the services' errors included).
+//! - [`services`]: the domain, sans-IO where it can be:
+//!   - `stepper`: the index /current, /next and /previous walk: group
+//!     commit, read sharing and every reply, once, above the store;
+//!   - `fib`: the Fibonacci engine (a compile-time table; fast doubling in
+//!     base-10^19 limbs with schoolbook, Karatsuba and NTT multiplication;
+//!     ibig as the oracle; a decimal cursor), the byte-bounded cache with
+//!     single flight, the F(n) price;
+//!   - `primes`: primes as durable background tasks (sieve, records,
+//!     retention);
+//!   - `smart`: /api/smart's hedging plan as a state machine;
+//!   - `random`: /v1/random on the OS CSPRNG;
+//!   - `compute`: the low-priority threads and one bounded queue for every
+//!     long computation.
+//! - [`store`]: what fibd keeps durably: the index behind one interface
+//!   (`IndexStore`: LMDB or etcd); `ledger`, the LMDB group commit that the
+//!   task records always ride (and the index with `--store lmdb`);
+//!   `committer`, the thread that runs LMDB off the loop; `lmdb`, the only
+//!   code that knows LMDB; `etcd`, the etcd protocol (`etcd::wire` its JSON).
+//! - [`access`]: who the client is and what it may do: API keys and scopes
+//!   (`keyfile`, reloaded on SIGHUP), trusted proxies (`cidr`), and the
+//!   token buckets a request is charged to (`ratelimit`).
+//! - [`ops`]: what the operator sees: `metrics` (Prometheus text and the
+//!   dashboard's JSON, one walk), `trace` (W3C traceparent, sampled spans,
+//!   Zipkin v2 batches, sans-IO), `logging` (journald-aware).
+//! - [`net`]: everything that owns a socket: `conn`, the client socket
+//!   shell, the only code that touches a client socket; `session`, the
+//!   connection's request stream, sans-IO (pipelining, bodies, 100-continue,
+//!   backpressure, timeouts) with its own error type; `upstream`, the
+//!   outbound HTTP/1.1 client and its bounded pool (the only code that
+//!   touches an upstream socket); `systemd`, sd_notify and socket activation.
+//! - [`reply`]: replies now and later, no socket and no service: `output`,
+//!   the replies queued in request order with slots for those to come;
+//!   `park`, the table of requests answered later, by ticket.
+//! - [`http`]: sans-IO HTTP/1.1: `message` (method, version, persistence),
+//!   the request parser, chunked bodies, query strings, content
+//!   negotiation, the Date header, ETags, response heads, the client
+//!   address behind trusted proxies, request ids, and the reader of
+//!   upstream responses.
+//! - [`base`]: small structures every wing uses: `slab` (keys with a free
+//!   list), `deadlines` (a lazy-deletion deadline heap), `recency` (O(1)
+//!   LRU order), `digits` (integers into bytes without `fmt`), `time`.
 //!
-//! `unsafe` is denied crate-wide and allowed at four fenced sites, each with a
-//! `SAFETY` note: opening the LMDB map (`store`), adopting the socket systemd
-//! passed and clearing its variables (`systemd`), and lowering the compute
-//! threads' priority (`compute`).
+//! Sockets are registered once, edge triggered, and readiness is
+//! remembered per connection: unlike rustls's mio example, which derives
+//! interest from state and re-registers after every event, no `epoll_ctl`
+//! is made per request.
 //!
-//! `main.rs` only wires these together.
+//! `unsafe` is denied crate-wide and allowed at four fenced sites, each with
+//! a `SAFETY` note: opening the LMDB map (`store::lmdb`), adopting the socket
+//! systemd passed and clearing its variables (`net::systemd`), and lowering
+//! the compute threads' priority (`services::compute`).
 
 pub mod access;
 pub mod base;

@@ -386,3 +386,64 @@ fn a_hung_collector_costs_dropped_spans_not_answers() {
         "{warning}"
     );
 }
+
+#[test]
+fn a_primes_get_that_waits_ends_its_span_is_counted_and_logged() {
+    let _serial = serial();
+    let collector = collector();
+    let data = DataDir::new("traces-primes-wait");
+    let url = format!("http://{}/api/v2/spans", collector.addr);
+    let fibd = Fibd::start_with(
+        &data,
+        &[
+            "--trace-zipkin",
+            &url,
+            "--trace-sample",
+            "1",
+            "--rate-limit",
+            "0",
+        ],
+        &[("RUST_LOG", "info,fibd::access=debug")],
+    );
+    // The compute thread is kept busy, so the task waits for it and the GET
+    // parks: answered when the task is done or its wait of 1 s ends,
+    // whichever comes first; both are replies answered later.
+    let addr = fibd.addr;
+    let blocker = std::thread::spawn(move || {
+        support::Client::connect(addr)
+            .request("GET", "/v1/fib?n=9000000", &[])
+            .status
+    });
+    let posted = fibd.post_json("/v1/primes/tasks", "{\"n\": 100000}");
+    assert_eq!(posted.status, 202);
+    let posted: Value = serde_json::from_str(&posted.text()).expect("a JSON body");
+    let id = posted["request_id"].as_str().unwrap().to_owned();
+    let from_us = unix_micros();
+    let waited = fibd.connect().request(
+        "GET",
+        &format!("/v1/primes/tasks/{id}?wait=1"),
+        &[("X-Request-Id", "waited-get")],
+    );
+    assert_eq!(waited.status, 200);
+    let spans = wait_for_spans(&collector, |spans| {
+        spans
+            .iter()
+            .any(|s| s["tags"]["request_id"] == "waited-get")
+    });
+    let span = spans
+        .iter()
+        .find(|s| s["tags"]["request_id"] == "waited-get")
+        .unwrap();
+    assert_eq!(span["name"], "get /v1/primes/tasks/{id}");
+    assert_eq!(span["tags"]["http.status_code"], "200");
+    check_span_model(span, from_us, unix_micros());
+    let line = fibd.wait_log("waited-get");
+    assert!(line.contains("/v1/primes/tasks/{id} -> 200"), "{line}");
+    let mut client = fibd.connect();
+    let counted = metric(
+        &mut client,
+        "fibd_requests_total{route=\"/v1/primes/tasks/{id}\",code=\"200\"}",
+    );
+    assert_eq!(counted, 1.0, "the waited GET is counted once");
+    assert_eq!(blocker.join().unwrap(), 200);
+}
