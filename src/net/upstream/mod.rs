@@ -1,9 +1,9 @@
 //! fibd's outbound HTTP/1.1 client, inside the event loop: non-blocking
 //! connect, write and read, a bounded pool of keep-alive connections, and a
-//! deadline on every call. No thread per call, no runtime. Its callers are
-//! /api/smart's attempts and the trace exporter's batches, told apart by the
-//! tag each call carries; where a call goes is a [`Target`], resolved at
-//! start-up.
+//! deadline on every call. No thread per call, no runtime. It knows no
+//! caller: each call carries an opaque tag of the caller's (in fibd,
+//! /api/smart's attempts, the trace exporter's batches and the etcd index's
+//! calls); where a call goes is a [`Target`], resolved at start-up.
 //!
 //! # Interface
 //! A caller sends an [`Outbound`] request (encoded once, shared by every
@@ -71,6 +71,7 @@ pub struct ClientConfig {
     pub token_base: usize,
 }
 
+#[cfg(test)]
 impl ClientConfig {
     /// A client that may open no connection: every send is refused.
     pub fn unused() -> ClientConfig {

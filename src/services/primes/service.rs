@@ -4,9 +4,10 @@
 //! (Unix milliseconds, because retention outlives a restart), hands in the
 //! sieve's results and the commit outcomes, and writes the replies.
 //!
-//! Durability: a task is accepted into the stepper's collecting batch (the
-//! caller joins it and holds the 202 behind it); its record goes to the store
-//! in that batch's one transaction. Settling and expiry are written the same
+//! Durability: a task is accepted into the collecting group-commit batch
+//! (its 202 is parked behind that batch as a reply slot); its record goes to
+//! the store in that batch's one transaction, and the 202 leaves only once
+//! the batch is durable. Settling and expiry are written the same
 //! way, in whatever batch comes next. If a commit fails, the tasks whose
 //! acceptance it carried (and the batch collected on top of it) are dropped,
 //! as their 202s were withdrawn; other writes are retried in the next batch.
