@@ -15,7 +15,9 @@
 //! a wing named for what it is for. A wing only uses the wings below it in
 //! this list, with one exception: `ops::metrics` reads the counters of the
 //! wings that own them (and names its rows after `routes::route`, a leaf).
-//! No two files import each other, directly or around a circle:
+//! No two files import each other, directly or around a circle, a module
+//! and its own children included (`scripts/import-cycles` checks it; CI runs
+//! it):
 //!
 //! - `main.rs`: the command line; `serve` goes to [`boot`].
 //! - [`boot`]: the wiring: store recovery, the chosen store of the index,
@@ -45,7 +47,7 @@
 //!   - `compute`: the low-priority threads and one bounded queue for every
 //!     long computation.
 //! - [`store`]: what fibd keeps durably: the index behind one interface
-//!   (`IndexStore`: LMDB or etcd); `ledger`, the LMDB group commit that the
+//!   (`IndexStore`: LMDB or etcd; `index`, its vocabulary); `ledger`, the LMDB group commit that the
 //!   task records always ride (and the index with `--store lmdb`);
 //!   `committer`, the thread that runs LMDB off the loop; `lmdb`, the only
 //!   code that knows LMDB; `etcd`, the etcd protocol (`etcd::wire` its JSON).

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use super::{CallError, CallId, Outbound};
+use super::call::{CallError, CallId, Outbound};
 use crate::http::upstream::{Progress, Response, ResponseLimits, ResponseReader};
 
 /// Bytes taken from the socket per read.

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use super::Outbound;
+use super::call::Outbound;
 
 /// A resolved `http://host[:port][/path][?query]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

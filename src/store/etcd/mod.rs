@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use wire::{Keys, Revisioned, TxnAnswer};
 
-use super::{IndexBatch, IndexOutcome, StoreCall};
 use crate::net::upstream::{CallError, Target};
+use crate::store::index::{IndexBatch, IndexOutcome, StoreCall};
 
 /// The longest a winner waits for a node that keeps losing the race.
 const YIELD_MAX: Duration = Duration::from_millis(20);

@@ -221,10 +221,43 @@ pub fn write_decimal(limbs: &[u64], out: &mut Vec<u8>) {
     }
 }
 
+/// Deterministic operands for the engine's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::BASE;
+
+    /// SplitMix64: a tiny deterministic generator, so failures reproduce.
+    pub fn splitmix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A canonical number of `len` limbs: random ones, or every limb at its
+    /// maximum when `max` is set.
+    pub fn random_limbs(state: &mut u64, len: usize, max: bool) -> Vec<u64> {
+        let mut limbs: Vec<u64> = (0..len)
+            .map(|_| {
+                if max {
+                    BASE - 1
+                } else {
+                    splitmix(state) % BASE
+                }
+            })
+            .collect();
+        if let Some(top) = limbs.last_mut() {
+            *top = (*top).max(1);
+        }
+        limbs
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{random_limbs, splitmix};
     use super::*;
-    use crate::services::fib::engine::testing::{random_limbs, splitmix};
     use ibig::UBig;
 
     fn to_ubig(limbs: &[u64]) -> UBig {

@@ -110,42 +110,9 @@ fn prev_and_current(transforms: &mut Transforms, k: u64) -> (Vec<u64>, Vec<u64>)
     (prev, cur)
 }
 
-/// Deterministic operands for the engine's tests.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::limbs::BASE;
-
-    /// SplitMix64: a tiny deterministic generator, so failures reproduce.
-    pub fn splitmix(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A canonical number of `len` limbs: random ones, or every limb at its
-    /// maximum when `max` is set.
-    pub fn random_limbs(state: &mut u64, len: usize, max: bool) -> Vec<u64> {
-        let mut limbs: Vec<u64> = (0..len)
-            .map(|_| {
-                if max {
-                    BASE - 1
-                } else {
-                    splitmix(state) % BASE
-                }
-            })
-            .collect();
-        if let Some(top) = limbs.last_mut() {
-            *top = (*top).max(1);
-        }
-        limbs
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::testing::splitmix;
+    use super::limbs::testing::splitmix;
     use super::*;
 
     fn text(limbs: &[u64]) -> String {

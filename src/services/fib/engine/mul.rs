@@ -261,7 +261,7 @@ fn unbalanced(transforms: &mut Transforms, long: &[u64], short: &[u64], out: &mu
 mod tests {
     use super::*;
     use crate::services::fib::engine::limbs::BASE;
-    use crate::services::fib::engine::testing::random_limbs;
+    use crate::services::fib::engine::limbs::testing::random_limbs;
 
     /// The reference every faster path is checked against.
     fn reference(a: &[u64], b: &[u64]) -> Vec<u64> {

@@ -556,8 +556,8 @@ mod tests {
         for field in &FIELDS {
             let p = field.p;
             for _ in 0..10_000 {
-                let a = crate::services::fib::engine::testing::splitmix(&mut state);
-                let w = crate::services::fib::engine::testing::splitmix(&mut state) % p;
+                let a = crate::services::fib::engine::limbs::testing::splitmix(&mut state);
+                let w = crate::services::fib::engine::limbs::testing::splitmix(&mut state) % p;
                 assert_eq!(field.quotient(w), shoup_quotient(w, p));
                 let got = field.factor(w).mul(a, p);
                 assert!(got < 2 * p);
@@ -585,7 +585,9 @@ mod tests {
             table.cover(n, field);
             let mut state = log as u64;
             let original: Vec<u64> = (0..n)
-                .map(|_| crate::services::fib::engine::testing::splitmix(&mut state) % field.p)
+                .map(|_| {
+                    crate::services::fib::engine::limbs::testing::splitmix(&mut state) % field.p
+                })
                 .collect();
             let mut a = original.clone();
             forward(&mut a, table, field.p);
