@@ -27,6 +27,7 @@ use crate::services::stepper::Stepper;
 use crate::store::IndexStore;
 use crate::store::committer::Committer;
 use crate::store::etcd::{EtcdIndex, ReadMode, wire};
+use crate::store::ledger::CommitOutcome;
 use crate::store::lmdb::{Store, StoreError};
 
 /// Pooled upstream connections unused this long are closed: shorter than
@@ -152,8 +153,8 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
     let app = App::new(parts, now, SystemTime::now());
     let server = Server::new(poll, listener, app, config, Notifier::from_env(), now)?;
     for outcome in server.run()? {
-        if let Err(e) = outcome.result {
-            log::error!(target: "fibd", "a final commit failed: {e}");
+        if let CommitOutcome::Failed { error, .. } = outcome {
+            log::error!(target: "fibd", "a final commit failed: {error}");
         }
     }
     log::info!(target: "fibd", "stopped cleanly");

@@ -140,3 +140,29 @@ fn a_panic_in_the_loop_exits_and_loses_no_acknowledged_step() {
     let fibd = Fibd::start(&data, &[]);
     assert!(fibd.get("/current").index() >= acknowledged);
 }
+
+/// The deciding case of one flush per batch: a step's own commit leaves its
+/// meta page unflushed, and the flush that would make it durable fails. A
+/// commit path that answered at the step's own commit would say 200 for a
+/// step a power cut could still take back; fibd says 503, and the step is
+/// not applied.
+#[test]
+fn a_step_whose_durability_flush_fails_is_answered_503_never_200() {
+    let data = DataDir::new("flush-fails");
+    let fibd = Fibd::start(&data, &[]);
+    assert_eq!(fibd.post("/next").status, 200);
+    let fault = data.path().join("fail-syncs");
+    std::fs::write(&fault, b"").unwrap();
+    let r = fibd.post("/next");
+    assert_eq!(r.status, 503, "answered before its flush");
+    assert_eq!(fibd.get("/readyz").status, 503);
+    std::fs::remove_file(&fault).unwrap();
+    let r = fibd.post("/next");
+    assert_eq!(
+        (r.status, r.index()),
+        (200, 2),
+        "the withdrawn step was not applied"
+    );
+    assert_eq!(fibd.get("/readyz").status, 200);
+    assert_eq!(fibd.get("/current").index(), 2);
+}

@@ -129,6 +129,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_batch_steps: Histogram,
     commit_failures: u64,
+    commit_flushes: u64,
     accepted: u64,
     closed: u64,
     fib_cache_hits: u64,
@@ -150,6 +151,7 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(&COMMIT_BOUNDS),
             commit_batch_steps: Histogram::new(&BATCH_BOUNDS),
             commit_failures: 0,
+            commit_flushes: 0,
             accepted: 0,
             closed: 0,
             fib_cache_hits: 0,
@@ -197,6 +199,12 @@ impl Metrics {
     /// A commit carried `writes` mutations (steps and task records).
     pub fn batch_committed(&mut self, writes: u64) {
         self.commit_batch_steps.observe(writes as f64);
+    }
+
+    /// The commit thread was given a batch to write or a flush alone: each
+    /// is one device flush.
+    pub fn flush_asked(&mut self) {
+        self.commit_flushes += 1;
     }
 
     pub fn commit(&mut self, elapsed: Option<Duration>) {
@@ -290,7 +298,7 @@ impl Metrics {
         );
         sink.histogram(
             "fibd_commit_duration_seconds",
-            "Time for one group commit, including both device flushes.",
+            "From a group commit's write to its batch being durable (its own flush and the next one).",
             &self.commit_seconds,
         );
         sink.histogram(
@@ -298,12 +306,18 @@ impl Metrics {
             "Stepper mutations made durable by one commit.",
             &self.commit_batch_steps,
         );
-        let scalars: [(Kind, &str, &str, u64); 19] = [
+        let scalars: [(Kind, &str, &str, u64); 20] = [
             (
                 Kind::Counter,
                 "fibd_commit_failures_total",
                 "Commits that failed.",
                 self.commit_failures,
+            ),
+            (
+                Kind::Counter,
+                "fibd_commit_flushes_total",
+                "Device flushes of the LMDB store: one per batch written, one per flush asked for alone.",
+                self.commit_flushes,
             ),
             (
                 Kind::Gauge,

@@ -52,8 +52,7 @@ use crate::services::random::RandomSource;
 use crate::services::smart::SmartService;
 use crate::services::stepper::{StepReply, Stepper};
 use crate::store::committer::{Committer, CommitterGone};
-use crate::store::ledger::CommitOutcome;
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{CommitCommand, CommitOutcome, Ledger};
 
 use late::{CallOwner, Delivery, LateReply, Parked, Shape, Waiting};
 pub use route::Route;
@@ -245,8 +244,14 @@ impl App {
                 continue;
             };
             let succeeded = committed.result.is_ok();
-            self.metrics.commit(committed.result.as_ref().ok().copied());
-            self.metrics.batch_committed(committed.writes);
+            match &committed.result {
+                Ok(Some(took)) => {
+                    self.metrics.commit(Some(*took));
+                    self.metrics.batch_committed(committed.writes);
+                }
+                Ok(None) => {} // only written: counted once durable
+                Err(_) => self.metrics.commit(None),
+            }
             if self.store_ready != succeeded {
                 self.store_ready = succeeded;
                 if succeeded {
@@ -347,9 +352,12 @@ impl App {
         if self.primes.take_join() {
             self.ledger.join();
         }
-        if let Some(mut request) = self.ledger.take() {
-            request.records = self.primes.take_writes(request.batch);
-            self.committer.submit(request);
+        if let Some(mut command) = self.ledger.take() {
+            if let CommitCommand::Write(request) = &mut command {
+                request.records = self.primes.take_writes(request.batch);
+            }
+            self.metrics.flush_asked();
+            self.committer.submit(command);
         }
         while let Some(call) = self.stepper.next_call(self.now) {
             let sent = self

@@ -6,8 +6,20 @@
 //! `unsafe`. It does not know about threads or batching: `committer` runs it
 //! off the event loop, `ledger` groups the writes, and the services decide
 //! what to write. A batch, the
-//! index and every record write in it, is one transaction: one commit, one
-//! pair of device flushes.
+//! index and every record write in it, is one transaction.
+//!
+//! # One device flush per batch
+//! The environment is opened with `MDB_NOMETASYNC`: a commit writes the data
+//! pages, flushes the file once (`fdatasync`), then writes the meta page
+//! that makes the transaction visible *without* a flush of its own. So when
+//! [`IndexTable::write_batch`] returns, its own transaction is not yet known
+//! to survive a power cut (its meta page may still be in the page cache),
+//! but the one before it is: this commit's flush carried that one's meta
+//! page. A transaction is durable once the *next* flush of the file has
+//! completed: the next `write_batch`'s, or an explicit [`IndexTable::sync`].
+//! LMDB keeps its integrity either way (two meta pages; a lost meta write
+//! only undoes the last transaction). The committer builds its promise on
+//! exactly this: no batch counts as durable before a later flush.
 
 use std::fmt;
 use std::fs::{self, File, TryLockError};
@@ -15,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, U64};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
 const INDEX_KEY: &[u8] = b"index";
 const RECORDS_DB: &str = "tasks";
@@ -25,10 +37,16 @@ const RECORDS_DB: &str = "tasks";
 const MAP_SIZE_BYTES: usize = 64 << 20;
 const LOCK_FILE: &str = "fibd.lock";
 /// Test hook (debug builds, or the `test-hooks` feature): while a file of
-/// this name exists in the data directory, every commit fails, as on a full
-/// or failing disk. The end-to-end alert test uses it.
+/// this name exists in the data directory, every commit and every flush
+/// fails, as on a full or failing disk. The end-to-end alert test uses it.
 #[cfg(any(debug_assertions, feature = "test-hooks"))]
 pub const FAIL_COMMITS_FILE: &str = "fail-commits";
+/// Test hook, likewise: while it exists, only the explicit flush
+/// ([`IndexTable::sync`]) fails: a transaction is then written but never
+/// made durable, the case that decides whether replies wait for a later
+/// flush.
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
+pub const FAIL_SYNCS_FILE: &str = "fail-syncs";
 
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
 type RecordsDb<'e> = Database<'e, Bytes, Bytes>;
@@ -59,7 +77,7 @@ pub enum StoreError {
     },
     Lmdb(heed::Error),
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
-    InjectedFault,
+    InjectedFault(&'static str),
 }
 
 impl fmt::Display for StoreError {
@@ -82,7 +100,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::Lmdb(e) => write!(f, "LMDB: {e}"),
             #[cfg(any(debug_assertions, feature = "test-hooks"))]
-            StoreError::InjectedFault => write!(f, "{FAIL_COMMITS_FILE} exists (test hook)"),
+            StoreError::InjectedFault(file) => write!(f, "{file} exists (test hook)"),
         }
     }
 }
@@ -101,7 +119,7 @@ pub struct Store {
     env: Env<WithoutTls>,
     _lock: File,
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
-    fault_file: PathBuf,
+    dir: PathBuf,
 }
 
 impl Store {
@@ -116,10 +134,14 @@ impl Store {
         // SAFETY: the memory map is only unsound if the files are changed
         // behind LMDB's back. This process holds the directory's lock file,
         // so no other fibd writes them; LMDB's own locking covers readers.
-        // The default flags keep both syncs (no NO_SYNC / NO_META_SYNC), so a
-        // committed transaction is on disk when `commit` returns.
+        // NO_META_SYNC keeps LMDB's integrity (it only defers the meta
+        // page's flush to the next one, see the module docs); the data
+        // flush stays, and no NO_SYNC.
         #[allow(unsafe_code)]
-        let env = unsafe { options.open(dir)? };
+        let env = unsafe {
+            options.flags(EnvFlags::NO_META_SYNC);
+            options.open(dir)?
+        };
         // A process killed mid-read leaves its slot in the reader table;
         // cleared now so it cannot pin old pages forever.
         let cleared = env.clear_stale_readers()?;
@@ -130,7 +152,7 @@ impl Store {
             env,
             _lock: lock,
             #[cfg(any(debug_assertions, feature = "test-hooks"))]
-            fault_file: dir.join(FAIL_COMMITS_FILE),
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -150,7 +172,7 @@ impl Store {
             env: &self.env,
             db,
             #[cfg(any(debug_assertions, feature = "test-hooks"))]
-            fault_file: &self.fault_file,
+            dir: &self.dir,
             records,
         }))
     }
@@ -184,7 +206,7 @@ pub struct IndexTable<'e> {
     env: &'e Env<WithoutTls>,
     db: IndexDb<'e>,
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
-    fault_file: &'e Path,
+    dir: &'e Path,
     records: RecordsDb<'e>,
 }
 
@@ -195,24 +217,25 @@ impl IndexTable<'_> {
         Ok(self.db.get(&rtxn, INDEX_KEY)?.unwrap_or(0))
     }
 
-    /// Writes the index in one transaction; returns once LMDB has synced the
-    /// data pages and the meta page, so the value survives a crash.
+    /// Writes the index in one transaction and flushes again, so the value
+    /// survives a power cut on return (two flushes: for callers that wait
+    /// for each write alone).
     pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
-        self.write_batch(Some(index), &[])
+        self.write_batch(Some(index), &[])?;
+        self.sync()
     }
 
-    /// Writes the index (when given: with `--store etcd` the index lives
-    /// elsewhere) and `records` in one transaction, durable on return like
-    /// [`Self::write_index`]: all of them, or (on an error) none.
+    /// Writes the index (when given: with `--store lmdb`; with etcd it
+    /// lives elsewhere) and `records` in one transaction, all or (on an
+    /// error) none, with one flush. On return the *previous* transaction is
+    /// durable and this one is written; the next flush makes it durable.
     pub fn write_batch(
         &self,
         index: Option<u64>,
         records: &[RecordWrite],
     ) -> Result<(), StoreError> {
         #[cfg(any(debug_assertions, feature = "test-hooks"))]
-        if self.fault_file.exists() {
-            return Err(StoreError::InjectedFault);
-        }
+        self.injected_fault(&[FAIL_COMMITS_FILE])?;
         let mut wtxn = self.env.write_txn()?;
         if let Some(index) = index {
             self.db.put(&mut wtxn, INDEX_KEY, &index)?;
@@ -229,6 +252,22 @@ impl IndexTable<'_> {
         }
         wtxn.commit()?;
         Ok(())
+    }
+
+    /// Flushes the file: the last transaction written is durable on return.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(any(debug_assertions, feature = "test-hooks"))]
+        self.injected_fault(&[FAIL_COMMITS_FILE, FAIL_SYNCS_FILE])?;
+        self.env.force_sync()?;
+        Ok(())
+    }
+
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    fn injected_fault(&self, files: &[&'static str]) -> Result<(), StoreError> {
+        match files.iter().find(|file| self.dir.join(file).exists()) {
+            Some(file) => Err(StoreError::InjectedFault(file)),
+            None => Ok(()),
+        }
     }
 
     /// Every record in key order, for start-up; keys that are not 8 bytes

@@ -14,8 +14,10 @@
 //!   its own is answered at once. etcd: no, so a read waits for the next
 //!   call, a quorum read or a transaction, which it shares with every read
 //!   that arrived meanwhile.
-//! - *May a batch be taken now?* LMDB: when no commit is in flight. etcd:
-//!   when no call is in flight and no back-off runs.
+//! - *May a batch be taken now?* LMDB: when no commit is being written (a
+//!   batch written and waiting for its flush does not stop the next one:
+//!   writing that one is the flush). etcd: when no call is in flight and no
+//!   back-off runs.
 //! - *May a step whose wait ended have happened?* LMDB: steps do not time
 //!   out. etcd: while an attempt of its batch may still apply.
 //!
@@ -29,25 +31,39 @@ pub mod index;
 pub mod ledger;
 pub mod lmdb;
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::net::upstream::{CallError, Response};
 use etcd::{EtcdIndex, EtcdStats};
 pub use index::{IndexBatch, IndexOutcome, StoreCall};
-use ledger::{CommitEffect, Committed, Ledger};
+use ledger::{BatchId, CommitEffect, Committed, Ledger};
+
+/// A batch of the stepper's in the LMDB ledger: the ledger's batch it rides
+/// in, the index it was applied on and the one it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Riding {
+    batch: BatchId,
+    base: u64,
+    target: u64,
+    written: bool,
+}
 
 /// The one interface the stepper's index is kept behind.
 pub enum IndexStore {
-    /// In the LMDB ledger, written with the task records; `riding` is set
-    /// while a batch of the stepper's is in the ledger's commit.
-    Lmdb { riding: Option<(u64, u64)> },
+    /// In the LMDB ledger, written with the task records; `riding` holds the
+    /// stepper's batches in the ledger's commits (at most one being written
+    /// and one written), oldest first.
+    Lmdb { riding: VecDeque<Riding> },
     /// In etcd, shared with other nodes.
     Etcd(Box<EtcdIndex>),
 }
 
 impl IndexStore {
     pub fn lmdb() -> IndexStore {
-        IndexStore::Lmdb { riding: None }
+        IndexStore::Lmdb {
+            riding: VecDeque::new(),
+        }
     }
 
     /// Whether this node is the index's only writer, so the index it last
@@ -59,7 +75,7 @@ impl IndexStore {
     /// Whether a batch handed over now leaves at once.
     pub fn accepts(&self, ledger: &Ledger, now: Instant) -> bool {
         match self {
-            IndexStore::Lmdb { riding } => riding.is_none() && ledger.is_idle(),
+            IndexStore::Lmdb { riding } => ledger.is_idle() && riding.iter().all(|r| r.written),
             IndexStore::Etcd(etcd) => etcd.accepts(now),
         }
     }
@@ -68,33 +84,55 @@ impl IndexStore {
     pub fn submit(&mut self, batch: IndexBatch, ledger: &mut Ledger) {
         match self {
             IndexStore::Lmdb { riding } => {
-                ledger.put_index(batch.target, batch.steps);
-                *riding = Some((batch.base, batch.target));
+                let ledger_batch = ledger.put_index(batch.target, batch.steps);
+                riding.push_back(Riding {
+                    batch: ledger_batch,
+                    base: batch.base,
+                    target: batch.target,
+                    written: false,
+                });
             }
             IndexStore::Etcd(etcd) => etcd.submit(batch),
         }
     }
 
-    /// A commit of the ledger finished: the outcome of the batch that rode
+    /// A commit of the ledger moved on: the outcome of the batch that rode
     /// in it, if one did.
     pub fn on_commit(&mut self, committed: &Committed) -> Option<IndexOutcome> {
         let IndexStore::Lmdb { riding } = self else {
             return None;
         };
-        if !committed.carried_index {
-            return None;
+        match committed.effect {
+            CommitEffect::Written(batch) => {
+                let r = riding.iter_mut().find(|r| r.batch == batch)?;
+                r.written = true;
+                Some(IndexOutcome::Written {
+                    base: r.base,
+                    then: r.target,
+                })
+            }
+            CommitEffect::Released(batch) => {
+                if riding.front().is_none_or(|r| r.batch > batch) {
+                    return None;
+                }
+                let r = riding.pop_front()?;
+                Some(IndexOutcome::Applied {
+                    base: r.base,
+                    then: r.target,
+                })
+            }
+            CommitEffect::Failed { .. } => {
+                let any = !riding.is_empty();
+                riding.clear();
+                any.then_some(IndexOutcome::Failed)
+            }
         }
-        let (base, target) = riding.take()?;
-        Some(match committed.effect {
-            CommitEffect::Released(_) => IndexOutcome::Applied { base, then: target },
-            CommitEffect::Failed { .. } => IndexOutcome::Failed,
-        })
     }
 
     /// Whether a step whose wait ended may still have happened, or happen.
     pub fn may_apply(&self) -> bool {
         match self {
-            IndexStore::Lmdb { riding } => riding.is_some(),
+            IndexStore::Lmdb { riding } => !riding.is_empty(),
             IndexStore::Etcd(etcd) => etcd.may_apply(),
         }
     }

@@ -9,10 +9,14 @@
 //! `--durable FILE` group-commits per loop pass, as redis does with
 //! `appendfsync always`: after all ready events of one poll pass, if any
 //! request was seen, it writes 8 bytes at offset 0 and fdatasyncs, then 8
-//! bytes at offset 4096 and fdatasyncs (what one LMDB commit costs: data
-//! pages, then the meta page), and only then writes that pass's answers.
+//! bytes at offset 4096 and fdatasyncs (what a default-flags LMDB commit
+//! costs: data pages, then the meta page), and only then writes that pass's
+//! answers. With `--flushes 1` it writes and fdatasyncs once per pass: the
+//! one-flush limit, what any design that makes a batch durable with one
+//! device flush can reach on this disk (redis `appendfsync always` does
+//! exactly this).
 //!
-//! Usage: bare-responder [--port P] [--durable FILE]
+//! Usage: bare-responder [--port P] [--durable FILE [--flushes 1|2]]
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -34,6 +38,7 @@ struct Conn {
 fn main() -> std::io::Result<()> {
     let mut port = 8090u16;
     let mut durable: Option<File> = None;
+    let mut flushes = 2u8;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -44,7 +49,10 @@ fn main() -> std::io::Result<()> {
                 f.set_len(8192)?;
                 durable = Some(f);
             }
-            _ => panic!("usage: bare-responder [--port P] [--durable FILE]"),
+            "--flushes" => {
+                flushes = args.next().and_then(|n| n.parse().ok()).filter(|n| (1..=2).contains(n)).expect("--flushes 1|2");
+            }
+            _ => panic!("usage: bare-responder [--port P] [--durable FILE [--flushes 1|2]]"),
         }
     }
     let mut poll = Poll::new()?;
@@ -96,8 +104,10 @@ fn main() -> std::io::Result<()> {
             commits += 1;
             f.write_all_at(&commits.to_le_bytes(), 0)?;
             f.sync_data()?;
-            f.write_all_at(&commits.to_le_bytes(), 4096)?;
-            f.sync_data()?;
+            if flushes == 2 {
+                f.write_all_at(&commits.to_le_bytes(), 4096)?;
+                f.sync_data()?;
+            }
         }
         for i in pending.drain(..) {
             let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else { continue };

@@ -123,7 +123,9 @@ struct Writes {
     dirty: Vec<(u64, TaskId)>,
     /// Dirty tasks that no caller has joined a batch for yet.
     unjoined: bool,
-    in_flight: Option<(BatchId, Vec<(u64, TaskId)>)>,
+    /// Records handed to batches not durable yet (one being written, one
+    /// written), oldest first: written again if their batch is given up.
+    in_flight: VecDeque<(BatchId, Vec<(u64, TaskId)>)>,
     /// Accepted tasks whose 202 (parked under the ticket) waits for this
     /// batch, oldest first.
     unacknowledged: VecDeque<(BatchId, TaskId, Ticket)>,
@@ -419,7 +421,9 @@ impl PrimesService {
                 _ => RecordWrite::Delete { key: seq },
             })
             .collect();
-        self.writes.in_flight = (!ids.is_empty()).then_some((batch, ids));
+        if !ids.is_empty() {
+            self.writes.in_flight.push_back((batch, ids));
+        }
         writes
     }
 
@@ -429,14 +433,16 @@ impl PrimesService {
     /// other writes are owed again.
     pub fn on_commit(&mut self, effect: CommitEffect, settle: &mut impl FnMut(Ticket, bool)) {
         match effect {
+            // Written is not durable: nothing is released yet.
+            CommitEffect::Written(_) => {}
             CommitEffect::Released(committed) => {
-                if self
+                while self
                     .writes
                     .in_flight
-                    .as_ref()
+                    .front()
                     .is_some_and(|(batch, _)| *batch <= committed)
                 {
-                    self.writes.in_flight = None;
+                    self.writes.in_flight.pop_front();
                 }
                 while let Some(&(batch, _, ticket)) = self.writes.unacknowledged.front()
                     && batch <= committed
@@ -446,7 +452,7 @@ impl PrimesService {
                 }
             }
             CommitEffect::Failed { through, .. } => {
-                if let Some((_, ids)) = self.writes.in_flight.take() {
+                for (_, ids) in self.writes.in_flight.drain(..) {
                     self.writes.dirty.extend(ids);
                 }
                 while let Some(&(batch, id, ticket)) = self.writes.unacknowledged.front()
