@@ -27,8 +27,9 @@ use crate::services::stepper::Stepper;
 use crate::store::IndexStore;
 use crate::store::committer::Committer;
 use crate::store::etcd::{EtcdIndex, ReadMode, wire};
-use crate::store::ledger::CommitOutcome;
-use crate::store::lmdb::{Store, StoreError};
+use crate::store::journal;
+use crate::store::lmdb::Store;
+use crate::store::wal::Wal;
 
 /// Pooled upstream connections unused this long are closed: shorter than
 /// the usual server keep-alive timeouts (uvicorn 5 s, nginx 75 s), so fibd
@@ -52,9 +53,14 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         format!("API key file {}: {e}", path.display())
     })?;
     let store = Store::open(&config.data_dir)?;
-    let (recovered, records) = store
-        .with_table(|table| Ok::<_, StoreError>((table.read_index()?, table.read_records()?)))??;
-    let tasks: Vec<(TaskId, Task)> = records
+    let wal = Wal::open(&config.data_dir)
+        .map_err(|e| format!("write-ahead log in {}: {e}", config.data_dir.display()))?;
+    let recovered = store.with_table(|table| journal::recover(&table, &wal))??;
+    if recovered.replayed > 0 {
+        log::info!(target: "fibd", "replayed {} batch(es) from the write-ahead log", recovered.replayed);
+    }
+    let tasks: Vec<(TaskId, Task)> = recovered
+        .records
         .into_iter()
         .filter_map(|(seq, value)| {
             let task = Task::decode(seq, &value);
@@ -84,12 +90,12 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
             let etcd = EtcdIndex::new(cluster.clone(), nonce, now);
             Stepper::new(IndexStore::Etcd(Box::new(etcd)), config.max_index, None)
         }
-        None => Stepper::new(IndexStore::lmdb(), config.max_index, Some(recovered)),
+        None => Stepper::new(IndexStore::lmdb(), config.max_index, Some(recovered.index)),
     };
     let poll = mio::Poll::new()?;
     let waker = Server::waker(&poll)?;
     let commit_waker = waker.clone();
-    let committer = Committer::spawn(store, move || {
+    let committer = Committer::spawn(store, wal, &config.data_dir, move || {
         if let Err(e) = commit_waker.wake() {
             log::error!(target: "fibd", "cannot wake the event loop after a commit: {e}");
         }
@@ -123,7 +129,7 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         config.data_dir.display(),
         match config.cluster {
             Some(_) => "the index is in etcd".to_owned(),
-            None => format!("recovered index {recovered}"),
+            None => format!("recovered index {}", recovered.index),
         }
     );
     if task_count > 0 {
@@ -153,8 +159,8 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
     let app = App::new(parts, now, SystemTime::now());
     let server = Server::new(poll, listener, app, config, Notifier::from_env(), now)?;
     for outcome in server.run()? {
-        if let CommitOutcome::Failed { error, .. } = outcome {
-            log::error!(target: "fibd", "a final commit failed: {error}");
+        if let Err(e) = outcome.result {
+            log::error!(target: "fibd", "a final commit failed: {e}");
         }
     }
     log::info!(target: "fibd", "stopped cleanly");

@@ -47,10 +47,13 @@
 //!   - `compute`: the low-priority threads and one bounded queue for every
 //!     long computation.
 //! - [`store`]: what fibd keeps durably: the index behind one interface
-//!   (`IndexStore`: LMDB or etcd; `index`, its vocabulary); `ledger`, the LMDB group commit that the
-//!   task records always ride (and the index with `--store lmdb`);
-//!   `committer`, the thread that runs LMDB off the loop; `lmdb`, the only
-//!   code that knows LMDB; `etcd`, the etcd protocol (`etcd::wire` its JSON).
+//!   (`IndexStore`: LMDB or etcd; `index`, its vocabulary); `ledger`, the
+//!   group commit that the task records always ride (and the index with
+//!   `--store lmdb`); `committer`, the thread that makes batches durable off
+//!   the loop; `journal`, one flush per batch: the log, checkpoints into
+//!   LMDB, recovery; `wal`, the write-ahead log's frames and file; `lmdb`,
+//!   the only code that knows LMDB; `etcd`, the etcd protocol (`etcd::wire`
+//!   its JSON).
 //! - [`access`]: who the client is and what it may do: API keys and scopes
 //!   (`keyfile`, reloaded on SIGHUP), trusted proxies (`cidr`), and the
 //!   token buckets a request is charged to (`ratelimit`).

@@ -141,11 +141,10 @@ fn a_panic_in_the_loop_exits_and_loses_no_acknowledged_step() {
     assert!(fibd.get("/current").index() >= acknowledged);
 }
 
-/// The deciding case of one flush per batch: a step's own commit leaves its
-/// meta page unflushed, and the flush that would make it durable fails. A
-/// commit path that answered at the step's own commit would say 200 for a
-/// step a power cut could still take back; fibd says 503, and the step is
-/// not applied.
+/// The deciding case of one flush per batch: a step's log frame is written
+/// and the flush that would make it durable fails. A commit path that
+/// answered once the frame was written would say 200 for a step a power cut
+/// could still take back; fibd says 503, and the step is not applied.
 #[test]
 fn a_step_whose_durability_flush_fails_is_answered_503_never_200() {
     let data = DataDir::new("flush-fails");

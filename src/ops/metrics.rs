@@ -201,10 +201,10 @@ impl Metrics {
         self.commit_batch_steps.observe(writes as f64);
     }
 
-    /// The commit thread was given a batch to write or a flush alone: each
-    /// is one device flush.
-    pub fn flush_asked(&mut self) {
-        self.commit_flushes += 1;
+    /// Device flushes a durable batch took (its log frame's, and a
+    /// checkpoint's when one went first).
+    pub fn flushed(&mut self, flushes: u32) {
+        self.commit_flushes += u64::from(flushes);
     }
 
     pub fn commit(&mut self, elapsed: Option<Duration>) {
@@ -298,7 +298,7 @@ impl Metrics {
         );
         sink.histogram(
             "fibd_commit_duration_seconds",
-            "From a group commit's write to its batch being durable (its own flush and the next one).",
+            "From a group commit's write to its batch being durable (one device flush).",
             &self.commit_seconds,
         );
         sink.histogram(
@@ -316,7 +316,7 @@ impl Metrics {
             (
                 Kind::Counter,
                 "fibd_commit_flushes_total",
-                "Device flushes of the LMDB store: one per batch written, one per flush asked for alone.",
+                "Device flushes of the store: one per batch (its write-ahead log frame), two more per checkpoint into LMDB.",
                 self.commit_flushes,
             ),
             (

@@ -52,7 +52,8 @@ use crate::services::random::RandomSource;
 use crate::services::smart::SmartService;
 use crate::services::stepper::{StepReply, Stepper};
 use crate::store::committer::{Committer, CommitterGone};
-use crate::store::ledger::{CommitCommand, CommitOutcome, Ledger};
+use crate::store::ledger::CommitOutcome;
+use crate::store::ledger::Ledger;
 
 use late::{CallOwner, Delivery, LateReply, Parked, Shape, Waiting};
 pub use route::Route;
@@ -245,13 +246,13 @@ impl App {
             };
             let succeeded = committed.result.is_ok();
             match &committed.result {
-                Ok(Some(took)) => {
-                    self.metrics.commit(Some(*took));
-                    self.metrics.batch_committed(committed.writes);
+                Ok(durable) => {
+                    self.metrics.commit(Some(durable.took));
+                    self.metrics.flushed(durable.flushes);
                 }
-                Ok(None) => {} // only written: counted once durable
                 Err(_) => self.metrics.commit(None),
             }
+            self.metrics.batch_committed(committed.writes);
             if self.store_ready != succeeded {
                 self.store_ready = succeeded;
                 if succeeded {
@@ -352,12 +353,9 @@ impl App {
         if self.primes.take_join() {
             self.ledger.join();
         }
-        if let Some(mut command) = self.ledger.take() {
-            if let CommitCommand::Write(request) = &mut command {
-                request.records = self.primes.take_writes(request.batch);
-            }
-            self.metrics.flush_asked();
-            self.committer.submit(command);
+        if let Some(mut request) = self.ledger.take() {
+            request.records = self.primes.take_writes(request.batch);
+            self.committer.submit(request);
         }
         while let Some(call) = self.stepper.next_call(self.now) {
             let sent = self

@@ -4,10 +4,7 @@
 //!
 //! Sans-IO and sans-clock. Requests join the *collecting* batch under their
 //! parking tickets; one batch at a time goes to the store, which says on
-//! which index it was applied. (LMDB first says a batch is *written*: the
-//! next batch may then go, built on it, and its write is the flush that
-//! makes the written one durable; the written batches wait, in order.)
-//! Only once a batch is durable are its replies rendered, each
+//! which index it was applied. Only then are its replies rendered, each
 //! from the index its step made (a cursor walked through the batch), so a
 //! reply never shows a step a crash could take back, and the values are
 //! right even when another node moved the index first (etcd). The replies
@@ -104,9 +101,6 @@ struct Batch {
     submitted: bool,
     /// Handed to the store before: a new attempt of the same batch.
     sent_before: bool,
-    /// Once written (LMDB): the index it was applied on and the one it
-    /// wrote.
-    placed: (u64, u64),
     /// Applied on `.0` (the store holds `.1` now), waiting for the cursor
     /// to get there before its replies are rendered.
     applied: Option<(u64, u64)>,
@@ -130,9 +124,6 @@ pub struct Stepper {
     waiting: HashMap<Ticket, bool>,
     collecting: VecDeque<(Ticket, Op)>,
     batch: Option<Batch>,
-    /// Written by the store (LMDB), not yet durable, oldest first: rendered
-    /// in order once durable; the next batch builds on the last of them.
-    written: VecDeque<Batch>,
     jumps: u64,
 }
 
@@ -154,7 +145,6 @@ impl Stepper {
             waiting: HashMap::new(),
             collecting: VecDeque::new(),
             batch: None,
-            written: VecDeque::new(),
             jumps: 0,
         }
     }
@@ -222,7 +212,7 @@ impl Stepper {
             let Some(batch) = &mut self.batch else {
                 return;
             };
-            let Some(base) = self.written.back().map(|b| b.placed.1).or(self.known) else {
+            let Some(base) = self.known else {
                 return;
             };
             if batch.submitted
@@ -246,18 +236,8 @@ impl Stepper {
             }
             let (target, moves, steps) = simulate(base, &batch.ops, self.max_index);
             if self.store.is_exclusive() && !moves {
-                // Nothing to write: answered at once, or, behind a batch
-                // not durable yet, at the end of it (what it reads is there).
-                match self.written.back_mut() {
-                    Some(last) => {
-                        let mut ops = self.batch.take().map(|b| b.ops).unwrap_or_default();
-                        last.ops.append(&mut ops);
-                    }
-                    None => {
-                        batch.applied = Some((base, base));
-                        self.render_applied(settle);
-                    }
-                }
+                batch.applied = Some((base, base));
+                self.render_applied(settle);
                 continue;
             }
             let fresh = !batch.sent_before;
@@ -372,11 +352,7 @@ impl Stepper {
 
     /// The index once every step taken so far is applied on it.
     pub fn pending_index(&self) -> u64 {
-        let in_flight = self
-            .written
-            .iter()
-            .chain(&self.batch)
-            .flat_map(|b| b.ops.iter());
+        let in_flight = self.batch.iter().flat_map(|b| b.ops.iter());
         in_flight
             .chain(self.collecting.iter())
             .filter(|(ticket, _)| self.waiting.contains_key(ticket))
@@ -388,7 +364,7 @@ impl Stepper {
 
     /// Whether every request taken so far is answered.
     pub fn is_settled(&self) -> bool {
-        self.batch.is_none() && self.written.is_empty() && self.waiting.is_empty()
+        self.batch.is_none() && self.waiting.is_empty()
     }
 
     /// Cursor moves too long for the loop, run on the compute worker.
@@ -414,22 +390,14 @@ impl Stepper {
             ops,
             submitted: false,
             sent_before: false,
-            placed: (0, 0),
             applied: None,
         })
     }
 
     fn apply(&mut self, outcome: IndexOutcome, settle: &mut impl FnMut(Ticket, StepReply)) {
         match outcome {
-            IndexOutcome::Written { base, then } => {
-                if let Some(mut batch) = self.batch.take() {
-                    batch.submitted = false;
-                    batch.placed = (base, then);
-                    self.written.push_back(batch);
-                }
-            }
             IndexOutcome::Applied { base, then } => {
-                if let Some(batch) = self.written.front_mut().or(self.batch.as_mut()) {
+                if let Some(batch) = &mut self.batch {
                     batch.submitted = false;
                     batch.applied = Some((base, then));
                     self.render_applied(settle);
@@ -450,10 +418,7 @@ impl Stepper {
             }
             IndexOutcome::Learned { current } => self.learn(current),
             IndexOutcome::Failed => {
-                // Every batch not durable goes: the cursor never left the
-                // durable index, since only durable batches are rendered.
-                let given_up = self.written.drain(..).chain(self.batch.take());
-                for (ticket, _) in given_up.flat_map(|b| b.ops) {
+                for (ticket, _) in self.batch.take().map(|b| b.ops).unwrap_or_default() {
                     if self.waiting.remove(&ticket).is_some() {
                         settle(ticket, StepReply::Withdrawn);
                     }
@@ -465,20 +430,13 @@ impl Stepper {
     /// Renders the applied batch, once the cursor is at the index it was
     /// applied on: each request's reply from the index its step made.
     fn render_applied(&mut self, settle: &mut impl FnMut(Ticket, StepReply)) {
-        let front = self.written.front().and_then(|b| b.applied);
-        let Some((base, then)) = front.or_else(|| self.batch.as_ref().and_then(|b| b.applied))
-        else {
+        let Some((base, then)) = self.batch.as_ref().and_then(|b| b.applied) else {
             return;
         };
         if self.jump.is_some() || !self.move_cursor(base) {
             return; // a jump runs; `jumped` comes back here
         }
-        let batch = if front.is_some() {
-            self.written.pop_front()
-        } else {
-            self.batch.take()
-        };
-        let (Some(batch), Some(mut cursor)) = (batch, self.cursor.take()) else {
+        let (Some(batch), Some(mut cursor)) = (self.batch.take(), self.cursor.take()) else {
             return;
         };
         // A read right after a step shows the same value: render it once.

@@ -23,10 +23,6 @@ pub struct IndexBatch {
 /// What became of the batch in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexOutcome {
-    /// Written on `base`, taking the index to `then`, not yet durable: the
-    /// next batch may build on `then`; this one is applied (or fails, with
-    /// every batch after it) in order (LMDB).
-    Written { base: u64, then: u64 },
     /// Applied on `base`; the store holds `then` now (another node may have
     /// stepped after it). A batch of reads only is "applied" at the index
     /// it read.

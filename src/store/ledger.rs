@@ -1,38 +1,24 @@
-//! Group commit in front of the LMDB store: every write that arrives while a
-//! commit is in flight joins the next batch, and one batch at a time goes to
-//! the commit thread as one transaction. The primes tasks' records always
+//! Group commit in front of the durable store: every write that arrives
+//! while a commit is in flight joins the next batch, and one batch at a time
+//! goes to the commit thread, made durable at one device flush (one frame of
+//! the write-ahead log, `store::journal`). The primes tasks' records always
 //! ride here; with `--store lmdb` so does the stepper's index, in the same
 //! transaction (`store::IndexStore` puts it in).
 //!
-//! # One flush per batch, and when a batch is durable
-//! A transaction is durable once the flush *after* its own has completed
-//! (`store::lmdb`: the meta page rides the next flush). So a batch goes
-//! through three stages: *writing* (handed to the commit thread),
-//! *written* (its commit returned: data flushed, meta page not), and
-//! *durable*. Whatever collected meanwhile is the next batch: writing it is
-//! the flush that makes the written one durable, so under load every batch
-//! costs one flush. When nothing collected, the loop asks for a flush alone
-//! ([`CommitCommand::Flush`]), so a step that arrives alone waits for two
-//! flushes, as it did when LMDB flushed twice per commit. Batches become
-//! durable strictly in order, and nothing waiting on a batch is released
-//! before it is durable ([`CommitEffect::Released`]).
-//!
-//! A failed write or flush withdraws every batch not known durable: the one
-//! written, the one writing and the one collected on top of them. (After a
-//! failed flush a later one proves nothing about the pages it lost.)
-//!
-//! Sans-IO: the ledger numbers batches and knows which stage each is in;
-//! the commit thread (`store::committer`) does the I/O, and the loop carries
-//! commands and outcomes between the two. A reply that must wait for its
-//! write to be durable names the batch ([`BatchId`]); the outcome says
-//! which batches are now durable ([`CommitEffect`]).
+//! Sans-IO: the ledger numbers batches and knows which is collecting, which
+//! is in flight and which is committed; the commit thread
+//! (`store::committer`) does the I/O, and the loop carries requests and
+//! outcomes between the two. A reply
+//! that must wait for its write to be durable names the batch
+//! ([`BatchId`]); the outcome says which batches are now durable
+//! ([`CommitEffect`]).
 
 use std::time::Duration;
 
 use super::lmdb::{RecordWrite, StoreError};
 
 /// Batches are numbered in commit order; 0 stands for the state recovered at
-/// start-up, so it is durable from the first moment.
+/// start-up, so it is committed from the first moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BatchId(u64);
 
@@ -57,57 +43,45 @@ pub struct CommitRequest {
     pub records: Vec<RecordWrite>,
 }
 
-/// What the loop asks of the commit thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommitCommand {
-    /// Write this batch (one flush, which also makes the written one
-    /// durable).
-    Write(CommitRequest),
-    /// Nothing else collected: flush, so the written batch is durable.
-    Flush,
+/// A batch made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Durable {
+    /// From the start of its write to its flush's return.
+    pub took: Duration,
+    /// Device flushes it took (one; more when a checkpoint went first).
+    pub flushes: u32,
 }
 
-/// What the commit thread reports, in order.
+/// What the store said about a batch.
 #[derive(Debug)]
-pub enum CommitOutcome {
-    /// The batch's commit returned: its data is flushed, its meta page is
-    /// not yet.
-    Written { batch: BatchId },
-    /// The batch is durable, `took` after its write began.
-    Durable { batch: BatchId, took: Duration },
-    /// Writing or flushing failed at this batch: no batch after the last
-    /// durable one is known durable.
-    Failed { batch: BatchId, error: StoreError },
+pub struct CommitOutcome {
+    pub batch: BatchId,
+    pub result: Result<Durable, StoreError>,
 }
 
 /// What a commit outcome means for the writes waiting on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitEffect {
-    /// The batch is written, not yet durable: nothing may be released, but
-    /// the next batch may be built on it.
-    Written(BatchId),
     /// Writes of batches up to this one are durable.
     Released(BatchId),
-    /// Writing or flushing failed: writes of batches after `committed` and
-    /// up to `through` (written, writing, and collected on top of them)
-    /// were not made durable, and are given up.
+    /// The commit failed: writes of batches after `committed` and up to
+    /// `through` (the batch in flight, and the one collected on top of it)
+    /// were not made.
     Failed {
         committed: BatchId,
         through: BatchId,
     },
 }
 
-/// An outcome the ledger applied.
+/// A commit the thread reported.
 #[derive(Debug)]
 pub struct Committed {
     pub effect: CommitEffect,
-    /// The batch written or released carried the index (`--store lmdb`);
-    /// on a failure, whether any batch given up did.
+    /// The batch carried the index (`--store lmdb`).
     pub carried_index: bool,
-    /// How long the released batch took to become durable, or why the
-    /// commit failed; `Ok(None)` for a batch only written.
-    pub result: Result<Option<Duration>, StoreError>,
-    /// Writes in the released batch, for the batch-size histogram.
+    /// How long the commit took and its flushes, or why it failed.
+    pub result: Result<Durable, StoreError>,
+    /// Writes in the batch, for the batch-size histogram.
     pub writes: u64,
 }
 
@@ -126,12 +100,7 @@ pub struct Ledger {
     collecting_writes: u64,
     /// The index the collecting batch writes, when it carries one.
     index: Option<u64>,
-    /// Handed to the commit thread, its commit not returned yet.
-    writing: Option<InFlight>,
-    /// Written, durable at the next flush.
-    written: Option<InFlight>,
-    /// A flush alone was asked for and has not been reported.
-    flushing: bool,
+    in_flight: Option<InFlight>,
 }
 
 impl Default for Ledger {
@@ -147,9 +116,7 @@ impl Ledger {
             collecting: BatchId(1),
             collecting_writes: 0,
             index: None,
-            writing: None,
-            written: None,
-            flushing: false,
+            in_flight: None,
         }
     }
 
@@ -167,121 +134,77 @@ impl Ledger {
         self.collecting
     }
 
-    /// Whether a batch handed over now leaves at once: nothing is being
-    /// written or flushed (a batch written and waiting for its flush does
-    /// not stop the next one: writing it is that flush).
+    /// Whether no commit is in flight: a batch handed over now leaves at once.
     pub fn is_idle(&self) -> bool {
-        self.writing.is_none() && !self.flushing
+        self.in_flight.is_none()
     }
 
-    /// Whether the commit thread should be given something now: a batch, or
-    /// a flush for the written one.
+    /// Whether a batch is ready to go to the commit thread now.
     pub fn is_due(&self) -> bool {
-        self.is_idle() && (self.collecting_writes > 0 || self.written.is_some())
+        self.in_flight.is_none() && self.collecting_writes > 0
     }
 
     /// Whether every write joined so far is durable.
     pub fn is_settled(&self) -> bool {
-        self.writing.is_none()
-            && self.written.is_none()
-            && !self.flushing
-            && self.collecting_writes == 0
+        self.in_flight.is_none() && self.collecting_writes == 0
     }
 
     pub fn is_released(&self, batch: BatchId) -> bool {
         batch <= self.committed
     }
 
-    /// What to hand the commit thread now, if anything: the collected batch
-    /// (the caller adds the records that ride in it), or, when nothing
-    /// collected and a batch waits for its flush, a flush.
-    pub fn take(&mut self) -> Option<CommitCommand> {
-        if !self.is_idle() {
-            return None;
-        }
-        if self.collecting_writes == 0 {
-            if self.written.is_some() {
-                self.flushing = true;
-                return Some(CommitCommand::Flush);
-            }
+    /// The batch to commit next, if nothing is in flight and writes have
+    /// collected; the caller adds the records that ride in it and hands
+    /// the request to the commit thread.
+    pub fn take(&mut self) -> Option<CommitRequest> {
+        if self.in_flight.is_some() || self.collecting_writes == 0 {
             return None;
         }
         let batch = self.collecting;
         let index = self.index.take();
-        self.writing = Some(InFlight {
+        self.in_flight = Some(InFlight {
             batch,
             carried_index: index.is_some(),
             writes: self.collecting_writes,
         });
         self.collecting = batch.next();
         self.collecting_writes = 0;
-        Some(CommitCommand::Write(CommitRequest {
+        Some(CommitRequest {
             batch,
             index,
             records: Vec::new(),
-        }))
+        })
     }
 
-    /// Applies the commit thread's next outcome; None for one about a batch
-    /// the ledger gave up already (it changes nothing).
+    /// Applies the commit thread's outcome for the batch in flight.
     pub fn on_outcome(&mut self, outcome: CommitOutcome) -> Option<Committed> {
-        match outcome {
-            CommitOutcome::Written { batch } => {
-                let written = self.writing.take_if(|w| w.batch == batch)?;
-                let carried_index = written.carried_index;
-                self.written = Some(written);
-                Some(Committed {
-                    effect: CommitEffect::Written(batch),
-                    carried_index,
-                    result: Ok(None),
-                    writes: 0,
-                })
+        // Not ours (cannot happen with one batch in flight): change nothing.
+        let in_flight = self.in_flight.take_if(|f| f.batch == outcome.batch)?;
+        let effect = if outcome.result.is_ok() {
+            self.committed = in_flight.batch;
+            CommitEffect::Released(in_flight.batch)
+        } else {
+            // The collecting batch was joined on top of the failed one, so it
+            // goes too: nothing acknowledged may rest on a write not on disk.
+            let through = if self.collecting_writes > 0 {
+                self.collecting
+            } else {
+                in_flight.batch
+            };
+            self.collecting = self.collecting.next();
+            self.collecting_writes = 0;
+            self.index = None;
+            CommitEffect::Failed {
+                committed: self.committed,
+                through,
             }
-            CommitOutcome::Durable { batch, took } => {
-                let durable = self.written.take_if(|w| w.batch == batch)?;
-                self.flushing = false;
-                self.committed = batch;
-                Some(Committed {
-                    effect: CommitEffect::Released(batch),
-                    carried_index: durable.carried_index,
-                    result: Ok(Some(took)),
-                    writes: durable.writes,
-                })
-            }
-            CommitOutcome::Failed { batch, error } => {
-                if self.writing.is_none() && self.written.is_none() {
-                    return None; // given up already
-                }
-                let given_up: Vec<InFlight> = self
-                    .written
-                    .take()
-                    .into_iter()
-                    .chain(self.writing.take())
-                    .collect();
-                let mut through = given_up.iter().map(|f| f.batch).max().unwrap_or(batch);
-                // The collecting batch was joined on top of the failed ones,
-                // so it goes too: nothing acknowledged may rest on a write
-                // not on disk.
-                let mut carried_index = given_up.iter().any(|f| f.carried_index);
-                if self.collecting_writes > 0 {
-                    through = self.collecting;
-                    carried_index |= self.index.is_some();
-                }
-                self.collecting = self.collecting.next();
-                self.collecting_writes = 0;
-                self.index = None;
-                self.flushing = false;
-                Some(Committed {
-                    effect: CommitEffect::Failed {
-                        committed: self.committed,
-                        through,
-                    },
-                    carried_index,
-                    result: Err(error),
-                    writes: 0,
-                })
-            }
-        }
+        };
+        Some(Committed {
+            effect,
+            carried_index: in_flight.carried_index,
+            result: outcome.result,
+            writes: in_flight.writes,
+        })
     }
 }
 
@@ -289,39 +212,27 @@ impl Ledger {
 mod tests {
     use super::*;
 
-    fn write(command: Option<CommitCommand>) -> CommitRequest {
-        match command {
-            Some(CommitCommand::Write(request)) => request,
-            other => panic!("expected a write, got {other:?}"),
-        }
-    }
-
-    fn written(ledger: &mut Ledger, n: u64) -> Committed {
-        let batch = BatchId(n);
-        ledger.on_outcome(CommitOutcome::Written { batch }).unwrap()
-    }
-
-    fn durable(ledger: &mut Ledger, n: u64) -> Committed {
-        let (batch, took) = (BatchId(n), Duration::from_millis(1));
-        ledger
-            .on_outcome(CommitOutcome::Durable { batch, took })
-            .unwrap()
-    }
-
-    fn failed(n: u64) -> CommitOutcome {
-        let error = StoreError::InjectedFault("test");
-        CommitOutcome::Failed {
-            batch: BatchId(n),
-            error,
+    fn outcome(batch: BatchId, ok: bool) -> CommitOutcome {
+        CommitOutcome {
+            batch,
+            result: if ok {
+                Ok(Durable {
+                    took: Duration::from_millis(1),
+                    flushes: 1,
+                })
+            } else {
+                Err(StoreError::InjectedFault("test"))
+            },
         }
     }
 
     #[test]
-    fn a_batch_alone_is_written_then_flushed_and_only_then_released() {
+    fn writes_wait_for_their_batch_and_one_batch_is_in_flight() {
         let mut ledger = Ledger::new();
         let a = ledger.put_index(2, 2);
         assert_eq!(a, BatchId(1));
-        let request = write(ledger.take());
+        assert!(!ledger.is_released(a));
+        let request = ledger.take().unwrap();
         assert_eq!(
             request,
             CommitRequest {
@@ -330,106 +241,47 @@ mod tests {
                 records: Vec::new(),
             }
         );
-        assert_eq!(ledger.take(), None, "one batch being written at a time");
-        let w = written(&mut ledger, 1);
-        assert_eq!(w.effect, CommitEffect::Written(a));
-        assert!(w.carried_index);
-        assert!(!ledger.is_released(a), "written is not durable");
-        assert!(ledger.is_due());
-        assert_eq!(ledger.take(), Some(CommitCommand::Flush));
-        assert_eq!(ledger.take(), None, "one flush asked for at a time");
-        let d = durable(&mut ledger, 1);
-        assert_eq!(d.effect, CommitEffect::Released(a));
-        assert_eq!(d.writes, 2);
+        assert_eq!(ledger.take(), None, "one batch in flight at a time");
+        assert_eq!(ledger.join(), BatchId(2));
+        let done = ledger.on_outcome(outcome(BatchId(1), true)).unwrap();
+        assert_eq!(done.effect, CommitEffect::Released(BatchId(1)));
+        assert!(done.carried_index);
+        assert_eq!(done.writes, 2);
         assert!(ledger.is_released(a));
-        assert!(ledger.is_settled());
-        assert_eq!(ledger.take(), None);
+        let next = ledger.take().unwrap();
+        assert_eq!((next.batch, next.index), (BatchId(2), None));
     }
 
     #[test]
-    fn under_load_the_next_batch_is_the_flush_that_makes_the_written_one_durable() {
+    fn a_failed_commit_fails_the_batch_collected_on_top_of_it() {
         let mut ledger = Ledger::new();
         ledger.join();
-        write(ledger.take());
-        let b = ledger.join();
-        assert_eq!(ledger.take(), None, "batch 1 is still being written");
-        written(&mut ledger, 1);
-        // Batch 2 collected: it is written next, and no flush goes alone.
-        let next = write(ledger.take());
-        assert_eq!(next.batch, b);
-        assert!(!ledger.is_released(BatchId(1)));
-        // The thread reports in order: 1 durable, then 2 written.
-        assert_eq!(
-            durable(&mut ledger, 1).effect,
-            CommitEffect::Released(BatchId(1))
-        );
-        assert_eq!(written(&mut ledger, 2).effect, CommitEffect::Written(b));
-        assert!(!ledger.is_released(b));
-        assert_eq!(ledger.take(), Some(CommitCommand::Flush));
-        durable(&mut ledger, 2);
-        assert!(ledger.is_released(b) && ledger.is_settled());
-    }
-
-    #[test]
-    fn a_failure_gives_up_the_written_the_writing_and_the_collected_batch() {
-        let mut ledger = Ledger::new();
-        ledger.put_index(1, 1);
-        write(ledger.take());
-        written(&mut ledger, 1);
+        ledger.take().unwrap();
         ledger.join();
-        write(ledger.take());
         ledger.join();
-        let given_up = ledger.on_outcome(failed(2)).unwrap();
+        let failed = ledger.on_outcome(outcome(BatchId(1), false)).unwrap();
         assert_eq!(
-            given_up.effect,
+            failed.effect,
             CommitEffect::Failed {
                 committed: BatchId(0),
-                through: BatchId(3)
+                through: BatchId(2)
             }
         );
-        assert!(given_up.carried_index, "batch 1 carried the index");
-        assert!(!ledger.is_released(BatchId(1)));
-        assert_eq!(ledger.take(), None, "given-up writes are not written later");
-        assert!(ledger.is_settled());
-        assert_eq!(ledger.join(), BatchId(4));
-    }
-
-    #[test]
-    fn a_failed_flush_withdraws_the_written_batch() {
-        let mut ledger = Ledger::new();
-        ledger.join();
-        write(ledger.take());
-        written(&mut ledger, 1);
-        assert_eq!(ledger.take(), Some(CommitCommand::Flush));
-        let given_up = ledger.on_outcome(failed(1)).unwrap();
         assert_eq!(
-            given_up.effect,
-            CommitEffect::Failed {
-                committed: BatchId(0),
-                through: BatchId(1)
-            }
+            ledger.take(),
+            None,
+            "withdrawn writes are not committed later"
         );
         assert!(ledger.is_settled());
+        assert_eq!(ledger.join(), BatchId(3));
     }
 
     #[test]
-    fn outcomes_for_batches_given_up_or_unknown_change_nothing() {
+    fn an_outcome_for_another_batch_changes_nothing() {
         let mut ledger = Ledger::new();
         ledger.join();
-        write(ledger.take());
-        assert!(
-            ledger
-                .on_outcome(CommitOutcome::Written { batch: BatchId(7) })
-                .is_none()
-        );
+        ledger.take().unwrap();
+        assert!(ledger.on_outcome(outcome(BatchId(7), true)).is_none());
         assert!(!ledger.is_idle());
-        ledger.on_outcome(failed(1)).unwrap();
-        assert!(
-            ledger
-                .on_outcome(CommitOutcome::Written { batch: BatchId(1) })
-                .is_none()
-        );
-        assert!(ledger.on_outcome(failed(1)).is_none());
-        assert!(ledger.is_settled());
     }
 }

@@ -3,23 +3,19 @@
 //! sequence number so new records land at the B-tree's right edge (a commit
 //! of many records dirties a page or two, not one page per record). This is
 //! the only file that knows LMDB, and opening its map is the store's one
-//! `unsafe`. It does not know about threads or batching: `committer` runs it
-//! off the event loop, `ledger` groups the writes, and the services decide
-//! what to write. A batch, the
-//! index and every record write in it, is one transaction.
+//! `unsafe`. It does not know about threads, batching or the log:
+//! `committer` runs the store off the event loop, `ledger` groups the
+//! writes, `journal` decides when LMDB takes them, and the services decide
+//! what to write.
 //!
-//! # One device flush per batch
-//! The environment is opened with `MDB_NOMETASYNC`: a commit writes the data
-//! pages, flushes the file once (`fdatasync`), then writes the meta page
-//! that makes the transaction visible *without* a flush of its own. So when
-//! [`IndexTable::write_batch`] returns, its own transaction is not yet known
-//! to survive a power cut (its meta page may still be in the page cache),
-//! but the one before it is: this commit's flush carried that one's meta
-//! page. A transaction is durable once the *next* flush of the file has
-//! completed: the next `write_batch`'s, or an explicit [`IndexTable::sync`].
-//! LMDB keeps its integrity either way (two meta pages; a lost meta write
-//! only undoes the last transaction). The committer builds its promise on
-//! exactly this: no batch counts as durable before a later flush.
+//! # Checkpoints
+//! A batch is made durable by the write-ahead log (`store::wal`), at one
+//! device flush; LMDB takes the log's writes at checkpoints
+//! (`store::journal`), each one transaction with the default flags, so it
+//! is durable when `commit` returns (two flushes: the data pages, then the
+//! meta page). Each checkpoint records the sequence number of the last log
+//! frame it holds ([`IndexTable::read_log_seq`]), so recovery knows which
+//! frames are newer.
 
 use std::fmt;
 use std::fs::{self, File, TryLockError};
@@ -27,26 +23,17 @@ use std::path::{Path, PathBuf};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, U64};
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 
 const INDEX_KEY: &[u8] = b"index";
+/// The sequence number of the last log frame a checkpoint holds.
+const LOG_SEQ_KEY: &[u8] = b"log-seq";
 const RECORDS_DB: &str = "tasks";
 /// The file is sparse; the map only bounds its growth. 100,000 task records
 /// (the default cap) take about 6 MB of B-tree pages, so this leaves room
 /// for ten times that and the copy-on-write pages of a commit.
 const MAP_SIZE_BYTES: usize = 64 << 20;
 const LOCK_FILE: &str = "fibd.lock";
-/// Test hook (debug builds, or the `test-hooks` feature): while a file of
-/// this name exists in the data directory, every commit and every flush
-/// fails, as on a full or failing disk. The end-to-end alert test uses it.
-#[cfg(any(debug_assertions, feature = "test-hooks"))]
-pub const FAIL_COMMITS_FILE: &str = "fail-commits";
-/// Test hook, likewise: while it exists, only the explicit flush
-/// ([`IndexTable::sync`]) fails: a transaction is then written but never
-/// made durable, the case that decides whether replies wait for a later
-/// flush.
-#[cfg(any(debug_assertions, feature = "test-hooks"))]
-pub const FAIL_SYNCS_FILE: &str = "fail-syncs";
 
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
 type RecordsDb<'e> = Database<'e, Bytes, Bytes>;
@@ -76,7 +63,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     Lmdb(heed::Error),
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    /// The write-ahead log could not be made, read, written or flushed.
+    Log(std::io::Error),
+    /// A test hook's file exists (`store::journal`; never in a release
+    /// build without the `test-hooks` feature).
     InjectedFault(&'static str),
 }
 
@@ -99,7 +89,7 @@ impl fmt::Display for StoreError {
                 write!(f, "cannot lock data directory {}: {source}", dir.display())
             }
             StoreError::Lmdb(e) => write!(f, "LMDB: {e}"),
-            #[cfg(any(debug_assertions, feature = "test-hooks"))]
+            StoreError::Log(e) => write!(f, "write-ahead log: {e}"),
             StoreError::InjectedFault(file) => write!(f, "{file} exists (test hook)"),
         }
     }
@@ -118,8 +108,6 @@ impl From<heed::Error> for StoreError {
 pub struct Store {
     env: Env<WithoutTls>,
     _lock: File,
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
-    dir: PathBuf,
 }
 
 impl Store {
@@ -134,26 +122,17 @@ impl Store {
         // SAFETY: the memory map is only unsound if the files are changed
         // behind LMDB's back. This process holds the directory's lock file,
         // so no other fibd writes them; LMDB's own locking covers readers.
-        // NO_META_SYNC keeps LMDB's integrity (it only defers the meta
-        // page's flush to the next one, see the module docs); the data
-        // flush stays, and no NO_SYNC.
+        // The default flags keep both flushes (no NO_SYNC, no
+        // NO_META_SYNC): a checkpoint is on disk when `commit` returns.
         #[allow(unsafe_code)]
-        let env = unsafe {
-            options.flags(EnvFlags::NO_META_SYNC);
-            options.open(dir)?
-        };
+        let env = unsafe { options.open(dir)? };
         // A process killed mid-read leaves its slot in the reader table;
         // cleared now so it cannot pin old pages forever.
         let cleared = env.clear_stale_readers()?;
         if cleared > 0 {
             log::info!("cleared {cleared} stale LMDB reader slot(s) left by a crash");
         }
-        Ok(Store {
-            env,
-            _lock: lock,
-            #[cfg(any(debug_assertions, feature = "test-hooks"))]
-            dir: dir.to_path_buf(),
-        })
+        Ok(Store { env, _lock: lock })
     }
 
     /// Runs `f` with the tables; they borrow the environment, so the commit
@@ -171,8 +150,6 @@ impl Store {
         Ok(f(IndexTable {
             env: &self.env,
             db,
-            #[cfg(any(debug_assertions, feature = "test-hooks"))]
-            dir: &self.dir,
             records,
         }))
     }
@@ -205,8 +182,6 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
 pub struct IndexTable<'e> {
     env: &'e Env<WithoutTls>,
     db: IndexDb<'e>,
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
-    dir: &'e Path,
     records: RecordsDb<'e>,
 }
 
@@ -217,28 +192,35 @@ impl IndexTable<'_> {
         Ok(self.db.get(&rtxn, INDEX_KEY)?.unwrap_or(0))
     }
 
-    /// Writes the index in one transaction and flushes again, so the value
-    /// survives a power cut on return (two flushes: for callers that wait
-    /// for each write alone).
-    pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
-        self.write_batch(Some(index), &[])?;
-        self.sync()
+    /// The sequence number of the last log frame the tables hold; 0 for a
+    /// new store.
+    pub fn read_log_seq(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.db.get(&rtxn, LOG_SEQ_KEY)?.unwrap_or(0))
     }
 
-    /// Writes the index (when given: with `--store lmdb`; with etcd it
-    /// lives elsewhere) and `records` in one transaction, all or (on an
-    /// error) none, with one flush. On return the *previous* transaction is
-    /// durable and this one is written; the next flush makes it durable.
-    pub fn write_batch(
+    /// Writes the index alone, durable on return (for callers without a
+    /// log, like the bench's baseline).
+    pub fn write_index(&self, index: u64) -> Result<(), StoreError> {
+        self.write(Some(index), [], None)
+    }
+
+    /// Writes the index (when given: with `--store etcd` the index lives
+    /// elsewhere), `records` in order, and the log's sequence number (a
+    /// checkpoint) in one transaction, durable on return: all of them, or
+    /// (on an error) none.
+    pub fn write<'r>(
         &self,
         index: Option<u64>,
-        records: &[RecordWrite],
+        records: impl IntoIterator<Item = &'r RecordWrite>,
+        log_seq: Option<u64>,
     ) -> Result<(), StoreError> {
-        #[cfg(any(debug_assertions, feature = "test-hooks"))]
-        self.injected_fault(&[FAIL_COMMITS_FILE])?;
         let mut wtxn = self.env.write_txn()?;
         if let Some(index) = index {
             self.db.put(&mut wtxn, INDEX_KEY, &index)?;
+        }
+        if let Some(seq) = log_seq {
+            self.db.put(&mut wtxn, LOG_SEQ_KEY, &seq)?;
         }
         for write in records {
             match write {
@@ -252,22 +234,6 @@ impl IndexTable<'_> {
         }
         wtxn.commit()?;
         Ok(())
-    }
-
-    /// Flushes the file: the last transaction written is durable on return.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        #[cfg(any(debug_assertions, feature = "test-hooks"))]
-        self.injected_fault(&[FAIL_COMMITS_FILE, FAIL_SYNCS_FILE])?;
-        self.env.force_sync()?;
-        Ok(())
-    }
-
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
-    fn injected_fault(&self, files: &[&'static str]) -> Result<(), StoreError> {
-        match files.iter().find(|file| self.dir.join(file).exists()) {
-            Some(file) => Err(StoreError::InjectedFault(file)),
-            None => Ok(()),
-        }
     }
 
     /// Every record in key order, for start-up; keys that are not 8 bytes

@@ -1,6 +1,8 @@
-//! Where fibd keeps what it promised: the LMDB store and its group commit
+//! Where fibd keeps what it promised: the local store and its group commit
 //! (the primes tasks' records always; the stepper's index with
-//! `--store lmdb`), and the stepper's index in etcd (`--store etcd`).
+//! `--store lmdb`), each batch durable at one flush of the write-ahead log
+//! and checkpointed into LMDB ([`journal`]), and the stepper's index in
+//! etcd (`--store etcd`).
 //!
 //! # The index behind one interface
 //! The stepper (`services::stepper`) collects steps and reads into batches,
@@ -14,56 +16,42 @@
 //!   its own is answered at once. etcd: no, so a read waits for the next
 //!   call, a quorum read or a transaction, which it shares with every read
 //!   that arrived meanwhile.
-//! - *May a batch be taken now?* LMDB: when no commit is being written (a
-//!   batch written and waiting for its flush does not stop the next one:
-//!   writing that one is the flush). etcd: when no call is in flight and no
-//!   back-off runs.
+//! - *May a batch be taken now?* LMDB: when no commit is in flight. etcd:
+//!   when no call is in flight and no back-off runs.
 //! - *May a step whose wait ended have happened?* LMDB: steps do not time
 //!   out. etcd: while an attempt of its batch may still apply.
 //!
-//! LMDB's batches ride the ledger's group commit ([`ledger`]), one
-//! transaction with the task records; etcd's go out through the outbound
+//! LMDB's batches ride the ledger's group commit ([`ledger`]), one log
+//! frame with the task records; etcd's go out through the outbound
 //! client as the calls [`IndexStore::next_call`] makes.
 
 pub mod committer;
 pub mod etcd;
 pub mod index;
+pub mod journal;
 pub mod ledger;
 pub mod lmdb;
+pub mod wal;
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::net::upstream::{CallError, Response};
 use etcd::{EtcdIndex, EtcdStats};
 pub use index::{IndexBatch, IndexOutcome, StoreCall};
-use ledger::{BatchId, CommitEffect, Committed, Ledger};
-
-/// A batch of the stepper's in the LMDB ledger: the ledger's batch it rides
-/// in, the index it was applied on and the one it writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Riding {
-    batch: BatchId,
-    base: u64,
-    target: u64,
-    written: bool,
-}
+use ledger::{CommitEffect, Committed, Ledger};
 
 /// The one interface the stepper's index is kept behind.
 pub enum IndexStore {
-    /// In the LMDB ledger, written with the task records; `riding` holds the
-    /// stepper's batches in the ledger's commits (at most one being written
-    /// and one written), oldest first.
-    Lmdb { riding: VecDeque<Riding> },
+    /// In the LMDB ledger, written with the task records; `riding` is set
+    /// while a batch of the stepper's is in the ledger's commit.
+    Lmdb { riding: Option<(u64, u64)> },
     /// In etcd, shared with other nodes.
     Etcd(Box<EtcdIndex>),
 }
 
 impl IndexStore {
     pub fn lmdb() -> IndexStore {
-        IndexStore::Lmdb {
-            riding: VecDeque::new(),
-        }
+        IndexStore::Lmdb { riding: None }
     }
 
     /// Whether this node is the index's only writer, so the index it last
@@ -75,7 +63,7 @@ impl IndexStore {
     /// Whether a batch handed over now leaves at once.
     pub fn accepts(&self, ledger: &Ledger, now: Instant) -> bool {
         match self {
-            IndexStore::Lmdb { riding } => ledger.is_idle() && riding.iter().all(|r| r.written),
+            IndexStore::Lmdb { riding } => riding.is_none() && ledger.is_idle(),
             IndexStore::Etcd(etcd) => etcd.accepts(now),
         }
     }
@@ -84,55 +72,33 @@ impl IndexStore {
     pub fn submit(&mut self, batch: IndexBatch, ledger: &mut Ledger) {
         match self {
             IndexStore::Lmdb { riding } => {
-                let ledger_batch = ledger.put_index(batch.target, batch.steps);
-                riding.push_back(Riding {
-                    batch: ledger_batch,
-                    base: batch.base,
-                    target: batch.target,
-                    written: false,
-                });
+                ledger.put_index(batch.target, batch.steps);
+                *riding = Some((batch.base, batch.target));
             }
             IndexStore::Etcd(etcd) => etcd.submit(batch),
         }
     }
 
-    /// A commit of the ledger moved on: the outcome of the batch that rode
+    /// A commit of the ledger finished: the outcome of the batch that rode
     /// in it, if one did.
     pub fn on_commit(&mut self, committed: &Committed) -> Option<IndexOutcome> {
         let IndexStore::Lmdb { riding } = self else {
             return None;
         };
-        match committed.effect {
-            CommitEffect::Written(batch) => {
-                let r = riding.iter_mut().find(|r| r.batch == batch)?;
-                r.written = true;
-                Some(IndexOutcome::Written {
-                    base: r.base,
-                    then: r.target,
-                })
-            }
-            CommitEffect::Released(batch) => {
-                if riding.front().is_none_or(|r| r.batch > batch) {
-                    return None;
-                }
-                let r = riding.pop_front()?;
-                Some(IndexOutcome::Applied {
-                    base: r.base,
-                    then: r.target,
-                })
-            }
-            CommitEffect::Failed { .. } => {
-                let any = !riding.is_empty();
-                riding.clear();
-                any.then_some(IndexOutcome::Failed)
-            }
+        if !committed.carried_index {
+            return None;
         }
+        let (base, target) = riding.take()?;
+        Some(match committed.effect {
+            CommitEffect::Released(_) => IndexOutcome::Applied { base, then: target },
+            CommitEffect::Failed { .. } => IndexOutcome::Failed,
+        })
     }
 
     /// Whether a step whose wait ended may still have happened, or happen.
     pub fn may_apply(&self) -> bool {
         match self {
-            IndexStore::Lmdb { riding } => !riding.is_empty(),
+            IndexStore::Lmdb { riding } => riding.is_some(),
             IndexStore::Etcd(etcd) => etcd.may_apply(),
         }
     }

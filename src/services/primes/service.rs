@@ -123,9 +123,7 @@ struct Writes {
     dirty: Vec<(u64, TaskId)>,
     /// Dirty tasks that no caller has joined a batch for yet.
     unjoined: bool,
-    /// Records handed to batches not durable yet (one being written, one
-    /// written), oldest first: written again if their batch is given up.
-    in_flight: VecDeque<(BatchId, Vec<(u64, TaskId)>)>,
+    in_flight: Option<(BatchId, Vec<(u64, TaskId)>)>,
     /// Accepted tasks whose 202 (parked under the ticket) waits for this
     /// batch, oldest first.
     unacknowledged: VecDeque<(BatchId, TaskId, Ticket)>,
@@ -421,9 +419,7 @@ impl PrimesService {
                 _ => RecordWrite::Delete { key: seq },
             })
             .collect();
-        if !ids.is_empty() {
-            self.writes.in_flight.push_back((batch, ids));
-        }
+        self.writes.in_flight = (!ids.is_empty()).then_some((batch, ids));
         writes
     }
 
@@ -433,16 +429,14 @@ impl PrimesService {
     /// other writes are owed again.
     pub fn on_commit(&mut self, effect: CommitEffect, settle: &mut impl FnMut(Ticket, bool)) {
         match effect {
-            // Written is not durable: nothing is released yet.
-            CommitEffect::Written(_) => {}
             CommitEffect::Released(committed) => {
-                while self
+                if self
                     .writes
                     .in_flight
-                    .front()
+                    .as_ref()
                     .is_some_and(|(batch, _)| *batch <= committed)
                 {
-                    self.writes.in_flight.pop_front();
+                    self.writes.in_flight = None;
                 }
                 while let Some(&(batch, _, ticket)) = self.writes.unacknowledged.front()
                     && batch <= committed
@@ -452,7 +446,7 @@ impl PrimesService {
                 }
             }
             CommitEffect::Failed { through, .. } => {
-                for (_, ids) in self.writes.in_flight.drain(..) {
+                if let Some((_, ids)) = self.writes.in_flight.take() {
                     self.writes.dirty.extend(ids);
                 }
                 while let Some(&(batch, id, ticket)) = self.writes.unacknowledged.front()

@@ -12,7 +12,8 @@ use super::*;
 use crate::net::upstream::{CallError, Response, Target};
 use crate::services::fib;
 use crate::store::etcd::{ClusterConfig, EtcdIndex, ReadMode};
-use crate::store::ledger::{BatchId, CommitCommand, CommitOutcome};
+use crate::store::ledger::BatchId;
+use crate::store::ledger::{CommitOutcome, Durable};
 use crate::store::lmdb::StoreError;
 
 fn digits(value: &Value) -> String {
@@ -33,8 +34,6 @@ struct Harness {
     replies: Vec<(Ticket, StepReply)>,
     next_ticket: u64,
     now: Instant,
-    /// The batch the commit thread wrote and has not flushed since.
-    unflushed: Option<BatchId>,
 }
 
 impl Harness {
@@ -52,7 +51,6 @@ impl Harness {
             replies: Vec::new(),
             next_ticket: 0,
             now,
-            unflushed: None,
         }
     }
 
@@ -79,69 +77,29 @@ impl Harness {
             .submit(&mut self.ledger, self.now, &mut |t, r| replies.push((t, r)));
     }
 
-    /// The commit thread's part (LMDB), as `store::committer` does it: runs
-    /// what the ledger hands over, a write or a flush that succeeds or
-    /// fails, and feeds the outcomes back in order.
-    fn commit_thread(&mut self, ok: bool) -> Option<CommitCommand> {
-        let command = self.ledger.take()?;
-        let took = Duration::from_millis(1);
-        let failed = |batch| CommitOutcome::Failed {
-            batch,
-            error: StoreError::InjectedFault("test"),
-        };
-        let outcomes: Vec<CommitOutcome> = match (&command, ok) {
-            (CommitCommand::Write(request), true) => {
-                let durable = self.unflushed.replace(request.batch);
-                let durable = durable.map(|batch| CommitOutcome::Durable { batch, took });
-                let batch = request.batch;
-                durable
-                    .into_iter()
-                    .chain([CommitOutcome::Written { batch }])
-                    .collect()
-            }
-            (CommitCommand::Flush, true) => self
-                .unflushed
-                .take()
-                .map(|batch| CommitOutcome::Durable { batch, took })
-                .into_iter()
-                .collect(),
-            (CommitCommand::Write(request), false) => {
-                self.unflushed = None;
-                vec![failed(request.batch)]
-            }
-            (CommitCommand::Flush, false) => {
-                self.unflushed.take().map(failed).into_iter().collect()
-            }
-        };
-        for outcome in outcomes {
-            if let Some(committed) = self.ledger.on_outcome(outcome) {
-                let replies = &mut self.replies;
-                self.stepper
-                    .on_commit(&committed, &mut |t, r| replies.push((t, r)));
-            }
-        }
-        Some(command)
-    }
-
-    /// The ledger writes what it took and, if that worked, flushes: the
-    /// batch is durable. The index the write carried.
+    /// The ledger commits what it took (LMDB).
     fn commit(&mut self, ok: bool) -> Option<u64> {
-        let CommitCommand::Write(request) = self.commit_thread(ok)? else {
-            panic!("a flush where a write was due");
+        let request = self.ledger.take()?;
+        let outcome = CommitOutcome {
+            batch: request.batch,
+            result: if ok {
+                Ok(Durable {
+                    took: Duration::from_millis(1),
+                    flushes: 1,
+                })
+            } else {
+                Err(StoreError::InjectedFault("test"))
+            },
         };
-        if ok {
-            assert_eq!(self.commit_thread(true), Some(CommitCommand::Flush));
-        }
+        let committed = self.ledger.on_outcome(outcome).unwrap();
+        let replies = &mut self.replies;
+        self.stepper
+            .on_commit(&committed, &mut |t, r| replies.push((t, r)));
         request.index
     }
 
     fn take(&mut self) -> Vec<(Ticket, StepReply)> {
         std::mem::take(&mut self.replies)
-    }
-
-    /// What was answered, as (ticket, index).
-    fn answered(&mut self) -> Vec<(Ticket, u64)> {
-        self.take().iter().map(|(t, r)| (*t, index(r))).collect()
     }
 
     fn indices(&mut self) -> Vec<u64> {
@@ -674,72 +632,9 @@ fn batch_ids_of_the_ledger_are_not_the_steppers_business() {
     assert_eq!(h.ledger.join(), BatchId::for_tests(1));
     h.step(Step::Next);
     h.submit();
-    let Some(CommitCommand::Write(request)) = h.ledger.take() else {
-        panic!("a write is due");
-    };
+    let request = h.ledger.take().unwrap();
     assert_eq!(
         (request.batch, request.index),
         (BatchId::for_tests(1), Some(1))
     );
-}
-
-#[test]
-fn a_written_batch_is_answered_only_once_durable_and_the_next_builds_on_it() {
-    let mut h = Harness::lmdb(0, 10);
-    let a = h.step(Step::Next);
-    h.submit();
-    assert!(matches!(
-        h.commit_thread(true),
-        Some(CommitCommand::Write(_))
-    ));
-    assert!(h.take().is_empty(), "written is not durable");
-    assert_eq!(h.stepper.committed_index(), 0, "/current stays durable");
-    // The next batch goes while the first waits, built on it: its write is
-    // the flush that makes the first durable.
-    let b = h.step(Step::Next);
-    h.submit();
-    let Some(CommitCommand::Write(request)) = h.commit_thread(true) else {
-        panic!("the next batch is written, no flush alone");
-    };
-    assert_eq!(request.index, Some(2));
-    assert_eq!(h.answered(), [(a, 1)]);
-    assert_eq!(h.stepper.committed_index(), 1);
-    assert_eq!(h.commit_thread(true), Some(CommitCommand::Flush));
-    assert_eq!(h.answered(), [(b, 2)]);
-    assert!(h.stepper.is_settled() && h.ledger.is_settled());
-}
-
-#[test]
-fn a_failed_write_withdraws_the_batch_written_before_it() {
-    let mut h = Harness::lmdb(5, 10);
-    let a = h.step(Step::Next);
-    h.submit();
-    h.commit_thread(true);
-    let b = h.step(Step::Previous);
-    h.submit();
-    h.commit_thread(false);
-    assert_eq!(
-        h.take(),
-        [(a, StepReply::Withdrawn), (b, StepReply::Withdrawn)]
-    );
-    assert_eq!(h.stepper.committed_index(), 5);
-    // The index goes on from the durable one.
-    let c = h.step(Step::Next);
-    h.submit();
-    assert_eq!(h.commit(true), Some(6));
-    assert_eq!(h.answered(), [(c, 6)]);
-}
-
-#[test]
-fn a_read_behind_a_written_batch_is_answered_with_it() {
-    let mut h = Harness::lmdb(0, 10);
-    let step = h.step(Step::Next);
-    h.submit();
-    h.commit_thread(true);
-    // Its connection's own step is not durable: the read waits for it,
-    // without a write of its own.
-    let read = h.read();
-    h.submit();
-    assert_eq!(h.commit_thread(true), Some(CommitCommand::Flush));
-    assert_eq!(h.answered(), [(step, 1), (read, 1)]);
 }
