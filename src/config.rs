@@ -139,12 +139,17 @@ OPTIONS:
                               decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
     --primes-max-n N          largest n of a primes task, and of the prime table
                               [env FIBD_PRIMES_MAX_N] (default 1000000)
-    --primes-tasks-max N      primes tasks stored at most; more get 503
-                              [env FIBD_PRIMES_TASKS_MAX] (default 100000)
+    --primes-tasks-max N      primes tasks stored at most; at the cap the oldest settled task
+                              makes room for a new one [env FIBD_PRIMES_TASKS_MAX]
+                              (default 100000)
     --primes-queue N          primes tasks waiting for a sieve at most; more get 503
                               [env FIBD_PRIMES_QUEUE] (default 10000)
-    --primes-retention-secs N settled primes tasks are deleted this long after they settle
-                              [env FIBD_PRIMES_RETENTION_SECS] (default 86400)
+    --primes-pending-per-client N
+                              unsettled primes tasks one client (API key, else address) may
+                              hold; more get 429 [env FIBD_PRIMES_PENDING_PER_CLIENT]
+                              (default 1000)
+    --primes-retention-secs N settled primes tasks are kept at least this long unless room
+                              is needed [env FIBD_PRIMES_RETENTION_SECS] (default 86400)
     --store lmdb|etcd         where the stepper's index lives: the embedded LMDB store, or
                               an etcd cluster that several fibd nodes share [env FIBD_STORE]
                               (default lmdb)
@@ -211,6 +216,7 @@ struct Raw {
     primes_max_n: Option<String>,
     primes_tasks_max: Option<String>,
     primes_queue: Option<String>,
+    primes_pending_per_client: Option<String>,
     primes_retention_secs: Option<String>,
     store: Option<String>,
     etcd_endpoints: Option<String>,
@@ -251,6 +257,7 @@ pub fn from_args(
         primes_max_n: env("FIBD_PRIMES_MAX_N"),
         primes_tasks_max: env("FIBD_PRIMES_TASKS_MAX"),
         primes_queue: env("FIBD_PRIMES_QUEUE"),
+        primes_pending_per_client: env("FIBD_PRIMES_PENDING_PER_CLIENT"),
         primes_retention_secs: env("FIBD_PRIMES_RETENTION_SECS"),
         store: env("FIBD_STORE"),
         etcd_endpoints: env("FIBD_ETCD_ENDPOINTS"),
@@ -303,6 +310,7 @@ pub fn from_args(
             "--primes-max-n" => &mut raw.primes_max_n,
             "--primes-tasks-max" => &mut raw.primes_tasks_max,
             "--primes-queue" => &mut raw.primes_queue,
+            "--primes-pending-per-client" => &mut raw.primes_pending_per_client,
             "--primes-retention-secs" => &mut raw.primes_retention_secs,
             "--store" => &mut raw.store,
             "--etcd-endpoints" => &mut raw.etcd_endpoints,
@@ -571,6 +579,13 @@ fn primes_limits(raw: &Raw) -> Result<PrimesLimits, ConfigError> {
             raw.primes_queue.clone(),
             defaults.pending_max as u64,
             "primes queue",
+            1..=1_000_000,
+            "an integer from 1 to 1000000",
+        )? as usize,
+        pending_per_client: number(
+            raw.primes_pending_per_client.clone(),
+            defaults.pending_per_client as u64,
+            "primes pending per client",
             1..=1_000_000,
             "an integer from 1 to 1000000",
         )? as usize,

@@ -14,6 +14,7 @@ use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::session::ConnError;
 use crate::services::fib::request::NQueryError;
 use crate::services::primes::request::TaskBodyError;
+use crate::services::primes::service::CancelRefused;
 use crate::services::smart::{Failure, UpstreamFailure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,10 +85,18 @@ pub enum ApiError {
     BadTaskId,
     /// No stored task has this id.
     TaskNotFound,
-    /// The cap on stored tasks is reached.
+    /// The cap on stored tasks is reached and no settled task can make room.
     TasksFull,
     /// Too many tasks wait for a computation.
     TaskQueueFull,
+    /// This client holds its share of the unsettled tasks already.
+    TaskShareFull,
+    /// An `Idempotency-Key` that is not 1 to 255 visible ASCII characters.
+    BadIdempotencyKey,
+    /// An `Idempotency-Key` this client used for a task with another body.
+    IdempotencyKeyReused,
+    /// A DELETE of a task that cannot be cancelled, and why.
+    CannotCancel(CancelRefused),
     /// A task is done but its result is being rebuilt after a restart.
     ResultUnavailable,
 }
@@ -158,6 +167,12 @@ impl ApiError {
             ApiError::TasksFull | ApiError::TaskQueueFull | ApiError::ResultUnavailable => {
                 Status::SERVICE_UNAVAILABLE
             }
+            ApiError::TaskShareFull => Status::TOO_MANY_REQUESTS,
+            ApiError::BadIdempotencyKey => Status::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => Status::UNPROCESSABLE,
+            ApiError::CannotCancel(CancelRefused::NotFound) => Status::NOT_FOUND,
+            ApiError::CannotCancel(CancelRefused::NotOwner) => Status::FORBIDDEN,
+            ApiError::CannotCancel(_) => Status::CONFLICT,
         }
     }
 
@@ -200,7 +215,7 @@ impl ApiError {
                 "this API key lacks the step scope that stepping needs; ask the operator for one"
             }
             ApiError::CommitFailed => {
-                "the step could not be made durable and was not applied; retry shortly"
+                "the change could not be made durable and was not made; retry shortly"
             }
             ApiError::StoreUnavailable => {
                 "the shared store (etcd) did not answer in time; the step was not made; \
@@ -229,12 +244,41 @@ impl ApiError {
             }
             ApiError::TaskNotFound => {
                 "no task has this id: use the request_id a POST returned; settled tasks are \
-                 deleted after the retention time"
+                 deleted after the retention time, or earlier when the store needs room"
             }
             ApiError::TasksFull => {
-                "too many tasks are stored; retry after older ones expire (Retry-After)"
+                "the task store (--primes-tasks-max) holds only tasks that have not settled \
+                 yet, and those are never dropped; retry after Retry-After"
             }
             ApiError::TaskQueueFull => "too many tasks wait for a computation; retry shortly",
+            ApiError::TaskShareFull => {
+                "this client holds --primes-pending-per-client unsettled tasks already; retry \
+                 after Retry-After, once some settle, or cancel some"
+            }
+            ApiError::BadIdempotencyKey => {
+                "Idempotency-Key is 1 to 255 visible ASCII characters (a UUID, say); send the \
+                 same key and body to retry a POST"
+            }
+            ApiError::IdempotencyKeyReused => {
+                "this Idempotency-Key was used for a task with another body; a retry sends the \
+                 same body, a new task needs a new key"
+            }
+            ApiError::CannotCancel(CancelRefused::NotFound) => {
+                "no task has this id: use the request_id a POST returned"
+            }
+            ApiError::CannotCancel(CancelRefused::NotOwner) => {
+                "only the API key that posted this task may cancel it"
+            }
+            ApiError::CannotCancel(CancelRefused::Running) => {
+                "the task is already running (a sieve that covers it is under way) and cannot \
+                 be cancelled; it will be done shortly"
+            }
+            ApiError::CannotCancel(CancelRefused::Done) => {
+                "the task is already done and cannot be cancelled"
+            }
+            ApiError::CannotCancel(CancelRefused::Failed) => {
+                "the task has already failed and cannot be cancelled"
+            }
             ApiError::ResultUnavailable => {
                 "the task is done; its result is being recomputed after a restart; retry shortly"
             }
@@ -297,6 +341,11 @@ impl ApiError {
                     b"ApiKey realm=\"fibd\", header=\"X-API-Key\"",
                 );
             }
+            // A pending task settles within a sieve (under a second at the
+            // default largest n), so a share or queue frees up that soon.
+            ApiError::TaskShareFull => {
+                head.header("Retry-After", b"1");
+            }
             _ if status == Status::SERVICE_UNAVAILABLE => {
                 head.header("Retry-After", b"1");
             }
@@ -339,6 +388,19 @@ impl ApiError {
             }
             ApiError::StepOutcomeUnknown => {
                 out.extend_from_slice(b", \"code\": \"step_outcome_unknown\"");
+            }
+            ApiError::CannotCancel(refused) => {
+                let status = match refused {
+                    CancelRefused::Running => "processing",
+                    CancelRefused::Done => "done",
+                    CancelRefused::Failed => "failed",
+                    CancelRefused::NotFound | CancelRefused::NotOwner => "",
+                };
+                if !status.is_empty() {
+                    out.extend_from_slice(b", \"task_status\": \"");
+                    out.extend_from_slice(status.as_bytes());
+                    out.push(b'"');
+                }
             }
             _ => {}
         }

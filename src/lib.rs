@@ -41,7 +41,7 @@
 //!     ibig as the oracle; a decimal cursor), the byte-bounded cache with
 //!     single flight, the F(n) price;
 //!   - `primes`: primes as durable background tasks (sieve, records,
-//!     retention);
+//!     retention and eviction, fair shares, idempotency keys, cancellation);
 //!   - `smart`: /api/smart's hedging plan as a state machine;
 //!   - `random`: /v1/random on the OS CSPRNG;
 //!   - `compute`: the low-priority threads and one bounded queue for every

@@ -5,41 +5,11 @@
 
 mod support;
 
-use std::path::PathBuf;
-
-use support::{DataDir, Fibd, Response, request_bytes, signal};
+use support::{DataDir, Fibd, KeyFile, Response, request_bytes, signal};
 
 const ALICE: &str = "alice-key-0123456789abcdef";
 const BOB: &str = "bob-key-0123456789abcdef00";
 const CAROL: &str = "carol-key-0123456789abcdef";
-
-/// A key file in the test's data directory's parent, removed with it.
-struct KeyFile {
-    path: PathBuf,
-}
-
-impl KeyFile {
-    fn new(data: &DataDir, text: &str) -> KeyFile {
-        let path = data.path().with_extension("keys");
-        let file = KeyFile { path };
-        file.write(text);
-        file
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(&self.path, text).expect("write the key file");
-    }
-
-    fn arg(&self) -> &str {
-        self.path.to_str().expect("utf-8 temp path")
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 fn get(fibd: &Fibd, method: &str, path: &str, key: Option<&str>) -> Response {
     let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();

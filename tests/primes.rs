@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Client, DataDir, Fibd, Response};
+use support::{DataDir, Fibd, Response};
 
 /// These tests are about tasks, not the rate limiter (a big task costs
 /// thousands of tokens by design).
@@ -119,21 +119,9 @@ fn results_match_trial_division_at_and_past_the_table() {
     assert_eq!(fibd.metric("fibd_primes_computations_total"), 3.0);
 }
 
-/// A single compute thread busy with a large F(n): tasks behind it wait.
+/// The one compute thread busy with a large F(n): tasks behind it wait.
 fn block_the_compute_thread(fibd: &Fibd) -> thread::JoinHandle<u16> {
-    let addr = fibd.addr;
-    let blocker = thread::spawn(move || {
-        Client::connect(addr)
-            .request("GET", "/v1/fib?n=1500000", &[])
-            .status
-    });
-    // The request is parked once the compute queue has taken it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fibd.metric("fibd_fib_cache_misses_total") < 1.0 {
-        assert!(Instant::now() < deadline, "the blocker never arrived");
-        thread::sleep(Duration::from_millis(5));
-    }
-    blocker
+    support::occupy_compute(fibd, 1, 1_500_000).remove(0)
 }
 
 #[test]
@@ -327,7 +315,10 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         assert!(json(&r)["error"].is_string());
     }
     let r = fibd.post_json("/v1/primes/tasks/AAAAAAAAAAAAAAAAAAAAAA", &body(5));
-    assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")));
+    assert_eq!(
+        (r.status, r.header("Allow")),
+        (405, Some("GET, HEAD, DELETE"))
+    );
     // Nothing was stored, the index did not move, and the daemon serves on.
     assert_eq!(fibd.metric("fibd_primes_tasks_stored"), 0.0);
     assert_eq!(fibd.get("/current").index(), 0);

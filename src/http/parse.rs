@@ -87,6 +87,8 @@ pub struct Request<'a> {
     pub traceparent: Option<&'a [u8]>,
     /// First `Content-Type` field, trimmed; routes that read a body check it.
     pub content_type: Option<&'a [u8]>,
+    /// First `Idempotency-Key` field, trimmed; the primes tasks validate it.
+    pub idempotency_key: Option<&'a [u8]>,
     /// `Expect: 100-continue` was sent: the client may wait for a 100 before
     /// sending the body. Other expectations are ignored.
     pub expect_continue: bool,
@@ -102,6 +104,9 @@ impl Request<'_> {
 
 /// The outcome of one call. `Partial` is not an error: the head so far is a
 /// valid prefix within every limit, and more bytes may complete it.
+// Returned by value once per head; boxing the large variant would allocate
+// per request on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
     /// `head_len` counts from the start of the buffer through the empty line,
@@ -478,6 +483,7 @@ struct Fields<'b> {
     request_id: Option<&'b [u8]>,
     traceparent: Option<&'b [u8]>,
     content_type: Option<&'b [u8]>,
+    idempotency_key: Option<&'b [u8]>,
     expect_continue: bool,
 }
 
@@ -524,6 +530,8 @@ impl<'b> Fields<'b> {
             self.traceparent.get_or_insert(value);
         } else if is("content-type") {
             self.content_type.get_or_insert(value);
+        } else if is("idempotency-key") {
+            self.idempotency_key.get_or_insert(value);
         } else if is("expect") {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -586,6 +594,7 @@ fn finish<'b>(
         request_id: fields.request_id,
         traceparent: fields.traceparent,
         content_type: fields.content_type,
+        idempotency_key: fields.idempotency_key,
         expect_continue: fields.expect_continue,
     })
 }
@@ -997,9 +1006,11 @@ mod tests {
         let (r, _) = complete(
             b"GET / HTTP/1.1\r\nhOsT: a\r\nACCEPT: text/plain\r\naccept: application/json\r\n\
               x-api-KEY: k1\r\nX-Api-Key: k2\r\nIF-NONE-MATCH: *\r\nEXPECT: 100-Continue\r\n\
-              CONTENT-LENGTH: 3\r\ncontent-TYPE:  application/json \r\nContent-Type: text/plain\r\n\r\n",
+              CONTENT-LENGTH: 3\r\ncontent-TYPE:  application/json \r\nContent-Type: text/plain\r\n\
+              idempotency-KEY: retry-7 \r\nIdempotency-Key: other\r\n\r\n",
         );
         assert_eq!(r.content_type, Some(&b"application/json"[..]));
+        assert_eq!(r.idempotency_key, Some(&b"retry-7"[..]));
         assert_eq!(r.accept, Some(&b"text/plain"[..]));
         assert_eq!(r.api_key, Some(&b"k1"[..]));
         assert_eq!(r.if_none_match, Some(&b"*"[..]));

@@ -116,6 +116,8 @@ pub struct PrimesGauges {
     pub counts: PrimesCounts,
     pub stored: usize,
     pub pending: usize,
+    /// Readers parked until their task is final (`?wait`).
+    pub waiters: usize,
     pub table_primes: u64,
     pub table_bytes: usize,
     /// Tasks that may wait for a sieve (--primes-queue).
@@ -553,16 +555,44 @@ impl Metrics {
             ("accepted", counts.accepted),
             ("done", counts.done),
             ("failed", counts.failed),
+            ("cancelled", counts.cancelled),
             ("expired", counts.expired),
+            ("evicted", counts.evicted),
         ] {
             sink.series(&[status], count);
+        }
+        sink.family(
+            Kind::Counter,
+            "fibd_primes_refused_total",
+            "Task POSTs refused for room, by reason (client_share: 429; queue_full, \
+             store_full: 503).",
+            &["reason"],
+        );
+        for (reason, count) in [
+            ("client_share", counts.refused_client_share),
+            ("queue_full", counts.refused_queue_full),
+            ("store_full", counts.refused_store_full),
+        ] {
+            sink.series(&[reason], count);
         }
         sink.histogram(
             "fibd_primes_task_duration_seconds",
             "From a task's acceptance to done.",
             &self.primes_task_seconds,
         );
-        let scalars: [(Kind, &str, &str, u64); 7] = [
+        let scalars: [(Kind, &str, &str, u64); 9] = [
+            (
+                Kind::Gauge,
+                "fibd_primes_waiters",
+                "Task GETs parked until their task is final (?wait).",
+                primes.waiters as u64,
+            ),
+            (
+                Kind::Counter,
+                "fibd_primes_idempotent_replays_total",
+                "Task POSTs answered with the task their Idempotency-Key was first posted for.",
+                counts.replayed,
+            ),
             (
                 Kind::Counter,
                 "fibd_primes_table_hits_total",

@@ -53,8 +53,9 @@ pub enum Waiting {
     Smart,
     /// A primes task GET waiting for its task to settle (`?wait`).
     PrimesTask(TaskId),
-    /// A primes task POST whose 202 waits for its record to be durable.
-    PrimesAccepted,
+    /// A primes reply written already (a POST's 202, a DELETE's 200) that
+    /// waits for its task's record to be durable.
+    PrimesWritten,
     /// A /current, /next or /previous waiting for its batch.
     Step,
 }
@@ -89,8 +90,8 @@ pub enum LateReply {
     Step(StepReply),
     /// A primes task GET: the task's state now (it settled, or the wait ended).
     Task,
-    /// The 202 of a primes task POST may leave: its record is durable.
-    Accepted,
+    /// A primes reply written already may leave: its task's record is durable.
+    Durable,
     /// The write the reply waited for was not made durable: the reply, and
     /// everything queued after it on its connection, become one 503.
     Withdrawn,

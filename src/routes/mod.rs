@@ -35,7 +35,7 @@ use crate::base::time::unix_ms;
 use crate::error::ApiError;
 use crate::http::accept::{self, Format};
 use crate::http::date::HttpDate;
-use crate::http::message::Persistence;
+use crate::http::message::{Method, Persistence};
 use crate::http::parse::Request;
 use crate::http::request_id::RequestIds;
 use crate::http::response::{ContentType, Head, Status};
@@ -47,7 +47,7 @@ use crate::reply::output::Output;
 use crate::reply::park::{ConnId, Parking, Ticket};
 use crate::services::compute::{ComputeWorker, Job, Output as Computed};
 use crate::services::fib::service::FibService;
-use crate::services::primes::service::PrimesService;
+use crate::services::primes::service::{PrimesService, Settle};
 use crate::services::random::RandomSource;
 use crate::services::smart::SmartService;
 use crate::services::stepper::{StepReply, Stepper};
@@ -264,11 +264,11 @@ impl App {
                 settled.push_back((ticket, LateReply::Step(reply)));
             });
             self.primes
-                .on_commit(committed.effect, &mut |ticket, released| {
-                    let reply = if released {
-                        LateReply::Accepted
-                    } else {
-                        LateReply::Withdrawn
+                .on_commit(committed.effect, &mut |ticket, settle| {
+                    let reply = match settle {
+                        Settle::Durable => LateReply::Durable,
+                        Settle::Withdrawn => LateReply::Withdrawn,
+                        Settle::TaskFinal => LateReply::Task,
                     };
                     settled.push_back((ticket, reply));
                 });
@@ -389,9 +389,9 @@ impl App {
         let Delivery { parked, reply, .. } = delivery;
         let shape = parked.shape;
         let status = match reply {
-            // The 202 was written and accounted when the task was accepted;
+            // The reply was written and accounted when the request came;
             // only its release was awaited.
-            LateReply::Accepted => return persistence_reply(shape.persistence),
+            LateReply::Durable => return persistence_reply(shape.persistence),
             LateReply::Withdrawn | LateReply::Step(StepReply::Withdrawn) => {
                 let shape = Shape {
                     persistence: Persistence::Close,
@@ -425,8 +425,8 @@ impl App {
             Waiting::PrimesTask(_) => {
                 self.primes.forget_waiter(ticket);
             }
-            // The task stays accepted; its release finds no ticket.
-            Waiting::PrimesAccepted => {}
+            // The change stays made; its release finds no ticket.
+            Waiting::PrimesWritten => {}
             // A step handed to the store still happens; one not yet is dropped.
             Waiting::Step => self.stepper.abandon(ticket),
         }
@@ -579,7 +579,7 @@ impl App {
     fn expire(&mut self, ticket: Ticket, owner: Waiting) {
         match owner {
             // These park without a deadline.
-            Waiting::Fib | Waiting::PrimesAccepted => {}
+            Waiting::Fib | Waiting::PrimesWritten => {}
             Waiting::Smart => self.expire_smart(ticket),
             Waiting::PrimesTask(_) => {
                 self.primes.forget_waiter(ticket);
@@ -668,6 +668,9 @@ impl App {
                 now(Status::OK)
             }
             Route::PrimesTasks => self.primes_post(from.conn, caller, request, body, out, shape),
+            Route::PrimesTask if request.method == Method::Delete => {
+                self.primes_delete(from.conn, caller, request, out, shape)
+            }
             Route::PrimesTask => self.primes_get(from.conn, caller, request, out, shape),
             Route::OpenApi | Route::Docs => now(self.api_document(route, request, out, shape)),
         }

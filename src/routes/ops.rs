@@ -42,6 +42,7 @@ impl App {
                 counts: self.primes.counts(),
                 stored: self.primes.stored(),
                 pending: self.primes.pending(),
+                waiters: self.primes.waiters(),
                 table_primes: self.primes.table_len(),
                 table_bytes: self.primes.table_bytes(),
                 queue_capacity: self.primes.pending_max(),

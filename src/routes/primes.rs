@@ -1,6 +1,7 @@
-//! Primes task replies: POST a task (202 once its record is durable), GET
-//! one by id, now or after `?wait`, at /v1/primes/tasks and at /tasks (the
-//! paths the service fibd replaces used).
+//! Primes task replies: POST a task (202 once its record is durable; an
+//! `Idempotency-Key` makes a retry answer the same task), GET one by id, now
+//! or after `?wait`, and DELETE (cancel) a pending one, at /v1/primes/tasks
+//! and at /tasks (the paths the service fibd replaces used).
 
 use std::time::Duration;
 
@@ -15,10 +16,12 @@ use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::session::Reply;
 use crate::reply::output::Output;
-use crate::reply::park::ConnId;
+use crate::reply::park::{ConnId, Ticket};
 use crate::services::primes::request::{self as task_request};
-use crate::services::primes::service::{PrimesWaiter, Refused, Status as TaskStatus, TaskView};
-use crate::services::primes::task::{ID_BYTES, TaskId};
+use crate::services::primes::service::{
+    Cancel, CancelRefused, NewTask, PrimesWaiter, Refused, Status as TaskStatus, TaskView,
+};
+use crate::services::primes::task::{ID_BYTES, IdempotencyKey, Owner, TaskId};
 use crate::services::primes::task_cost;
 
 /// A reader of a task done before a restart waits this long at most for
@@ -28,7 +31,8 @@ const TABLE_WAIT: Duration = Duration::from_secs(30);
 impl App {
     /// POST: a validated task, accepted into the batch being collected; the
     /// 202 is written at once behind a slot that its batch's commit releases
-    /// (or withdraws).
+    /// (or withdraws). A known `Idempotency-Key` with the same body answers
+    /// the task it was first posted for instead.
     pub(super) fn primes_post(
         &mut self,
         conn: ConnId,
@@ -44,23 +48,115 @@ impl App {
         let max_n = self.primes.max_n();
         let n = task_request::parse_body(body, max_n)
             .map_err(|error| ApiError::BadTask { error, max_n })?;
+        let owner = self.owner(caller);
+        let idempotency = request
+            .idempotency_key
+            .map(|key| IdempotencyKey::new(owner, key).ok_or(ApiError::BadIdempotencyKey))
+            .transpose()?;
+        if let Some((id, first_n)) = idempotency.and_then(|key| self.primes.idempotent(key)) {
+            if first_n != n {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            self.charge(caller, 1)?;
+            let ticket = self.park_written(conn, shape)?;
+            let batch = self.ledger.join();
+            self.primes.confirm(id, batch, ticket);
+            let status = self
+                .primes
+                .view(id)
+                .map_or(TaskStatus::Pending, |v| v.status);
+            out.reserve(ticket);
+            self.write_accepted(out, request, shape, id, status, true);
+            return Ok(Answer::Now(Status::ACCEPTED));
+        }
         let cost = task_cost(n, self.primes.is_table_hit(n));
         self.charge(caller, cost)?;
-        self.primes.check_room(n).map_err(|refused| match refused {
-            Refused::StoreFull => ApiError::TasksFull,
-            Refused::QueueFull => ApiError::TaskQueueFull,
-        })?;
+        self.primes
+            .check_room(n, owner)
+            .map_err(|refused| match refused {
+                Refused::StoreFull => ApiError::TasksFull,
+                Refused::QueueFull => ApiError::TaskQueueFull,
+                Refused::ClientShare => ApiError::TaskShareFull,
+            })?;
         let id = self.new_task_id()?;
-        // The 202 is accounted now; its span ends now too, so the parked
-        // copy carries none.
+        let ticket = self.park_written(conn, shape)?;
+        let batch = self.ledger.join();
+        let new = NewTask {
+            id,
+            n,
+            owner,
+            idempotency,
+        };
+        let status = self.primes.accept(new, self.now_unix_ms, batch, ticket);
+        out.reserve(ticket);
+        self.write_accepted(out, request, shape, id, status, false);
+        Ok(Answer::Now(Status::ACCEPTED))
+    }
+
+    /// DELETE: cancels a pending task. The 200 (the task, now cancelled) is
+    /// written at once behind a slot that the cancellation's commit releases.
+    pub(super) fn primes_delete(
+        &mut self,
+        conn: ConnId,
+        caller: &Caller,
+        request: &Request<'_>,
+        out: &mut Output,
+        shape: &Shape,
+    ) -> Result<Answer, ApiError> {
+        let id = path_task_id(request)?;
+        if negotiate(request, Format::Json)? != Format::Json {
+            return Err(ApiError::NotAcceptable);
+        }
+        self.charge(caller, 1)?;
+        let cancel = self
+            .primes
+            .check_cancel(id, self.owner(caller))
+            .map_err(|refused| match refused {
+                CancelRefused::NotFound => ApiError::TaskNotFound,
+                refused => ApiError::CannotCancel(refused),
+            })?;
+        let ticket = self.park_written(conn, shape)?;
+        let batch = self.ledger.join();
+        match cancel {
+            Cancel::Takes => self.primes.cancel(id, self.now_unix_ms, batch, ticket),
+            Cancel::Repeats => self.primes.confirm(id, batch, ticket),
+        }
+        out.reserve(ticket);
+        if let Some(view) = self.primes.view(id) {
+            self.write_task(out, id, &view, shape);
+        }
+        Ok(Answer::Now(Status::OK))
+    }
+
+    /// Who a task of this caller's belongs to.
+    fn owner(&self, caller: &Caller) -> Owner {
+        match caller.key {
+            Some(key) => Owner::key(self.access.key_name(key)),
+            None => Owner::addr(caller.addr),
+        }
+    }
+
+    /// Parks a reply that is written now and released once its change is
+    /// durable. Its span ends now, so the parked copy carries none.
+    fn park_written(&mut self, conn: ConnId, shape: &Shape) -> Result<Ticket, ApiError> {
         let held = Shape {
             span: None,
             ..*shape
         };
-        let ticket = self.park(conn, Waiting::PrimesAccepted, held, None)?;
-        let batch = self.ledger.join();
-        let status = self.primes.accept(id, n, self.now_unix_ms, batch, ticket);
-        out.reserve(ticket);
+        self.park(conn, Waiting::PrimesWritten, held, None)
+    }
+
+    /// The 202: the task's id and status, with its URL in `Location`; a
+    /// replay says so in `Idempotent-Replayed`.
+    fn write_accepted(
+        &mut self,
+        out: &mut Output,
+        request: &Request<'_>,
+        shape: &Shape,
+        id: TaskId,
+        status: TaskStatus,
+        replayed: bool,
+    ) {
         self.body.clear();
         self.body.extend_from_slice(b"{\"request_id\": \"");
         id.write(&mut self.body);
@@ -80,11 +176,13 @@ impl App {
                 v.push(b'/');
                 id.write(v);
             });
+        if replayed {
+            head.header("Idempotent-Replayed", b"true");
+        }
         let buf = head.finish(Status::ACCEPTED, self.body.len(), shape.persistence);
         if !shape.head_only() {
             buf.extend_from_slice(&self.body);
         }
-        Ok(Answer::Now(Status::ACCEPTED))
     }
 
     /// GET: the task now, or parked until it settles or the wait ends.
@@ -96,8 +194,7 @@ impl App {
         out: &mut Output,
         shape: &Shape,
     ) -> Result<Answer, ApiError> {
-        let text = task_id_text(request.path).unwrap_or_default();
-        let id = TaskId::parse(text).ok_or(ApiError::BadTaskId)?;
+        let id = path_task_id(request)?;
         let wait = task_request::parse_wait(request.query)
             .map_err(|message| ApiError::BadQuery { message })?;
         if negotiate(request, Format::Json)? != Format::Json {
@@ -187,7 +284,7 @@ impl App {
                 write_json_str(body, failure.message().as_bytes());
                 body.push(b'"');
             }
-            TaskStatus::Pending | TaskStatus::Processing => {}
+            TaskStatus::Pending | TaskStatus::Processing | TaskStatus::Cancelled => {}
         }
         body.extend_from_slice(b"}\n");
         let split = split.unwrap_or(body.len());
@@ -205,4 +302,10 @@ impl App {
         }
         out.extend(&self.body[split..]);
     }
+}
+
+/// The task id in the request's path.
+fn path_task_id(request: &Request<'_>) -> Result<TaskId, ApiError> {
+    let text = task_id_text(request.path).unwrap_or_default();
+    TaskId::parse(text).ok_or(ApiError::BadTaskId)
 }

@@ -22,7 +22,7 @@ pub enum Route {
     Dashboard,
     /// POST a primes task (also at /tasks).
     PrimesTasks,
-    /// GET one primes task by id (also at /tasks/{id}).
+    /// GET one primes task by id, or DELETE (cancel) it (also at /tasks/{id}).
     PrimesTask,
     /// This API's OpenAPI description (`openapi.json`, built in).
     OpenApi,
@@ -94,6 +94,7 @@ impl Route {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
             Route::PrimesTasks => "POST",
+            Route::PrimesTask => "GET, HEAD, DELETE",
             _ => "GET, HEAD",
         }
     }
@@ -112,6 +113,7 @@ impl Route {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
             Route::PrimesTasks => method == Method::Post,
+            Route::PrimesTask => matches!(method, Method::Get | Method::Head | Method::Delete),
             _ => matches!(method, Method::Get | Method::Head),
         }
     }

@@ -410,12 +410,72 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<
 
 /// A POST of `body` as application/json with its Content-Length.
 pub fn json_request(path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: fibd.test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+    json_request_with(path, body, &[])
+}
+
+/// A POST of `body` as application/json with more header fields.
+pub fn json_request_with(path: &str, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = format!("POST {path} HTTP/1.1\r\nHost: fibd.test\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .into_bytes()
+    ));
+    out.into_bytes()
+}
+
+/// Occupies fibd's one compute thread (the default) with `count` large
+/// F(n) from `n` up, each on its own connection and queued behind the one
+/// before, so a primes sieve queued after them waits for all of them.
+/// Returns once every one is queued; each handle yields its status.
+pub fn occupy_compute(fibd: &Fibd, count: u64, n: u64) -> Vec<std::thread::JoinHandle<u16>> {
+    let misses = fibd.metric("fibd_fib_cache_misses_total");
+    let blockers = (0..count)
+        .map(|k| {
+            let addr = fibd.addr;
+            std::thread::spawn(move || {
+                Client::connect(addr)
+                    .request("GET", &format!("/v1/fib?n={}", n + k), &[])
+                    .status
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fibd.metric("fibd_fib_cache_misses_total") < misses + count as f64 {
+        assert!(Instant::now() < deadline, "the F(n) blockers never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    blockers
+}
+
+/// An `--api-keys` file beside a test's data directory, removed with it.
+pub struct KeyFile {
+    path: PathBuf,
+}
+
+impl KeyFile {
+    pub fn new(data: &DataDir, text: &str) -> KeyFile {
+        let path = data.path().with_extension("keys");
+        let file = KeyFile { path };
+        file.write(text);
+        file
+    }
+
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write the key file");
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -3,10 +3,12 @@
 //! and polls or waits for the result.
 //!
 //! - [`sieve`]: the segmented sieve and the one JSON rendering of the table.
-//! - [`task`]: task ids, states and their record in the store.
+//! - [`task`]: task ids, owners, idempotency keys, states and their record
+//!   in the store.
 //! - [`request`]: the POST body and the GET query, validated.
-//! - [`service`]: the tasks, the prime table, retention and the writes each
-//!   commit carries; sans-IO and sans-clock, like the stepper.
+//! - [`service`]: the tasks, the prime table, fair shares, retention and
+//!   eviction, cancellation, and the writes each commit carries; sans-IO and
+//!   sans-clock, like the stepper.
 
 pub mod request;
 pub mod service;
@@ -22,11 +24,14 @@ use crate::access::ratelimit::{DEFAULT_BURST, MICROS_PER_TOKEN};
 pub struct PrimesLimits {
     /// The largest n a task may ask for; also bounds the prime table.
     pub max_n: u64,
-    /// Tasks stored at most (pending and settled); more get 503.
+    /// Tasks stored at most (pending and settled); at the cap, the oldest
+    /// settled task makes room for a new one.
     pub tasks_max: usize,
     /// Tasks waiting for a computation at most; more get 503.
     pub pending_max: usize,
-    /// How long a settled task is kept before its record is deleted.
+    /// Unsettled tasks one client (API key, else address) may hold; more get 429.
+    pub pending_per_client: usize,
+    /// How long a settled task is kept at least, unless room is needed.
     pub retention: Duration,
 }
 
@@ -40,6 +45,7 @@ impl Default for PrimesLimits {
             max_n: DEFAULT_MAX_N,
             tasks_max: 100_000,
             pending_max: 10_000,
+            pending_per_client: 1_000,
             retention: Duration::from_secs(24 * 60 * 60),
         }
     }

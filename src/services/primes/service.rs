@@ -1,16 +1,25 @@
-//! The primes tasks: which exist, where each stands, the largest prime table
-//! computed so far, who waits for which task, and the record writes the next
-//! group commit must carry. Sans-IO and sans-clock: the loop passes the time
-//! (Unix milliseconds, because retention outlives a restart), hands in the
-//! sieve's results and the commit outcomes, and writes the replies.
+//! The primes tasks: which exist, where each stands, whose they are, the
+//! largest prime table computed so far, who waits for which task, and the
+//! record writes the next group commit must carry. Sans-IO and sans-clock:
+//! the loop passes the time (Unix milliseconds, because retention outlives
+//! a restart), hands in the sieve's results and the commit outcomes, and
+//! writes the replies.
 //!
 //! Durability: a task is accepted into the collecting group-commit batch
 //! (its 202 is parked behind that batch as a reply slot); its record goes to
 //! the store in that batch's one transaction, and the 202 leaves only once
-//! the batch is durable. Settling and expiry are written the same
-//! way, in whatever batch comes next. If a commit fails, the tasks whose
-//! acceptance it carried (and the batch collected on top of it) are dropped,
-//! as their 202s were withdrawn; other writes are retried in the next batch.
+//! the batch is durable. A cancellation's 200 and an idempotent replay's
+//! 202 wait the same way. Settling, expiry and eviction are written in
+//! whatever batch comes next. If a commit fails, the tasks whose acceptance
+//! it carried (and the batch collected on top of it) are dropped and their
+//! 202s withdrawn, cancellations it carried are undone, and other writes are
+//! retried in the next batch.
+//!
+//! Bounds: unsettled tasks are promises and are never dropped; they are
+//! bounded by `pending_max`, and each owner's share of them by
+//! `pending_per_client`. Settled tasks are a record of what happened (a
+//! result is recomputed from n): kept for `retention`, and when the store
+//! is at `tasks_max` the oldest settled one makes room for a new task.
 //!
 //! Reuse: one table, the largest so far, rendered once as JSON. A task for
 //! n at or below its size is done on arrival; above it, the pending tasks
@@ -22,7 +31,7 @@ use std::sync::Arc;
 
 use super::PrimesLimits;
 use super::sieve::{self, PrimeTable};
-use super::task::{Failure, Outcome, Task, TaskId};
+use super::task::{Failure, IdempotencyKey, Outcome, Owner, Task, TaskId};
 use crate::reply::park::Ticket;
 use crate::services::compute::{ComputeWorker, Job};
 use crate::store::ledger::{BatchId, CommitEffect};
@@ -40,13 +49,48 @@ pub struct PrimesWaiter {
     pub id: TaskId,
 }
 
-/// Why a task was not accepted (503 with Retry-After).
+/// Why a task was not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// `tasks_max` tasks are stored; older ones must expire first.
+    /// `tasks_max` tasks are stored and none is settled, so none can make
+    /// room (possible when `pending_max` is not below `tasks_max`).
     StoreFull,
     /// `pending_max` tasks wait already, or the compute queue is full.
     QueueFull,
+    /// This owner holds `pending_per_client` unsettled tasks already.
+    ClientShare,
+}
+
+/// Why a cancellation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelRefused {
+    NotFound,
+    /// The task was posted with another API key.
+    NotOwner,
+    /// A sieve that covers it is queued or running: it will be done shortly.
+    Running,
+    /// It is done already.
+    Done,
+    /// It failed already.
+    Failed,
+}
+
+/// What a DELETE that may proceed does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// The task is pending: it becomes cancelled.
+    Takes,
+    /// The task is cancelled already: the answer repeats it.
+    Repeats,
+}
+
+/// A task a POST asks for, once its room is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub n: u64,
+    pub owner: Owner,
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// Where a task stands, as a client sees it.
@@ -59,6 +103,7 @@ pub enum Status {
         elapsed_ms: u64,
     },
     Failed(Failure),
+    Cancelled,
 }
 
 impl Status {
@@ -68,6 +113,7 @@ impl Status {
             Status::Processing => "processing",
             Status::Done { .. } => "done",
             Status::Failed(_) => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -82,9 +128,10 @@ pub struct TaskView {
 }
 
 impl TaskView {
-    /// Nothing more will change for this reader: failed, or done with its result.
+    /// Nothing more will change for this reader: failed, cancelled, or done
+    /// with its result.
     pub fn is_final(&self) -> bool {
-        matches!(self.status, Status::Failed(_)) || self.result.is_some()
+        matches!(self.status, Status::Failed(_) | Status::Cancelled) || self.result.is_some()
     }
 
     /// Done, but the table was lost with a restart and is being rebuilt.
@@ -102,17 +149,56 @@ pub struct Sieved {
     pub durations_ms: Vec<u64>,
 }
 
+/// What a commit outcome decided for a parked reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// The change it answers is durable: the written reply may leave.
+    Durable,
+    /// The change was not made durable: the reply is withdrawn.
+    Withdrawn,
+    /// A reader's task became final (a durable cancellation): answer it.
+    TaskFinal,
+}
+
 /// Counters for /metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrimesCounts {
     pub accepted: u64,
     pub done: u64,
     pub failed: u64,
+    pub cancelled: u64,
     pub expired: u64,
+    /// Settled tasks deleted early to make room for a new one.
+    pub evicted: u64,
+    /// POSTs answered with an earlier task's 202 (`Idempotency-Key`).
+    pub replayed: u64,
     /// Tasks answered from the table on arrival.
     pub table_hits: u64,
     /// Sieves run.
     pub computations: u64,
+    pub refused_store_full: u64,
+    pub refused_queue_full: u64,
+    pub refused_client_share: u64,
+}
+
+/// What a parked reply waits for, and what its batch's failure undoes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// A 202 for a new task: a failure drops the task.
+    Creates,
+    /// A reply that repeats a change (a replayed 202, a repeated DELETE):
+    /// it leaves once everything before it is durable.
+    Confirms,
+    /// A cancellation's 200: a failure returns the task to pending.
+    Cancels,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Awaiting {
+    batch: BatchId,
+    id: TaskId,
+    ticket: Ticket,
+    effect: Effect,
 }
 
 /// Record writes owed to the store, by batch.
@@ -124,9 +210,8 @@ struct Writes {
     /// Dirty tasks that no caller has joined a batch for yet.
     unjoined: bool,
     in_flight: Option<(BatchId, Vec<(u64, TaskId)>)>,
-    /// Accepted tasks whose 202 (parked under the ticket) waits for this
-    /// batch, oldest first.
-    unacknowledged: VecDeque<(BatchId, TaskId, Ticket)>,
+    /// Replies parked behind a batch, oldest batch first.
+    awaiting: VecDeque<Awaiting>,
 }
 
 pub struct PrimesService {
@@ -135,8 +220,13 @@ pub struct PrimesService {
     tasks: HashMap<TaskId, Task>,
     /// Unsettled tasks by n, so a table settles a prefix of them.
     pending: BTreeSet<(u64, TaskId)>,
-    /// Settled tasks by when they settled, for retention.
+    /// Unsettled tasks per owner, for fair shares; owners with none are absent.
+    pending_by_owner: HashMap<Owner, usize>,
+    /// Settled tasks by when they settled: retention and eviction take the
+    /// oldest first.
     expiry: BTreeSet<(u64, TaskId)>,
+    /// The task each stored idempotency key was posted for.
+    by_idempotency: HashMap<IdempotencyKey, TaskId>,
     /// `[2, 3, …` for the first `table_len` primes; shared by every reply.
     table: Arc<[u8]>,
     table_len: u64,
@@ -169,7 +259,9 @@ impl PrimesService {
             worker,
             tasks: HashMap::with_capacity(records.len()),
             pending: BTreeSet::new(),
+            pending_by_owner: HashMap::new(),
             expiry: BTreeSet::new(),
+            by_idempotency: HashMap::new(),
             table: Arc::from(&b"["[..]),
             table_len: 0,
             sieving: None,
@@ -181,16 +273,21 @@ impl PrimesService {
             counts: PrimesCounts::default(),
         };
         for (id, mut task) in records {
-            let failed = matches!(task.settled, Some((Outcome::Failed(_), _)));
-            if task.n > limits.max_n && !failed {
+            // Above a lowered max_n a result cannot be rebuilt: done or not, it fails.
+            let ended = matches!(
+                task.settled,
+                Some((Outcome::Failed(_) | Outcome::Cancelled, _))
+            );
+            if task.n > limits.max_n && !ended {
                 task.settled = Some((Outcome::Failed(Failure::AboveMax), now_ms));
                 service.counts.failed += 1;
                 service.mark_dirty(task.seq, id);
             }
+            if let Some(key) = task.idempotency {
+                service.by_idempotency.insert(key, id);
+            }
             match task.settled {
-                None => {
-                    service.pending.insert((task.n, id));
-                }
+                None => service.add_pending(&task, id),
                 Some((outcome, at)) => {
                     if outcome == Outcome::Done {
                         service.table_wanted = service.table_wanted.max(task.n);
@@ -222,53 +319,123 @@ impl PrimesService {
         self.tasks.contains_key(&id)
     }
 
-    /// Whether a task for `n` can be taken now.
-    pub fn check_room(&self, n: u64) -> Result<(), Refused> {
-        if self.tasks.len() >= self.limits.tasks_max {
-            return Err(Refused::StoreFull);
+    /// The stored task posted under `key`, and its n.
+    pub fn idempotent(&self, key: IdempotencyKey) -> Option<(TaskId, u64)> {
+        let id = *self.by_idempotency.get(&key)?;
+        Some((id, self.tasks.get(&id)?.n))
+    }
+
+    /// Whether `owner` may post a task for `n` now; a refusal is counted.
+    pub fn check_room(&mut self, n: u64, owner: Owner) -> Result<(), Refused> {
+        let refused = self.refusal(n, owner);
+        match refused {
+            Some(Refused::StoreFull) => self.counts.refused_store_full += 1,
+            Some(Refused::QueueFull) => self.counts.refused_queue_full += 1,
+            Some(Refused::ClientShare) => self.counts.refused_client_share += 1,
+            None => {}
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    fn refusal(&self, n: u64, owner: Owner) -> Option<Refused> {
+        if self.tasks.len() >= self.limits.tasks_max && self.expiry.is_empty() {
+            return Some(Refused::StoreFull);
         }
         if self.is_table_hit(n) {
-            return Ok(());
+            return None;
         }
         let must_queue = self.sieving.is_none() && !self.worker.has_room();
         if self.pending.len() >= self.limits.pending_max || must_queue {
-            return Err(Refused::QueueFull);
+            return Some(Refused::QueueFull);
         }
-        Ok(())
+        let held = self.pending_by_owner.get(&owner).copied().unwrap_or(0);
+        (held >= self.limits.pending_per_client).then_some(Refused::ClientShare)
     }
 
     /// Takes a task (after [`Self::check_room`]) whose record rides in
-    /// `batch`; its 202, parked under `ticket`, is released or withdrawn
-    /// with that batch ([`Self::on_commit`]).
-    pub fn accept(
-        &mut self,
-        id: TaskId,
-        n: u64,
-        now_ms: u64,
-        batch: BatchId,
-        ticket: Ticket,
-    ) -> Status {
+    /// `batch`, evicting the oldest settled task if the store is full; its
+    /// 202, parked under `ticket`, is released or withdrawn with that batch
+    /// ([`Self::on_commit`]).
+    pub fn accept(&mut self, new: NewTask, now_ms: u64, batch: BatchId, ticket: Ticket) -> Status {
+        self.make_room();
+        let NewTask {
+            id,
+            n,
+            owner,
+            idempotency,
+        } = new;
         let hit = self.is_table_hit(n);
         let task = Task {
             seq: self.next_seq,
             n,
             created_ms: now_ms,
             settled: hit.then_some((Outcome::Done, now_ms)),
+            owner,
+            idempotency,
         };
         self.next_seq += 1;
         self.tasks.insert(id, task);
+        if let Some(key) = idempotency {
+            self.by_idempotency.insert(key, id);
+        }
         self.writes.dirty.push((task.seq, id));
-        self.writes.unacknowledged.push_back((batch, id, ticket));
+        self.park_behind(batch, id, ticket, Effect::Creates);
         self.counts.accepted += 1;
         if hit {
             self.counts.table_hits += 1;
             self.counts.done += 1;
             self.expiry.insert((now_ms, id));
         } else {
-            self.pending.insert((n, id));
+            self.add_pending(&task, id);
             self.kick();
         }
         self.status(&task)
+    }
+
+    /// Parks a reply that repeats what was answered for task `id` (an
+    /// idempotent replay): it leaves once `batch`, and so every change to
+    /// the task before it, is durable.
+    pub fn confirm(&mut self, id: TaskId, batch: BatchId, ticket: Ticket) {
+        self.counts.replayed += 1;
+        self.park_behind(batch, id, ticket, Effect::Confirms);
+    }
+
+    /// Whether `by` may cancel task `id`, and what the DELETE does. Only
+    /// the key that posted a task may cancel it; a task posted without a
+    /// key may be cancelled by whoever holds its (unguessable) id.
+    pub fn check_cancel(&self, id: TaskId, by: Owner) -> Result<Cancel, CancelRefused> {
+        let task = self.tasks.get(&id).ok_or(CancelRefused::NotFound)?;
+        if task.owner.is_key() && task.owner != by {
+            return Err(CancelRefused::NotOwner);
+        }
+        match self.status(task) {
+            Status::Pending => Ok(Cancel::Takes),
+            Status::Cancelled => Ok(Cancel::Repeats),
+            Status::Processing => Err(CancelRefused::Running),
+            Status::Done { .. } => Err(CancelRefused::Done),
+            Status::Failed(_) => Err(CancelRefused::Failed),
+        }
+    }
+
+    /// Cancels a pending task (after [`Self::check_cancel`]); the 200,
+    /// parked under `ticket`, leaves once `batch` is durable, and then the
+    /// task's `?wait` readers are answered. A repeated DELETE only waits.
+    pub fn cancel(&mut self, id: TaskId, now_ms: u64, batch: BatchId, ticket: Ticket) {
+        let Some(task) = self.tasks.get(&id).copied() else {
+            return;
+        };
+        if task.settled.is_some() {
+            self.park_behind(batch, id, ticket, Effect::Confirms);
+            return;
+        }
+        self.remove_pending(&task, id);
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.settled = Some((Outcome::Cancelled, now_ms));
+        }
+        self.expiry.insert((now_ms, id));
+        self.counts.cancelled += 1;
+        self.writes.dirty.push((task.seq, id));
+        self.park_behind(batch, id, ticket, Effect::Cancels);
     }
 
     /// The task as a client sees it now.
@@ -331,17 +498,20 @@ impl PrimesService {
         while let Some(&(n, id)) = self.pending.first()
             && n <= self.table_len
         {
-            self.pending.pop_first();
+            let Some(task) = self.tasks.get(&id).copied() else {
+                self.pending.pop_first();
+                continue;
+            };
+            self.remove_pending(&task, id);
             if let Some(task) = self.tasks.get_mut(&id) {
                 task.settled = Some((Outcome::Done, now_ms));
-                sieved
-                    .durations_ms
-                    .push(now_ms.saturating_sub(task.created_ms));
-                self.counts.done += 1;
-                self.expiry.insert((now_ms, id));
-                let seq = task.seq;
-                self.mark_dirty(seq, id);
             }
+            sieved
+                .durations_ms
+                .push(now_ms.saturating_sub(task.created_ms));
+            self.counts.done += 1;
+            self.expiry.insert((now_ms, id));
+            self.mark_dirty(task.seq, id);
         }
         let ready: Vec<TaskId> = self
             .waiters
@@ -350,10 +520,7 @@ impl PrimesService {
             .filter(|id| self.view(*id).is_none_or(|v| v.is_final()))
             .collect();
         for id in ready {
-            for waiter in self.waiters.remove(&id).unwrap_or_default() {
-                self.waiting_for.remove(&waiter.ticket);
-                sieved.ready.push(waiter);
-            }
+            sieved.ready.extend(self.take_waiters(id));
         }
         self.kick();
         sieved
@@ -381,10 +548,7 @@ impl PrimesService {
             && let Some(&(at, id)) = self.expiry.first()
             && at.saturating_add(retention_ms) <= now_ms
         {
-            self.expiry.pop_first();
-            if let Some(task) = self.tasks.remove(&id) {
-                self.mark_dirty(task.seq, id);
-            }
+            self.delete(id);
             expired += 1;
         }
         self.counts.expired += expired as u64;
@@ -423,11 +587,11 @@ impl PrimesService {
         writes
     }
 
-    /// Applies a commit outcome: acknowledged tasks become durable and
-    /// their 202s may leave (`settle(ticket, true)`); on a failure, tasks
-    /// whose 202 is withdrawn (`settle(ticket, false)`) are dropped and the
-    /// other writes are owed again.
-    pub fn on_commit(&mut self, effect: CommitEffect, settle: &mut impl FnMut(Ticket, bool)) {
+    /// Applies a commit outcome to the replies parked behind batches: on
+    /// success they leave (and readers of a task it cancelled are
+    /// answered); on a failure they are withdrawn, what they changed is
+    /// undone, and the other writes are owed again.
+    pub fn on_commit(&mut self, effect: CommitEffect, settle: &mut impl FnMut(Ticket, Settle)) {
         match effect {
             CommitEffect::Released(committed) => {
                 if self
@@ -438,23 +602,42 @@ impl PrimesService {
                 {
                     self.writes.in_flight = None;
                 }
-                while let Some(&(batch, _, ticket)) = self.writes.unacknowledged.front()
+                while let Some(&Awaiting {
+                    batch,
+                    id,
+                    ticket,
+                    effect,
+                }) = self.writes.awaiting.front()
                     && batch <= committed
                 {
-                    self.writes.unacknowledged.pop_front();
-                    settle(ticket, true);
+                    self.writes.awaiting.pop_front();
+                    settle(ticket, Settle::Durable);
+                    if effect == Effect::Cancels {
+                        for waiter in self.take_waiters(id) {
+                            settle(waiter.ticket, Settle::TaskFinal);
+                        }
+                    }
                 }
             }
             CommitEffect::Failed { through, .. } => {
                 if let Some((_, ids)) = self.writes.in_flight.take() {
                     self.writes.dirty.extend(ids);
                 }
-                while let Some(&(batch, id, ticket)) = self.writes.unacknowledged.front()
+                while let Some(&Awaiting {
+                    batch,
+                    id,
+                    ticket,
+                    effect,
+                }) = self.writes.awaiting.front()
                     && batch <= through
                 {
-                    self.writes.unacknowledged.pop_front();
-                    self.drop_task(id);
-                    settle(ticket, false);
+                    self.writes.awaiting.pop_front();
+                    match effect {
+                        Effect::Creates => self.drop_task(id),
+                        Effect::Cancels => self.uncancel(id),
+                        Effect::Confirms => {}
+                    }
+                    settle(ticket, Settle::Withdrawn);
                 }
                 self.writes.unjoined = !self.writes.dirty.is_empty();
             }
@@ -473,6 +656,10 @@ impl PrimesService {
         self.pending.len()
     }
 
+    pub fn waiters(&self) -> usize {
+        self.waiting_for.len()
+    }
+
     pub fn table_len(&self) -> u64 {
         self.table_len
     }
@@ -487,9 +674,98 @@ impl PrimesService {
                 elapsed_ms: at.saturating_sub(task.created_ms),
             },
             Some((Outcome::Failed(failure), _)) => Status::Failed(failure),
+            Some((Outcome::Cancelled, _)) => Status::Cancelled,
             None if self.sieving.is_some_and(|s| s >= task.n) => Status::Processing,
             None => Status::Pending,
         }
+    }
+
+    fn park_behind(&mut self, batch: BatchId, id: TaskId, ticket: Ticket, effect: Effect) {
+        self.writes.awaiting.push_back(Awaiting {
+            batch,
+            id,
+            ticket,
+            effect,
+        });
+    }
+
+    fn add_pending(&mut self, task: &Task, id: TaskId) {
+        self.pending.insert((task.n, id));
+        *self.pending_by_owner.entry(task.owner).or_default() += 1;
+    }
+
+    fn remove_pending(&mut self, task: &Task, id: TaskId) {
+        if !self.pending.remove(&(task.n, id)) {
+            return;
+        }
+        if let Some(held) = self.pending_by_owner.get_mut(&task.owner) {
+            *held -= 1;
+            if *held == 0 {
+                self.pending_by_owner.remove(&task.owner);
+            }
+        }
+    }
+
+    fn take_waiters(&mut self, id: TaskId) -> Vec<PrimesWaiter> {
+        let waiters = self.waiters.remove(&id).unwrap_or_default();
+        for waiter in &waiters {
+            self.waiting_for.remove(&waiter.ticket);
+        }
+        waiters
+    }
+
+    /// Evicts the oldest settled tasks while the store is at its cap.
+    fn make_room(&mut self) {
+        while self.tasks.len() >= self.limits.tasks_max
+            && let Some(&(_, id)) = self.expiry.first()
+        {
+            self.delete(id);
+            self.counts.evicted += 1;
+        }
+    }
+
+    /// Deletes a task now; its record's deletion rides the next batch.
+    fn delete(&mut self, id: TaskId) {
+        if let Some(task) = self.forget(id) {
+            self.mark_dirty(task.seq, id);
+        }
+    }
+
+    /// A cancellation whose batch failed: the task is pending again.
+    fn uncancel(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let Some((Outcome::Cancelled, at)) = task.settled else {
+            return;
+        };
+        self.counts.cancelled -= 1;
+        if task.n <= self.table_len {
+            // A sieve passed it meanwhile: it is done, as it would have been.
+            task.settled = Some((Outcome::Done, at));
+            let seq = task.seq;
+            self.counts.done += 1;
+            self.mark_dirty(seq, id);
+            return;
+        }
+        task.settled = None;
+        let task = *task;
+        self.expiry.remove(&(at, id));
+        self.add_pending(&task, id);
+        self.kick();
+    }
+
+    /// Removes a task and every index of it.
+    fn forget(&mut self, id: TaskId) -> Option<Task> {
+        let task = self.tasks.remove(&id)?;
+        self.remove_pending(&task, id);
+        if let Some((_, at)) = task.settled {
+            self.expiry.remove(&(at, id));
+        }
+        if let Some(key) = task.idempotency {
+            self.by_idempotency.remove(&key);
+        }
+        Some(task)
     }
 
     fn mark_dirty(&mut self, seq: u64, id: TaskId) {
@@ -498,14 +774,9 @@ impl PrimesService {
     }
 
     fn drop_task(&mut self, id: TaskId) {
-        let Some(task) = self.tasks.remove(&id) else {
-            return;
-        };
-        self.pending.remove(&(task.n, id));
-        if let Some((_, at)) = task.settled {
-            self.expiry.remove(&(at, id));
+        if let Some(task) = self.forget(id) {
+            self.writes.dirty.push((task.seq, id));
         }
-        self.writes.dirty.push((task.seq, id));
     }
 }
 
@@ -546,6 +817,21 @@ mod tests {
         TaskId::from_bytes([k; 16])
     }
 
+    /// A client's address: fair shares and idempotency keys are scoped by it.
+    fn client(k: u8) -> Owner {
+        Owner::addr(std::net::IpAddr::from([192, 0, 2, k]))
+    }
+
+    /// Task `k` for `n`, posted by client 1 without an idempotency key.
+    fn posted(k: u8, n: u64) -> NewTask {
+        NewTask {
+            id: id(k),
+            n,
+            owner: client(1),
+            idempotency: None,
+        }
+    }
+
     fn batch(k: u64) -> BatchId {
         BatchId::for_tests(k)
     }
@@ -572,16 +858,16 @@ mod tests {
     fn a_burst_shares_one_sieve_and_later_tasks_hit_the_table() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
         assert_eq!(
-            s.accept(id(1), 100, 1_000, batch(1), post(1)),
+            s.accept(posted(1, 100), 1_000, batch(1), post(1)),
             Status::Processing
         );
         // Queued behind the running sieve for 100: pending, one more sieve later.
         assert_eq!(
-            s.accept(id(2), 500, 1_001, batch(1), post(2)),
+            s.accept(posted(2, 500), 1_001, batch(1), post(2)),
             Status::Pending
         );
         assert_eq!(
-            s.accept(id(3), 50, 1_001, batch(1), post(3)),
+            s.accept(posted(3, 50), 1_001, batch(1), post(3)),
             Status::Processing
         );
         let first = finish_sieve(&mut s, &woken, 1_010);
@@ -594,7 +880,7 @@ mod tests {
         let (table, len) = done.result.unwrap();
         assert!(table[..len].ends_with(b", 3571"), "the 500th prime");
         assert_eq!(
-            s.accept(id(4), 499, 1_030, batch(2), post(4)),
+            s.accept(posted(4, 499), 1_030, batch(2), post(4)),
             Status::Done { elapsed_ms: 0 }
         );
         let counts = s.counts();
@@ -607,22 +893,22 @@ mod tests {
     #[test]
     fn writes_ride_batches_and_a_failed_batch_drops_its_tasks() {
         let (mut s, _woken) = service(Vec::new(), PrimesLimits::default());
-        s.accept(id(1), 10, 1_000, batch(1), post(1));
+        s.accept(posted(1, 10), 1_000, batch(1), post(1));
         assert!(!s.take_join(), "the accepting caller joined the batch");
         let writes = s.take_writes(batch(1));
         assert_eq!(writes.len(), 1);
-        s.accept(id(2), 10, 1_000, batch(2), post(2));
+        s.accept(posted(2, 10), 1_000, batch(2), post(2));
         let mut settled = Vec::new();
         s.on_commit(
             CommitEffect::Failed {
                 committed: batch(0),
                 through: batch(2),
             },
-            &mut |ticket, released| settled.push((ticket, released)),
+            &mut |ticket, settle| settled.push((ticket, settle)),
         );
         assert_eq!(
             settled,
-            [(post(1), false), (post(2), false)],
+            [(post(1), Settle::Withdrawn), (post(2), Settle::Withdrawn)],
             "both 202s withdrawn"
         );
         assert!(!s.contains(id(1)) && !s.contains(id(2)));
@@ -648,6 +934,8 @@ mod tests {
             n,
             created_ms: 500,
             settled,
+            owner: client(1),
+            idempotency: None,
         };
         let records = vec![
             (id(1), task(30, None)),
@@ -679,7 +967,7 @@ mod tests {
     fn readers_of_one_task_leave_in_any_order_and_the_rest_are_woken() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
         assert_eq!(
-            s.accept(id(1), 100, 1_000, batch(1), post(1)),
+            s.accept(posted(1, 100), 1_000, batch(1), post(1)),
             Status::Processing
         );
         let mut parking = crate::reply::park::Parking::new(16);
@@ -716,6 +1004,8 @@ mod tests {
                     n: 5,
                     created_ms: 0,
                     settled: Some((Outcome::Done, 10)),
+                    owner: client(1),
+                    idempotency: None,
                 };
                 (TaskId::from_bytes(bytes), task)
             })
@@ -726,5 +1016,200 @@ mod tests {
         assert_eq!(s.expire(1_010), 1);
         assert_eq!(s.stored(), 0);
         assert_eq!(s.take_writes(batch(1)).len(), EXPIRE_BATCH + 1);
+    }
+
+    fn released(s: &mut PrimesService, through: u64) -> Vec<(Ticket, Settle)> {
+        let mut settled = Vec::new();
+        s.on_commit(CommitEffect::Released(batch(through)), &mut |t, settle| {
+            settled.push((t, settle))
+        });
+        settled
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_oldest_settled_task_and_never_an_unsettled_one() {
+        let limits = PrimesLimits {
+            tasks_max: 3,
+            ..PrimesLimits::default()
+        };
+        let (mut s, woken) = service(Vec::new(), limits);
+        s.accept(posted(1, 10), 1_000, batch(1), post(1));
+        finish_sieve(&mut s, &woken, 1_010);
+        s.accept(posted(2, 5), 1_020, batch(1), post(2));
+        assert_eq!(
+            s.accept(posted(3, 100), 1_030, batch(1), post(3)),
+            Status::Processing
+        );
+        assert_eq!((s.stored(), s.counts().evicted), (3, 0), "room: none go");
+        s.take_writes(batch(1));
+        for (k, evicted) in [(4, 1), (5, 2), (6, 4)] {
+            assert_eq!(s.check_room(5, client(1)), Ok(()));
+            s.accept(posted(k, 5), 1_040, batch(2), post(u64::from(k)));
+            assert!(!s.contains(id(evicted)), "task {evicted} went");
+            assert!(s.contains(id(3)), "the unsettled task stays");
+            assert_eq!(s.stored(), 3);
+        }
+        assert_eq!(s.counts().evicted, 3);
+        let deletes: Vec<RecordWrite> = s
+            .take_writes(batch(2))
+            .into_iter()
+            .filter(|w| matches!(w, RecordWrite::Delete { .. }))
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                RecordWrite::Delete { key: 1 },
+                RecordWrite::Delete { key: 2 },
+                RecordWrite::Delete { key: 4 }
+            ]
+        );
+        // Only unsettled tasks left: nothing can make room.
+        let limits = PrimesLimits {
+            tasks_max: 2,
+            ..PrimesLimits::default()
+        };
+        let (mut s, _woken) = service(Vec::new(), limits);
+        s.accept(posted(1, 100), 1_000, batch(1), post(1));
+        s.accept(posted(2, 200), 1_000, batch(1), post(2));
+        assert_eq!(s.check_room(300, client(2)), Err(Refused::StoreFull));
+        assert_eq!(s.counts().refused_store_full, 1);
+    }
+
+    #[test]
+    fn a_client_past_its_share_is_refused_while_others_are_served() {
+        let limits = PrimesLimits {
+            pending_per_client: 2,
+            ..PrimesLimits::default()
+        };
+        let (mut s, woken) = service(Vec::new(), limits);
+        s.accept(posted(1, 100), 1_000, batch(1), post(1));
+        s.accept(posted(2, 200), 1_000, batch(1), post(2));
+        assert_eq!(s.check_room(300, client(1)), Err(Refused::ClientShare));
+        assert_eq!(s.check_room(300, client(2)), Ok(()));
+        let other = NewTask {
+            owner: client(2),
+            ..posted(3, 300)
+        };
+        s.accept(other, 1_000, batch(1), post(3));
+        finish_sieve(&mut s, &woken, 1_010);
+        assert_eq!(
+            s.check_room(300, client(1)),
+            Ok(()),
+            "a settled task holds no share"
+        );
+        assert_eq!(s.counts().refused_client_share, 1);
+    }
+
+    #[test]
+    fn an_idempotency_key_finds_its_task_as_long_as_the_task_lives() {
+        let (mut s, _woken) = service(Vec::new(), PrimesLimits::default());
+        let key = IdempotencyKey::new(client(1), b"retry-1").unwrap();
+        let keyed = NewTask {
+            idempotency: Some(key),
+            ..posted(1, 100)
+        };
+        s.accept(keyed, 1_000, batch(1), post(1));
+        assert_eq!(s.idempotent(key), Some((id(1), 100)));
+        s.take_writes(batch(1));
+        // A retry before the first 202 left waits behind a later batch.
+        s.confirm(id(1), batch(2), post(2));
+        assert_eq!(released(&mut s, 1), [(post(1), Settle::Durable)]);
+        assert_eq!(released(&mut s, 2), [(post(2), Settle::Durable)]);
+        assert_eq!(s.counts().replayed, 1);
+        // A task whose acceptance failed takes its key with it.
+        let key2 = IdempotencyKey::new(client(1), b"retry-2").unwrap();
+        let keyed = NewTask {
+            idempotency: Some(key2),
+            ..posted(2, 100)
+        };
+        s.accept(keyed, 1_000, batch(3), post(3));
+        s.confirm(id(2), batch(3), post(4));
+        let mut settled = Vec::new();
+        s.on_commit(
+            CommitEffect::Failed {
+                committed: batch(2),
+                through: batch(3),
+            },
+            &mut |t, settle| settled.push((t, settle)),
+        );
+        assert_eq!(
+            settled,
+            [(post(3), Settle::Withdrawn), (post(4), Settle::Withdrawn)]
+        );
+        assert_eq!(s.idempotent(key2), None);
+        assert_eq!(
+            s.idempotent(key),
+            Some((id(1), 100)),
+            "the durable one stays"
+        );
+    }
+
+    #[test]
+    fn cancelling_answers_readers_once_durable_and_a_failed_commit_undoes_it() {
+        let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
+        let by_key = NewTask {
+            owner: Owner::key("alice"),
+            ..posted(2, 500)
+        };
+        s.accept(posted(1, 100), 1_000, batch(1), post(1));
+        s.accept(by_key, 1_000, batch(1), post(2));
+        s.accept(posted(3, 600), 1_000, batch(1), post(3));
+        released(&mut s, 1);
+        assert_eq!(
+            s.check_cancel(id(1), client(1)),
+            Err(CancelRefused::Running)
+        );
+        assert_eq!(
+            s.check_cancel(id(2), Owner::key("bob")),
+            Err(CancelRefused::NotOwner)
+        );
+        assert_eq!(
+            s.check_cancel(id(2), Owner::key("alice")),
+            Ok(Cancel::Takes)
+        );
+        assert_eq!(
+            s.check_cancel(id(3), client(7)),
+            Ok(Cancel::Takes),
+            "no key: the id is enough"
+        );
+        assert_eq!(
+            s.check_cancel(id(9), client(1)),
+            Err(CancelRefused::NotFound)
+        );
+        let mut parking = crate::reply::park::Parking::new(4);
+        let reader = reader_of(id(2), &mut parking);
+        s.wait(reader);
+        s.cancel(id(2), 1_005, batch(2), post(4));
+        assert_eq!(s.view(id(2)).unwrap().status, Status::Cancelled);
+        assert_eq!(
+            s.check_cancel(id(2), Owner::key("alice")),
+            Ok(Cancel::Repeats)
+        );
+        assert_eq!(
+            released(&mut s, 2),
+            [
+                (post(4), Settle::Durable),
+                (reader.ticket, Settle::TaskFinal)
+            ]
+        );
+        // A cancellation whose commit fails is undone.
+        s.cancel(id(3), 1_006, batch(3), post(5));
+        let mut settled = Vec::new();
+        s.on_commit(
+            CommitEffect::Failed {
+                committed: batch(2),
+                through: batch(3),
+            },
+            &mut |t, settle| settled.push((t, settle)),
+        );
+        assert_eq!(settled, [(post(5), Settle::Withdrawn)]);
+        assert_eq!(s.view(id(3)).unwrap().status, Status::Pending);
+        assert_eq!(s.counts().cancelled, 1);
+        // The sieve takes no cancelled task; the done one refuses.
+        finish_sieve(&mut s, &woken, 1_010);
+        assert_eq!(s.check_cancel(id(1), client(1)), Err(CancelRefused::Done));
+        finish_sieve(&mut s, &woken, 1_020);
+        assert_eq!(s.view(id(2)).unwrap().status, Status::Cancelled);
+        assert!(s.view(id(3)).unwrap().is_final());
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! Ids are 128 bits from the OS CSPRNG, written as 22 characters of URL-safe
 //! base64 without padding, so one client cannot enumerate another's tasks.
-//! A record holds what the task is and how it ended, never its result: the
-//! result is derived from the prime table.
+//! A record holds what the task is, whose it is, the idempotency key it was
+//! posted under and how it ended, never its result: the result is derived
+//! from the prime table.
+
+use std::net::IpAddr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
 
 pub const ID_BYTES: usize = 16;
 /// Characters of an id in a URL.
@@ -46,6 +50,72 @@ impl TaskId {
     }
 }
 
+/// Who posted a task, as stored: an API key by a hash of its name (stable
+/// across restarts and key-file reloads, unlike the key's own hash), else
+/// the client's address. Fair shares, cancellation and idempotency keys are
+/// scoped by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner([u8; OWNER_BYTES]);
+
+/// A tag byte (0 unknown, 1 key, 2 address) and 16 bytes.
+pub const OWNER_BYTES: usize = 17;
+
+impl Owner {
+    /// Tasks stored by a version that did not record owners.
+    pub const UNKNOWN: Owner = Owner([0; OWNER_BYTES]);
+
+    pub fn key(name: &str) -> Owner {
+        let digest = Sha256::digest(name.as_bytes());
+        let mut bytes = [0u8; OWNER_BYTES];
+        bytes[0] = 1;
+        bytes[1..].copy_from_slice(&digest[..16]);
+        Owner(bytes)
+    }
+
+    /// IPv4 and its IPv4-mapped IPv6 form are one client.
+    pub fn addr(addr: IpAddr) -> Owner {
+        let v6 = match addr {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6, |v4| v4.to_ipv6_mapped()),
+        };
+        let mut bytes = [0u8; OWNER_BYTES];
+        bytes[0] = 2;
+        bytes[1..].copy_from_slice(&v6.octets());
+        Owner(bytes)
+    }
+
+    /// Whether this owner is an API key (then only it may cancel).
+    pub fn is_key(&self) -> bool {
+        self.0[0] == 1
+    }
+}
+
+/// An `Idempotency-Key` as stored: SHA-256 over its owner and the key,
+/// truncated to 128 bits. Collision resistance matters: a client that
+/// could make its key collide with another's would learn that task's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey([u8; 16]);
+
+/// The longest `Idempotency-Key` taken (a UUID is 36 characters).
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+impl IdempotencyKey {
+    /// None unless `key` is 1 to 255 visible ASCII characters.
+    pub fn new(owner: Owner, key: &[u8]) -> Option<IdempotencyKey> {
+        let visible = key.iter().all(|b| (0x21..=0x7e).contains(b));
+        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX || !visible {
+            return None;
+        }
+        let mut hash = Sha256::new();
+        hash.update(owner.0);
+        hash.update(key);
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Some(IdempotencyKey(bytes))
+    }
+}
+
 /// Why a task failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -68,6 +138,8 @@ impl Failure {
 pub enum Outcome {
     Done,
     Failed(Failure),
+    /// Its client cancelled it before a sieve took it up.
+    Cancelled,
 }
 
 /// A task as stored. Times are Unix milliseconds, so retention survives restarts.
@@ -79,11 +151,19 @@ pub struct Task {
     pub created_ms: u64,
     /// How it ended and when; None while it waits for the sieve.
     pub settled: Option<(Outcome, u64)>,
+    pub owner: Owner,
+    /// The `Idempotency-Key` it was posted under, if any: kept exactly as
+    /// long as the task, and committed in the same record.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
-const RECORD_VERSION: u8 = 1;
-/// version, state, id, n, created, settled: 1 + 1 + 16 + 8 + 8 + 8 bytes.
-pub const RECORD_BYTES: usize = 42;
+/// Version 1 (42 bytes) had no owner and no idempotency key; it still reads.
+const RECORD_V1: u8 = 1;
+const RECORD_V1_BYTES: usize = 42;
+const RECORD_VERSION: u8 = 2;
+/// version, state, id, n, created, settled, owner, idempotency key (zero
+/// when none): 1 + 1 + 16 + 8 + 8 + 8 + 17 + 16 bytes.
+pub const RECORD_BYTES: usize = 75;
 
 impl Task {
     /// The record's value (its key is `seq`).
@@ -92,6 +172,7 @@ impl Task {
             None => (0u8, 0),
             Some((Outcome::Done, at)) => (1, at),
             Some((Outcome::Failed(Failure::AboveMax), at)) => (2, at),
+            Some((Outcome::Cancelled, at)) => (3, at),
         };
         let mut out = Vec::with_capacity(RECORD_BYTES);
         out.extend_from_slice(&[RECORD_VERSION, state]);
@@ -99,17 +180,18 @@ impl Task {
         out.extend_from_slice(&self.n.to_be_bytes());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&settled_ms.to_be_bytes());
+        out.extend_from_slice(&self.owner.0);
+        out.extend_from_slice(&self.idempotency.map_or([0; 16], |key| key.0));
         out
     }
 
     /// The task and its id from a record; None for one this version cannot read.
     pub fn decode(seq: u64, record: &[u8]) -> Option<(TaskId, Task)> {
-        let [RECORD_VERSION, state, rest @ ..] = record else {
-            return None;
+        let (state, rest) = match record {
+            [RECORD_V1, state, rest @ ..] if record.len() == RECORD_V1_BYTES => (*state, rest),
+            [RECORD_VERSION, state, rest @ ..] if record.len() == RECORD_BYTES => (*state, rest),
+            _ => return None,
         };
-        if rest.len() != RECORD_BYTES - 2 {
-            return None;
-        }
         let (id, rest) = rest.split_at(ID_BYTES);
         let id = TaskId(id.try_into().ok()?);
         let word = |i: usize| -> Option<u64> {
@@ -122,7 +204,18 @@ impl Task {
             0 => None,
             1 => Some((Outcome::Done, settled_ms)),
             2 => Some((Outcome::Failed(Failure::AboveMax), settled_ms)),
+            3 => Some((Outcome::Cancelled, settled_ms)),
             _ => return None,
+        };
+        let (owner, idempotency) = match rest.get(24..) {
+            Some([]) => (Owner::UNKNOWN, None),
+            Some(tail) => {
+                let (owner, key) = tail.split_at(OWNER_BYTES);
+                let key: [u8; 16] = key.try_into().ok()?;
+                let key = (key != [0; 16]).then_some(IdempotencyKey(key));
+                (Owner(owner.try_into().ok()?), key)
+            }
+            None => return None,
         };
         Some((
             id,
@@ -131,6 +224,8 @@ impl Task {
                 n,
                 created_ms,
                 settled,
+                owner,
+                idempotency,
             },
         ))
     }
@@ -170,23 +265,68 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        for settled in [
-            None,
-            Some((Outcome::Done, 7)),
-            Some((Outcome::Failed(Failure::AboveMax), 9)),
+        let owner = Owner::key("alice");
+        for (settled, idempotency) in [
+            (None, None),
+            (
+                Some((Outcome::Done, 7)),
+                IdempotencyKey::new(owner, b"retry-1"),
+            ),
+            (Some((Outcome::Failed(Failure::AboveMax), 9)), None),
+            (Some((Outcome::Cancelled, 11)), None),
         ] {
             let task = Task {
                 seq: 42,
                 n: 1_000_000,
                 created_ms: 1_700_000_000_000,
                 settled,
+                owner,
+                idempotency,
             };
             let id = TaskId::from_bytes([7; ID_BYTES]);
             let record = task.encode(id);
             assert_eq!(record.len(), RECORD_BYTES);
             assert_eq!(Task::decode(42, &record), Some((id, task)));
         }
-        assert_eq!(Task::decode(1, &[2; RECORD_BYTES]), None);
+        let mut unknown_state = [2; RECORD_BYTES];
+        unknown_state[1] = 9;
+        assert_eq!(Task::decode(1, &unknown_state), None);
+        assert_eq!(Task::decode(1, &[2; RECORD_BYTES - 1]), None);
+        assert_eq!(Task::decode(1, &[9; RECORD_BYTES]), None);
         assert_eq!(Task::decode(1, &[1, 0, 1]), None);
+    }
+
+    #[test]
+    fn version_1_records_still_read_without_owner_or_key() {
+        let mut record = vec![1, 1];
+        record.extend_from_slice(&[5; ID_BYTES]);
+        for word in [100u64, 2_000, 3_000] {
+            record.extend_from_slice(&word.to_be_bytes());
+        }
+        let (id, task) = Task::decode(3, &record).unwrap();
+        assert_eq!(id, TaskId::from_bytes([5; ID_BYTES]));
+        assert_eq!((task.n, task.settled), (100, Some((Outcome::Done, 3_000))));
+        assert_eq!((task.owner, task.idempotency), (Owner::UNKNOWN, None));
+    }
+
+    #[test]
+    fn owners_and_idempotency_keys_are_scoped_and_bounded() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(Owner::addr(v4), Owner::addr(mapped));
+        assert_ne!(Owner::addr(v4), Owner::key("192.0.2.7"));
+        assert!(Owner::key("a").is_key() && !Owner::addr(v4).is_key());
+        let (a, b) = (Owner::key("a"), Owner::key("b"));
+        assert_eq!(IdempotencyKey::new(a, b"k"), IdempotencyKey::new(a, b"k"));
+        assert_ne!(IdempotencyKey::new(a, b"k"), IdempotencyKey::new(b, b"k"));
+        assert!(IdempotencyKey::new(a, &[b'x'; IDEMPOTENCY_KEY_MAX]).is_some());
+        for bad in [
+            &b""[..],
+            &[b'x'; IDEMPOTENCY_KEY_MAX + 1],
+            b"two words",
+            b"caf\xc3\xa9",
+        ] {
+            assert_eq!(IdempotencyKey::new(a, bad), None);
+        }
     }
 }
