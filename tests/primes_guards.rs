@@ -309,6 +309,11 @@ fn a_pending_task_is_cancelled_and_a_running_or_done_one_is_not() {
     // A ?wait on a cancelled task answers at once; a repeat DELETE is 200.
     assert_eq!(await_final(&fibd, &pending)["status"], "cancelled");
     assert_eq!(cancel(&fibd, &pending, &[]).status, 200);
+    assert_eq!(
+        fibd.metric("fibd_primes_idempotent_replays_total"),
+        0.0,
+        "a repeated DELETE is no idempotent POST"
+    );
     // Only Alice may cancel Alice's task.
     let r = cancel(&fibd, &alices, &[("X-API-Key", BOB)]);
     assert_eq!(r.status, 403, "{}", r.text());

@@ -60,7 +60,7 @@ impl App {
             self.charge(caller, 1)?;
             let ticket = self.park_written(conn, shape)?;
             let batch = self.ledger.join();
-            self.primes.confirm(id, batch, ticket);
+            self.primes.replay(id, batch, ticket);
             let status = self
                 .primes
                 .view(id)

@@ -392,11 +392,17 @@ impl PrimesService {
         self.status(&task)
     }
 
-    /// Parks a reply that repeats what was answered for task `id` (an
-    /// idempotent replay): it leaves once `batch`, and so every change to
-    /// the task before it, is durable.
-    pub fn confirm(&mut self, id: TaskId, batch: BatchId, ticket: Ticket) {
+    /// Parks the 202 of an idempotent replay of task `id` (see
+    /// [`Self::confirm`]) and counts it.
+    pub fn replay(&mut self, id: TaskId, batch: BatchId, ticket: Ticket) {
         self.counts.replayed += 1;
+        self.confirm(id, batch, ticket);
+    }
+
+    /// Parks a reply that repeats what was answered for task `id` (a
+    /// replayed 202, a repeated DELETE): it leaves once `batch`, and so
+    /// every change to the task before it, is durable.
+    pub fn confirm(&mut self, id: TaskId, batch: BatchId, ticket: Ticket) {
         self.park_behind(batch, id, ticket, Effect::Confirms);
     }
 
@@ -425,7 +431,7 @@ impl PrimesService {
             return;
         };
         if task.settled.is_some() {
-            self.park_behind(batch, id, ticket, Effect::Confirms);
+            self.confirm(id, batch, ticket);
             return;
         }
         self.remove_pending(&task, id);
@@ -1018,6 +1024,16 @@ mod tests {
         assert_eq!(s.take_writes(batch(1)).len(), EXPIRE_BATCH + 1);
     }
 
+    fn failed(s: &mut PrimesService, committed: u64, through: u64) -> Vec<(Ticket, Settle)> {
+        let mut settled = Vec::new();
+        let effect = CommitEffect::Failed {
+            committed: batch(committed),
+            through: batch(through),
+        };
+        s.on_commit(effect, &mut |t, settle| settled.push((t, settle)));
+        settled
+    }
+
     fn released(s: &mut PrimesService, through: u64) -> Vec<(Ticket, Settle)> {
         let mut settled = Vec::new();
         s.on_commit(CommitEffect::Released(batch(through)), &mut |t, settle| {
@@ -1112,7 +1128,7 @@ mod tests {
         assert_eq!(s.idempotent(key), Some((id(1), 100)));
         s.take_writes(batch(1));
         // A retry before the first 202 left waits behind a later batch.
-        s.confirm(id(1), batch(2), post(2));
+        s.replay(id(1), batch(2), post(2));
         assert_eq!(released(&mut s, 1), [(post(1), Settle::Durable)]);
         assert_eq!(released(&mut s, 2), [(post(2), Settle::Durable)]);
         assert_eq!(s.counts().replayed, 1);
@@ -1123,15 +1139,8 @@ mod tests {
             ..posted(2, 100)
         };
         s.accept(keyed, 1_000, batch(3), post(3));
-        s.confirm(id(2), batch(3), post(4));
-        let mut settled = Vec::new();
-        s.on_commit(
-            CommitEffect::Failed {
-                committed: batch(2),
-                through: batch(3),
-            },
-            &mut |t, settle| settled.push((t, settle)),
-        );
+        s.replay(id(2), batch(3), post(4));
+        let settled = failed(&mut s, 2, 3);
         assert_eq!(
             settled,
             [(post(3), Settle::Withdrawn), (post(4), Settle::Withdrawn)]
@@ -1194,14 +1203,7 @@ mod tests {
         );
         // A cancellation whose commit fails is undone.
         s.cancel(id(3), 1_006, batch(3), post(5));
-        let mut settled = Vec::new();
-        s.on_commit(
-            CommitEffect::Failed {
-                committed: batch(2),
-                through: batch(3),
-            },
-            &mut |t, settle| settled.push((t, settle)),
-        );
+        let settled = failed(&mut s, 2, 3);
         assert_eq!(settled, [(post(5), Settle::Withdrawn)]);
         assert_eq!(s.view(id(3)).unwrap().status, Status::Pending);
         assert_eq!(s.counts().cancelled, 1);
