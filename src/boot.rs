@@ -14,13 +14,14 @@ use crate::access::ratelimit::RateLimiter;
 use crate::base::time::unix_ms;
 use crate::config::Config;
 use crate::net::systemd::{self, Notifier};
-use crate::net::upstream::{Client, ClientConfig, ResponseLimits};
+use crate::net::upstream::{Client, ClientConfig, HttpUrl, ResponseLimits};
 use crate::routes::{App, Parts};
 use crate::server::{self, Server};
 use crate::services::compute::ComputeWorker;
 use crate::services::fib::service::FibService;
+use crate::services::primes::callback::{Callback, Deliveries};
 use crate::services::primes::service::PrimesService;
-use crate::services::primes::task::{Task, TaskId};
+use crate::services::primes::task::{self, Task, TaskId};
 use crate::services::random::RandomSource;
 use crate::services::smart::SmartService;
 use crate::services::stepper::Stepper;
@@ -28,7 +29,7 @@ use crate::store::IndexStore;
 use crate::store::committer::Committer;
 use crate::store::etcd::{EtcdIndex, ReadMode, wire};
 use crate::store::journal;
-use crate::store::lmdb::Store;
+use crate::store::lmdb::{Store, map_bytes_for};
 use crate::store::wal::Wal;
 
 /// Pooled upstream connections unused this long are closed: shorter than
@@ -52,22 +53,29 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
             .unwrap_or(std::path::Path::new(""));
         format!("API key file {}: {e}", path.display())
     })?;
-    let store = Store::open(&config.data_dir)?;
+    let map_bytes = map_bytes_for(config.primes.tasks_max, task::RECORD_BYTES_MAX);
+    let store = Store::open(&config.data_dir, map_bytes)?;
     let wal = Wal::open(&config.data_dir)
         .map_err(|e| format!("write-ahead log in {}: {e}", config.data_dir.display()))?;
     let recovered = store.with_table(|table| journal::recover(&table, &wal))??;
     if recovered.replayed > 0 {
         log::info!(target: "fibd", "replayed {} batch(es) from the write-ahead log", recovered.replayed);
     }
-    let tasks: Vec<(TaskId, Task)> = recovered
+    let tasks: Vec<(TaskId, Task, Option<Callback>)> = recovered
         .records
         .into_iter()
         .filter_map(|(seq, value)| {
-            let task = Task::decode(seq, &value);
-            if task.is_none() {
+            let Some((id, task, mut callback)) = Task::decode(seq, &value) else {
                 log::warn!(target: "fibd", "skipping task record {seq}: this version cannot read it");
+                return None;
+            };
+            // Where a stored callback goes is decided by today's allow-list.
+            if let Some(callback) = &mut callback {
+                callback.addr = HttpUrl::parse(&callback.url)
+                    .ok()
+                    .and_then(|url| config.callbacks.allow.admit(&url).ok());
             }
-            task
+            Some((id, task, callback))
         })
         .collect();
     let from_systemd = activated.is_some();
@@ -110,11 +118,16 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         },
     )?);
     let task_count = tasks.len();
+    let secret = config.callbacks.secret.as_ref().map(|s| &*s.0);
+    let deliveries = Deliveries::new(config.callbacks.limits, secret)
+        .ok_or("the callback secret is shorter than 16 bytes")?;
     let primes = PrimesService::new(
         config.primes,
+        deliveries,
         compute.clone(),
         tasks,
         unix_ms(SystemTime::now()),
+        now,
     );
     log::info!(
         target: "fibd",
@@ -154,6 +167,7 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         limiter: RateLimiter::new(config.rate_limit.clients_max),
         random,
         tracing: config.trace.clone(),
+        callback_allow: config.callbacks.allow.clone(),
         connections_max: config.connections_max,
     };
     let app = App::new(parts, now, SystemTime::now());
@@ -212,6 +226,16 @@ fn log_settings(config: &Config, access: &Access) {
             trace.collector.addr,
             crate::ops::trace::BATCH_SPANS,
             trace.buffer_spans
+        );
+    }
+    if !config.callbacks.allow.is_empty() {
+        let limits = config.callbacks.limits;
+        log::info!(
+            target: "fibd",
+            "primes callbacks may go to {}; signed, retried for {} s, up to {} in flight",
+            config.callbacks.allow,
+            limits.retry_for.as_secs(),
+            limits.in_flight_max
         );
     }
     if let Some(cluster) = &config.cluster {

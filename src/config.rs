@@ -7,6 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::destinations::Destinations;
 use crate::access::ratelimit::RateLimitConfig;
 use crate::access::{AccessConfig, Cidr};
 use crate::http::parse::Limits;
@@ -15,6 +16,7 @@ use crate::net::upstream::Target;
 use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
 use crate::services::fib::service::FibLimits;
 use crate::services::primes::PrimesLimits;
+use crate::services::primes::callback::{CallbackLimits, SECRET_BYTES_MIN, Secret};
 use crate::services::smart::SmartConfig;
 use crate::store::etcd::{ClusterConfig, ReadMode};
 
@@ -44,9 +46,21 @@ pub struct Config {
     /// None unless `--trace-zipkin` names a collector: tracing off, at no cost.
     pub trace: Option<TraceConfig>,
     pub primes: PrimesLimits,
+    pub callbacks: CallbackConfig,
     /// `--store etcd`: the index lives in etcd, shared with other nodes;
     /// None keeps it in the embedded LMDB store.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// Where primes tasks' completion callbacks may go, how they are signed,
+/// and their bounds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallbackConfig {
+    /// Empty: no task may name a `callback_url`.
+    pub allow: Destinations,
+    /// Set whenever `allow` is not empty.
+    pub secret: Option<Secret>,
+    pub limits: CallbackLimits,
 }
 
 #[derive(Debug)]
@@ -150,6 +164,25 @@ OPTIONS:
                               (default 1000)
     --primes-retention-secs N settled primes tasks are kept at least this long unless room
                               is needed [env FIBD_PRIMES_RETENTION_SECS] (default 86400)
+    --callback-allow ENTRY    where a task's callback_url may point: an address range
+                              (127.0.0.1, 10.0.0.0/8) or HOST[:PORT] resolved at start-up;
+                              repeatable [env FIBD_CALLBACK_ALLOW, comma-separated]
+                              (default none: callback_url is refused)
+    --callback-secret-file FILE
+                              the HMAC-SHA256 key deliveries are signed with, at least 16
+                              bytes (needed with --callback-allow) [env FIBD_CALLBACK_SECRET_FILE]
+    --callback-secret SECRET  the key itself, instead of a file [env FIBD_CALLBACK_SECRET]
+    --callback-retry-secs N   a failing delivery is retried this long after its task settled,
+                              then marked failed [env FIBD_CALLBACK_RETRY_SECS] (default 3600)
+    --callback-backoff-ms N   the first retry's delay; it doubles per attempt up to 10 minutes,
+                              with jitter [env FIBD_CALLBACK_BACKOFF_MS] (default 1000)
+    --callback-timeout-ms N   one delivery attempt's deadline [env FIBD_CALLBACK_TIMEOUT_MS]
+                              (default 10000)
+    --callback-conns N        delivery attempts in flight at most [env FIBD_CALLBACK_CONNS]
+                              (default 32)
+    --callback-pending N      tasks whose callback is not delivered yet, at most; past it a
+                              POST with a callback_url gets 503 [env FIBD_CALLBACK_PENDING]
+                              (default 10000)
     --store lmdb|etcd         where the stepper's index lives: the embedded LMDB store, or
                               an etcd cluster that several fibd nodes share [env FIBD_STORE]
                               (default lmdb)
@@ -218,6 +251,16 @@ struct Raw {
     primes_queue: Option<String>,
     primes_pending_per_client: Option<String>,
     primes_retention_secs: Option<String>,
+    /// Comma-separated, from the environment; replaced by any flags.
+    callback_allow: Option<String>,
+    callback_allow_flags: Vec<String>,
+    callback_secret: Option<String>,
+    callback_secret_file: Option<String>,
+    callback_retry_secs: Option<String>,
+    callback_backoff_ms: Option<String>,
+    callback_timeout_ms: Option<String>,
+    callback_conns: Option<String>,
+    callback_pending: Option<String>,
     store: Option<String>,
     etcd_endpoints: Option<String>,
     cluster_name: Option<String>,
@@ -259,6 +302,15 @@ pub fn from_args(
         primes_queue: env("FIBD_PRIMES_QUEUE"),
         primes_pending_per_client: env("FIBD_PRIMES_PENDING_PER_CLIENT"),
         primes_retention_secs: env("FIBD_PRIMES_RETENTION_SECS"),
+        callback_allow: env("FIBD_CALLBACK_ALLOW"),
+        callback_allow_flags: Vec::new(),
+        callback_secret: env("FIBD_CALLBACK_SECRET"),
+        callback_secret_file: env("FIBD_CALLBACK_SECRET_FILE"),
+        callback_retry_secs: env("FIBD_CALLBACK_RETRY_SECS"),
+        callback_backoff_ms: env("FIBD_CALLBACK_BACKOFF_MS"),
+        callback_timeout_ms: env("FIBD_CALLBACK_TIMEOUT_MS"),
+        callback_conns: env("FIBD_CALLBACK_CONNS"),
+        callback_pending: env("FIBD_CALLBACK_PENDING"),
         store: env("FIBD_STORE"),
         etcd_endpoints: env("FIBD_ETCD_ENDPOINTS"),
         cluster_name: env("FIBD_CLUSTER_NAME"),
@@ -285,10 +337,18 @@ pub fn from_args(
             *switch = Some(inline_value.unwrap_or_else(|| "1".to_owned()));
             continue;
         }
-        let mut proxy = None;
+        let (mut proxy, mut allow) = (None, None);
         let slot = match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--trusted-proxy" => &mut proxy,
+            "--callback-allow" => &mut allow,
+            "--callback-secret" => &mut raw.callback_secret,
+            "--callback-secret-file" => &mut raw.callback_secret_file,
+            "--callback-retry-secs" => &mut raw.callback_retry_secs,
+            "--callback-backoff-ms" => &mut raw.callback_backoff_ms,
+            "--callback-timeout-ms" => &mut raw.callback_timeout_ms,
+            "--callback-conns" => &mut raw.callback_conns,
+            "--callback-pending" => &mut raw.callback_pending,
             "--api-keys" => &mut raw.api_keys,
             "-V" | "--version" => return Ok(Command::Version),
             "--listen" => &mut raw.listen,
@@ -329,6 +389,7 @@ pub fn from_args(
         };
         *slot = Some(value);
         raw.trusted_proxy_flags.extend(proxy);
+        raw.callback_allow_flags.extend(allow);
     }
     let config = validate(raw)?;
     Ok(if healthcheck {
@@ -340,6 +401,7 @@ pub fn from_args(
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let primes = primes_limits(&raw)?;
+    let callbacks = callbacks(&raw)?;
     let listen_text = raw
         .listen
         .clone()
@@ -455,7 +517,111 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         smart,
         trace,
         primes,
+        callbacks,
         cluster,
+    })
+}
+
+/// The callbacks' allow-list (its names resolved here, once), secret and
+/// bounds. An allow-list without a secret is refused: deliveries are
+/// always signed.
+fn callbacks(raw: &Raw) -> Result<CallbackConfig, ConfigError> {
+    let entries: Vec<String> = if raw.callback_allow_flags.is_empty() {
+        raw.callback_allow
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(str::to_owned)
+            .collect()
+    } else {
+        raw.callback_allow_flags.clone()
+    };
+    let allow = Destinations::resolve(&entries).map_err(|bad| ConfigError::Invalid {
+        setting: "callback allow entry",
+        value: bad.entry,
+        expected: bad.reason,
+    })?;
+    let secret_text = match (&raw.callback_secret_file, &raw.callback_secret) {
+        (Some(path), _) if !path.is_empty() => {
+            let text = std::fs::read(path).map_err(|_| ConfigError::Invalid {
+                setting: "callback secret file",
+                value: path.clone(),
+                expected: "a readable file holding the signing secret",
+            })?;
+            Some(text.trim_ascii().to_vec())
+        }
+        (_, Some(secret)) if !secret.is_empty() => Some(secret.trim().as_bytes().to_vec()),
+        _ => None,
+    };
+    let secret = match secret_text {
+        Some(text) if text.len() < SECRET_BYTES_MIN => {
+            return Err(invalid(
+                "callback secret",
+                "(not shown)",
+                "at least 16 bytes, e.g. from openssl rand -hex 32",
+            ));
+        }
+        Some(text) => Some(Secret(text.into())),
+        None if !allow.is_empty() => {
+            return Err(invalid(
+                "callback allow",
+                &allow.to_string(),
+                "a --callback-secret-file (or --callback-secret) too: deliveries are signed",
+            ));
+        }
+        None => None,
+    };
+    let defaults = CallbackLimits::default();
+    let ms = |raw: &Option<String>, default: Duration, setting, range, expected| {
+        number(
+            raw.clone(),
+            default.as_millis() as u64,
+            setting,
+            range,
+            expected,
+        )
+        .map(Duration::from_millis)
+    };
+    let limits = CallbackLimits {
+        retry_for: Duration::from_secs(number(
+            raw.callback_retry_secs.clone(),
+            defaults.retry_for.as_secs(),
+            "callback retry",
+            0..=7 * 86_400,
+            "seconds from 0 (one attempt) to 604800",
+        )?),
+        backoff: ms(
+            &raw.callback_backoff_ms,
+            defaults.backoff,
+            "callback backoff",
+            1..=600_000,
+            "milliseconds from 1 to 600000",
+        )?,
+        attempt_timeout: ms(
+            &raw.callback_timeout_ms,
+            defaults.attempt_timeout,
+            "callback timeout",
+            10..=600_000,
+            "milliseconds from 10 to 600000",
+        )?,
+        in_flight_max: number(
+            raw.callback_conns.clone(),
+            defaults.in_flight_max as u64,
+            "callback conns",
+            1..=10_000,
+            "an integer from 1 to 10000",
+        )? as usize,
+        undelivered_max: number(
+            raw.callback_pending.clone(),
+            defaults.undelivered_max as u64,
+            "callback pending",
+            1..=1_000_000,
+            "an integer from 1 to 1000000",
+        )? as usize,
+    };
+    Ok(CallbackConfig {
+        allow,
+        secret,
+        limits,
     })
 }
 
@@ -960,6 +1126,68 @@ mod tests {
             (500, 7, 3)
         );
         assert_eq!(c.primes.retention, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn callbacks_need_a_secret_and_take_their_bounds() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.callbacks, CallbackConfig::default());
+        let err = parse(&["--callback-allow", "127.0.0.1"], &[]).unwrap_err();
+        assert!(err.to_string().contains("--callback-secret-file"), "{err}");
+        let short = parse(
+            &[
+                "--callback-allow",
+                "127.0.0.1",
+                "--callback-secret",
+                "short",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(short.to_string().contains("16 bytes"), "{short}");
+        assert!(
+            !short.to_string().contains("short\""),
+            "the secret is never shown"
+        );
+        let bad = parse(
+            &["--callback-allow=ftp://x"],
+            &[("FIBD_CALLBACK_SECRET", "s".repeat(16).as_str())],
+        );
+        assert!(bad.is_err());
+        let c = serve(
+            &[
+                "--callback-allow",
+                "127.0.0.1",
+                "--callback-allow=10.0.0.0/8",
+                "--callback-retry-secs",
+                "60",
+                "--callback-conns=4",
+            ],
+            &[
+                ("FIBD_CALLBACK_ALLOW", "192.0.2.1"),
+                ("FIBD_CALLBACK_SECRET", "  0123456789abcdef  "),
+                ("FIBD_CALLBACK_BACKOFF_MS", "250"),
+            ],
+        );
+        assert_eq!(
+            c.callbacks.allow.to_string(),
+            "127.0.0.1/32, 10.0.0.0/8",
+            "flags replace env"
+        );
+        assert_eq!(
+            c.callbacks.secret,
+            Some(Secret(b"0123456789abcdef".to_vec().into()))
+        );
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "Debug hides the secret"
+        );
+        let limits = c.callbacks.limits;
+        assert_eq!(
+            (limits.retry_for, limits.backoff, limits.in_flight_max),
+            (Duration::from_secs(60), Duration::from_millis(250), 4)
+        );
+        assert!(parse(&["--callback-pending", "0"], &[]).is_err());
     }
 
     #[test]

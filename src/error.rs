@@ -13,7 +13,7 @@ use crate::http::request_id::RequestId;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::session::ConnError;
 use crate::services::fib::request::NQueryError;
-use crate::services::primes::request::TaskBodyError;
+use crate::services::primes::request::{CallbackUrlError, TaskBodyError};
 use crate::services::primes::service::CancelRefused;
 use crate::services::smart::{Failure, UpstreamFailure};
 
@@ -97,6 +97,10 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// A DELETE of a task that cannot be cancelled, and why.
     CannotCancel(CancelRefused),
+    /// A `callback_url` fibd will not call.
+    BadCallback(CallbackUrlError),
+    /// Too many callbacks wait for their delivery already.
+    CallbackBacklog,
     /// A task is done but its result is being rebuilt after a restart.
     ResultUnavailable,
 }
@@ -161,7 +165,9 @@ impl ApiError {
             | ApiError::NotReady
             | ApiError::Upstream(_) => Status::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType => Status::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BadTask { error, .. } if error.is_out_of_range() => Status::UNPROCESSABLE,
+            ApiError::BadTask { error, .. } if error.is_unprocessable() => Status::UNPROCESSABLE,
+            ApiError::BadCallback(_) => Status::UNPROCESSABLE,
+            ApiError::CallbackBacklog => Status::SERVICE_UNAVAILABLE,
             ApiError::BadTask { .. } | ApiError::BadTaskId => Status::BAD_REQUEST,
             ApiError::TaskNotFound => Status::NOT_FOUND,
             ApiError::TasksFull | ApiError::TaskQueueFull | ApiError::ResultUnavailable => {
@@ -260,8 +266,13 @@ impl ApiError {
                  same key and body to retry a POST"
             }
             ApiError::IdempotencyKeyReused => {
-                "this Idempotency-Key was used for a task with another body; a retry sends the \
-                 same body, a new task needs a new key"
+                "this Idempotency-Key was used for a task with another body (another n or \
+                 callback_url); a retry sends the same body, a new task needs a new key"
+            }
+            ApiError::BadCallback(error) => error.message(),
+            ApiError::CallbackBacklog => {
+                "too many tasks wait for their callback's delivery (--callback-pending); retry \
+                 shortly, or post without a callback_url and poll"
             }
             ApiError::CannotCancel(CancelRefused::NotFound) => {
                 "no task has this id: use the request_id a POST returned"
@@ -388,6 +399,11 @@ impl ApiError {
             }
             ApiError::StepOutcomeUnknown => {
                 out.extend_from_slice(b", \"code\": \"step_outcome_unknown\"");
+            }
+            ApiError::BadCallback(CallbackUrlError::Malformed(why)) => {
+                out.extend_from_slice(b", \"detail\": \"");
+                write_json_str(&mut out, why.as_bytes());
+                out.push(b'"');
             }
             ApiError::CannotCancel(refused) => {
                 let status = match refused {

@@ -41,7 +41,8 @@
 //!     ibig as the oracle; a decimal cursor), the byte-bounded cache with
 //!     single flight, the F(n) price;
 //!   - `primes`: primes as durable background tasks (sieve, records,
-//!     retention and eviction, fair shares, idempotency keys, cancellation);
+//!     retention and eviction, fair shares, idempotency keys, cancellation,
+//!     signed completion callbacks with retries);
 //!   - `smart`: /api/smart's hedging plan as a state machine;
 //!   - `random`: /v1/random on the OS CSPRNG;
 //!   - `compute`: the low-priority threads and one bounded queue for every
@@ -55,8 +56,10 @@
 //!   the only code that knows LMDB; `etcd`, the etcd protocol (`etcd::wire`
 //!   its JSON).
 //! - [`access`]: who the client is and what it may do: API keys and scopes
-//!   (`keyfile`, reloaded on SIGHUP), trusted proxies (`cidr`), and the
-//!   token buckets a request is charged to (`ratelimit`).
+//!   (`keyfile`, reloaded on SIGHUP), trusted proxies (`cidr`), where a
+//!   client may make fibd send a request (`destinations`, the callbacks'
+//!   allow-list), and the token buckets a request is charged to
+//!   (`ratelimit`).
 //! - [`ops`]: what the operator sees: `metrics` (Prometheus text and the
 //!   dashboard's JSON, one walk), `trace` (W3C traceparent, sampled spans,
 //!   Zipkin v2 batches, sans-IO), `logging` (journald-aware).

@@ -23,6 +23,7 @@
 //!   `--rate-limit-loopback`.
 
 mod cidr;
+pub mod destinations;
 pub mod keyfile;
 pub mod ratelimit;
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::http::response::Status;
 use crate::routes::route::Route;
+use crate::services::primes::callback::CallbackCounts;
 use crate::services::primes::service::PrimesCounts;
 use crate::services::smart::CallEnd;
 use crate::store::etcd::{CallKind, EtcdStats};
@@ -46,6 +47,11 @@ const COMPUTE_BOUNDS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 
 /// Seconds from a task's acceptance to done: a table hit is 0, a sieve of
 /// the first million primes tens of milliseconds, a queue behind it more.
 const TASK_BOUNDS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+/// Settle to delivery: a receiver on the same host answers within a
+/// millisecond or two; retries after back-off take seconds to an hour.
+const CALLBACK_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 5.0, 60.0, 600.0, 3600.0,
+];
 
 /// Seconds; one upstream attempt, from its send to its outcome.
 const UPSTREAM_BOUNDS: [f64; 12] = [
@@ -122,6 +128,10 @@ pub struct PrimesGauges {
     pub table_bytes: usize,
     /// Tasks that may wait for a sieve (--primes-queue).
     pub queue_capacity: usize,
+    pub callbacks: CallbackCounts,
+    /// Callbacks not delivered or failed yet.
+    pub callbacks_undelivered: usize,
+    pub callbacks_in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -143,6 +153,7 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     etcd_seconds: Histogram,
     primes_task_seconds: Histogram,
+    callback_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -165,6 +176,7 @@ impl Default for Metrics {
             upstream_seconds: Histogram::new(&UPSTREAM_BOUNDS),
             etcd_seconds: Histogram::new(&COMMIT_BOUNDS),
             primes_task_seconds: Histogram::new(&TASK_BOUNDS),
+            callback_seconds: Histogram::new(&CALLBACK_BOUNDS),
         }
     }
 }
@@ -247,6 +259,11 @@ impl Metrics {
     /// A primes task done `elapsed_ms` after it was accepted.
     pub fn primes_task_done(&mut self, elapsed_ms: u64) {
         self.primes_task_seconds.observe(elapsed_ms as f64 / 1000.0);
+    }
+
+    /// A callback delivered `latency` after its task's settled state was durable.
+    pub fn callback_delivered(&mut self, latency: Duration) {
+        self.callback_seconds.observe(latency.as_secs_f64());
     }
 
     /// The exposition, in the Prometheus text format 0.0.4.
@@ -572,15 +589,48 @@ impl Metrics {
             ("client_share", counts.refused_client_share),
             ("queue_full", counts.refused_queue_full),
             ("store_full", counts.refused_store_full),
+            ("callback_backlog", counts.refused_callback_backlog),
         ] {
             sink.series(&[reason], count);
         }
+        sink.family(
+            Kind::Counter,
+            "fibd_primes_callbacks_total",
+            "Completion callback attempts by how they ended (delivered: a 2xx; retried: \
+             failed with another attempt scheduled; failed: given up).",
+            &["outcome"],
+        );
+        let callbacks = primes.callbacks;
+        for (outcome, count) in [
+            ("delivered", callbacks.delivered),
+            ("retried", callbacks.retried),
+            ("failed", callbacks.failed),
+        ] {
+            sink.series(&[outcome], count);
+        }
+        sink.histogram(
+            "fibd_primes_callback_latency_seconds",
+            "From a task's settled state being durable to its callback's 2xx.",
+            &self.callback_seconds,
+        );
         sink.histogram(
             "fibd_primes_task_duration_seconds",
             "From a task's acceptance to done.",
             &self.primes_task_seconds,
         );
-        let scalars: [(Kind, &str, &str, u64); 9] = [
+        let scalars: [(Kind, &str, &str, u64); 11] = [
+            (
+                Kind::Gauge,
+                "fibd_primes_callbacks_pending",
+                "Callbacks not delivered or failed yet (--callback-pending bounds them).",
+                primes.callbacks_undelivered as u64,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_primes_callbacks_in_flight",
+                "Callback attempts sent and not answered yet (--callback-conns bounds them).",
+                primes.callbacks_in_flight as u64,
+            ),
             (
                 Kind::Gauge,
                 "fibd_primes_waiters",

@@ -74,6 +74,8 @@ pub enum CallOwner {
     Smart(Ticket),
     /// A batch of finished spans POSTed to the collector.
     TraceExport,
+    /// A delivery attempt of this task's completion callback.
+    Callback(TaskId),
     /// The stepper's store (etcd): the one call in flight.
     Store,
 }

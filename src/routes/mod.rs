@@ -29,6 +29,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
+use crate::access::destinations::Destinations;
 use crate::access::ratelimit::{Decision, RateLimiter};
 use crate::access::{Access, Caller};
 use crate::base::time::unix_ms;
@@ -75,6 +76,8 @@ pub struct Parts {
     pub limiter: RateLimiter,
     pub random: RandomSource,
     pub tracing: Option<TraceConfig>,
+    /// Where a task's callback may go (`--callback-allow`).
+    pub callback_allow: Destinations,
     /// `--max-connections`, for the saturation gauge.
     pub connections_max: usize,
 }
@@ -98,6 +101,7 @@ pub struct App {
     settled: VecDeque<(Ticket, LateReply)>,
     /// Keys, scopes and trusted proxies; reloaded on SIGHUP.
     access: Access,
+    callback_allow: Destinations,
     limiter: RateLimiter,
     random: RandomSource,
     request_ids: RequestIds,
@@ -147,6 +151,7 @@ impl App {
             limiter,
             mut random,
             tracing,
+            callback_allow,
             connections_max,
         } = parts;
         // A failed CSPRNG read leaves the prefix fixed: ids stay unique
@@ -168,6 +173,7 @@ impl App {
             parking: Parking::new(PARKED_MAX),
             settled: VecDeque::new(),
             access,
+            callback_allow,
             limiter,
             random,
             request_ids,
@@ -264,7 +270,7 @@ impl App {
                 settled.push_back((ticket, LateReply::Step(reply)));
             });
             self.primes
-                .on_commit(committed.effect, &mut |ticket, settle| {
+                .on_commit(committed.effect, self.now, &mut |ticket, settle| {
                     let reply = match settle {
                         Settle::Durable => LateReply::Durable,
                         Settle::Withdrawn => LateReply::Withdrawn,
@@ -324,6 +330,7 @@ impl App {
         }
         self.run_smart_timers();
         self.export_spans();
+        self.send_callbacks();
         self.upstream.drive(self.now, registrar);
         self.settle_upstream();
     }
@@ -435,13 +442,14 @@ impl App {
     }
 
     /// Whether the loop must run another pass before it sleeps.
-    pub fn has_work(&self) -> bool {
+    pub fn has_work(&mut self) -> bool {
         !self.settled.is_empty()
             || self.upstream.has_work()
             || self.stepper.has_work(self.now)
             || self.stepper.wants_submit(&self.ledger, self.now)
             || self.ledger.is_due()
             || self.primes.owes_writes()
+            || self.primes.callback_due(self.now)
     }
 
     /// The earliest timer of a parked request, an outbound call, a hedge,
@@ -453,6 +461,7 @@ impl App {
             self.upstream.next_deadline(),
             self.next_export(),
             self.stepper.next_timer(),
+            self.primes.next_callback(),
         ]
         .into_iter()
         .flatten()
@@ -599,6 +608,7 @@ impl App {
             match done.tag {
                 CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
                 CallOwner::TraceExport => self.span_export_done(done),
+                CallOwner::Callback(id) => self.callback_done(id, done),
                 CallOwner::Store => {
                     self.metrics.etcd_call(done.elapsed);
                     let settled = &mut self.settled;

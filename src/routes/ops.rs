@@ -46,6 +46,9 @@ impl App {
                 table_primes: self.primes.table_len(),
                 table_bytes: self.primes.table_bytes(),
                 queue_capacity: self.primes.pending_max(),
+                callbacks: self.primes.callback_counts(),
+                callbacks_undelivered: self.primes.callbacks_undelivered(),
+                callbacks_in_flight: self.primes.callbacks_in_flight(),
             },
             etcd: self
                 .stepper

@@ -1,11 +1,12 @@
 //! Primes task replies: POST a task (202 once its record is durable; an
 //! `Idempotency-Key` makes a retry answer the same task), GET one by id, now
 //! or after `?wait`, and DELETE (cancel) a pending one, at /v1/primes/tasks
-//! and at /tasks (the paths the service fibd replaces used).
+//! and at /tasks (the paths the service fibd replaces used); and the
+//! delivery attempts of completion callbacks, through the outbound client.
 
 use std::time::Duration;
 
-use super::late::{Shape, Waiting};
+use super::late::{CallOwner, Shape, Waiting};
 use super::route::{API_PREFIX, LEGACY_PREFIX, task_id_text};
 use super::{Answer, App, negotiate};
 use crate::access::Caller;
@@ -15,8 +16,10 @@ use crate::http::accept::Format;
 use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::session::Reply;
+use crate::net::upstream::{CallError, Completion, HttpUrl, Outbound};
 use crate::reply::output::Output;
 use crate::reply::park::{ConnId, Ticket};
+use crate::services::primes::callback::{Attempt, AttemptEnd, AttemptError, Callback};
 use crate::services::primes::request::{self as task_request};
 use crate::services::primes::service::{
     Cancel, CancelRefused, NewTask, PrimesWaiter, Refused, Status as TaskStatus, TaskView,
@@ -27,6 +30,7 @@ use crate::services::primes::task_cost;
 /// A reader of a task done before a restart waits this long at most for
 /// the table to be rebuilt (the default largest took 0.7 s on a busy VM here).
 const TABLE_WAIT: Duration = Duration::from_secs(30);
+const USER_AGENT: &str = concat!("fibd/", env!("CARGO_PKG_VERSION"));
 
 impl App {
     /// POST: a validated task, accepted into the batch being collected; the
@@ -46,15 +50,27 @@ impl App {
             return Err(ApiError::UnsupportedMediaType);
         }
         let max_n = self.primes.max_n();
-        let n = task_request::parse_body(body, max_n)
+        let body = task_request::parse_body(body, max_n)
             .map_err(|error| ApiError::BadTask { error, max_n })?;
+        let n = body.n;
+        let callback_url = body.callback_url.as_deref();
+        let callback = callback_url
+            .map(|url| {
+                task_request::admit_callback(url, &self.callback_allow)
+                    .map(|addr| (url, addr))
+                    .map_err(ApiError::BadCallback)
+            })
+            .transpose()?;
         let owner = self.owner(caller);
         let idempotency = request
             .idempotency_key
             .map(|key| IdempotencyKey::new(owner, key).ok_or(ApiError::BadIdempotencyKey))
             .transpose()?;
-        if let Some((id, first_n)) = idempotency.and_then(|key| self.primes.idempotent(key)) {
-            if first_n != n {
+        let posted = idempotency
+            .and_then(|key| self.primes.idempotent(key))
+            .map(|first| (first.id, first.n == n && first.callback_url == callback_url));
+        if let Some((id, same)) = posted {
+            if !same {
                 return Err(ApiError::IdempotencyKeyReused);
             }
             self.charge(caller, 1)?;
@@ -72,11 +88,12 @@ impl App {
         let cost = task_cost(n, self.primes.is_table_hit(n));
         self.charge(caller, cost)?;
         self.primes
-            .check_room(n, owner)
+            .check_room(n, owner, callback.is_some())
             .map_err(|refused| match refused {
                 Refused::StoreFull => ApiError::TasksFull,
                 Refused::QueueFull => ApiError::TaskQueueFull,
                 Refused::ClientShare => ApiError::TaskShareFull,
+                Refused::CallbackBacklog => ApiError::CallbackBacklog,
             })?;
         let id = self.new_task_id()?;
         let ticket = self.park_written(conn, shape)?;
@@ -86,6 +103,7 @@ impl App {
             n,
             owner,
             idempotency,
+            callback,
         };
         let status = self.primes.accept(new, self.now_unix_ms, batch, ticket);
         out.reserve(ticket);
@@ -269,22 +287,14 @@ impl App {
         body.push(b'"');
         // Where the shared result goes, if there is one.
         let mut split = None;
-        match view.status {
-            TaskStatus::Done { elapsed_ms } => {
-                if view.result.is_some() {
-                    body.extend_from_slice(b", \"result\": ");
-                    split = Some(body.len());
-                    body.push(b']');
-                }
-                body.extend_from_slice(b", \"elapsed_ms\": ");
-                digits::write_u64(body, elapsed_ms);
-            }
-            TaskStatus::Failed(failure) => {
-                body.extend_from_slice(b", \"error\": \"");
-                write_json_str(body, failure.message().as_bytes());
-                body.push(b'"');
-            }
-            TaskStatus::Pending | TaskStatus::Processing | TaskStatus::Cancelled => {}
+        if view.result.is_some() && matches!(view.status, TaskStatus::Done { .. }) {
+            body.extend_from_slice(b", \"result\": ");
+            split = Some(body.len());
+            body.push(b']');
+        }
+        write_settlement(body, view.status);
+        if let Some(callback) = self.primes.callback(id) {
+            write_callback(body, callback);
         }
         body.extend_from_slice(b"}\n");
         let split = split.unwrap_or(body.len());
@@ -302,6 +312,137 @@ impl App {
         }
         out.extend(&self.body[split..]);
     }
+}
+
+impl App {
+    /// Loop phase (with the timers): sends the callback attempts that are
+    /// due, as many as `--callback-conns` allows in flight.
+    pub(super) fn send_callbacks(&mut self) {
+        while let Some(attempt) = self.primes.next_attempt(self.now) {
+            let id = attempt.key;
+            let Some(request) = self.callback_request(&attempt) else {
+                self.callback_attempt_ended(id, Err(AttemptError::NotAllowed));
+                continue;
+            };
+            let deadline = self.now + self.primes.callback_timeout();
+            let sent = self
+                .upstream
+                .send(CallOwner::Callback(id), &request, deadline, self.now);
+            if sent.is_err() {
+                self.callback_attempt_ended(id, Err(AttemptError::NoConnection));
+            }
+        }
+    }
+
+    /// A delivery attempt's answer: only a 2xx delivers.
+    pub(super) fn callback_done(&mut self, id: TaskId, done: Completion<CallOwner>) {
+        let result = match done.result {
+            Ok(response) if (200..300).contains(&response.status) => Ok(()),
+            Ok(response) => Err(AttemptError::Status(response.status)),
+            Err(CallError::Timeout) => Err(AttemptError::Timeout),
+            Err(CallError::Connect(_)) => Err(AttemptError::Connect),
+            Err(CallError::Closed) => Err(AttemptError::Closed),
+            Err(CallError::Response(_)) => Err(AttemptError::BadAnswer),
+        };
+        self.callback_attempt_ended(id, result);
+    }
+
+    fn callback_attempt_ended(&mut self, id: TaskId, result: Result<(), AttemptError>) {
+        // Jitter needs no secrecy; a failed CSPRNG read only loses the spread.
+        let jitter = self.random.next_u64().unwrap_or(0);
+        let end = self
+            .primes
+            .attempt_done(id, result, self.now, self.now_unix_ms, jitter);
+        if let Some(AttemptEnd::Delivered { latency }) = end {
+            self.metrics.callback_delivered(latency);
+        }
+        if end == Some(AttemptEnd::Failed) {
+            let mut why = Vec::new();
+            if let Err(error) = result {
+                error.describe(&mut why);
+            }
+            let mut task = Vec::new();
+            id.write(&mut task);
+            log::warn!(
+                "callback of task {} failed for good: {}",
+                String::from_utf8_lossy(&task),
+                String::from_utf8_lossy(&why)
+            );
+        }
+    }
+
+    /// The signed POST of a settled task's document (without its result,
+    /// which the receiver GETs at `task_url`: a result can be 9 MB, a
+    /// delivery stays small).
+    fn callback_request(&mut self, attempt: &Attempt<TaskId>) -> Option<Outbound> {
+        let url = HttpUrl::parse(&attempt.url).ok()?;
+        let view = self.primes.view(attempt.key)?;
+        let body = &mut self.body;
+        body.clear();
+        body.extend_from_slice(b"{\"request_id\": \"");
+        attempt.key.write(body);
+        body.extend_from_slice(b"\", \"n\": ");
+        digits::write_u64(body, view.n);
+        body.extend_from_slice(b", \"status\": \"");
+        body.extend_from_slice(view.status.name().as_bytes());
+        body.push(b'"');
+        write_settlement(body, view.status);
+        body.extend_from_slice(b", \"task_url\": \"");
+        body.extend_from_slice(API_PREFIX);
+        body.push(b'/');
+        attempt.key.write(body);
+        body.extend_from_slice(b"\"}");
+        let signature = self.primes.sign(self.now_unix_ms / 1000, &self.body)?;
+        let number = attempt.number.to_string();
+        let fields = [
+            ("Content-Type", "application/json"),
+            ("User-Agent", USER_AGENT),
+            ("Fibd-Signature", signature.as_str()),
+            ("Fibd-Delivery-Attempt", number.as_str()),
+        ];
+        Some(Outbound::new(
+            "POST",
+            attempt.addr,
+            &url.authority,
+            &url.target,
+            &fields,
+            &self.body,
+        ))
+    }
+}
+
+/// How a settled task ended: `, "elapsed_ms": N` once done, `, "error": …`
+/// once failed; nothing otherwise.
+fn write_settlement(body: &mut Vec<u8>, status: TaskStatus) {
+    match status {
+        TaskStatus::Done { elapsed_ms } => {
+            body.extend_from_slice(b", \"elapsed_ms\": ");
+            digits::write_u64(body, elapsed_ms);
+        }
+        TaskStatus::Failed(failure) => {
+            body.extend_from_slice(b", \"error\": \"");
+            write_json_str(body, failure.message().as_bytes());
+            body.push(b'"');
+        }
+        TaskStatus::Pending | TaskStatus::Processing | TaskStatus::Cancelled => {}
+    }
+}
+
+/// `, "callback": {"url": …, "state": …, "attempts": N[, "last_error": …]}`.
+fn write_callback(body: &mut Vec<u8>, callback: &Callback) {
+    body.extend_from_slice(b", \"callback\": {\"url\": \"");
+    write_json_str(body, callback.url.as_bytes());
+    body.extend_from_slice(b"\", \"state\": \"");
+    body.extend_from_slice(callback.state.name().as_bytes());
+    body.extend_from_slice(b"\", \"attempts\": ");
+    digits::write_u64(body, u64::from(callback.attempts));
+    if let Some(error) = callback.last_error {
+        body.extend_from_slice(b", \"last_error\": \"");
+        // Plain ASCII sentences without quotes: nothing to escape.
+        error.describe(body);
+        body.push(b'"');
+    }
+    body.push(b'}');
 }
 
 /// The task id in the request's path.

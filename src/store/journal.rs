@@ -191,7 +191,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::store::lmdb::Store;
+    use crate::store::lmdb::{Store, map_bytes_for};
 
     /// A fresh data directory for one test, removed at the end.
     struct Dir(PathBuf);
@@ -217,7 +217,7 @@ mod tests {
         /// Opens the store as start-up does, runs `f` on the journal, and
         /// drops it all without a checkpoint, as a crash would.
         fn run<R>(&self, f: impl FnOnce(&mut Journal<'_>) -> R) -> R {
-            let store = Store::open(&self.0).unwrap();
+            let store = Store::open(&self.0, map_bytes_for(1000, 100)).unwrap();
             let wal = Wal::open(&self.0).unwrap();
             store
                 .with_table(|table| {
@@ -228,7 +228,7 @@ mod tests {
         }
 
         fn recovered(&self) -> Recovered {
-            let store = Store::open(&self.0).unwrap();
+            let store = Store::open(&self.0, map_bytes_for(1000, 100)).unwrap();
             let wal = Wal::open(&self.0).unwrap();
             store
                 .with_table(|table| recover(&table, &wal))

@@ -29,10 +29,12 @@ const INDEX_KEY: &[u8] = b"index";
 /// The sequence number of the last log frame a checkpoint holds.
 const LOG_SEQ_KEY: &[u8] = b"log-seq";
 const RECORDS_DB: &str = "tasks";
-/// The file is sparse; the map only bounds its growth. 100,000 task records
-/// (the default cap) take about 6 MB of B-tree pages, so this leaves room
-/// for ten times that and the copy-on-write pages of a commit.
-const MAP_SIZE_BYTES: usize = 64 << 20;
+/// The map's room beside the records: the index, the log's sequence
+/// number, LMDB's own pages.
+const MAP_BASE_BYTES: usize = 64 << 20;
+/// LMDB's cost of a record beyond its value: the 8-byte key, the node
+/// header and page slack.
+const RECORD_OVERHEAD_BYTES: usize = 64;
 const LOCK_FILE: &str = "fibd.lock";
 
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
@@ -110,15 +112,29 @@ pub struct Store {
     _lock: File,
 }
 
+/// The map size that holds `records_max` records of up to `record_bytes_max`
+/// bytes each. The map is address space, not memory: the file grows only
+/// as pages are used. A full map fails every commit until restart, so the
+/// bound leaves each record room for its copy-on-write twin (a checkpoint
+/// writes a new page before it frees the old one).
+pub fn map_bytes_for(records_max: usize, record_bytes_max: usize) -> usize {
+    const PAGE: usize = 4096;
+    let per_record = (record_bytes_max + RECORD_OVERHEAD_BYTES).saturating_mul(2);
+    let bytes = MAP_BASE_BYTES.saturating_add(records_max.saturating_mul(per_record));
+    bytes.div_ceil(PAGE).saturating_mul(PAGE)
+}
+
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (creating if need be) the store in `dir` with a map of
+    /// `map_bytes` (see [`map_bytes_for`]).
+    pub fn open(dir: &Path, map_bytes: usize) -> Result<Store, StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             dir: dir.to_path_buf(),
             source,
         })?;
         let lock = lock_dir(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(MAP_SIZE_BYTES).max_dbs(2);
+        options.map_size(map_bytes).max_dbs(2);
         // SAFETY: the memory map is only unsound if the files are changed
         // behind LMDB's back. This process holds the directory's lock file,
         // so no other fibd writes them; LMDB's own locking covers readers.
@@ -248,5 +264,78 @@ impl IndexTable<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh data directory, removed at the end.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("fibd-lmdb-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The largest task record is about this long (one with a callback URL
+    /// of 1024 bytes).
+    const RECORD: usize = 1200;
+    const RECORDS: usize = 60_000;
+
+    /// Writes `RECORDS` records of `RECORD` bytes in checkpoint-sized
+    /// transactions, then replaces the older half (eviction making room).
+    fn fill(table: &IndexTable<'_>) -> Result<(), StoreError> {
+        let value = vec![7u8; RECORD];
+        let put = |key| RecordWrite::Put {
+            key,
+            value: value.clone(),
+        };
+        for chunk in (0..RECORDS as u64).collect::<Vec<_>>().chunks(5000) {
+            let writes: Vec<RecordWrite> = chunk.iter().map(|&k| put(k)).collect();
+            table.write(None, &writes, Some(chunk[0]))?;
+        }
+        for chunk in (0..RECORDS as u64 / 2).collect::<Vec<_>>().chunks(5000) {
+            let mut writes: Vec<RecordWrite> = chunk
+                .iter()
+                .map(|&key| RecordWrite::Delete { key })
+                .collect();
+            writes.extend(chunk.iter().map(|&k| put(k + RECORDS as u64)));
+            table.write(None, &writes, None)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_map_sized_for_the_bound_holds_it_and_the_base_alone_does_not() {
+        let dir = Dir::new("bound");
+        let store = Store::open(&dir.0, map_bytes_for(RECORDS, RECORD)).unwrap();
+        store.with_table(|table| fill(&table)).unwrap().unwrap();
+        let count = store
+            .with_table(|table| table.read_records().unwrap().len())
+            .unwrap();
+        assert_eq!(count, RECORDS);
+        drop(store);
+        // The map the store had before it was sized by its bound: full.
+        let small = Dir::new("base");
+        let store = Store::open(&small.0, map_bytes_for(0, 0)).unwrap();
+        let result = store.with_table(|table| fill(&table)).unwrap();
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)))
+            ),
+            "{result:?}"
+        );
     }
 }

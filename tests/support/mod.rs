@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod linearizability;
 pub mod nginx;
+pub mod receiver;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -250,7 +250,7 @@ fn serve(mut stream: TcpStream, script: &Script, counters: &Counters) {
 }
 
 /// Reads more into `buffered`; false once the peer closed.
-fn fill(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> bool {
+pub fn fill(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 16 * 1024];
     match stream.read(&mut chunk) {
         Ok(0) | Err(_) => false,

@@ -103,7 +103,7 @@ fn main() {
         }
     }
     may::config().set_workers(1);
-    let store = Store::open(&data_dir).expect("open store");
+    let store = Store::open(&data_dir, fibd::store::lmdb::map_bytes_for(0, 0)).expect("open store");
     let start = store.with_table(|t| t.read_index()).expect("table").expect("read");
     let committed = Arc::new(Mutex::new(start));
     let (steps_tx, steps_rx) = mpsc::channel::<StepMsg>();

@@ -51,7 +51,7 @@ use crate::base::slab::Slab;
 pub use crate::http::upstream::{Response, ResponseError, ResponseLimits};
 pub use call::{CallError, CallId, Outbound};
 use conn::{Event, UpConn};
-pub use target::Target;
+pub use target::{HttpUrl, Target};
 
 /// What the client needs from the poller: registering a new socket, for
 /// readiness in both directions, under the token numbered `token`.

@@ -1,9 +1,9 @@
-//! Where an outbound call goes: an `http://` URL parsed and its host
+//! Where an outbound call goes: an `http://` URL parsed ([`HttpUrl`]) and its host
 //! resolved once, at start-up (a DNS lookup never runs on the loop). The
 //! /api/smart upstream and the Zipkin collector are both given this way.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use super::call::Outbound;
 
@@ -17,10 +17,22 @@ pub struct Target {
     pub target: String,
 }
 
-impl Target {
-    /// Parses `http://host[:port][/path][?query]` and resolves the host
-    /// (start-up only).
-    pub fn resolve(url: &str) -> Result<Target, &'static str> {
+/// A parsed `http://host[:port][/path][?query]`, not resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// The URL's authority as given, for the `Host` field.
+    pub authority: String,
+    /// The host without its port (an IPv6 literal keeps its brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path and query, as given (`/` when the URL has none).
+    pub target: String,
+}
+
+impl HttpUrl {
+    /// Parses `http://host[:port][/path][?query]`; the error names the
+    /// form wanted.
+    pub fn parse(url: &str) -> Result<HttpUrl, &'static str> {
         if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
             return Err("plain http:// only; put a local TLS proxy in front of an HTTPS server");
         }
@@ -30,8 +42,8 @@ impl Target {
             .and_then(|_| url.get(7..))
             .ok_or("an http:// URL")?;
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (host, target) = rest.split_at(split);
-        if host.is_empty() || host.contains('@') || target.contains('#') {
+        let (authority, target) = rest.split_at(split);
+        if authority.is_empty() || authority.contains('@') || target.contains('#') {
             return Err("an http://HOST[:PORT]/PATH URL without user info or fragment");
         }
         let target = match target {
@@ -42,24 +54,59 @@ impl Target {
         if target.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err("a URL whose path is printable ASCII (percent-encode the rest)");
         }
-        let with_port = if host.rsplit_once(':').is_some_and(|(h, p)| {
-            !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (!h.contains(':') || h.ends_with(']'))
-        }) {
-            host.to_owned()
-        } else {
-            format!("{host}:80")
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                let port = p
+                    .parse()
+                    .ok()
+                    .filter(|_| p.bytes().all(|b| b.is_ascii_digit()));
+                (h, port.ok_or("a port from 0 to 65535 after the host")?)
+            }
+            _ => (authority, 80),
         };
-        let addr = with_port
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        let name_like = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if host.is_empty() || !(bracketed || name_like) {
+            return Err("a host name or IP address before the port");
+        }
+        Ok(HttpUrl {
+            authority: authority.to_owned(),
+            host: host.to_owned(),
+            port,
+            target,
+        })
+    }
+
+    /// The host as an IP address, when it is a literal one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.host)
+            .parse()
+            .ok()
+    }
+}
+
+impl Target {
+    /// Parses `http://host[:port][/path][?query]` and resolves the host
+    /// (start-up only).
+    pub fn resolve(url: &str) -> Result<Target, &'static str> {
+        let url = HttpUrl::parse(url)?;
+        let addr = (
+            url.host.trim_start_matches('[').trim_end_matches(']'),
+            url.port,
+        )
             .to_socket_addrs()
             .ok()
             .and_then(|mut addrs| addrs.next())
             .ok_or("a host that resolves")?;
         Ok(Target {
             addr,
-            host: host.to_owned(),
-            target,
+            host: url.authority,
+            target: url.target,
         })
     }
 
@@ -113,9 +160,26 @@ mod tests {
             "http://",
             "http://u@127.0.0.1/",
             "http://127.0.0.1/a b",
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1:/",
+            "http://a b/",
         ] {
             assert!(Target::resolve(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn urls_parse_without_resolving() {
+        let url = HttpUrl::parse("http://Hooks.Example:8080/in?x=1").unwrap();
+        assert_eq!(
+            (url.authority.as_str(), url.host.as_str(), url.port),
+            ("Hooks.Example:8080", "Hooks.Example", 8080)
+        );
+        assert_eq!((url.target.as_str(), url.ip()), ("/in?x=1", None));
+        let url = HttpUrl::parse("http://[::1]/").unwrap();
+        assert_eq!((url.port, url.ip()), (80, Some("::1".parse().unwrap())));
+        let url = HttpUrl::parse("http://10.0.0.7:81").unwrap();
+        assert_eq!(url.ip(), Some("10.0.0.7".parse().unwrap()));
     }
 
     #[test]

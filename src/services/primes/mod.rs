@@ -5,11 +5,14 @@
 //! - [`sieve`]: the segmented sieve and the one JSON rendering of the table.
 //! - [`task`]: task ids, owners, idempotency keys, states and their record
 //!   in the store.
+//! - [`callback`]: completion callbacks: a delivery's state and record,
+//!   its back-off schedule, and its signature.
 //! - [`request`]: the POST body and the GET query, validated.
 //! - [`service`]: the tasks, the prime table, fair shares, retention and
-//!   eviction, cancellation, and the writes each commit carries; sans-IO and
-//!   sans-clock, like the stepper.
+//!   eviction, cancellation, callbacks, and the writes each commit carries;
+//!   sans-IO and sans-clock, like the stepper.
 
+pub mod callback;
 pub mod request;
 pub mod service;
 pub mod sieve;

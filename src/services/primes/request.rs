@@ -1,14 +1,29 @@
-//! What a primes request may say: the POST body `{"n": N}` (JSON, read with
-//! serde_json), its Content-Type, and `?wait=SECONDS` on a GET. Each refusal
-//! names what to change.
+//! What a primes request may say: the POST body `{"n": N}` with an optional
+//! `"callback_url"` (JSON, read with serde_json), its Content-Type, the
+//! callback URL checked against the allow-list, and `?wait=SECONDS` on a
+//! GET. Each refusal names what to change.
+
+use std::net::SocketAddr;
 
 use serde_json::Value;
 
+use super::callback::CALLBACK_URL_MAX;
+use crate::access::destinations::{Destinations, NotAllowed};
 use crate::http::query::{self, Lookup};
 use crate::http::trim_ows;
+use crate::net::upstream::HttpUrl;
 
-/// Bytes a task body may have; `{"n": 1000000}` needs 14.
+/// Bytes a task body may have; `{"n": 1000000}` needs 14, a callback URL
+/// up to 1024 more.
 pub const BODY_BYTES_MAX: usize = 4096;
+
+/// A task body, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskBody {
+    pub n: u64,
+    /// As given; checked against the allow-list by [`admit_callback`].
+    pub callback_url: Option<String>,
+}
 /// The longest `?wait` a client may ask for, in seconds.
 pub const WAIT_SECS_MAX: u64 = 30;
 
@@ -23,6 +38,9 @@ pub enum TaskBodyError {
     Negative,
     Zero,
     AboveMax,
+    /// `callback_url` is there but not a string.
+    CallbackNotAString,
+    CallbackTooLong,
 }
 
 impl TaskBodyError {
@@ -49,20 +67,81 @@ impl TaskBodyError {
             TaskBodyError::AboveMax => {
                 "n is above this server's limit; it must be a whole number from 1 to max_n"
             }
+            TaskBodyError::CallbackNotAString => {
+                "callback_url must be a string: the http:// URL fibd POSTs the settled task to"
+            }
+            TaskBodyError::CallbackTooLong => "callback_url must be at most 1024 bytes long",
         }
     }
 
-    /// Out-of-range values are well-formed requests the server will not do.
-    pub fn is_out_of_range(self) -> bool {
-        matches!(self, TaskBodyError::Zero | TaskBodyError::AboveMax)
+    /// Well-formed requests the server will not do (422): n out of range, or
+    /// a callback_url it cannot take.
+    pub fn is_unprocessable(self) -> bool {
+        matches!(
+            self,
+            TaskBodyError::Zero
+                | TaskBodyError::AboveMax
+                | TaskBodyError::CallbackNotAString
+                | TaskBodyError::CallbackTooLong
+        )
     }
 }
 
-/// n from a task body.
-pub fn parse_body(body: &[u8], max_n: u64) -> Result<u64, TaskBodyError> {
+/// Why a `callback_url` is refused (422).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackUrlError {
+    /// Not an `http://HOST[:PORT]/PATH` URL; the text says what is wrong.
+    Malformed(&'static str),
+    /// The server takes no callbacks.
+    Off,
+    /// Its host is not in the allow-list.
+    NotAllowed,
+}
+
+impl CallbackUrlError {
+    pub fn message(self) -> &'static str {
+        match self {
+            CallbackUrlError::Malformed(_) => {
+                "callback_url must be an http://HOST[:PORT]/PATH URL (no https, user info or \
+                 fragment; put a local TLS proxy in front of an HTTPS receiver)"
+            }
+            CallbackUrlError::Off => {
+                "this server takes no callback_url: its operator has not set --callback-allow"
+            }
+            CallbackUrlError::NotAllowed => {
+                "callback_url's host is not in this server's --callback-allow list; ask its \
+                 operator to allow it, or poll the task (GET with ?wait) instead"
+            }
+        }
+    }
+}
+
+/// Where a callback URL goes, if the allow-list admits it.
+pub fn admit_callback(url: &str, allow: &Destinations) -> Result<SocketAddr, CallbackUrlError> {
+    let url = HttpUrl::parse(url).map_err(CallbackUrlError::Malformed)?;
+    allow.admit(&url).map_err(|refused| match refused {
+        NotAllowed::NoList => CallbackUrlError::Off,
+        NotAllowed::Host => CallbackUrlError::NotAllowed,
+    })
+}
+
+/// n and the callback URL from a task body.
+pub fn parse_body(body: &[u8], max_n: u64) -> Result<TaskBody, TaskBodyError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| TaskBodyError::NotJson)?;
     let object = value.as_object().ok_or(TaskBodyError::NotAnObject)?;
-    let n = object.get("n").ok_or(TaskBodyError::MissingN)?;
+    let callback_url = match object.get("callback_url") {
+        None => None,
+        Some(Value::String(url)) if url.len() > CALLBACK_URL_MAX => {
+            return Err(TaskBodyError::CallbackTooLong);
+        }
+        Some(Value::String(url)) => Some(url.clone()),
+        Some(_) => return Err(TaskBodyError::CallbackNotAString),
+    };
+    let n = parse_n(object.get("n").ok_or(TaskBodyError::MissingN)?, max_n)?;
+    Ok(TaskBody { n, callback_url })
+}
+
+fn parse_n(n: &Value, max_n: u64) -> Result<u64, TaskBodyError> {
     let Value::Number(number) = n else {
         return Err(TaskBodyError::NotAnInteger);
     };
@@ -127,8 +206,26 @@ mod tests {
     #[test]
     fn bodies() {
         let max = 1000;
-        assert_eq!(parse_body(br#"{"n": 100}"#, max), Ok(100));
-        assert_eq!(parse_body(br#" {"n":1000, "extra": [1]} "#, max), Ok(1000));
+        let n = |n| TaskBody {
+            n,
+            callback_url: None,
+        };
+        assert_eq!(parse_body(br#"{"n": 100}"#, max), Ok(n(100)));
+        assert_eq!(
+            parse_body(br#" {"n":1000, "extra": [1]} "#, max),
+            Ok(n(1000))
+        );
+        assert_eq!(
+            parse_body(br#"{"n": 7, "callback_url": "http://h/x"}"#, max),
+            Ok(TaskBody {
+                n: 7,
+                callback_url: Some("http://h/x".into())
+            })
+        );
+        let long = format!(
+            r#"{{"n": 7, "callback_url": "http://h/{}"}}"#,
+            "x".repeat(1020)
+        );
         for (body, error) in [
             (&br#"{"n": 100"#[..], NotJson),
             (b"", NotJson),
@@ -149,6 +246,9 @@ mod tests {
             (br#"{"n": 1001}"#, AboveMax),
             (br#"{"n": 18446744073709551616}"#, AboveMax),
             (br#"{"n": 1e300}"#, AboveMax),
+            (br#"{"n": 1, "callback_url": 5}"#, CallbackNotAString),
+            (br#"{"n": 1, "callback_url": null}"#, CallbackNotAString),
+            (long.as_bytes(), CallbackTooLong),
         ] {
             assert_eq!(
                 parse_body(body, max),
@@ -157,6 +257,27 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn callback_urls_need_the_allow_list() {
+        let allow = Destinations::resolve(&["127.0.0.1".into()]).unwrap();
+        assert_eq!(
+            admit_callback("http://127.0.0.1:9000/hook", &allow),
+            Ok("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(
+            admit_callback("http://10.0.0.1/", &allow),
+            Err(CallbackUrlError::NotAllowed)
+        );
+        assert!(matches!(
+            admit_callback("https://127.0.0.1/", &allow),
+            Err(CallbackUrlError::Malformed(_))
+        ));
+        assert_eq!(
+            admit_callback("http://127.0.0.1/", &Destinations::default()),
+            Err(CallbackUrlError::Off)
+        );
     }
 
     #[test]

@@ -21,15 +21,25 @@
 //! result is recomputed from n): kept for `retention`, and when the store
 //! is at `tasks_max` the oldest settled one makes room for a new task.
 //!
+//! Callbacks (`callback`): a task may name a URL that its settlement is
+//! POSTed to. The callback is part of the task's record. Its first attempt
+//! is due once the settled state is durable (a delivery never announces a
+//! cancellation that a failed commit undoes), and a settled task whose
+//! delivery is not final yet is a promise like an unsettled one: neither
+//! retention nor eviction takes it.
+//!
 //! Reuse: one table, the largest so far, rendered once as JSON. A task for
 //! n at or below its size is done on arrival; above it, the pending tasks
 //! share one sieve for the largest n among them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::PrimesLimits;
+use super::callback::{Attempt, AttemptEnd, AttemptError, Callback, CallbackCounts, Deliveries};
 use super::sieve::{self, PrimeTable};
 use super::task::{Failure, IdempotencyKey, Outcome, Owner, Task, TaskId};
 use crate::reply::park::Ticket;
@@ -59,6 +69,8 @@ pub enum Refused {
     QueueFull,
     /// This owner holds `pending_per_client` unsettled tasks already.
     ClientShare,
+    /// `--callback-pending` tasks wait for their callback's delivery already.
+    CallbackBacklog,
 }
 
 /// Why a cancellation was refused.
@@ -85,12 +97,23 @@ pub enum Cancel {
 }
 
 /// A task a POST asks for, once its room is checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NewTask {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTask<'u> {
     pub id: TaskId,
     pub n: u64,
     pub owner: Owner,
     pub idempotency: Option<IdempotencyKey>,
+    /// Its `callback_url`, and where the allow-list resolved it.
+    pub callback: Option<(&'u str, SocketAddr)>,
+}
+
+/// The task an `Idempotency-Key` was first posted for, with what the
+/// first POST asked, to compare a retry with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Posted<'t> {
+    pub id: TaskId,
+    pub n: u64,
+    pub callback_url: Option<&'t str>,
 }
 
 /// Where a task stands, as a client sees it.
@@ -179,6 +202,7 @@ pub struct PrimesCounts {
     pub refused_store_full: u64,
     pub refused_queue_full: u64,
     pub refused_client_share: u64,
+    pub refused_callback_backlog: u64,
 }
 
 /// What a parked reply waits for, and what its batch's failure undoes.
@@ -201,6 +225,16 @@ struct Awaiting {
     effect: Effect,
 }
 
+/// The writes a batch in flight carries.
+#[derive(Debug)]
+struct InFlight {
+    batch: BatchId,
+    records: Vec<(u64, TaskId)>,
+    /// Tasks it writes as settled with a callback not delivered yet: their
+    /// first attempt is due once the batch is durable.
+    callbacks_due: Vec<TaskId>,
+}
+
 /// Record writes owed to the store, by batch.
 #[derive(Debug, Default)]
 struct Writes {
@@ -209,7 +243,7 @@ struct Writes {
     dirty: Vec<(u64, TaskId)>,
     /// Dirty tasks that no caller has joined a batch for yet.
     unjoined: bool,
-    in_flight: Option<(BatchId, Vec<(u64, TaskId)>)>,
+    in_flight: Option<InFlight>,
     /// Replies parked behind a batch, oldest batch first.
     awaiting: VecDeque<Awaiting>,
 }
@@ -222,9 +256,11 @@ pub struct PrimesService {
     pending: BTreeSet<(u64, TaskId)>,
     /// Unsettled tasks per owner, for fair shares; owners with none are absent.
     pending_by_owner: HashMap<Owner, usize>,
-    /// Settled tasks by when they settled: retention and eviction take the
-    /// oldest first.
+    /// Settled tasks whose callback (if any) is final, by when they
+    /// settled: retention and eviction take the oldest first.
     expiry: BTreeSet<(u64, TaskId)>,
+    /// The tasks' callbacks and the schedule of their deliveries.
+    deliveries: Deliveries<TaskId>,
     /// The task each stored idempotency key was posted for.
     by_idempotency: HashMap<IdempotencyKey, TaskId>,
     /// `[2, 3, …` for the first `table_len` primes; shared by every reply.
@@ -246,13 +282,17 @@ pub struct PrimesService {
 
 impl PrimesService {
     /// Starts from the records in the store: pending tasks are resumed at
-    /// once, settled ones get their table rebuilt, and tasks above a lowered
-    /// `max_n` fail.
+    /// once, settled ones get their table rebuilt, tasks above a lowered
+    /// `max_n` fail, and the callbacks of settled tasks that are not
+    /// delivered yet are due now (each resolved again by the caller: one
+    /// without an address fails).
     pub fn new(
         limits: PrimesLimits,
+        deliveries: Deliveries<TaskId>,
         worker: Rc<ComputeWorker>,
-        records: Vec<(TaskId, Task)>,
+        records: Vec<(TaskId, Task, Option<Callback>)>,
         now_ms: u64,
+        now: Instant,
     ) -> PrimesService {
         let mut service = PrimesService {
             limits,
@@ -261,6 +301,7 @@ impl PrimesService {
             pending: BTreeSet::new(),
             pending_by_owner: HashMap::new(),
             expiry: BTreeSet::new(),
+            deliveries,
             by_idempotency: HashMap::new(),
             table: Arc::from(&b"["[..]),
             table_len: 0,
@@ -269,10 +310,10 @@ impl PrimesService {
             waiters: HashMap::new(),
             waiting_for: HashMap::new(),
             writes: Writes::default(),
-            next_seq: records.iter().map(|(_, t)| t.seq + 1).max().unwrap_or(1),
+            next_seq: records.iter().map(|(_, t, _)| t.seq + 1).max().unwrap_or(1),
             counts: PrimesCounts::default(),
         };
-        for (id, mut task) in records {
+        for (id, mut task, callback) in records {
             // Above a lowered max_n a result cannot be rebuilt: done or not, it fails.
             let ended = matches!(
                 task.settled,
@@ -286,13 +327,19 @@ impl PrimesService {
             if let Some(key) = task.idempotency {
                 service.by_idempotency.insert(key, id);
             }
+            if let Some(callback) = callback {
+                service.deliveries.add(id, callback);
+            }
             match task.settled {
                 None => service.add_pending(&task, id),
                 Some((outcome, at)) => {
                     if outcome == Outcome::Done {
                         service.table_wanted = service.table_wanted.max(task.n);
                     }
-                    service.expiry.insert((at, id));
+                    if service.deliveries.ready(id, now) {
+                        service.mark_dirty(task.seq, id);
+                    }
+                    service.settled_at(at, id);
                 }
             }
             service.tasks.insert(id, task);
@@ -319,27 +366,36 @@ impl PrimesService {
         self.tasks.contains_key(&id)
     }
 
-    /// The stored task posted under `key`, and its n.
-    pub fn idempotent(&self, key: IdempotencyKey) -> Option<(TaskId, u64)> {
+    /// The stored task posted under `key`, and what it asked.
+    pub fn idempotent(&self, key: IdempotencyKey) -> Option<Posted<'_>> {
         let id = *self.by_idempotency.get(&key)?;
-        Some((id, self.tasks.get(&id)?.n))
+        Some(Posted {
+            id,
+            n: self.tasks.get(&id)?.n,
+            callback_url: self.deliveries.get(id).map(|c| &*c.url),
+        })
     }
 
-    /// Whether `owner` may post a task for `n` now; a refusal is counted.
-    pub fn check_room(&mut self, n: u64, owner: Owner) -> Result<(), Refused> {
-        let refused = self.refusal(n, owner);
+    /// Whether `owner` may post a task for `n` (with a callback or not)
+    /// now; a refusal is counted.
+    pub fn check_room(&mut self, n: u64, owner: Owner, callback: bool) -> Result<(), Refused> {
+        let refused = self.refusal(n, owner, callback);
         match refused {
             Some(Refused::StoreFull) => self.counts.refused_store_full += 1,
             Some(Refused::QueueFull) => self.counts.refused_queue_full += 1,
             Some(Refused::ClientShare) => self.counts.refused_client_share += 1,
+            Some(Refused::CallbackBacklog) => self.counts.refused_callback_backlog += 1,
             None => {}
         }
         refused.map_or(Ok(()), Err)
     }
 
-    fn refusal(&self, n: u64, owner: Owner) -> Option<Refused> {
+    fn refusal(&self, n: u64, owner: Owner, callback: bool) -> Option<Refused> {
         if self.tasks.len() >= self.limits.tasks_max && self.expiry.is_empty() {
             return Some(Refused::StoreFull);
+        }
+        if callback && !self.deliveries.has_room() {
+            return Some(Refused::CallbackBacklog);
         }
         if self.is_table_hit(n) {
             return None;
@@ -356,13 +412,20 @@ impl PrimesService {
     /// `batch`, evicting the oldest settled task if the store is full; its
     /// 202, parked under `ticket`, is released or withdrawn with that batch
     /// ([`Self::on_commit`]).
-    pub fn accept(&mut self, new: NewTask, now_ms: u64, batch: BatchId, ticket: Ticket) -> Status {
+    pub fn accept(
+        &mut self,
+        new: NewTask<'_>,
+        now_ms: u64,
+        batch: BatchId,
+        ticket: Ticket,
+    ) -> Status {
         self.make_room();
         let NewTask {
             id,
             n,
             owner,
             idempotency,
+            callback,
         } = new;
         let hit = self.is_table_hit(n);
         let task = Task {
@@ -378,13 +441,16 @@ impl PrimesService {
         if let Some(key) = idempotency {
             self.by_idempotency.insert(key, id);
         }
+        if let Some((url, addr)) = callback {
+            self.deliveries.add(id, Callback::new(url, addr));
+        }
         self.writes.dirty.push((task.seq, id));
         self.park_behind(batch, id, ticket, Effect::Creates);
         self.counts.accepted += 1;
         if hit {
             self.counts.table_hits += 1;
             self.counts.done += 1;
-            self.expiry.insert((now_ms, id));
+            self.settled_at(now_ms, id);
         } else {
             self.add_pending(&task, id);
             self.kick();
@@ -438,7 +504,7 @@ impl PrimesService {
         if let Some(task) = self.tasks.get_mut(&id) {
             task.settled = Some((Outcome::Cancelled, now_ms));
         }
-        self.expiry.insert((now_ms, id));
+        self.settled_at(now_ms, id);
         self.counts.cancelled += 1;
         self.writes.dirty.push((task.seq, id));
         self.park_behind(batch, id, ticket, Effect::Cancels);
@@ -516,7 +582,7 @@ impl PrimesService {
                 .durations_ms
                 .push(now_ms.saturating_sub(task.created_ms));
             self.counts.done += 1;
-            self.expiry.insert((now_ms, id));
+            self.settled_at(now_ms, id);
             self.mark_dirty(task.seq, id);
         }
         let ready: Vec<TaskId> = self
@@ -579,17 +645,28 @@ impl PrimesService {
         self.writes.unjoined = false;
         ids.sort_unstable();
         ids.dedup();
+        let mut callbacks_due = Vec::new();
         let writes = ids
             .iter()
             .map(|&(seq, id)| match self.tasks.get(&id) {
-                Some(task) if task.seq == seq => RecordWrite::Put {
-                    key: seq,
-                    value: task.encode(id),
-                },
+                Some(task) if task.seq == seq => {
+                    let callback = self.deliveries.get(id);
+                    if task.settled.is_some() && callback.is_some_and(|c| !c.is_final()) {
+                        callbacks_due.push(id);
+                    }
+                    RecordWrite::Put {
+                        key: seq,
+                        value: task.encode(id, callback),
+                    }
+                }
                 _ => RecordWrite::Delete { key: seq },
             })
             .collect();
-        self.writes.in_flight = (!ids.is_empty()).then_some((batch, ids));
+        self.writes.in_flight = (!ids.is_empty()).then_some(InFlight {
+            batch,
+            records: ids,
+            callbacks_due,
+        });
         writes
     }
 
@@ -597,16 +674,22 @@ impl PrimesService {
     /// success they leave (and readers of a task it cancelled are
     /// answered); on a failure they are withdrawn, what they changed is
     /// undone, and the other writes are owed again.
-    pub fn on_commit(&mut self, effect: CommitEffect, settle: &mut impl FnMut(Ticket, Settle)) {
+    pub fn on_commit(
+        &mut self,
+        effect: CommitEffect,
+        now: Instant,
+        settle: &mut impl FnMut(Ticket, Settle),
+    ) {
         match effect {
             CommitEffect::Released(committed) => {
-                if self
+                if let Some(done) = self
                     .writes
                     .in_flight
-                    .as_ref()
-                    .is_some_and(|(batch, _)| *batch <= committed)
+                    .take_if(|in_flight| in_flight.batch <= committed)
                 {
-                    self.writes.in_flight = None;
+                    for id in done.callbacks_due {
+                        self.callback_ready(id, now);
+                    }
                 }
                 while let Some(&Awaiting {
                     batch,
@@ -626,8 +709,8 @@ impl PrimesService {
                 }
             }
             CommitEffect::Failed { through, .. } => {
-                if let Some((_, ids)) = self.writes.in_flight.take() {
-                    self.writes.dirty.extend(ids);
+                if let Some(in_flight) = self.writes.in_flight.take() {
+                    self.writes.dirty.extend(in_flight.records);
                 }
                 while let Some(&Awaiting {
                     batch,
@@ -648,6 +731,74 @@ impl PrimesService {
                 self.writes.unjoined = !self.writes.dirty.is_empty();
             }
         }
+    }
+
+    /// A task's callback, for its status document.
+    pub fn callback(&self, id: TaskId) -> Option<&Callback> {
+        self.deliveries.get(id)
+    }
+
+    /// The next callback attempt due at `now`, within the in-flight bound.
+    pub fn next_attempt(&mut self, now: Instant) -> Option<Attempt<TaskId>> {
+        self.deliveries.next_attempt(now)
+    }
+
+    /// How a callback attempt ended (see [`Deliveries::attempt_done`]); the
+    /// new state rides the next batch, and a final one frees the task for
+    /// retention and eviction.
+    pub fn attempt_done(
+        &mut self,
+        id: TaskId,
+        result: Result<(), AttemptError>,
+        now: Instant,
+        now_ms: u64,
+        jitter: u64,
+    ) -> Option<AttemptEnd> {
+        let task = self.tasks.get(&id).copied()?;
+        let (_, settled_ms) = task.settled?;
+        let retry_ms = self.deliveries.limits().retry_for.as_millis();
+        let give_up_ms = settled_ms.saturating_add(u64::try_from(retry_ms).unwrap_or(u64::MAX));
+        let end = self
+            .deliveries
+            .attempt_done(id, result, now, now_ms, give_up_ms, jitter)?;
+        self.mark_dirty(task.seq, id);
+        if end != AttemptEnd::Retrying {
+            self.expiry.insert((settled_ms, id));
+        }
+        Some(end)
+    }
+
+    /// One delivery attempt's deadline.
+    pub fn callback_timeout(&self) -> std::time::Duration {
+        self.deliveries.limits().attempt_timeout
+    }
+
+    /// The signature of a delivery's body at `unix_secs`.
+    pub fn sign(&self, unix_secs: u64, body: &[u8]) -> Option<String> {
+        self.deliveries.signature(unix_secs, body)
+    }
+
+    /// Whether a callback attempt is due now and may be sent.
+    pub fn callback_due(&mut self, now: Instant) -> bool {
+        self.deliveries.has_due(now)
+    }
+
+    /// When the next callback attempt is due, for the loop's sleep.
+    pub fn next_callback(&mut self) -> Option<Instant> {
+        self.deliveries.next_due()
+    }
+
+    pub fn callback_counts(&self) -> CallbackCounts {
+        self.deliveries.counts()
+    }
+
+    /// Callbacks not delivered or failed yet.
+    pub fn callbacks_undelivered(&self) -> usize {
+        self.deliveries.undelivered()
+    }
+
+    pub fn callbacks_in_flight(&self) -> usize {
+        self.deliveries.in_flight()
     }
 
     pub fn counts(&self) -> PrimesCounts {
@@ -764,6 +915,7 @@ impl PrimesService {
     /// Removes a task and every index of it.
     fn forget(&mut self, id: TaskId) -> Option<Task> {
         let task = self.tasks.remove(&id)?;
+        self.deliveries.remove(id);
         self.remove_pending(&task, id);
         if let Some((_, at)) = task.settled {
             self.expiry.remove(&(at, id));
@@ -772,6 +924,28 @@ impl PrimesService {
             self.by_idempotency.remove(&key);
         }
         Some(task)
+    }
+
+    /// A task settled at `at`: it may expire, or make room, once its
+    /// callback (if any) is final.
+    fn settled_at(&mut self, at: u64, id: TaskId) {
+        if self.deliveries.is_settled(id) {
+            self.expiry.insert((at, id));
+        }
+    }
+
+    /// A task's settled state is durable: its callback's first attempt is due.
+    fn callback_ready(&mut self, id: TaskId, now: Instant) {
+        let Some(task) = self.tasks.get(&id).copied() else {
+            return;
+        };
+        if self.deliveries.ready(id, now) {
+            // It failed at once (no longer allowed): now it may expire.
+            self.mark_dirty(task.seq, id);
+            if let Some((_, at)) = task.settled {
+                self.expiry.insert((at, id));
+            }
+        }
     }
 
     fn mark_dirty(&mut self, seq: u64, id: TaskId) {
@@ -790,6 +964,7 @@ impl PrimesService {
 mod tests {
     use super::*;
     use crate::services::compute::Output;
+    use crate::services::primes::callback::CallbackLimits;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -805,9 +980,24 @@ mod tests {
         })
         .unwrap();
         (
-            PrimesService::new(limits, Rc::new(worker), records, 1_000),
+            PrimesService::new(
+                limits,
+                deliveries(),
+                Rc::new(worker),
+                records.into_iter().map(|(id, t)| (id, t, None)).collect(),
+                1_000,
+                Instant::now(),
+            ),
             rx,
         )
+    }
+
+    fn deliveries() -> Deliveries<TaskId> {
+        let limits = CallbackLimits {
+            backoff: Duration::from_millis(100),
+            ..CallbackLimits::default()
+        };
+        Deliveries::new(limits, Some(b"a test secret of 16+ bytes")).unwrap()
     }
 
     /// Waits for the sieve and hands its table to the service.
@@ -829,12 +1019,13 @@ mod tests {
     }
 
     /// Task `k` for `n`, posted by client 1 without an idempotency key.
-    fn posted(k: u8, n: u64) -> NewTask {
+    fn posted(k: u8, n: u64) -> NewTask<'static> {
         NewTask {
             id: id(k),
             n,
             owner: client(1),
             idempotency: None,
+            callback: None,
         }
     }
 
@@ -910,6 +1101,7 @@ mod tests {
                 committed: batch(0),
                 through: batch(2),
             },
+            Instant::now(),
             &mut |ticket, settle| settled.push((ticket, settle)),
         );
         assert_eq!(
@@ -927,9 +1119,11 @@ mod tests {
                 RecordWrite::Delete { key: 2 }
             ]
         );
-        s.on_commit(CommitEffect::Released(batch(3)), &mut |_, _| {
-            panic!("no 202 waited for batch 3")
-        });
+        s.on_commit(
+            CommitEffect::Released(batch(3)),
+            Instant::now(),
+            &mut |_, _| panic!("no 202 waited for batch 3"),
+        );
         assert!(s.take_writes(batch(4)).is_empty());
     }
 
@@ -1030,15 +1224,19 @@ mod tests {
             committed: batch(committed),
             through: batch(through),
         };
-        s.on_commit(effect, &mut |t, settle| settled.push((t, settle)));
+        s.on_commit(effect, Instant::now(), &mut |t, settle| {
+            settled.push((t, settle))
+        });
         settled
     }
 
     fn released(s: &mut PrimesService, through: u64) -> Vec<(Ticket, Settle)> {
         let mut settled = Vec::new();
-        s.on_commit(CommitEffect::Released(batch(through)), &mut |t, settle| {
-            settled.push((t, settle))
-        });
+        s.on_commit(
+            CommitEffect::Released(batch(through)),
+            Instant::now(),
+            &mut |t, settle| settled.push((t, settle)),
+        );
         settled
     }
 
@@ -1059,7 +1257,7 @@ mod tests {
         assert_eq!((s.stored(), s.counts().evicted), (3, 0), "room: none go");
         s.take_writes(batch(1));
         for (k, evicted) in [(4, 1), (5, 2), (6, 4)] {
-            assert_eq!(s.check_room(5, client(1)), Ok(()));
+            assert_eq!(s.check_room(5, client(1), false), Ok(()));
             s.accept(posted(k, 5), 1_040, batch(2), post(u64::from(k)));
             assert!(!s.contains(id(evicted)), "task {evicted} went");
             assert!(s.contains(id(3)), "the unsettled task stays");
@@ -1087,7 +1285,7 @@ mod tests {
         let (mut s, _woken) = service(Vec::new(), limits);
         s.accept(posted(1, 100), 1_000, batch(1), post(1));
         s.accept(posted(2, 200), 1_000, batch(1), post(2));
-        assert_eq!(s.check_room(300, client(2)), Err(Refused::StoreFull));
+        assert_eq!(s.check_room(300, client(2), false), Err(Refused::StoreFull));
         assert_eq!(s.counts().refused_store_full, 1);
     }
 
@@ -1100,8 +1298,11 @@ mod tests {
         let (mut s, woken) = service(Vec::new(), limits);
         s.accept(posted(1, 100), 1_000, batch(1), post(1));
         s.accept(posted(2, 200), 1_000, batch(1), post(2));
-        assert_eq!(s.check_room(300, client(1)), Err(Refused::ClientShare));
-        assert_eq!(s.check_room(300, client(2)), Ok(()));
+        assert_eq!(
+            s.check_room(300, client(1), false),
+            Err(Refused::ClientShare)
+        );
+        assert_eq!(s.check_room(300, client(2), false), Ok(()));
         let other = NewTask {
             owner: client(2),
             ..posted(3, 300)
@@ -1109,7 +1310,7 @@ mod tests {
         s.accept(other, 1_000, batch(1), post(3));
         finish_sieve(&mut s, &woken, 1_010);
         assert_eq!(
-            s.check_room(300, client(1)),
+            s.check_room(300, client(1), false),
             Ok(()),
             "a settled task holds no share"
         );
@@ -1125,7 +1326,12 @@ mod tests {
             ..posted(1, 100)
         };
         s.accept(keyed, 1_000, batch(1), post(1));
-        assert_eq!(s.idempotent(key), Some((id(1), 100)));
+        let first = Posted {
+            id: id(1),
+            n: 100,
+            callback_url: None,
+        };
+        assert_eq!(s.idempotent(key), Some(first));
         s.take_writes(batch(1));
         // A retry before the first 202 left waits behind a later batch.
         s.replay(id(1), batch(2), post(2));
@@ -1146,11 +1352,7 @@ mod tests {
             [(post(3), Settle::Withdrawn), (post(4), Settle::Withdrawn)]
         );
         assert_eq!(s.idempotent(key2), None);
-        assert_eq!(
-            s.idempotent(key),
-            Some((id(1), 100)),
-            "the durable one stays"
-        );
+        assert_eq!(s.idempotent(key), Some(first), "the durable one stays");
     }
 
     #[test]
@@ -1213,5 +1415,121 @@ mod tests {
         finish_sieve(&mut s, &woken, 1_020);
         assert_eq!(s.view(id(2)).unwrap().status, Status::Cancelled);
         assert!(s.view(id(3)).unwrap().is_final());
+    }
+
+    /// Task `k` for `n` with a callback to a loopback receiver.
+    fn with_callback(k: u8, n: u64) -> NewTask<'static> {
+        NewTask {
+            callback: Some(("http://127.0.0.1:9/hook", "127.0.0.1:9".parse().unwrap())),
+            ..posted(k, n)
+        }
+    }
+
+    #[test]
+    fn a_callback_is_due_only_once_its_settled_record_is_durable() {
+        let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
+        let t0 = Instant::now();
+        s.accept(with_callback(1, 100), 1_000, batch(1), post(1));
+        assert!(s.take_writes(batch(1)).len() == 1);
+        released(&mut s, 1);
+        assert_eq!(s.next_attempt(t0), None, "not settled yet");
+        let sieved = finish_sieve(&mut s, &woken, 2_000);
+        assert_eq!(sieved.durations_ms, [1_000]);
+        assert_eq!(s.next_attempt(t0), None, "settled, but not durable yet");
+        assert!(s.take_join());
+        let writes = s.take_writes(batch(2));
+        let RecordWrite::Put { value, .. } = &writes[0] else {
+            panic!("a put");
+        };
+        let (_, task, callback) = Task::decode(1, value).unwrap();
+        assert!(task.settled.is_some());
+        assert_eq!(callback.unwrap().url.as_ref(), "http://127.0.0.1:9/hook");
+        s.on_commit(CommitEffect::Released(batch(2)), t0, &mut |_, _| {});
+        let attempt = s.next_attempt(t0).unwrap();
+        assert_eq!((attempt.key, attempt.number), (id(1), 1));
+        // Its delivery is not final: neither retention nor eviction takes it.
+        assert_eq!(s.expire(u64::MAX), 0);
+        assert_eq!(s.stored(), 1);
+        let end = s.attempt_done(id(1), Ok(()), t0, 3_000, 0);
+        assert!(matches!(end, Some(AttemptEnd::Delivered { .. })));
+        assert!(s.owes_writes(), "the delivered state is written");
+        assert_eq!(s.expire(u64::MAX), 1, "delivered: it may expire now");
+    }
+
+    #[test]
+    fn a_failed_acceptance_takes_its_callback_and_a_restart_resumes_pending_ones() {
+        let (mut s, _woken) = service(Vec::new(), PrimesLimits::default());
+        s.accept(with_callback(1, 100), 1_000, batch(1), post(1));
+        s.take_writes(batch(1));
+        failed(&mut s, 0, 1);
+        assert_eq!((s.callback(id(1)), s.callbacks_undelivered()), (None, 0));
+        // A task done and durable before a crash, its callback undelivered.
+        let task = Task {
+            seq: 1,
+            n: 5,
+            created_ms: 1,
+            settled: Some((Outcome::Done, 2)),
+            owner: client(1),
+            idempotency: None,
+        };
+        let stored = Callback::new("http://127.0.0.1:9/a", "127.0.0.1:9".parse().unwrap());
+        let mut unresolved = stored.clone();
+        unresolved.addr = None;
+        let records = vec![
+            (id(2), task, Some(stored)),
+            (id(3), Task { seq: 2, ..task }, Some(unresolved)),
+        ];
+        let (tx, _rx) = mpsc::channel();
+        let worker = ComputeWorker::spawn(1, 4, move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        let now = Instant::now();
+        let limits = PrimesLimits::default();
+        let mut s = PrimesService::new(limits, deliveries(), Rc::new(worker), records, 10, now);
+        assert_eq!(s.next_attempt(now).map(|a| a.key), Some(id(2)));
+        assert_eq!(s.next_attempt(now), None);
+        let gone = s.callback(id(3)).unwrap();
+        assert_eq!(gone.last_error, Some(AttemptError::NotAllowed));
+        assert!(s.owes_writes(), "its failure is written");
+    }
+
+    #[test]
+    fn callbacks_are_bounded_and_idempotent_retries_compare_them() {
+        let limits = CallbackLimits {
+            undelivered_max: 1,
+            ..CallbackLimits::default()
+        };
+        let (tx, _rx) = mpsc::channel();
+        let worker = ComputeWorker::spawn(1, 4, move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        let d = Deliveries::new(limits, Some(b"a test secret of 16+ bytes")).unwrap();
+        let mut s = PrimesService::new(
+            PrimesLimits::default(),
+            d,
+            Rc::new(worker),
+            Vec::new(),
+            1,
+            Instant::now(),
+        );
+        let key = IdempotencyKey::new(client(1), b"k").unwrap();
+        let keyed = NewTask {
+            idempotency: Some(key),
+            ..with_callback(1, 100)
+        };
+        assert_eq!(s.check_room(100, client(1), true), Ok(()));
+        s.accept(keyed, 1, batch(1), post(1));
+        assert_eq!(
+            s.idempotent(key).map(|p| p.callback_url),
+            Some(Some("http://127.0.0.1:9/hook"))
+        );
+        assert_eq!(
+            s.check_room(100, client(1), true),
+            Err(Refused::CallbackBacklog)
+        );
+        assert_eq!(s.check_room(100, client(1), false), Ok(()));
+        assert_eq!(s.counts().refused_callback_backlog, 1);
     }
 }

@@ -12,6 +12,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use super::callback::{self, Callback};
+
 pub const ID_BYTES: usize = 16;
 /// Characters of an id in a URL.
 pub const ID_TEXT_LEN: usize = 22;
@@ -160,36 +162,56 @@ pub struct Task {
 /// Version 1 (42 bytes) had no owner and no idempotency key; it still reads.
 const RECORD_V1: u8 = 1;
 const RECORD_V1_BYTES: usize = 42;
-const RECORD_VERSION: u8 = 2;
+/// A task without a callback.
+const RECORD_V2: u8 = 2;
+/// A task with a callback: version 2's fields, then the callback's.
+const RECORD_V3: u8 = 3;
 /// version, state, id, n, created, settled, owner, idempotency key (zero
 /// when none): 1 + 1 + 16 + 8 + 8 + 8 + 17 + 16 bytes.
 pub const RECORD_BYTES: usize = 75;
+/// The longest record: one with a callback of the longest URL.
+pub const RECORD_BYTES_MAX: usize = RECORD_BYTES + callback::RECORD_BYTES_MAX;
 
 impl Task {
-    /// The record's value (its key is `seq`).
-    pub fn encode(&self, id: TaskId) -> Vec<u8> {
+    /// The record's value (its key is `seq`), with the task's callback.
+    pub fn encode(&self, id: TaskId, callback: Option<&Callback>) -> Vec<u8> {
         let (state, settled_ms) = match self.settled {
             None => (0u8, 0),
             Some((Outcome::Done, at)) => (1, at),
             Some((Outcome::Failed(Failure::AboveMax), at)) => (2, at),
             Some((Outcome::Cancelled, at)) => (3, at),
         };
-        let mut out = Vec::with_capacity(RECORD_BYTES);
-        out.extend_from_slice(&[RECORD_VERSION, state]);
+        let mut out = Vec::with_capacity(RECORD_BYTES + callback.map_or(0, |c| 8 + c.url.len()));
+        let version = if callback.is_some() {
+            RECORD_V3
+        } else {
+            RECORD_V2
+        };
+        out.extend_from_slice(&[version, state]);
         out.extend_from_slice(&id.bytes());
         out.extend_from_slice(&self.n.to_be_bytes());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&settled_ms.to_be_bytes());
         out.extend_from_slice(&self.owner.0);
         out.extend_from_slice(&self.idempotency.map_or([0; 16], |key| key.0));
+        if let Some(callback) = callback {
+            callback.encode(&mut out);
+        }
         out
     }
 
-    /// The task and its id from a record; None for one this version cannot read.
-    pub fn decode(seq: u64, record: &[u8]) -> Option<(TaskId, Task)> {
-        let (state, rest) = match record {
-            [RECORD_V1, state, rest @ ..] if record.len() == RECORD_V1_BYTES => (*state, rest),
-            [RECORD_VERSION, state, rest @ ..] if record.len() == RECORD_BYTES => (*state, rest),
+    /// The task, its id and its callback from a record; None for one this
+    /// version cannot read.
+    pub fn decode(seq: u64, record: &[u8]) -> Option<(TaskId, Task, Option<Callback>)> {
+        let (state, rest, callback) = match record {
+            [RECORD_V1, state, rest @ ..] if record.len() == RECORD_V1_BYTES => {
+                (*state, rest, None)
+            }
+            [RECORD_V2, state, rest @ ..] if record.len() == RECORD_BYTES => (*state, rest, None),
+            [RECORD_V3, ..] if record.len() > RECORD_BYTES => {
+                let (fixed, tail) = record.split_at(RECORD_BYTES);
+                (fixed[1], &fixed[2..], Some(Callback::decode(tail)?))
+            }
             _ => return None,
         };
         let (id, rest) = rest.split_at(ID_BYTES);
@@ -227,6 +249,7 @@ impl Task {
                 owner,
                 idempotency,
             },
+            callback,
         ))
     }
 }
@@ -284,9 +307,21 @@ mod tests {
                 idempotency,
             };
             let id = TaskId::from_bytes([7; ID_BYTES]);
-            let record = task.encode(id);
+            let record = task.encode(id, None);
             assert_eq!(record.len(), RECORD_BYTES);
-            assert_eq!(Task::decode(42, &record), Some((id, task)));
+            assert_eq!(Task::decode(42, &record), Some((id, task, None)));
+            let callback = Callback {
+                addr: None,
+                ..Callback::new("http://127.0.0.1:9/hook", "127.0.0.1:9".parse().unwrap())
+            };
+            let record = task.encode(id, Some(&callback));
+            assert!(record.len() > RECORD_BYTES && record.len() <= RECORD_BYTES_MAX);
+            assert_eq!(Task::decode(42, &record), Some((id, task, Some(callback))));
+            assert_eq!(
+                Task::decode(42, &record[..RECORD_BYTES + 3]),
+                None,
+                "a cut callback"
+            );
         }
         let mut unknown_state = [2; RECORD_BYTES];
         unknown_state[1] = 9;
@@ -303,7 +338,8 @@ mod tests {
         for word in [100u64, 2_000, 3_000] {
             record.extend_from_slice(&word.to_be_bytes());
         }
-        let (id, task) = Task::decode(3, &record).unwrap();
+        let (id, task, callback) = Task::decode(3, &record).unwrap();
+        assert_eq!(callback, None);
         assert_eq!(id, TaskId::from_bytes([5; ID_BYTES]));
         assert_eq!((task.n, task.settled), (100, Some((Outcome::Done, 3_000))));
         assert_eq!((task.owner, task.idempotency), (Owner::UNKNOWN, None));
