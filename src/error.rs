@@ -258,8 +258,9 @@ impl ApiError {
             }
             ApiError::TaskQueueFull => "too many tasks wait for a computation; retry shortly",
             ApiError::TaskShareFull => {
-                "this client holds --primes-pending-per-client unsettled tasks already; retry \
-                 after Retry-After, once some settle, or cancel some"
+                "this client holds --primes-pending-per-client unsettled tasks (or callbacks \
+                 not delivered yet) already; retry after Retry-After, once some settle, or \
+                 cancel some"
             }
             ApiError::BadIdempotencyKey => {
                 "Idempotency-Key is 1 to 255 visible ASCII characters (a UUID, say); send the \

@@ -127,14 +127,15 @@ pub fn admit_callback(url: &str, allow: &Destinations) -> Result<SocketAddr, Cal
 
 /// n and the callback URL from a task body.
 pub fn parse_body(body: &[u8], max_n: u64) -> Result<TaskBody, TaskBodyError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| TaskBodyError::NotJson)?;
-    let object = value.as_object().ok_or(TaskBodyError::NotAnObject)?;
-    let callback_url = match object.get("callback_url") {
+    let mut value: Value = serde_json::from_slice(body).map_err(|_| TaskBodyError::NotJson)?;
+    let object = value.as_object_mut().ok_or(TaskBodyError::NotAnObject)?;
+    // Taken out of the tree: the URL's string moves, it is not copied.
+    let callback_url = match object.remove("callback_url") {
         None => None,
         Some(Value::String(url)) if url.len() > CALLBACK_URL_MAX => {
             return Err(TaskBodyError::CallbackTooLong);
         }
-        Some(Value::String(url)) => Some(url.clone()),
+        Some(Value::String(url)) => Some(url),
         Some(_) => return Err(TaskBodyError::CallbackNotAString),
     };
     let n = parse_n(object.get("n").ok_or(TaskBodyError::MissingN)?, max_n)?;

@@ -256,6 +256,9 @@ pub struct PrimesService {
     pending: BTreeSet<(u64, TaskId)>,
     /// Unsettled tasks per owner, for fair shares; owners with none are absent.
     pending_by_owner: HashMap<Owner, usize>,
+    /// Callbacks not delivered or failed yet per owner: a promise too, held
+    /// against the same share.
+    callbacks_by_owner: HashMap<Owner, usize>,
     /// Settled tasks whose callback (if any) is final, by when they
     /// settled: retention and eviction take the oldest first.
     expiry: BTreeSet<(u64, TaskId)>,
@@ -300,6 +303,7 @@ impl PrimesService {
             tasks: HashMap::with_capacity(records.len()),
             pending: BTreeSet::new(),
             pending_by_owner: HashMap::new(),
+            callbacks_by_owner: HashMap::new(),
             expiry: BTreeSet::new(),
             deliveries,
             by_idempotency: HashMap::new(),
@@ -328,6 +332,9 @@ impl PrimesService {
                 service.by_idempotency.insert(key, id);
             }
             if let Some(callback) = callback {
+                if !callback.is_final() {
+                    *service.callbacks_by_owner.entry(task.owner).or_default() += 1;
+                }
                 service.deliveries.add(id, callback);
             }
             match task.settled {
@@ -337,6 +344,7 @@ impl PrimesService {
                         service.table_wanted = service.table_wanted.max(task.n);
                     }
                     if service.deliveries.ready(id, now) {
+                        service.release_callback(task.owner);
                         service.mark_dirty(task.seq, id);
                     }
                     service.settled_at(at, id);
@@ -397,6 +405,10 @@ impl PrimesService {
         if callback && !self.deliveries.has_room() {
             return Some(Refused::CallbackBacklog);
         }
+        let callbacks_held = self.callbacks_by_owner.get(&owner).copied().unwrap_or(0);
+        if callback && callbacks_held >= self.limits.pending_per_client {
+            return Some(Refused::ClientShare);
+        }
         if self.is_table_hit(n) {
             return None;
         }
@@ -443,6 +455,7 @@ impl PrimesService {
         }
         if let Some((url, addr)) = callback {
             self.deliveries.add(id, Callback::new(url, addr));
+            *self.callbacks_by_owner.entry(owner).or_default() += 1;
         }
         self.writes.dirty.push((task.seq, id));
         self.park_behind(batch, id, ticket, Effect::Creates);
@@ -764,6 +777,7 @@ impl PrimesService {
         self.mark_dirty(task.seq, id);
         if end != AttemptEnd::Retrying {
             self.expiry.insert((settled_ms, id));
+            self.release_callback(task.owner);
         }
         Some(end)
     }
@@ -915,6 +929,9 @@ impl PrimesService {
     /// Removes a task and every index of it.
     fn forget(&mut self, id: TaskId) -> Option<Task> {
         let task = self.tasks.remove(&id)?;
+        if !self.deliveries.is_settled(id) {
+            self.release_callback(task.owner);
+        }
         self.deliveries.remove(id);
         self.remove_pending(&task, id);
         if let Some((_, at)) = task.settled {
@@ -934,6 +951,16 @@ impl PrimesService {
         }
     }
 
+    /// One of `owner`'s callbacks is final (or gone with its task).
+    fn release_callback(&mut self, owner: Owner) {
+        if let Some(held) = self.callbacks_by_owner.get_mut(&owner) {
+            *held -= 1;
+            if *held == 0 {
+                self.callbacks_by_owner.remove(&owner);
+            }
+        }
+    }
+
     /// A task's settled state is durable: its callback's first attempt is due.
     fn callback_ready(&mut self, id: TaskId, now: Instant) {
         let Some(task) = self.tasks.get(&id).copied() else {
@@ -941,6 +968,7 @@ impl PrimesService {
         };
         if self.deliveries.ready(id, now) {
             // It failed at once (no longer allowed): now it may expire.
+            self.release_callback(task.owner);
             self.mark_dirty(task.seq, id);
             if let Some((_, at)) = task.settled {
                 self.expiry.insert((at, id));
@@ -1531,5 +1559,28 @@ mod tests {
         );
         assert_eq!(s.check_room(100, client(1), false), Ok(()));
         assert_eq!(s.counts().refused_callback_backlog, 1);
+    }
+
+    #[test]
+    fn undelivered_callbacks_count_against_their_clients_share() {
+        let limits = PrimesLimits {
+            pending_per_client: 1,
+            ..PrimesLimits::default()
+        };
+        let (mut s, woken) = service(Vec::new(), limits);
+        let t0 = Instant::now();
+        s.accept(with_callback(1, 100), 1, batch(1), post(1));
+        s.take_writes(batch(1));
+        released(&mut s, 1);
+        finish_sieve(&mut s, &woken, 2);
+        // Settled, so it holds no pending share; its callback holds one.
+        assert_eq!(s.check_room(100, client(1), false), Ok(()));
+        assert_eq!(s.check_room(100, client(1), true), Err(Refused::ClientShare));
+        assert_eq!(s.check_room(100, client(2), true), Ok(()), "another client is served");
+        s.take_writes(batch(2));
+        s.on_commit(CommitEffect::Released(batch(2)), t0, &mut |_, _| {});
+        assert!(s.next_attempt(t0).is_some());
+        s.attempt_done(id(1), Ok(()), t0, 3, 0);
+        assert_eq!(s.check_room(100, client(1), true), Ok(()), "delivered: released");
     }
 }
