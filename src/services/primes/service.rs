@@ -1575,12 +1575,23 @@ mod tests {
         finish_sieve(&mut s, &woken, 2);
         // Settled, so it holds no pending share; its callback holds one.
         assert_eq!(s.check_room(100, client(1), false), Ok(()));
-        assert_eq!(s.check_room(100, client(1), true), Err(Refused::ClientShare));
-        assert_eq!(s.check_room(100, client(2), true), Ok(()), "another client is served");
+        assert_eq!(
+            s.check_room(100, client(1), true),
+            Err(Refused::ClientShare)
+        );
+        assert_eq!(
+            s.check_room(100, client(2), true),
+            Ok(()),
+            "another client is served"
+        );
         s.take_writes(batch(2));
         s.on_commit(CommitEffect::Released(batch(2)), t0, &mut |_, _| {});
         assert!(s.next_attempt(t0).is_some());
         s.attempt_done(id(1), Ok(()), t0, 3, 0);
-        assert_eq!(s.check_room(100, client(1), true), Ok(()), "delivered: released");
+        assert_eq!(
+            s.check_room(100, client(1), true),
+            Ok(()),
+            "delivered: released"
+        );
     }
 }
