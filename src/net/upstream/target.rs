@@ -33,7 +33,12 @@ impl HttpUrl {
     /// Parses `http://host[:port][/path][?query]`; the error names the
     /// form wanted.
     pub fn parse(url: &str) -> Result<HttpUrl, &'static str> {
-        if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+        // `get`, not indexing: a client's URL may put a multi-byte
+        // character across byte 8.
+        if url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        {
             return Err("plain http:// only; put a local TLS proxy in front of an HTTPS server");
         }
         let rest = url
@@ -163,6 +168,10 @@ mod tests {
             "http://127.0.0.1:99999/",
             "http://127.0.0.1:/",
             "http://a b/",
+            "https:/\u{e9}",
+            "http:/\u{e9}x",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+            "http://\u{e9}/",
         ] {
             assert!(Target::resolve(bad).is_err(), "{bad}");
         }
