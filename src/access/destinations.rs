@@ -116,24 +116,12 @@ impl Destinations {
 /// The entries, for the start-up log.
 impl fmt::Display for Destinations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        let mut sep = |f: &mut fmt::Formatter<'_>| {
-            let s = if first { "" } else { ", " };
-            first = false;
-            f.write_str(s)
-        };
-        for range in &self.ranges {
-            sep(f)?;
-            write!(f, "{range}")?;
-        }
-        for host in &self.hosts {
-            sep(f)?;
-            match host.port {
-                Some(port) => write!(f, "{}:{port}", host.name)?,
-                None => f.write_str(&host.name)?,
-            }
-        }
-        Ok(())
+        let ranges = self.ranges.iter().map(ToString::to_string);
+        let hosts = self.hosts.iter().map(|host| match host.port {
+            Some(port) => format!("{}:{port}", host.name),
+            None => host.name.clone(),
+        });
+        f.write_str(&ranges.chain(hosts).collect::<Vec<_>>().join(", "))
     }
 }
 

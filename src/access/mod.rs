@@ -36,6 +36,16 @@ use siphasher::sip128::{Hasher128, SipHasher24};
 use subtle::ConstantTimeEq;
 
 pub use cidr::Cidr;
+
+/// SHA-256 of a key's name, truncated to 128 bits: stable across restarts
+/// and key-file reloads (unlike the key's own hash, keyed per process), so
+/// records may name a key's owner by it.
+pub fn name_digest(name: &str) -> [u8; 16] {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes
+}
 pub use keyfile::{KeyFileError, Scope};
 
 use crate::access::ratelimit::{ClientKey, Limit, RateLimitConfig};
@@ -92,6 +102,8 @@ pub struct Caller {
 /// One loaded key. The key itself is not kept, only its hash.
 struct KeyEntry {
     name: String,
+    /// [`name_digest`] of the name, computed once per load.
+    name_digest: [u8; 16],
     hash: [u8; 16],
     limit: Option<Limit>,
     scopes: Scopes,
@@ -185,6 +197,7 @@ impl Access {
             let (requests, rate_limited) =
                 previous.map_or((0, 0), |p| (p.requests, p.rate_limited));
             self.keys.push(KeyEntry {
+                name_digest: name_digest(&spec.name),
                 hash: self.hash(&spec.key),
                 limit: self.key_limit(&spec),
                 scopes: spec.scopes,
@@ -307,6 +320,13 @@ impl Access {
     /// The key's name, for logs; never the key ("?" after a reload).
     pub fn key_name(&self, key: KeyId) -> &str {
         self.entry(key).map_or("?", |e| e.name.as_str())
+    }
+
+    /// [`name_digest`] of the key's name (of "?" after a reload), kept so a
+    /// request does not hash it again.
+    pub fn key_name_digest(&self, key: KeyId) -> [u8; 16] {
+        self.entry(key)
+            .map_or_else(|| name_digest("?"), |e| e.name_digest)
     }
 
     /// Counts a request made with `key`, for /metrics.

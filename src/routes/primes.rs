@@ -149,7 +149,7 @@ impl App {
     /// Who a task of this caller's belongs to.
     fn owner(&self, caller: &Caller) -> Owner {
         match caller.key {
-            Some(key) => Owner::key(self.access.key_name(key)),
+            Some(key) => Owner::key(self.access.key_name_digest(key)),
             None => Owner::addr(caller.addr),
         }
     }
@@ -320,7 +320,7 @@ impl App {
     pub(super) fn send_callbacks(&mut self) {
         while let Some(attempt) = self.primes.next_attempt(self.now) {
             let id = attempt.key;
-            let Some(request) = self.callback_request(&attempt) else {
+            let Some(request) = self.callback_request(attempt) else {
                 self.callback_attempt_ended(id, Err(AttemptError::NotAllowed));
                 continue;
             };
@@ -374,8 +374,8 @@ impl App {
     /// The signed POST of a settled task's document (without its result,
     /// which the receiver GETs at `task_url`: a result can be 9 MB, a
     /// delivery stays small).
-    fn callback_request(&mut self, attempt: &Attempt<TaskId>) -> Option<Outbound> {
-        let url = HttpUrl::parse(&attempt.url).ok()?;
+    fn callback_request(&mut self, attempt: Attempt<TaskId>) -> Option<Outbound> {
+        let url = HttpUrl::parse(&self.primes.callback(attempt.key)?.url).ok()?;
         let view = self.primes.view(attempt.key)?;
         let body = &mut self.body;
         body.clear();

@@ -85,6 +85,29 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits on every change until `ready` holds (Ok) or `timeout` passes
+    /// (Err); either way with the state locked.
+    fn wait(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&State) -> bool,
+    ) -> Result<MutexGuard<'_, State>, MutexGuard<'_, State>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !ready(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(state);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        Ok(state)
+    }
 }
 
 pub struct Receiver {
@@ -180,46 +203,23 @@ impl Receiver {
         what: &str,
         done: impl Fn(&[Delivery]) -> bool,
     ) -> Vec<Delivery> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        loop {
-            if done(&state.received) {
-                return state.received.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                panic!(
-                    "the receiver did not see {what} within {timeout:?}; it saw {:#?}",
-                    summary(&state.received)
-                );
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+        match self.shared.wait(timeout, |state| done(&state.received)) {
+            Ok(state) => state.received.clone(),
+            Err(state) => panic!(
+                "the receiver did not see {what} within {timeout:?}; it saw {:#?}",
+                summary(&state.received)
+            ),
         }
     }
 
     /// Waits until every connection has ended (after the peer was killed,
     /// so that nothing it sent is still on its way in).
     pub fn wait_idle(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        while !state.streams.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
+        if let Err(state) = self.shared.wait(timeout, |state| state.streams.is_empty()) {
+            panic!(
                 "{} receiver connections still open after {timeout:?}",
                 state.streams.len()
             );
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
         }
     }
 }

@@ -226,14 +226,13 @@ impl Callback {
     }
 }
 
-/// An attempt to make now.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An attempt to make now (its URL is the callback's, [`Deliveries::get`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt<K> {
     pub key: K,
     /// 1 for the first.
     pub number: u16,
     pub addr: SocketAddr,
-    pub url: Box<str>,
 }
 
 /// What an attempt's end decided.
@@ -256,14 +255,47 @@ pub struct CallbackCounts {
     pub failed: u64,
 }
 
-/// The callbacks of every stored task, keyed by the task's key, and the
-/// schedule of their attempts.
-pub struct Deliveries<K> {
+/// A callback and who it is for (the client whose share it holds).
+#[derive(Debug)]
+struct Tracked<O> {
+    callback: Callback,
+    owner: O,
+}
+
+/// Callbacks not delivered or failed yet, in all and per owner (owners
+/// with none are absent).
+#[derive(Debug)]
+struct Undelivered<O> {
+    total: usize,
+    by_owner: HashMap<O, usize>,
+}
+
+impl<O: Copy + Eq + Hash> Undelivered<O> {
+    fn hold(&mut self, owner: O) {
+        self.total += 1;
+        *self.by_owner.entry(owner).or_default() += 1;
+    }
+
+    fn release(&mut self, owner: O) {
+        self.total -= 1;
+        if let Some(held) = self.by_owner.get_mut(&owner) {
+            *held -= 1;
+            if *held == 0 {
+                self.by_owner.remove(&owner);
+            }
+        }
+    }
+}
+
+/// The callbacks of every stored task, keyed by the task's key, with the
+/// owner `O` whose share each holds until it is final, and the schedule of
+/// their attempts.
+pub struct Deliveries<K, O> {
     limits: CallbackLimits,
     /// Keyed once with the secret, cloned for each signature; None when the
     /// server takes no callbacks (then none is ever sent).
     mac: Option<Hmac<Sha256>>,
-    callbacks: HashMap<K, Callback>,
+    callbacks: HashMap<K, Tracked<O>>,
     /// Attempts waiting for their time, by (key, attempt number): a
     /// rescheduled key's older entry is dead.
     due: Deadlines<(K, u16)>,
@@ -272,15 +304,15 @@ pub struct Deliveries<K> {
     scheduled: HashMap<K, (u16, Instant)>,
     /// Keys with an attempt in flight, and since when they are due.
     in_flight: HashMap<K, Instant>,
-    undelivered: usize,
+    undelivered: Undelivered<O>,
     counts: CallbackCounts,
 }
 
-impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
+impl<K: Copy + Eq + Hash + Ord, O: Copy + Eq + Hash> Deliveries<K, O> {
     /// Deliveries signed with `secret`; without one, stored callbacks fail
     /// when due and none is sent. None if the secret is shorter than
     /// [`SECRET_BYTES_MIN`].
-    pub fn new(limits: CallbackLimits, secret: Option<&[u8]>) -> Option<Deliveries<K>> {
+    pub fn new(limits: CallbackLimits, secret: Option<&[u8]>) -> Option<Deliveries<K, O>> {
         let mac = match secret {
             Some(secret) if secret.len() < SECRET_BYTES_MIN => return None,
             Some(secret) => Some(Hmac::new_from_slice(secret).ok()?),
@@ -293,7 +325,10 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
             due: Deadlines::default(),
             scheduled: HashMap::new(),
             in_flight: HashMap::new(),
-            undelivered: 0,
+            undelivered: Undelivered {
+                total: 0,
+                by_owner: HashMap::new(),
+            },
             counts: CallbackCounts::default(),
         })
     }
@@ -304,49 +339,67 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
 
     /// Whether another task with a callback may be accepted.
     pub fn has_room(&self) -> bool {
-        self.undelivered < self.limits.undelivered_max
+        self.undelivered.total < self.limits.undelivered_max
+    }
+
+    /// Callbacks of `owner`'s not delivered or failed yet.
+    pub fn undelivered_of(&self, owner: O) -> usize {
+        self.undelivered.by_owner.get(&owner).copied().unwrap_or(0)
     }
 
     /// Adds a task's callback (accepted now, or read from the store).
-    pub fn add(&mut self, key: K, callback: Callback) {
+    pub fn add(&mut self, key: K, callback: Callback, owner: O) {
+        self.remove(key);
         if !callback.is_final() {
-            self.undelivered += 1;
+            self.undelivered.hold(owner);
         }
-        if let Some(old) = self.callbacks.insert(key, callback)
-            && !old.is_final()
-        {
-            self.undelivered -= 1;
-        }
+        self.callbacks.insert(key, Tracked { callback, owner });
     }
 
     /// Forgets a task's callback (its task is gone).
     pub fn remove(&mut self, key: K) {
         if let Some(old) = self.callbacks.remove(&key)
-            && !old.is_final()
+            && !old.callback.is_final()
         {
-            self.undelivered -= 1;
+            self.undelivered.release(old.owner);
         }
         self.scheduled.remove(&key);
         self.in_flight.remove(&key);
     }
 
     pub fn get(&self, key: K) -> Option<&Callback> {
-        self.callbacks.get(&key)
+        self.callbacks.get(&key).map(|t| &t.callback)
     }
 
     /// Whether the task's callback, if it has one, is delivered or failed:
     /// only then may the task be evicted or expire.
     pub fn is_settled(&self, key: K) -> bool {
-        self.callbacks.get(&key).is_none_or(Callback::is_final)
+        self.get(key).is_none_or(Callback::is_final)
+    }
+
+    /// Ends a delivery: `state` (delivered or failed) is final, and its
+    /// owner's share is free again.
+    fn conclude(&mut self, key: K, state: DeliveryState) {
+        let Some(tracked) = self.callbacks.get_mut(&key) else {
+            return;
+        };
+        tracked.callback.state = state;
+        self.undelivered.release(tracked.owner);
+        match state {
+            DeliveryState::Delivered => self.counts.delivered += 1,
+            DeliveryState::Failed => self.counts.failed += 1,
+            DeliveryState::Pending => {}
+        }
     }
 
     /// The task's settled state is durable: its first attempt is due now.
     /// A callback whose URL is no longer allowed fails instead (true: its
     /// record changed).
     pub fn ready(&mut self, key: K, now: Instant) -> bool {
-        let Some(callback) = self.callbacks.get_mut(&key) else {
+        let Some(tracked) = self.callbacks.get_mut(&key) else {
             return false;
         };
+        let callback = &mut tracked.callback;
         if callback.is_final()
             || self.scheduled.contains_key(&key)
             || self.in_flight.contains_key(&key)
@@ -354,10 +407,8 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
             return false;
         }
         if callback.addr.is_none() || self.mac.is_none() {
-            callback.state = DeliveryState::Failed;
             callback.last_error = Some(AttemptError::NotAllowed);
-            self.undelivered -= 1;
-            self.counts.failed += 1;
+            self.conclude(key, DeliveryState::Failed);
             return true;
         }
         let number = callback.attempts + 1;
@@ -378,20 +429,15 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
             let Some((_, since)) = self.scheduled.remove(&key) else {
                 continue;
             };
-            let Some(callback) = self.callbacks.get_mut(&key) else {
+            let Some(tracked) = self.callbacks.get_mut(&key) else {
                 continue;
             };
-            let Some(addr) = callback.addr else {
+            let Some(addr) = tracked.callback.addr else {
                 continue;
             };
-            callback.attempts = number;
+            tracked.callback.attempts = number;
             self.in_flight.insert(key, since);
-            return Some(Attempt {
-                key,
-                number,
-                addr,
-                url: callback.url.clone(),
-            });
+            return Some(Attempt { key, number, addr });
         }
     }
 
@@ -408,12 +454,10 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
         jitter: u64,
     ) -> Option<AttemptEnd> {
         let since = self.in_flight.remove(&key)?;
-        let callback = self.callbacks.get_mut(&key)?;
+        let callback = &mut self.callbacks.get_mut(&key)?.callback;
         let error = match result {
             Ok(()) => {
-                callback.state = DeliveryState::Delivered;
-                self.undelivered -= 1;
-                self.counts.delivered += 1;
+                self.conclude(key, DeliveryState::Delivered);
                 return Some(AttemptEnd::Delivered {
                     latency: now.saturating_duration_since(since),
                 });
@@ -421,15 +465,14 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
             Err(error) => error,
         };
         callback.last_error = Some(error);
-        let delay = backoff(self.limits.backoff, callback.attempts, jitter);
+        let attempts = callback.attempts;
+        let delay = backoff(self.limits.backoff, attempts, jitter);
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         if now_ms.saturating_add(delay_ms) > give_up_ms {
-            callback.state = DeliveryState::Failed;
-            self.undelivered -= 1;
-            self.counts.failed += 1;
+            self.conclude(key, DeliveryState::Failed);
             return Some(AttemptEnd::Failed);
         }
-        let number = callback.attempts.saturating_add(1);
+        let number = attempts.saturating_add(1);
         self.counts.retried += 1;
         self.schedule(key, number, now + delay, since);
         Some(AttemptEnd::Retrying)
@@ -472,7 +515,7 @@ impl<K: Copy + Eq + Hash + Ord> Deliveries<K> {
 
     /// Callbacks not delivered or failed yet.
     pub fn undelivered(&self) -> usize {
-        self.undelivered
+        self.undelivered.total
     }
 
     pub fn in_flight(&self) -> usize {
@@ -509,7 +552,8 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef-test-secret";
 
-    fn deliveries(limits: CallbackLimits) -> Deliveries<u32> {
+    /// Keys are task numbers; owners are client numbers.
+    fn deliveries(limits: CallbackLimits) -> Deliveries<u32, u8> {
         Deliveries::new(limits, Some(SECRET)).unwrap()
     }
 
@@ -554,8 +598,8 @@ mod tests {
             "t=1700000000,v1=d71584963629558aee7291fbcf1373e2a5ee4ead78e5c489ebfeed5d13f4f050"
         );
         assert_ne!(d.signature(1_700_000_001, b"{}").unwrap(), signature);
-        assert!(Deliveries::<u32>::new(CallbackLimits::default(), Some(b"short")).is_none());
-        let unsigned = Deliveries::<u32>::new(CallbackLimits::default(), None).unwrap();
+        assert!(Deliveries::<u32, u8>::new(CallbackLimits::default(), Some(b"short")).is_none());
+        let unsigned = Deliveries::<u32, u8>::new(CallbackLimits::default(), None).unwrap();
         assert_eq!(unsigned.signature(1, b"{}"), None);
     }
 
@@ -567,7 +611,7 @@ mod tests {
         };
         let mut d = deliveries(limits);
         let t0 = Instant::now();
-        d.add(1, Callback::new("http://127.0.0.1:9/", addr()));
+        d.add(1, Callback::new("http://127.0.0.1:9/", addr()), 1);
         assert_eq!(d.next_attempt(t0), None, "not due before its task settled");
         assert!(!d.ready(1, t0));
         let first = d.next_attempt(t0).unwrap();
@@ -627,9 +671,10 @@ mod tests {
         };
         let mut d = deliveries(limits);
         let t0 = Instant::now();
-        d.add(1, Callback::new("http://127.0.0.1:9/a", addr()));
+        d.add(1, Callback::new("http://127.0.0.1:9/a", addr()), 1);
         assert!(!d.has_room());
-        d.add(2, Callback::new("http://127.0.0.1:9/b", addr()));
+        d.add(2, Callback::new("http://127.0.0.1:9/b", addr()), 1);
+        assert_eq!((d.undelivered_of(1), d.undelivered_of(2)), (2, 0));
         d.ready(1, t0);
         d.ready(2, t0);
         assert!(d.next_attempt(t0).is_some());
@@ -644,9 +689,11 @@ mod tests {
             })
         );
         assert!(d.is_settled(1) && !d.is_settled(2));
+        assert_eq!(d.undelivered_of(1), 1, "the delivered one frees its share");
         assert_eq!(d.next_attempt(later).map(|a| a.key), Some(2));
         d.remove(2);
         assert!(d.has_room());
+        assert_eq!(d.undelivered_of(1), 0);
         assert_eq!(d.attempt_done(2, Ok(()), later, 0, u64::MAX, 0), None);
     }
 
@@ -655,7 +702,7 @@ mod tests {
         let mut d = deliveries(CallbackLimits::default());
         let mut stored = Callback::new("http://10.0.0.1/", addr());
         stored.addr = None;
-        d.add(7, stored);
+        d.add(7, stored, 1);
         assert!(d.ready(7, Instant::now()), "its record changes");
         let callback = d.get(7).unwrap();
         assert_eq!(

@@ -256,14 +256,11 @@ pub struct PrimesService {
     pending: BTreeSet<(u64, TaskId)>,
     /// Unsettled tasks per owner, for fair shares; owners with none are absent.
     pending_by_owner: HashMap<Owner, usize>,
-    /// Callbacks not delivered or failed yet per owner: a promise too, held
-    /// against the same share.
-    callbacks_by_owner: HashMap<Owner, usize>,
     /// Settled tasks whose callback (if any) is final, by when they
     /// settled: retention and eviction take the oldest first.
     expiry: BTreeSet<(u64, TaskId)>,
     /// The tasks' callbacks and the schedule of their deliveries.
-    deliveries: Deliveries<TaskId>,
+    deliveries: Deliveries<TaskId, Owner>,
     /// The task each stored idempotency key was posted for.
     by_idempotency: HashMap<IdempotencyKey, TaskId>,
     /// `[2, 3, …` for the first `table_len` primes; shared by every reply.
@@ -291,7 +288,7 @@ impl PrimesService {
     /// without an address fails).
     pub fn new(
         limits: PrimesLimits,
-        deliveries: Deliveries<TaskId>,
+        deliveries: Deliveries<TaskId, Owner>,
         worker: Rc<ComputeWorker>,
         records: Vec<(TaskId, Task, Option<Callback>)>,
         now_ms: u64,
@@ -303,7 +300,6 @@ impl PrimesService {
             tasks: HashMap::with_capacity(records.len()),
             pending: BTreeSet::new(),
             pending_by_owner: HashMap::new(),
-            callbacks_by_owner: HashMap::new(),
             expiry: BTreeSet::new(),
             deliveries,
             by_idempotency: HashMap::new(),
@@ -332,10 +328,7 @@ impl PrimesService {
                 service.by_idempotency.insert(key, id);
             }
             if let Some(callback) = callback {
-                if !callback.is_final() {
-                    *service.callbacks_by_owner.entry(task.owner).or_default() += 1;
-                }
-                service.deliveries.add(id, callback);
+                service.deliveries.add(id, callback, task.owner);
             }
             match task.settled {
                 None => service.add_pending(&task, id),
@@ -344,7 +337,6 @@ impl PrimesService {
                         service.table_wanted = service.table_wanted.max(task.n);
                     }
                     if service.deliveries.ready(id, now) {
-                        service.release_callback(task.owner);
                         service.mark_dirty(task.seq, id);
                     }
                     service.settled_at(at, id);
@@ -405,8 +397,8 @@ impl PrimesService {
         if callback && !self.deliveries.has_room() {
             return Some(Refused::CallbackBacklog);
         }
-        let callbacks_held = self.callbacks_by_owner.get(&owner).copied().unwrap_or(0);
-        if callback && callbacks_held >= self.limits.pending_per_client {
+        // An undelivered callback is a promise too, held against the same share.
+        if callback && self.deliveries.undelivered_of(owner) >= self.limits.pending_per_client {
             return Some(Refused::ClientShare);
         }
         if self.is_table_hit(n) {
@@ -454,8 +446,7 @@ impl PrimesService {
             self.by_idempotency.insert(key, id);
         }
         if let Some((url, addr)) = callback {
-            self.deliveries.add(id, Callback::new(url, addr));
-            *self.callbacks_by_owner.entry(owner).or_default() += 1;
+            self.deliveries.add(id, Callback::new(url, addr), owner);
         }
         self.writes.dirty.push((task.seq, id));
         self.park_behind(batch, id, ticket, Effect::Creates);
@@ -777,7 +768,6 @@ impl PrimesService {
         self.mark_dirty(task.seq, id);
         if end != AttemptEnd::Retrying {
             self.expiry.insert((settled_ms, id));
-            self.release_callback(task.owner);
         }
         Some(end)
     }
@@ -929,9 +919,6 @@ impl PrimesService {
     /// Removes a task and every index of it.
     fn forget(&mut self, id: TaskId) -> Option<Task> {
         let task = self.tasks.remove(&id)?;
-        if !self.deliveries.is_settled(id) {
-            self.release_callback(task.owner);
-        }
         self.deliveries.remove(id);
         self.remove_pending(&task, id);
         if let Some((_, at)) = task.settled {
@@ -951,16 +938,6 @@ impl PrimesService {
         }
     }
 
-    /// One of `owner`'s callbacks is final (or gone with its task).
-    fn release_callback(&mut self, owner: Owner) {
-        if let Some(held) = self.callbacks_by_owner.get_mut(&owner) {
-            *held -= 1;
-            if *held == 0 {
-                self.callbacks_by_owner.remove(&owner);
-            }
-        }
-    }
-
     /// A task's settled state is durable: its callback's first attempt is due.
     fn callback_ready(&mut self, id: TaskId, now: Instant) {
         let Some(task) = self.tasks.get(&id).copied() else {
@@ -968,7 +945,6 @@ impl PrimesService {
         };
         if self.deliveries.ready(id, now) {
             // It failed at once (no longer allowed): now it may expire.
-            self.release_callback(task.owner);
             self.mark_dirty(task.seq, id);
             if let Some((_, at)) = task.settled {
                 self.expiry.insert((at, id));
@@ -991,6 +967,7 @@ impl PrimesService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::name_digest;
     use crate::services::compute::Output;
     use crate::services::primes::callback::CallbackLimits;
     use std::sync::mpsc;
@@ -1002,30 +979,32 @@ mod tests {
         records: Vec<(TaskId, Task)>,
         limits: PrimesLimits,
     ) -> (PrimesService, mpsc::Receiver<()>) {
+        let records = records.into_iter().map(|(id, t)| (id, t, None)).collect();
+        service_with(records, limits, CallbackLimits::default())
+    }
+
+    /// A service started from records that may carry callbacks; the
+    /// receiver hears each finished computation.
+    fn service_with(
+        records: Vec<(TaskId, Task, Option<Callback>)>,
+        limits: PrimesLimits,
+        callbacks: CallbackLimits,
+    ) -> (PrimesService, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel();
         let worker = ComputeWorker::spawn(1, 4, move || {
             let _ = tx.send(());
         })
         .unwrap();
-        (
-            PrimesService::new(
-                limits,
-                deliveries(),
-                Rc::new(worker),
-                records.into_iter().map(|(id, t)| (id, t, None)).collect(),
-                1_000,
-                Instant::now(),
-            ),
-            rx,
-        )
-    }
-
-    fn deliveries() -> Deliveries<TaskId> {
-        let limits = CallbackLimits {
-            backoff: Duration::from_millis(100),
-            ..CallbackLimits::default()
-        };
-        Deliveries::new(limits, Some(b"a test secret of 16+ bytes")).unwrap()
+        let deliveries = Deliveries::new(callbacks, Some(b"a test secret of 16+ bytes")).unwrap();
+        let service = PrimesService::new(
+            limits,
+            deliveries,
+            Rc::new(worker),
+            records,
+            1_000,
+            Instant::now(),
+        );
+        (service, rx)
     }
 
     /// Waits for the sieve and hands its table to the service.
@@ -1387,7 +1366,7 @@ mod tests {
     fn cancelling_answers_readers_once_durable_and_a_failed_commit_undoes_it() {
         let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
         let by_key = NewTask {
-            owner: Owner::key("alice"),
+            owner: Owner::key(name_digest("alice")),
             ..posted(2, 500)
         };
         s.accept(posted(1, 100), 1_000, batch(1), post(1));
@@ -1399,11 +1378,11 @@ mod tests {
             Err(CancelRefused::Running)
         );
         assert_eq!(
-            s.check_cancel(id(2), Owner::key("bob")),
+            s.check_cancel(id(2), Owner::key(name_digest("bob"))),
             Err(CancelRefused::NotOwner)
         );
         assert_eq!(
-            s.check_cancel(id(2), Owner::key("alice")),
+            s.check_cancel(id(2), Owner::key(name_digest("alice"))),
             Ok(Cancel::Takes)
         );
         assert_eq!(
@@ -1421,7 +1400,7 @@ mod tests {
         s.cancel(id(2), 1_005, batch(2), post(4));
         assert_eq!(s.view(id(2)).unwrap().status, Status::Cancelled);
         assert_eq!(
-            s.check_cancel(id(2), Owner::key("alice")),
+            s.check_cancel(id(2), Owner::key(name_digest("alice"))),
             Ok(Cancel::Repeats)
         );
         assert_eq!(
@@ -1507,14 +1486,9 @@ mod tests {
             (id(2), task, Some(stored)),
             (id(3), Task { seq: 2, ..task }, Some(unresolved)),
         ];
-        let (tx, _rx) = mpsc::channel();
-        let worker = ComputeWorker::spawn(1, 4, move || {
-            let _ = tx.send(());
-        })
-        .unwrap();
-        let now = Instant::now();
         let limits = PrimesLimits::default();
-        let mut s = PrimesService::new(limits, deliveries(), Rc::new(worker), records, 10, now);
+        let (mut s, _woken) = service_with(records, limits, CallbackLimits::default());
+        let now = Instant::now();
         assert_eq!(s.next_attempt(now).map(|a| a.key), Some(id(2)));
         assert_eq!(s.next_attempt(now), None);
         let gone = s.callback(id(3)).unwrap();
@@ -1528,20 +1502,7 @@ mod tests {
             undelivered_max: 1,
             ..CallbackLimits::default()
         };
-        let (tx, _rx) = mpsc::channel();
-        let worker = ComputeWorker::spawn(1, 4, move || {
-            let _ = tx.send(());
-        })
-        .unwrap();
-        let d = Deliveries::new(limits, Some(b"a test secret of 16+ bytes")).unwrap();
-        let mut s = PrimesService::new(
-            PrimesLimits::default(),
-            d,
-            Rc::new(worker),
-            Vec::new(),
-            1,
-            Instant::now(),
-        );
+        let (mut s, _woken) = service_with(Vec::new(), PrimesLimits::default(), limits);
         let key = IdempotencyKey::new(client(1), b"k").unwrap();
         let keyed = NewTask {
             idempotency: Some(key),

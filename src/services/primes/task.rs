@@ -66,11 +66,11 @@ impl Owner {
     /// Tasks stored by a version that did not record owners.
     pub const UNKNOWN: Owner = Owner([0; OWNER_BYTES]);
 
-    pub fn key(name: &str) -> Owner {
-        let digest = Sha256::digest(name.as_bytes());
+    /// An API key by [`crate::access::name_digest`] of its name.
+    pub fn key(name_digest: [u8; 16]) -> Owner {
         let mut bytes = [0u8; OWNER_BYTES];
         bytes[0] = 1;
-        bytes[1..].copy_from_slice(&digest[..16]);
+        bytes[1..].copy_from_slice(&name_digest);
         Owner(bytes)
     }
 
@@ -257,6 +257,7 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::name_digest;
 
     #[test]
     fn ids_round_trip_and_only_canonical_text_parses() {
@@ -288,7 +289,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let owner = Owner::key("alice");
+        let owner = Owner::key(name_digest("alice"));
         for (settled, idempotency) in [
             (None, None),
             (
@@ -350,9 +351,9 @@ mod tests {
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(Owner::addr(v4), Owner::addr(mapped));
-        assert_ne!(Owner::addr(v4), Owner::key("192.0.2.7"));
-        assert!(Owner::key("a").is_key() && !Owner::addr(v4).is_key());
-        let (a, b) = (Owner::key("a"), Owner::key("b"));
+        assert_ne!(Owner::addr(v4), Owner::key(name_digest("192.0.2.7")));
+        assert!(Owner::key(name_digest("a")).is_key() && !Owner::addr(v4).is_key());
+        let (a, b) = (Owner::key(name_digest("a")), Owner::key(name_digest("b")));
         assert_eq!(IdempotencyKey::new(a, b"k"), IdempotencyKey::new(a, b"k"));
         assert_ne!(IdempotencyKey::new(a, b"k"), IdempotencyKey::new(b, b"k"));
         assert!(IdempotencyKey::new(a, &[b'x'; IDEMPOTENCY_KEY_MAX]).is_some());
