@@ -23,7 +23,7 @@ use crate::services::primes::callback::{Callback, Deliveries};
 use crate::services::primes::service::PrimesService;
 use crate::services::primes::task::{self, Task, TaskId};
 use crate::services::random::RandomSource;
-use crate::services::smart::SmartService;
+use crate::services::smart::service::SmartService;
 use crate::services::stepper::Stepper;
 use crate::store::IndexStore;
 use crate::store::committer::Committer;
@@ -206,13 +206,29 @@ fn log_settings(config: &Config, access: &Access) {
             "not rate limited"
         },
     );
-    if let Some(upstream) = &config.smart.upstream {
+    for upstream in &config.smart.upstreams {
         log::info!(
             target: "fibd",
             "/api/smart calls http://{}{} at {}",
             upstream.host,
             upstream.target,
             upstream.addr
+        );
+    }
+    if !config.smart.upstreams.is_empty() {
+        let budget = match config.smart.budget {
+            Some(b) => format!(
+                "{}.{}% of first attempts plus {}/s",
+                b.per_mille / 10,
+                b.per_mille % 10,
+                b.min_per_sec
+            ),
+            None => "off".to_owned(),
+        };
+        log::info!(
+            target: "fibd",
+            "/api/smart hedges after {}; extra-attempt budget {budget}",
+            config.smart.hedge_after
         );
     }
     if let Some(trace) = &config.trace {

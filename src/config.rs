@@ -17,7 +17,10 @@ use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig}
 use crate::services::fib::service::FibLimits;
 use crate::services::primes::PrimesLimits;
 use crate::services::primes::callback::{CallbackLimits, SECRET_BYTES_MIN, Secret};
-use crate::services::smart::SmartConfig;
+use crate::services::smart::budget::BudgetConfig;
+use crate::services::smart::delay::HedgeAfter;
+use crate::services::smart::hosts::HOSTS_MAX;
+use crate::services::smart::service::SmartConfig;
 use crate::store::etcd::{ClusterConfig, ReadMode};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -138,10 +141,20 @@ OPTIONS:
                               (needs --api-keys) [env FIBD_PROTECT_STEPS=1]
     --trusted-proxy CIDR      believe Forwarded / X-Forwarded-For from peers in this range;
                               repeatable [env FIBD_TRUSTED_PROXIES, comma-separated]
-    --upstream URL            the http:// upstream /api/smart calls, resolved at start-up
-                              [env FIBD_UPSTREAM] (default none: /api/smart answers 503)
-    --hedge-after MS          send two more attempts when the first has not succeeded
-                              this long [env FIBD_HEDGE_AFTER] (default 300)
+    --upstream URL            an http:// upstream host /api/smart calls, resolved at start-up;
+                              repeatable (up to 16): a call's attempts go to different hosts,
+                              and one that keeps failing is taken out of rotation for a while
+                              [env FIBD_UPSTREAM, comma-separated] (default none: 503)
+    --hedge-after MS|pNN      send two more attempts when the first has not succeeded this
+                              long: milliseconds, or a percentile of the upstream's successful
+                              latency over the last 10 s (p50 to p99.9, e.g. p95), kept within
+                              5 ms to 10 s [env FIBD_HEDGE_AFTER] (default 300)
+    --hedge-budget PCT|off    extra attempts (retries and hedges) at most this share of the
+                              first attempts of the last 10 s; hedges stop at half of it
+                              (0% to 200%, e.g. 20% or 12.5%) [env FIBD_HEDGE_BUDGET]
+                              (default 20%)
+    --hedge-budget-min N      extra attempts a second allowed on top of the share, so a quiet
+                              service still retries [env FIBD_HEDGE_BUDGET_MIN] (default 10)
     --upstream-max-conns N    outbound connections at most, idle ones included; past it
                               /api/smart answers 503 at once [env FIBD_UPSTREAM_MAX_CONNS]
                               (default 512)
@@ -241,8 +254,12 @@ struct Raw {
     /// Comma-separated, from the environment; replaced by any flags.
     trusted_proxies: Option<String>,
     trusted_proxy_flags: Vec<String>,
+    /// Comma-separated, from the environment; replaced by any flags.
     upstream: Option<String>,
-    hedge_after_ms: Option<String>,
+    upstream_flags: Vec<String>,
+    hedge_after: Option<String>,
+    hedge_budget: Option<String>,
+    hedge_budget_min: Option<String>,
     upstream_conns_max: Option<String>,
     trace_zipkin: Option<String>,
     trace_sample: Option<String>,
@@ -293,7 +310,10 @@ pub fn from_args(
         trusted_proxies: env("FIBD_TRUSTED_PROXIES"),
         trusted_proxy_flags: Vec::new(),
         upstream: env("FIBD_UPSTREAM"),
-        hedge_after_ms: env("FIBD_HEDGE_AFTER"),
+        upstream_flags: Vec::new(),
+        hedge_after: env("FIBD_HEDGE_AFTER"),
+        hedge_budget: env("FIBD_HEDGE_BUDGET"),
+        hedge_budget_min: env("FIBD_HEDGE_BUDGET_MIN"),
         upstream_conns_max: env("FIBD_UPSTREAM_MAX_CONNS"),
         trace_zipkin: env("FIBD_TRACE_ZIPKIN"),
         trace_sample: env("FIBD_TRACE_SAMPLE"),
@@ -337,7 +357,7 @@ pub fn from_args(
             *switch = Some(inline_value.unwrap_or_else(|| "1".to_owned()));
             continue;
         }
-        let (mut proxy, mut allow) = (None, None);
+        let (mut proxy, mut allow, mut upstream) = (None, None, None);
         let slot = match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--trusted-proxy" => &mut proxy,
@@ -362,8 +382,10 @@ pub fn from_args(
             "--idle-timeout-ms" => &mut raw.idle_timeout_ms,
             "--rate-limit" => &mut raw.rate_limit,
             "--rate-burst" => &mut raw.rate_burst,
-            "--upstream" => &mut raw.upstream,
-            "--hedge-after" => &mut raw.hedge_after_ms,
+            "--upstream" => &mut upstream,
+            "--hedge-after" => &mut raw.hedge_after,
+            "--hedge-budget" => &mut raw.hedge_budget,
+            "--hedge-budget-min" => &mut raw.hedge_budget_min,
             "--upstream-max-conns" => &mut raw.upstream_conns_max,
             "--trace-zipkin" => &mut raw.trace_zipkin,
             "--trace-sample" => &mut raw.trace_sample,
@@ -390,6 +412,7 @@ pub fn from_args(
         *slot = Some(value);
         raw.trusted_proxy_flags.extend(proxy);
         raw.callback_allow_flags.extend(allow);
+        raw.upstream_flags.extend(upstream);
     }
     let config = validate(raw)?;
     Ok(if healthcheck {
@@ -402,6 +425,7 @@ pub fn from_args(
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let primes = primes_limits(&raw)?;
     let callbacks = callbacks(&raw)?;
+    let smart = smart_config(&raw)?;
     let listen_text = raw
         .listen
         .clone()
@@ -502,7 +526,6 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         raw.trusted_proxies,
         raw.trusted_proxy_flags,
     )?;
-    let smart = smart_config(raw.upstream, raw.hedge_after_ms, raw.upstream_conns_max)?;
     let trace = trace(raw.trace_zipkin, raw.trace_sample)?;
     Ok(Config {
         listen,
@@ -765,41 +788,114 @@ fn primes_limits(raw: &Raw) -> Result<PrimesLimits, ConfigError> {
     })
 }
 
-/// /api/smart's upstream (resolved here, once: never a lookup on the loop),
-/// hedge delay and outbound connection bound.
-fn smart_config(
-    upstream: Option<String>,
-    hedge_after_ms: Option<String>,
-    conns_max: Option<String>,
-) -> Result<SmartConfig, ConfigError> {
+/// /api/smart's upstream hosts (resolved here, once: never a lookup on the
+/// loop), hedge delay, extra-attempt budget and outbound connection bound.
+fn smart_config(raw: &Raw) -> Result<SmartConfig, ConfigError> {
     let defaults = SmartConfig::default();
-    let upstream = match upstream.filter(|u| !u.is_empty()) {
-        None => None,
-        Some(url) => Some(
-            Target::resolve(&url).map_err(|expected| ConfigError::Invalid {
+    let urls: Vec<&str> = if raw.upstream_flags.is_empty() {
+        raw.upstream
+            .iter()
+            .flat_map(|list| list.split(','))
+            .collect()
+    } else {
+        raw.upstream_flags.iter().map(String::as_str).collect()
+    };
+    let urls: Vec<&str> = urls
+        .into_iter()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.len() > HOSTS_MAX {
+        return Err(ConfigError::Invalid {
+            setting: "upstream",
+            value: urls.join(","),
+            expected: "at most 16 upstream hosts",
+        });
+    }
+    let upstreams = urls
+        .into_iter()
+        .map(|url| {
+            Target::resolve(url).map_err(|expected| ConfigError::Invalid {
                 setting: "upstream",
-                value: url,
+                value: url.to_owned(),
                 expected,
-            })?,
-        ),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let hedge_after = match raw.hedge_after.as_deref().map(str::trim) {
+        None => defaults.hedge_after,
+        Some(text) => hedge_after(text).ok_or_else(|| ConfigError::Invalid {
+            setting: "hedge delay",
+            value: text.to_owned(),
+            expected: "milliseconds from 1 to 60000, or a percentile from p50 to p99.9 (e.g. p95)",
+        })?,
+    };
+    let min_per_sec = number(
+        raw.hedge_budget_min.clone(),
+        u64::from(BudgetConfig::default().min_per_sec),
+        "hedge budget minimum",
+        0..=100_000,
+        "extra attempts a second, from 0 to 100000",
+    )? as u32;
+    let budget = match raw.hedge_budget.as_deref().map(str::trim) {
+        None => defaults.budget.map(|b| BudgetConfig { min_per_sec, ..b }),
+        Some("off") => None,
+        Some(text) => Some(BudgetConfig {
+            per_mille: per_mille(text)
+                .filter(|&p| p <= 2000)
+                .ok_or_else(|| ConfigError::Invalid {
+                    setting: "hedge budget",
+                    value: text.to_owned(),
+                    expected: "a share from 0% to 200% (at most one decimal, e.g. 20% or 12.5%), or off",
+                })?,
+            min_per_sec,
+        }),
     };
     Ok(SmartConfig {
-        upstream,
-        hedge_after: Duration::from_millis(number(
-            hedge_after_ms,
-            defaults.hedge_after.as_millis() as u64,
-            "hedge delay",
-            1..=60_000,
-            "milliseconds from 1 to 60000",
-        )?),
+        upstreams,
+        hedge_after,
+        budget,
         conns_max: number(
-            conns_max,
+            raw.upstream_conns_max.clone(),
             defaults.conns_max as u64,
             "upstream max conns",
             1..=100_000,
             "an integer from 1 to 100000",
         )? as usize,
     })
+}
+
+/// `--hedge-after`: `MS` (1 to 60000) or `pNN[.N]` (p50 to p99.9).
+fn hedge_after(text: &str) -> Option<HedgeAfter> {
+    if let Some(percentile) = text.strip_prefix('p') {
+        return per_mille(percentile)
+            .filter(|p| (500..=999).contains(p))
+            .and_then(|p| u16::try_from(p).ok())
+            .map(HedgeAfter::Percentile);
+    }
+    let ms: u64 = text
+        .parse()
+        .ok()
+        .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))?;
+    (1..=60_000)
+        .contains(&ms)
+        .then(|| HedgeAfter::Fixed(Duration::from_millis(ms)))
+}
+
+/// A percentage with at most one decimal (`20`, `20%`, `12.5%`) in
+/// thousandths: 200, 200, 125.
+fn per_mille(text: &str) -> Option<u32> {
+    let number = text.strip_suffix('%').unwrap_or(text);
+    let (whole, tenth) = match number.split_once('.') {
+        Some((w, t)) if t.len() == 1 => (w, t),
+        Some(_) => return None,
+        None => (number, "0"),
+    };
+    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(tenth) {
+        return None;
+    }
+    Some(whole.parse::<u32>().ok()? * 10 + tenth.parse::<u32>().ok()?)
 }
 
 fn access(
@@ -995,10 +1091,21 @@ mod tests {
         assert!(parse(&["--listen", "nonsense"], &[]).is_err());
         let err = parse(&["--upstream", "https://127.0.0.1/"], &[]).unwrap_err();
         assert!(err.to_string().contains("TLS proxy"), "{err}");
-        for bad in ["0", "60001", "x"] {
+        for bad in [
+            "0", "60001", "x", "p", "p49", "p100", "p95.55", "-5", "95ms",
+        ] {
             let err = parse(&["--hedge-after", bad], &[]).unwrap_err();
-            assert!(err.to_string().contains("hedge delay"), "{err}");
+            assert!(err.to_string().contains("hedge delay"), "{bad}: {err}");
         }
+        for bad in ["201%", "x", "-1%", "12.55%", "%", "1e2", "on"] {
+            let err = parse(&["--hedge-budget", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("hedge budget"), "{bad}: {err}");
+        }
+        let seventeen: Vec<String> = (0..17)
+            .map(|i| format!("http://127.0.0.1:{}/", 9000 + i))
+            .collect();
+        let err = parse(&[], &[("FIBD_UPSTREAM", &seventeen.join(","))]).unwrap_err();
+        assert!(err.to_string().contains("at most 16"), "{err}");
         assert!(parse(&["--upstream-max-conns", "0"], &[]).is_err());
     }
 
@@ -1012,12 +1119,69 @@ mod tests {
             ],
             &[("FIBD_UPSTREAM_MAX_CONNS", "7")],
         );
-        let upstream = c.smart.upstream.expect("an upstream");
+        let [upstream] = c.smart.upstreams.as_slice() else {
+            panic!("one upstream: {:?}", c.smart.upstreams);
+        };
         assert_eq!(upstream.addr.to_string(), "127.0.0.1:9000");
         assert_eq!(upstream.target, "/api/data");
-        assert_eq!(c.smart.hedge_after, Duration::from_millis(50));
+        assert_eq!(
+            c.smart.hedge_after,
+            HedgeAfter::Fixed(Duration::from_millis(50))
+        );
         assert_eq!(c.smart.conns_max, 7);
         assert_eq!(serve(&[], &[]).smart, SmartConfig::default());
+    }
+
+    #[test]
+    fn hedging_takes_several_hosts_a_percentile_and_a_budget() {
+        let c = serve(
+            &[
+                "--upstream",
+                "http://127.0.0.1:9000/a",
+                "--upstream=http://127.0.0.1:9001/b",
+                "--hedge-after",
+                "p99.5",
+                "--hedge-budget",
+                "12.5%",
+                "--hedge-budget-min=0",
+            ],
+            &[("FIBD_UPSTREAM", "http://127.0.0.1:1/ignored")],
+        );
+        let hosts: Vec<String> = c
+            .smart
+            .upstreams
+            .iter()
+            .map(|u| u.addr.to_string())
+            .collect();
+        assert_eq!(
+            hosts,
+            ["127.0.0.1:9000", "127.0.0.1:9001"],
+            "flags replace the env"
+        );
+        assert_eq!(c.smart.hedge_after, HedgeAfter::Percentile(995));
+        assert_eq!(
+            c.smart.budget,
+            Some(BudgetConfig {
+                per_mille: 125,
+                min_per_sec: 0
+            })
+        );
+        let c = serve(
+            &[],
+            &[
+                (
+                    "FIBD_UPSTREAM",
+                    "http://127.0.0.1:9000/, http://127.0.0.1:9001/",
+                ),
+                ("FIBD_HEDGE_BUDGET", "off"),
+                ("FIBD_HEDGE_AFTER", "p95"),
+            ],
+        );
+        assert_eq!(c.smart.upstreams.len(), 2);
+        assert_eq!(c.smart.budget, None);
+        assert_eq!(c.smart.hedge_after, HedgeAfter::Percentile(950));
+        let c = serve(&["--hedge-budget", "0"], &[]);
+        assert_eq!(c.smart.budget.map(|b| b.per_mille), Some(0));
     }
 
     #[test]

@@ -429,7 +429,8 @@ impl ApiError {
 }
 
 /// /api/smart's failure: the kind as `error` (for programs), elapsed
-/// `time` and `attempts` sent, and a `detail` for people.
+/// `time` and `attempts` sent, `budget_exhausted` when the extra-attempt
+/// budget kept the call from retrying or hedging, and a `detail` for people.
 fn upstream_body(f: UpstreamFailure, request_id: &RequestId) -> Vec<u8> {
     let mut out = Vec::with_capacity(200);
     out.extend_from_slice(b"{\"error\": \"");
@@ -438,6 +439,12 @@ fn upstream_body(f: UpstreamFailure, request_id: &RequestId) -> Vec<u8> {
     digits::write_u64(&mut out, f.time_ms);
     out.extend_from_slice(b", \"attempts\": ");
     digits::write_u64(&mut out, u64::from(f.attempts));
+    let budget: &[u8] = if f.budget_exhausted {
+        b", \"budget_exhausted\": true"
+    } else {
+        b", \"budget_exhausted\": false"
+    };
+    out.extend_from_slice(budget);
     if let Failure::Status(status) = f.failure {
         out.extend_from_slice(b", \"upstream_status\": ");
         digits::write_u64(&mut out, u64::from(status));
@@ -448,11 +455,18 @@ fn upstream_body(f: UpstreamFailure, request_id: &RequestId) -> Vec<u8> {
         out.extend_from_slice(b" ");
         digits::write_u64(&mut out, u64::from(status));
     }
+    if f.budget_exhausted {
+        out.extend_from_slice(BUDGET_EXHAUSTED.as_bytes());
+    }
     out.extend_from_slice(b"\", \"request_id\": \"");
     write_json_str(&mut out, request_id.as_bytes());
     out.extend_from_slice(b"\"}\n");
     out
 }
+
+/// What a failed call adds when the budget refused its extra attempts.
+const BUDGET_EXHAUSTED: &str = "; budget exhausted: no more attempts were sent, as extra attempts \
+     (retries and hedges) already reached --hedge-budget's share of recent calls";
 
 fn upstream_detail(failure: Failure) -> &'static str {
     match failure {

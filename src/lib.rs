@@ -43,7 +43,12 @@
 //!   - `primes`: primes as durable background tasks (sieve, records,
 //!     retention and eviction, fair shares, idempotency keys, cancellation,
 //!     signed completion callbacks with retries);
-//!   - `smart`: /api/smart's hedging plan as a state machine;
+//!   - `smart`: /api/smart's guarded hedging: `plan` (one call's plan as
+//!     a state machine), `budget` (the cap on extra attempts over a
+//!     sliding window), `delay` (a fixed or percentile hedge delay from a
+//!     windowed histogram), `hosts` (round robin over the upstream hosts
+//!     with outlier ejection and probes), `service` (the live calls and
+//!     what they share); `mod.rs` is the calls' vocabulary;
 //!   - `random`: /v1/random on the OS CSPRNG;
 //!   - `compute`: the low-priority threads and one bounded queue for every
 //!     long computation.
@@ -79,7 +84,8 @@
 //!   upstream responses.
 //! - [`base`]: small structures every wing uses: `slab` (keys with a free
 //!   list), `deadlines` (a lazy-deletion deadline heap), `recency` (O(1)
-//!   LRU order), `digits` (integers into bytes without `fmt`), `time`.
+//!   LRU order), `window` (a sliding window of time in slices), `digits`
+//!   (integers into bytes without `fmt`), `time`.
 //!
 //! Sockets are registered once, edge triggered, and readiness is
 //! remembered per connection: unlike rustls's mio example, which derives

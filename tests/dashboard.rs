@@ -1,5 +1,6 @@
 //! The built-in dashboard: served whole from the binary, and, in a real
-//! headless Chromium against fibd under load, every chart fed with data.
+//! headless Chromium against fibd under load, every chart fed with data,
+//! the upstream's extra load included.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use serde_json::Value;
+use support::upstream::{Answer, FakeUpstream};
 use support::{DataDir, Fibd};
 
 #[test]
@@ -104,22 +106,8 @@ fn in_chromium_every_chart_has_data_under_load() {
         ],
     );
     let load = Load::start(&fibd);
-    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dashboard-check.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{}/dashboard", fibd.addr))
-        .args(["--seconds", "8", "--screenshot"])
-        .arg(&screenshot)
-        .output()
-        .expect("run scripts/dashboard-check.py (python3 and chromium)");
+    let page = check_in_chromium(&fibd, "dashboard");
     drop(load);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let page: Value = serde_json::from_slice(&output.stdout).expect("the page's state as JSON");
     assert_eq!(page["errors"], 0, "{page:#}");
     assert!(page["polls"].as_u64() >= Some(5), "{page:#}");
     assert_eq!(page["status"], "live");
@@ -141,10 +129,83 @@ fn in_chromium_every_chart_has_data_under_load() {
         let state = page["panels"][panel]["state"].as_str().unwrap();
         assert!(state == "nodata" || state == "data", "{panel}: {state}");
     }
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let png = std::fs::read(&screenshot).expect("a screenshot");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "{} bytes",
         png.len()
+    );
+}
+
+/// Runs scripts/dashboard-check.py on fibd's page for a few seconds; the
+/// page's state as it reports it.
+fn check_in_chromium(fibd: &Fibd, name: &str) -> Value {
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.png"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dashboard-check.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/dashboard", fibd.addr))
+        .args(["--seconds", "8", "--screenshot"])
+        .arg(&screenshot)
+        .output()
+        .expect("run scripts/dashboard-check.py (python3 and chromium)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the page's state as JSON")
+}
+
+#[test]
+#[ignore = "needs chromium: run scripts/test"]
+fn in_chromium_the_upstream_panels_show_the_extra_load() {
+    // A third of the upstream's answers fail, so calls retry: extra load.
+    let upstream = FakeUpstream::start(|seen| {
+        if seen.index % 3 == 0 {
+            Answer::status(0, 500)
+        } else {
+            Answer::json(0, "{\"v\": 1}")
+        }
+    });
+    let data = DataDir::new("dash-upstream");
+    let url = upstream.url();
+    let fibd = Fibd::start(&data, &["--upstream", &url, "--rate-limit", "0"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (stop, addr) = (stop.clone(), fibd.addr);
+        thread::spawn(move || {
+            let mut client = support::Client::connect(addr);
+            // Bounded: a few minutes of calls at most.
+            for _ in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                client.request("GET", "/api/smart?timeout=1000", &[]);
+                thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    let page = check_in_chromium(&fibd, "dashboard-upstream");
+    stop.store(true, Ordering::Relaxed);
+    caller.join().expect("the caller");
+    assert_eq!(page["errors"], 0, "{page:#}");
+    for panel in ["smart", "upstream", "extraload"] {
+        let p = &page["panels"][panel];
+        assert_eq!(p["state"], "data", "{panel}: {p}");
+        assert!(p["points"].as_u64() >= Some(4), "{panel}: {p}");
+    }
+    let upstream_legend = page["panels"]["upstream"]["legend"].as_str().unwrap();
+    for kind in ["first", "retry", "refused"] {
+        assert!(
+            upstream_legend.contains(kind),
+            "{kind} in {upstream_legend}"
+        );
+    }
+    let extra = page["panels"]["extraload"]["legend"].as_str().unwrap();
+    assert!(
+        extra.contains("extra") && extra.contains("budget used"),
+        "{extra}"
     );
 }

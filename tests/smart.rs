@@ -432,7 +432,13 @@ fn current_stays_fast_while_hundreds_of_calls_hang() {
     let _timing = timing();
     let upstream = FakeUpstream::start(|_| Answer::silent());
     let data = DataDir::new("smart-hang");
-    let fibd = fibd_for(&data, &upstream, &["--upstream-max-conns", "1000"]);
+    // No budget: this is about the loop holding every attempt the seed's
+    // plan sends, not about capping them.
+    let fibd = fibd_for(
+        &data,
+        &upstream,
+        &["--upstream-max-conns", "1000", "--hedge-budget", "off"],
+    );
     let mut hanging: Vec<Client> = (0..200).map(|_| fibd.connect()).collect();
     let request = support::request_bytes("GET", "/api/smart?timeout=20000", &[]);
     for client in &mut hanging {

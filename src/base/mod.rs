@@ -4,3 +4,4 @@ pub mod digits;
 pub mod recency;
 pub mod slab;
 pub mod time;
+pub mod window;

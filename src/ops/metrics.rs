@@ -10,6 +10,7 @@
 //! (`fibd_primes_tasks_total{status}`, `fibd_primes_queue_length` and
 //! `_capacity`, the table; see `expose_primes`) and /api/smart
 //! (`fibd_smart_calls_total{outcome}`, `fibd_smart_attempts`,
+//! `fibd_smart_attempts_sent_total{kind}`, the budget and the hosts,
 //! `fibd_upstream_duration_seconds`; see `expose_upstream`).
 
 use std::fmt::Write as _;
@@ -19,7 +20,9 @@ use crate::http::response::Status;
 use crate::routes::route::Route;
 use crate::services::primes::callback::CallbackCounts;
 use crate::services::primes::service::PrimesCounts;
-use crate::services::smart::CallEnd;
+use crate::services::smart::hosts::HostOutcome;
+use crate::services::smart::service::SmartGauges;
+use crate::services::smart::{AttemptKind, CallEnd};
 use crate::store::etcd::{CallKind, EtcdStats};
 
 /// One row per route, plus one for requests that matched none.
@@ -105,6 +108,7 @@ pub struct Gauges {
     pub fib_queue_capacity: usize,
     pub rate_limit_clients: usize,
     pub upstream: crate::net::upstream::PoolStats,
+    pub smart: SmartGauges,
     pub trace_spans_recorded: u64,
     pub trace_spans_dropped: u64,
     pub trace_spans_exported: u64,
@@ -527,6 +531,7 @@ impl Metrics {
             "/api/smart's upstream calls, from the send to the answer or failure (cancelled ones excluded).",
             &self.upstream_seconds,
         );
+        self.expose_hedging(&gauges.smart, sink);
         let pool = gauges.upstream;
         let scalars: [(Kind, &str, &str, u64); 4] = [
             (
@@ -556,6 +561,98 @@ impl Metrics {
         ];
         for (kind, name, help, value) in scalars {
             sink.scalar(kind, name, help, value);
+        }
+    }
+
+    /// /api/smart's attempts by kind, its budget, its delay and its hosts.
+    fn expose_hedging(&self, smart: &SmartGauges, sink: &mut dyn Exposition) {
+        let counts = smart.counts;
+        sink.family(
+            Kind::Counter,
+            "fibd_smart_attempts_sent_total",
+            "Upstream attempts sent, by kind: first (one per call), hedge (the hedge delay passed), \
+             retry (an attempt failed). Extra load on the upstream is (hedge + retry) / first.",
+            &["kind"],
+        );
+        for (kind, count) in AttemptKind::LABELS.iter().zip(counts.sent) {
+            sink.series(&[kind], count);
+        }
+        sink.family(
+            Kind::Counter,
+            "fibd_smart_attempts_won_total",
+            "Attempts whose answer was the call's, by kind (hedge and retry: extra attempts that won).",
+            &["kind"],
+        );
+        for (kind, count) in AttemptKind::LABELS.iter().zip(counts.won) {
+            sink.series(&[kind], count);
+        }
+        let budget = smart.budget;
+        let mut scalars: Vec<(Kind, &'static str, &'static str, u64)> = vec![
+            (
+                Kind::Counter,
+                "fibd_smart_attempts_cancelled_total",
+                "Attempts cancelled in flight: another answered first, the caller left, or the deadline passed.",
+                counts.cancelled,
+            ),
+            (
+                Kind::Counter,
+                "fibd_smart_budget_refused_total",
+                "Extra attempts a call asked for that the budget (--hedge-budget) refused.",
+                counts.budget_refused,
+            ),
+            (
+                Kind::Gauge,
+                "fibd_smart_budget_spent",
+                "Extra attempts sent in the budget's window (the last 10 s).",
+                budget.spent,
+            ),
+        ];
+        if let Some(allowed) = budget.allowed {
+            scalars.push((
+                Kind::Gauge,
+                "fibd_smart_budget_allowed",
+                "Extra attempts the budget allows in its window: the share of first attempts plus the minimum.",
+                allowed,
+            ));
+        }
+        for (kind, name, help, value) in scalars {
+            sink.scalar(kind, name, help, value);
+        }
+        sink.seconds(
+            "fibd_smart_hedge_delay_seconds",
+            "The hedge delay a call starting now gets (--hedge-after; a percentile moves with the upstream).",
+            smart.hedge_delay,
+        );
+        let hosts: Vec<_> = smart.hosts.iter().flatten().collect();
+        let names: Vec<String> = hosts.iter().map(|h| h.addr.to_string()).collect();
+        sink.family(
+            Kind::Counter,
+            "fibd_upstream_host_attempts_total",
+            "/api/smart attempts by upstream host and how they ended.",
+            &["host", "outcome"],
+        );
+        for (host, name) in hosts.iter().zip(&names) {
+            for (outcome, count) in HostOutcome::LABELS.iter().zip(host.outcomes) {
+                sink.series(&[name, outcome], count);
+            }
+        }
+        sink.family(
+            Kind::Gauge,
+            "fibd_upstream_host_in_rotation",
+            "1 while an upstream host takes attempts, 0 while it is ejected or being probed.",
+            &["host"],
+        );
+        for (host, name) in hosts.iter().zip(&names) {
+            sink.series(&[name], u64::from(host.in_rotation));
+        }
+        sink.family(
+            Kind::Counter,
+            "fibd_upstream_host_ejections_total",
+            "Times an upstream host was taken out of rotation after failing in a row.",
+            &["host"],
+        );
+        for (host, name) in hosts.iter().zip(&names) {
+            sink.series(&[name], host.ejections);
         }
     }
 
@@ -745,6 +842,8 @@ trait Exposition {
     );
     fn series(&mut self, label_values: &[&str], value: u64);
     fn histogram(&mut self, name: &'static str, help: &str, histogram: &Histogram);
+    /// A gauge of a duration, in seconds (microsecond precision).
+    fn seconds(&mut self, name: &'static str, help: &str, value: Duration);
 }
 
 /// The Prometheus text format 0.0.4.
@@ -764,6 +863,11 @@ impl Exposition for PrometheusText<'_> {
     fn scalar(&mut self, kind: Kind, name: &'static str, help: &str, value: u64) {
         self.header(kind.as_str(), name, help);
         let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    fn seconds(&mut self, name: &'static str, help: &str, value: Duration) {
+        self.header("gauge", name, help);
+        let _ = writeln!(self.out, "{name} {:.6}", value.as_secs_f64());
     }
 
     fn family(
@@ -891,6 +995,11 @@ impl Exposition for Json<'_> {
     fn scalar(&mut self, _: Kind, name: &'static str, _: &str, value: u64) {
         self.key(name);
         let _ = write!(self.out, "{value}");
+    }
+
+    fn seconds(&mut self, name: &'static str, _: &str, value: Duration) {
+        self.key(name);
+        let _ = write!(self.out, "{:.6}", value.as_secs_f64());
     }
 
     fn family(&mut self, _: Kind, name: &'static str, _: &str, labels: &'static [&'static str]) {

@@ -15,7 +15,7 @@ use crate::ops::trace::SpanStart;
 use crate::reply::park::{ConnId, Ticket};
 use crate::services::fib::Value;
 use crate::services::primes::task::TaskId;
-use crate::services::smart::SmartReply;
+use crate::services::smart::service::SmartReply;
 use crate::services::stepper::StepReply;
 
 /// How a reply is written and accounted, decided when its request arrived:

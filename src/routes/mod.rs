@@ -50,7 +50,7 @@ use crate::services::compute::{ComputeWorker, Job, Output as Computed};
 use crate::services::fib::service::FibService;
 use crate::services::primes::service::{PrimesService, Settle};
 use crate::services::random::RandomSource;
-use crate::services::smart::SmartService;
+use crate::services::smart::service::SmartService;
 use crate::services::stepper::{StepReply, Stepper};
 use crate::store::committer::{Committer, CommitterGone};
 use crate::store::ledger::CommitOutcome;

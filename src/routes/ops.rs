@@ -30,6 +30,7 @@ impl App {
             fib_queue_capacity: self.compute.queue_max(),
             rate_limit_clients: self.limiter.clients(),
             upstream: self.upstream.stats(),
+            smart: self.smart.gauges(self.now),
             trace_spans_recorded: self.tracer.as_ref().map_or(0, |t| t.counts().recorded),
             trace_spans_dropped: self.tracer.as_ref().map_or(0, |t| t.counts().dropped),
             trace_spans_exported: self.tracer.as_ref().map_or(0, |t| t.counts().exported),

@@ -17,9 +17,10 @@ use crate::net::session::Reply;
 use crate::net::upstream::{CallError, Completion, Response};
 use crate::reply::output::Output;
 use crate::reply::park::{ConnId, Ticket};
-use crate::services::smart::{
-    self, Attempt, CallEnd, Failure, Live, Outcome, Plan, SmartReply, Step, UpstreamFailure,
-};
+use crate::services::smart::hosts::HostOutcome;
+use crate::services::smart::plan::{self, Outcome, Step};
+use crate::services::smart::service::{Attempt, Live, SmartReply};
+use crate::services::smart::{self, AttemptKind, CallEnd, Failure, UpstreamFailure};
 
 /// Tokens one call costs: it may hold up to three outbound connections for
 /// up to a minute, so it weighs more than a cached answer.
@@ -37,32 +38,39 @@ impl App {
     ) -> Result<Answer, ApiError> {
         let timeout = smart::parse_timeout(request.query)
             .map_err(|message| ApiError::BadQuery { message })?;
-        if self.smart.request().is_none() {
+        if !self.smart.is_configured() {
             let failure = Failure::NotConfigured;
             self.metrics.smart_outcome(CallEnd::Failed(failure), 0);
             return Err(ApiError::Upstream(UpstreamFailure {
                 failure,
                 time_ms: 0,
                 attempts: 0,
+                budget_exhausted: false,
             }));
         }
         self.charge(caller, SMART_COST)?;
         let deadline = self.now + timeout;
         // The span waits with the call; it ends when the reply is written.
         let ticket = self.park(conn, Waiting::Smart, *shape, Some(deadline))?;
-        let (plan, step) = Plan::start(self.now, self.smart.config().hedge_after);
+        let (plan, step) = self.smart.plan(self.now);
         let live = Live {
             plan,
             started: self.now,
             deadline,
-            attempts: Vec::with_capacity(usize::from(smart::ATTEMPTS_MAX)),
+            attempts: Vec::with_capacity(usize::from(plan::ATTEMPTS_MAX)),
+            tried: 0,
         };
         self.smart.insert(ticket, live);
         match self.smart_step(ticket, step, Vec::new()) {
             // Not even the first attempt found a connection: say so now
             // (the request's own span ends with that answer).
             Some(SmartReply {
-                outcome: Outcome::Failure { failure, attempts },
+                outcome:
+                    Outcome::Failure {
+                        failure,
+                        attempts,
+                        budget_exhausted,
+                    },
                 time_ms,
                 ..
             }) => {
@@ -71,6 +79,7 @@ impl App {
                     failure,
                     time_ms,
                     attempts,
+                    budget_exhausted,
                 }))
             }
             reply => {
@@ -106,7 +115,7 @@ impl App {
     /// The caller hung up: its attempts are cancelled.
     pub(super) fn abandon_smart(&mut self, ticket: Ticket, shape: &Shape) {
         if let Some(live) = self.smart.remove(ticket) {
-            self.cancel_attempts(&live, shape);
+            self.cancel_attempts(&live, shape, HostOutcome::Cancelled);
             self.metrics
                 .smart_outcome(CallEnd::ClientGone, live.plan.attempts());
         }
@@ -121,34 +130,54 @@ impl App {
         let attempt = live.take_attempt(done.call);
         let received = done.result.as_ref().map_or(0, |r| r.status);
         let (step, answer, outcome) = match judge(done.result) {
-            Ok(answer) => (live.plan.succeeded(), answer, "won"),
-            Err(failure) => (live.plan.failed(failure), Vec::new(), "failed"),
+            Ok(answer) => (live.plan.succeeded(), answer, HostOutcome::Ok),
+            Err(failure) => (
+                live.plan.failed(failure),
+                Vec::new(),
+                HostOutcome::Failed(failure),
+            ),
         };
-        if let (Some(attempt), Some(request_id)) = (attempt, request_id) {
-            self.finish_span(attempt.span, received, request_id, Some(outcome));
+        if let Some(attempt) = attempt {
+            self.smart
+                .attempt_ended(&attempt, outcome, done.elapsed, self.now);
+            if let Some(request_id) = request_id {
+                let label = if outcome == HostOutcome::Ok {
+                    "won"
+                } else {
+                    "failed"
+                };
+                self.finish_span(attempt.span, received, request_id, Some(label));
+            }
         }
         self.smart_settle(ticket, step, answer);
     }
 
-    /// Cancels a call's attempts still in flight; their spans end cancelled.
-    fn cancel_attempts(&mut self, live: &Live, shape: &Shape) {
+    /// Cancels a call's attempts still in flight, each ending so for its
+    /// host (cancelled, or timed out at the caller's deadline); their spans
+    /// end cancelled.
+    fn cancel_attempts(&mut self, live: &Live, shape: &Shape, outcome: HostOutcome) {
         for attempt in &live.attempts {
             self.upstream.cancel(attempt.call);
+            let elapsed = self.now.saturating_duration_since(live.started);
+            self.smart
+                .attempt_ended(attempt, outcome, elapsed, self.now);
             self.finish_span(attempt.span, 0, shape.request_id, Some("cancelled"));
         }
     }
 
-    /// Sends one attempt, traced when the request is: a child span, and its
-    /// context in the attempt's `traceparent`. False if no connection is free.
-    fn send_attempt(&mut self, ticket: Ticket) -> bool {
+    /// Sends one attempt of this kind, to a host the call has not tried if
+    /// it can, traced when the request is: a child span, and its context in
+    /// the attempt's `traceparent`. False if no connection is free.
+    fn send_attempt(&mut self, ticket: Ticket, kind: AttemptKind) -> bool {
         let (Some(live), Some(parked)) = (self.smart.get(ticket), self.parking.get(ticket)) else {
             return false;
         };
-        let (deadline, parent) = (live.deadline, parked.payload.shape.span);
+        let (deadline, tried, parent) = (live.deadline, live.tried, parked.payload.shape.span);
+        let host = self.smart.pick_host(tried, self.now);
         let span = self.child_span(parent, "upstream", "GET");
         let request = match &span {
-            Some(span) => self.smart.traced_request(&span.context.traceparent()),
-            None => self.smart.request().cloned(),
+            Some(span) => self.smart.traced_request(host, &span.context.traceparent()),
+            None => self.smart.request(host).cloned(),
         };
         let Some(request) = request else {
             return false;
@@ -157,7 +186,13 @@ impl App {
         match self.upstream.send(tag, &request, deadline, self.now) {
             Ok(call) => {
                 if let Some(live) = self.smart.get_mut(ticket) {
-                    live.attempts.push(Attempt { call, span });
+                    live.attempts.push(Attempt {
+                        call,
+                        host,
+                        kind,
+                        span,
+                    });
+                    live.tried |= 1 << host;
                 }
                 true
             }
@@ -184,24 +219,32 @@ impl App {
         loop {
             match step {
                 Step::Wait => return None,
-                Step::Send(asked) => {
+                Step::Send { count, kind } => {
+                    let admitted = self.smart.admit(kind, count, self.now);
                     let mut sent = 0;
-                    while sent < asked && self.send_attempt(ticket) {
+                    while sent < admitted && self.send_attempt(ticket, kind) {
                         sent += 1;
                     }
-                    step = self.smart.get_mut(ticket)?.plan.sent(asked, sent);
+                    self.smart.sent(kind, sent, self.now);
+                    step = self.smart.get_mut(ticket)?.plan.sent(count, admitted, sent);
                 }
                 Step::Answer(outcome) => {
                     let live = self.smart.remove(ticket)?;
-                    if let Some(shape) = self.parking.get(ticket).map(|p| p.payload.shape) {
-                        self.cancel_attempts(&live, &shape);
-                    }
                     let (end, attempts) = match outcome {
                         Outcome::Success { attempts } => (CallEnd::Ok, attempts),
-                        Outcome::Failure { failure, attempts } => {
-                            (CallEnd::Failed(failure), attempts)
-                        }
+                        Outcome::Failure {
+                            failure, attempts, ..
+                        } => (CallEnd::Failed(failure), attempts),
                     };
+                    // Attempts still out when the deadline passed were too
+                    // slow: that is their host's failure.
+                    let left = match end {
+                        CallEnd::Failed(Failure::Timeout) => HostOutcome::Failed(Failure::Timeout),
+                        _ => HostOutcome::Cancelled,
+                    };
+                    if let Some(shape) = self.parking.get(ticket).map(|p| p.payload.shape) {
+                        self.cancel_attempts(&live, &shape, left);
+                    }
                     self.metrics.smart_outcome(end, attempts);
                     return Some(SmartReply {
                         outcome,
@@ -240,11 +283,16 @@ impl App {
                 }
                 Status::OK
             }
-            Outcome::Failure { failure, attempts } => {
+            Outcome::Failure {
+                failure,
+                attempts,
+                budget_exhausted,
+            } => {
                 let error = ApiError::Upstream(UpstreamFailure {
                     failure,
                     time_ms: reply.time_ms,
                     attempts,
+                    budget_exhausted,
                 });
                 self.write_error(error, shape, out)
             }

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod linearizability;
+pub mod load;
 pub mod nginx;
 pub mod receiver;
 pub mod upstream;
