@@ -138,8 +138,7 @@ impl App {
             ),
         };
         if let Some(attempt) = attempt {
-            self.smart
-                .attempt_ended(&attempt, outcome, done.elapsed, self.now);
+            self.smart.attempt_ended(&attempt, outcome, self.now);
             if let Some(request_id) = request_id {
                 let label = if outcome == HostOutcome::Ok {
                     "won"
@@ -158,9 +157,7 @@ impl App {
     fn cancel_attempts(&mut self, live: &Live, shape: &Shape, outcome: HostOutcome) {
         for attempt in &live.attempts {
             self.upstream.cancel(attempt.call);
-            let elapsed = self.now.saturating_duration_since(live.started);
-            self.smart
-                .attempt_ended(attempt, outcome, elapsed, self.now);
+            self.smart.attempt_ended(attempt, outcome, self.now);
             self.finish_span(attempt.span, 0, shape.request_id, Some("cancelled"));
         }
     }
@@ -190,6 +187,7 @@ impl App {
                         call,
                         host,
                         kind,
+                        sent_at: self.now,
                         span,
                     });
                     live.tried |= 1 << host;

@@ -1,7 +1,8 @@
 //! The upstream hosts (`--upstream`, repeated) and which of them an attempt
 //! goes to. Hedging pays most when a backup attempt goes to another
 //! replica, so the attempts of one call go to hosts it has not tried yet,
-//! round robin among those in rotation.
+//! round robin among those in rotation (and back to one it has tried
+//! rather than to an ejected one).
 //!
 //! Outlier ejection, as Envoy's `consecutive_5xx` does it: a host whose
 //! last [`EJECT_AFTER`] attempts all failed is taken out of rotation for a
@@ -128,10 +129,15 @@ impl Hosts {
             return 0;
         }
         let untried = |h: usize| tried & (1 << h) == 0;
+        let healthy = |h: usize| self.hosts[h].takes_attempts(now);
         let order = (0..n).map(|i| (self.next + i) % n);
+        // A host in rotation the call has not tried; else one in rotation
+        // it has (a retry to a healthy host beats one to an ejected host);
+        // else, every host out, one it has not tried; else any.
         let choice = order
             .clone()
-            .find(|&h| untried(h) && self.hosts[h].takes_attempts(now))
+            .find(|&h| untried(h) && healthy(h))
+            .or_else(|| order.clone().find(|&h| healthy(h)))
             .or_else(|| order.clone().find(|&h| untried(h)))
             .unwrap_or(self.next % n);
         self.next = (choice + 1) % n;
@@ -248,7 +254,11 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(h.pick(0, t0), 0, "only host 0 is in rotation");
         }
-        assert_eq!(h.pick(1, t0), 1, "a call that tried 0 still goes to 1");
+        assert_eq!(
+            h.pick(1, t0),
+            0,
+            "a call that tried 0 retries there, not on the ejected host"
+        );
         // After its first back-off (1 s), one probe; it fails: out for 2 s.
         let t1 = t0 + Duration::from_secs(1);
         assert!(picks(&mut h, 2, t1).contains(&1), "the probe");

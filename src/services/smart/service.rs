@@ -78,6 +78,7 @@ pub struct Attempt {
     /// The host it went to, by its place in `--upstream` order.
     pub host: usize,
     pub kind: AttemptKind,
+    pub sent_at: Instant,
     /// Its client span, a child of the request's; its context went out in
     /// the attempt's `traceparent`.
     pub span: Option<SpanStart>,
@@ -186,19 +187,14 @@ impl SmartService {
         self.hosts.pick(tried, now)
     }
 
-    /// An attempt ended so, `elapsed` after it was sent: its host's record,
-    /// and for a success the latency the hedge delay learns from.
-    pub fn attempt_ended(
-        &mut self,
-        attempt: &Attempt,
-        outcome: HostOutcome,
-        elapsed: Duration,
-        now: Instant,
-    ) {
+    /// An attempt ended so: its host's record, and for a success the
+    /// latency the hedge delay learns from.
+    pub fn attempt_ended(&mut self, attempt: &Attempt, outcome: HostOutcome, now: Instant) {
         self.hosts.outcome(attempt.host, outcome, now);
         match outcome {
             HostOutcome::Ok => {
-                self.delay.observe(elapsed, now);
+                let latency = now.saturating_duration_since(attempt.sent_at);
+                self.delay.observe(latency, now);
                 self.counts.won[attempt.kind.slot()] += 1;
             }
             HostOutcome::Cancelled => self.counts.cancelled += 1,
