@@ -63,8 +63,10 @@ echo "== promtool check rules"
 promtool check rules deploy/prometheus/alerts.yml
 
 FIBD_PORT=$(free_port)
+# fibd's own /current is the /api/smart upstream: a real JSON answer over
+# loopback, so the hedging and per-host families have series.
 "$FIBD" --listen "127.0.0.1:$FIBD_PORT" --data-dir "$WORK/data" --rate-limit 1500 --rate-limit-loopback \
-    >"$WORK/fibd.log" 2>&1 &
+    --upstream "http://127.0.0.1:$FIBD_PORT/current" >"$WORK/fibd.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$FIBD_PORT/healthz" 30
 
@@ -90,6 +92,10 @@ wait_http "$PROM/-/ready" 30
 echo "== load: every kind of request for 15 s (wrk, bench/wrk/mixed.lua; a 1,500 req/s limit so some get 429)"
 timeout 30 wrk -t1 -c10 -d15s -s bench/wrk/mixed.lua "http://127.0.0.1:$FIBD_PORT" >"$WORK/wrk-mixed.log" 2>&1
 grep -E "Requests/sec|Non-2xx" "$WORK/wrk-mixed.log" || true
+echo "== /api/smart: 50 calls"
+for _ in $(seq 1 50); do
+    curl -sS -o /dev/null "http://127.0.0.1:$FIBD_PORT/api/smart?timeout=500"
+done
 
 echo "== every panel expression and alert signal, through $PROM/api/v1/query"
 python3 scripts/promql-check.py exprs "$PROM" "http://127.0.0.1:$FIBD_PORT/metrics" \
