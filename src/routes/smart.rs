@@ -194,8 +194,12 @@ impl App {
                 }
                 true
             }
-            // An attempt never sent leaves no span.
-            Err(_) => false,
+            // An attempt never sent leaves no span, and owes its host
+            // nothing (a probe it was goes to the next attempt).
+            Err(_) => {
+                self.smart.attempt_unsent(host, self.now);
+                false
+            }
         }
     }
 

@@ -180,6 +180,16 @@ impl Hosts {
         }
     }
 
+    /// The attempt `pick` chose `host` for was never sent (no free
+    /// connection): a probe it would have been is still owed.
+    pub fn unsent(&mut self, host: usize, now: Instant) {
+        if let Some(h) = self.hosts.get_mut(host)
+            && h.state == State::Probing
+        {
+            h.state = State::Out { until: now };
+        }
+    }
+
     /// Every host's counters and whether it is in rotation.
     pub fn stats(&self) -> impl Iterator<Item = HostStats> + '_ {
         self.hosts.iter().map(|h| HostStats {
@@ -276,17 +286,37 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_probe_lets_the_next_attempt_probe() {
+    fn an_unfinished_probe_is_owed_to_the_next_attempt() {
         let t0 = Instant::now();
-        let mut h = hosts(2);
-        for _ in 0..EJECT_AFTER {
-            fail(&mut h, 0, t0);
-        }
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(h.pick(0, t1), 0, "probe");
-        h.outcome(0, HostOutcome::Cancelled, t1);
-        assert_eq!(h.pick(0, t1), 1);
-        assert_eq!(h.pick(0, t1), 0, "probe again");
+        // Cancelled (another attempt answered first), or never sent (no free
+        // connection): either way the next attempt probes.
+        let unfinished: [fn(&mut Hosts, Instant); 2] = [
+            |h, now| h.outcome(0, HostOutcome::Cancelled, now),
+            |h, now| h.unsent(0, now),
+        ];
+        for (i, end) in unfinished.into_iter().enumerate() {
+            let mut h = hosts(2);
+            for _ in 0..EJECT_AFTER {
+                fail(&mut h, 0, t0);
+            }
+            assert_eq!(h.pick(0, t1), 0, "probe");
+            end(&mut h, t1);
+            assert_eq!(h.pick(0, t1), 1);
+            assert_eq!(h.pick(0, t1), 0, "probe again");
+            let cancelled = h.stats().next().unwrap().outcomes[5];
+            assert_eq!(
+                cancelled,
+                u64::from(i == 0),
+                "an unsent attempt counts nowhere"
+            );
+        }
+        let mut h = hosts(2);
+        h.unsent(1, t0);
+        assert!(
+            h.stats().all(|s| s.in_rotation),
+            "a host in rotation stays so"
+        );
     }
 
     #[test]

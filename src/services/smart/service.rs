@@ -187,6 +187,11 @@ impl SmartService {
         self.hosts.pick(tried, now)
     }
 
+    /// The attempt meant for `host` found no free connection.
+    pub fn attempt_unsent(&mut self, host: usize, now: Instant) {
+        self.hosts.unsent(host, now);
+    }
+
     /// An attempt ended so: its host's record, and for a success the
     /// latency the hedge delay learns from.
     pub fn attempt_ended(&mut self, attempt: &Attempt, outcome: HostOutcome, now: Instant) {
