@@ -2,8 +2,9 @@
 //! loopback (tests/support/etcd.rs) and three fibd nodes on it: steps from
 //! many clients over all nodes, a recorded history checked for
 //! linearizability, kill -9 of a node, of etcd's leader and then of a second
-//! member (quorum lost and back), an etcd member stopped mid-call, and the
-//! fairness of the compare-and-put race with one member down.
+//! member (quorum lost and back), an etcd member stopped mid-call, the
+//! fairness of the compare-and-put race with one member down, and a real
+//! network partition: a node cut off from etcd by iptables.
 //!
 //! Each test starts its own etcd cluster; they run one at a time, since each
 //! keeps the two cores busy with six processes and eight clients.
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use support::etcd::EtcdCluster;
 use support::linearizability::{History, Op, Outcome, Ret, StepperRegister};
+use support::partition::{self, Partition};
 use support::{Client, DataDir, Fibd};
 
 /// Short etcd deadlines for the fault tests: a call's, and a request's wait.
@@ -65,11 +67,23 @@ struct Node {
     name: String,
     data: DataDir,
     args: Vec<String>,
+    /// Run under this uid, so a partition can cut it off alone.
+    uid: Option<u32>,
     fibd: Option<Fibd>,
 }
 
 impl Node {
     fn start(name: &str, endpoints: &str, cluster: &str, extra: &[&str]) -> Node {
+        Node::start_as(None, name, endpoints, cluster, extra)
+    }
+
+    fn start_as(
+        uid: Option<u32>,
+        name: &str,
+        endpoints: &str,
+        cluster: &str,
+        extra: &[&str],
+    ) -> Node {
         let args: Vec<String> = [
             "--store",
             "etcd",
@@ -88,6 +102,7 @@ impl Node {
             name: name.to_owned(),
             data: DataDir::new(&format!("cluster-{name}")),
             args,
+            uid,
             fibd: None,
         };
         node.restart();
@@ -111,7 +126,10 @@ impl Node {
     fn restart(&mut self) {
         assert!(self.fibd.is_none(), "node is running");
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.fibd = Some(Fibd::start(&self.data, &args));
+        self.fibd = Some(match self.uid {
+            Some(uid) => Fibd::start_as(uid, &self.data, &args),
+            None => Fibd::start(&self.data, &args),
+        });
         self.wait_ready(200);
     }
 
@@ -742,4 +760,80 @@ fn with_a_member_down_nodes_on_the_follower_are_not_starved_by_one_on_the_leader
         "steps refused (lost races) while etcd answered every call"
     );
     assert_eq!(etcd.index(&name), 900);
+}
+
+#[test]
+#[ignore = "needs etcd and iptables, as root: run scripts/test"]
+fn a_node_cut_off_from_etcd_stops_acknowledging_and_serves_again_once_healed() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("partition");
+    let wait = Duration::from_secs(3);
+    let wait_ms = wait.as_millis().to_string();
+    let flags = [
+        "--etcd-timeout-ms",
+        "500",
+        "--etcd-wait-ms",
+        wait_ms.as_str(),
+    ];
+    // n0 runs as a uid of its own: the partition cuts it, and only it.
+    let uid = partition::test_uid();
+    let mut nodes = vec![Node::start_as(
+        Some(uid),
+        "n0",
+        &etcd.endpoints_from(0),
+        &name,
+        &flags,
+    )];
+    for k in 1..3 {
+        let endpoints = etcd.endpoints_from(k);
+        nodes.push(Node::start(&format!("n{k}"), &endpoints, &name, &flags));
+    }
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(50);
+
+    // Every packet n0 sends to any etcd member is dropped: its calls hang
+    // as across a cut cable, neither refused nor reset. Client 0 (on n0)
+    // keeps stepping into it; the other seven wait it out, so the history
+    // stays short enough to check.
+    load.hold(1);
+    let cut = Partition::new();
+    for member in 0..etcd.len() {
+        let url = etcd.client_url(member);
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+        cut.cut(uid, port.expect("a member's client port"));
+    }
+    let mut probe = load.history.process();
+    let mut client = client_timeout(Client::connect(nodes[0].addr())).expect("client");
+    let started = Instant::now();
+    let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
+        "/next on the node cut off from etcd: {outcome:?}"
+    );
+    assert!(took < wait + Duration::from_secs(3), "503 after {took:?}");
+    let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
+    assert_eq!(read, Outcome::NotApplied, "/current cut off from etcd");
+    nodes[0].wait_ready(503);
+    // The other nodes reach etcd and go on acknowledging.
+    let mut other = client_timeout(Client::connect(nodes[1].addr())).expect("client");
+    let step = probe.call(Op::Next, || perform(&mut other, Op::Next).0);
+    assert!(
+        matches!(step, Outcome::Returned(Ret::Index(_))),
+        "/next on a node that reaches etcd: {step:?}"
+    );
+
+    // Healed: n0 serves again on its own, and nothing was lost or doubled.
+    cut.heal();
+    nodes[0].wait_ready(200);
+    load.release();
+    load.wait_answered(load.answered() + 50);
+    let history = load.finish();
+    drop(cut);
+    let last = final_read(&history, &nodes[0]);
+    assert_eq!(etcd.index(&name), last);
+    assert_distinct(&acknowledged_nexts(&history));
+    assert_linearizable(&history);
 }

@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod linearizability;
 pub mod load;
 pub mod nginx;
+pub mod partition;
 pub mod receiver;
 pub mod upstream;
 
@@ -63,7 +64,24 @@ impl Fibd {
     }
 
     pub fn start_with(data: &DataDir, extra: &[&str], env: &[(&str, &str)]) -> Fibd {
-        let mut command = Command::new(binary());
+        Fibd::spawn(Command::new(binary()), data, extra, env)
+    }
+
+    /// Starts fibd as `uid` (through `setpriv`, as root), its data
+    /// directory made and handed to that uid first: a process a test can
+    /// cut off the network alone (`partition`).
+    pub fn start_as(uid: u32, data: &DataDir, extra: &[&str]) -> Fibd {
+        std::fs::create_dir_all(data.path()).expect("make the data directory");
+        std::os::unix::fs::chown(data.path(), Some(uid), Some(uid)).expect("chown (root?)");
+        let mut command = Command::new("setpriv");
+        let id = uid.to_string();
+        command
+            .args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+            .arg(binary());
+        Fibd::spawn(command, data, extra, &[])
+    }
+
+    fn spawn(mut command: Command, data: &DataDir, extra: &[&str], env: &[(&str, &str)]) -> Fibd {
         command
             .arg("--listen")
             .arg("127.0.0.1:0")
