@@ -3,8 +3,9 @@
 //! many clients over all nodes, a recorded history checked for
 //! linearizability, kill -9 of a node, of etcd's leader and then of a second
 //! member (quorum lost and back), an etcd member stopped mid-call, the
-//! fairness of the compare-and-put race with one member down, and a real
-//! network partition: a node cut off from etcd by iptables.
+//! fairness of the compare-and-put race with one member down, and real
+//! network partitions (iptables): a node cut off from etcd, and etcd's
+//! leader cut off from its peers.
 //!
 //! Each test starts its own etcd cluster; they run one at a time, since each
 //! keeps the two cores busy with six processes and eight clients.
@@ -828,6 +829,58 @@ fn a_node_cut_off_from_etcd_stops_acknowledging_and_serves_again_once_healed() {
     // Healed: n0 serves again on its own, and nothing was lost or doubled.
     cut.heal();
     nodes[0].wait_ready(200);
+    load.release();
+    load.wait_answered(load.answered() + 50);
+    let history = load.finish();
+    drop(cut);
+    let last = final_read(&history, &nodes[0]);
+    assert_eq!(etcd.index(&name), last);
+    assert_distinct(&acknowledged_nexts(&history));
+    assert_linearizable(&history);
+}
+
+#[test]
+#[ignore = "needs etcd and iptables, as root: run scripts/test"]
+fn the_etcd_leader_cut_off_from_its_peers_is_replaced_and_nothing_is_lost() {
+    let _serial = one_at_a_time();
+    let mut etcd = EtcdCluster::start_isolable(3);
+    let name = cluster_name("isolated-leader");
+    // Steps wait long enough to outlast the election the cut causes.
+    let wait_ms = Duration::from_secs(5).as_millis().to_string();
+    let nodes = start_nodes(
+        &etcd,
+        &name,
+        &["--etcd-timeout-ms", "500", "--etcd-wait-ms", &wait_ms],
+    );
+    let mut load = Load::new(&nodes);
+    load.spawn(8, NEXT_ONLY, None);
+    load.wait_answered(50);
+
+    // etcd's leader keeps its clients but loses its peers: the other two
+    // elect a new leader, and the old one, without a quorum, commits
+    // nothing. Two clients keep stepping through it; six wait it out.
+    load.hold(2);
+    let old_leader = etcd.leader();
+    let cut = Partition::new();
+    etcd.isolate(old_leader, &cut);
+    let new_leader = etcd.leader();
+    assert_ne!(new_leader, old_leader, "the majority elected a new leader");
+    // Every node, the one that tries the cut member first included, gets a
+    // step acknowledged again: it turns to the members that have a quorum.
+    for node in &nodes {
+        let mut probe = load.history.process();
+        wait_until(&format!("a step acknowledged on {}", node.name), || {
+            let mut client = client_timeout(Client::connect(node.addr()))?;
+            let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+            matches!(outcome, Outcome::Returned(Ret::Index(_))).then_some(())
+        });
+    }
+
+    // Healed: the old leader rejoins as a follower, and nothing was lost,
+    // doubled or seen out of order.
+    cut.heal();
+    etcd.rejoin(old_leader);
+    etcd.leader();
     load.release();
     load.wait_answered(load.answered() + 50);
     let history = load.finish();

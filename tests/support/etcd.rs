@@ -1,7 +1,8 @@
 //! A real etcd cluster for tests, from the Debian package `etcd-server`:
 //! members on free loopback ports, each with its data directory and log file
 //! in the cluster's temporary directory; kill -9, restart on the same data,
-//! SIGSTOP and SIGCONT. The harness talks to members through etcd's JSON
+//! SIGSTOP and SIGCONT, and (members under uids of their own) a member cut
+//! off from its peers by a real partition (`partition`). The harness talks to members through etcd's JSON
 //! gateway, one HTTP/1.0 request per connection, each with a deadline. When
 //! a test fails, the tail of every member's log is printed.
 
@@ -17,6 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
 use super::nginx::free_port;
+use super::partition::{self, Partition};
 use super::{DataDir, signal};
 
 /// One gateway call's deadline.
@@ -38,12 +40,26 @@ struct Member {
     client_port: u16,
     process: Option<Child>,
     stopped: bool,
+    /// Run under this uid, so a partition can cut it off alone.
+    uid: Option<u32>,
+    /// Cut off from its peers: not asked who leads.
+    isolated: bool,
 }
 
 impl EtcdCluster {
     /// Starts a new cluster of `count` members and waits until it has a
     /// leader that every member follows and a quorum read succeeds.
     pub fn start(count: usize) -> EtcdCluster {
+        EtcdCluster::start_with(count, false)
+    }
+
+    /// The same, each member under a uid of its own (as root), so that
+    /// [`EtcdCluster::isolate`] can cut one off.
+    pub fn start_isolable(count: usize) -> EtcdCluster {
+        EtcdCluster::start_with(count, true)
+    }
+
+    fn start_with(count: usize, isolable: bool) -> EtcdCluster {
         let dir = DataDir::new("etcd");
         std::fs::create_dir_all(dir.path()).expect("etcd test directory");
         let members = (1..=count)
@@ -53,6 +69,8 @@ impl EtcdCluster {
                 client_port: free_port(),
                 process: None,
                 stopped: false,
+                uid: isolable.then(partition::test_uid),
+                isolated: false,
             })
             .collect();
         let token = dir
@@ -103,7 +121,32 @@ impl EtcdCluster {
         let member = &self.members[i];
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let client = format!("http://127.0.0.1:{}", member.client_port);
-        let child = Command::new("etcd")
+        let mut command = match member.uid {
+            None => Command::new("etcd"),
+            Some(uid) => {
+                use std::os::unix::fs::DirBuilderExt;
+                let data = self.data_dir(i);
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(&data)
+                    .expect("the member's data directory");
+                std::os::unix::fs::chown(&data, Some(uid), Some(uid)).expect("chown (root?)");
+                let id = uid.to_string();
+                let mut command = Command::new("setpriv");
+                command.args([
+                    "--reuid",
+                    &id,
+                    "--regid",
+                    &id,
+                    "--clear-groups",
+                    "--",
+                    "etcd",
+                ]);
+                command
+            }
+        };
+        let child = command
             .args(["--name", &member.name, "--data-dir"])
             .arg(self.data_dir(i))
             .args(["--listen-peer-urls", &peer])
@@ -149,9 +192,31 @@ impl EtcdCluster {
             .id()
     }
 
-    /// Members that run and are not stopped: those that can answer.
+    /// Members that run, are not stopped and not cut off: those whose
+    /// answers count.
     fn answering(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.len()).filter(|&i| self.members[i].process.is_some() && !self.members[i].stopped)
+        (0..self.len()).filter(|&i| {
+            let m = &self.members[i];
+            m.process.is_some() && !m.stopped && !m.isolated
+        })
+    }
+
+    /// Cuts member `i` off from its peers (both ways: every packet it sends
+    /// to their peer ports, and from its own): clients still reach it.
+    pub fn isolate(&mut self, i: usize, partition: &Partition) {
+        let uid = self.members[i].uid.expect("a member started isolable");
+        for (j, other) in self.members.iter().enumerate() {
+            if j != i {
+                partition.cut(uid, other.peer_port);
+            }
+        }
+        partition.cut_from(uid, self.members[i].peer_port);
+        self.members[i].isolated = true;
+    }
+
+    /// Member `i` counts again, once the partition that isolated it healed.
+    pub fn rejoin(&mut self, i: usize) {
+        self.members[i].isolated = false;
     }
 
     /// kill -9 member `i`, and reap it.

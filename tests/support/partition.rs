@@ -72,6 +72,29 @@ impl Partition {
         .expect("add the cut");
     }
 
+    /// Drops every TCP packet a process of `uid` sends from its own `port`
+    /// on loopback: the answers of a listener on that port.
+    pub fn cut_from(&self, uid: u32, port: u16) {
+        let (uid, port) = (uid.to_string(), port.to_string());
+        iptables(&[
+            "-A",
+            &self.chain,
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "--sport",
+            &port,
+            "-j",
+            "DROP",
+        ])
+        .expect("add the cut");
+    }
+
     /// Every cut of this partition is mended at once.
     pub fn heal(&self) {
         iptables(&["-F", &self.chain]).expect("flush the test's chain");
