@@ -44,6 +44,21 @@ fn a_sequential_history_that_follows_the_register_is_linearizable() {
 }
 
 #[test]
+fn a_long_history_is_checked_without_running_out_of_stack() {
+    // The search's depth grows with the history: a cluster test's 2,213
+    // calls overflowed a default 2 MiB thread stack. Pairs of overlapping
+    // steps by two processes, 1,200 of each, then a read.
+    let mut calls = Vec::new();
+    for i in 0..1_200u64 {
+        let t = i * 4;
+        calls.push(call(0, Op::Next, t, t + 2, index(2 * i + 1)));
+        calls.push(call(1, Op::Next, t + 1, t + 3, index(2 * i + 2)));
+    }
+    calls.push(call(2, Op::Current, 10_000, 10_001, index(2_400)));
+    assert_eq!(check(StepperRegister::fresh(), &calls), Ok(2_401));
+}
+
+#[test]
 fn overlapping_steps_may_take_either_order() {
     // B's /next is inside A's: B may have been first.
     let calls = [

@@ -167,6 +167,9 @@ impl Process {
     }
 }
 
+/// The checker thread's stack.
+const CHECK_STACK_BYTES: usize = 512 << 20;
+
 /// Whether `calls`, from a register at `initial`, are linearizable: Ok with
 /// the number of calls checked, or Err with the reason and the history. Gives
 /// up with an Err after [`CHECK_TIMEOUT`].
@@ -174,10 +177,17 @@ pub fn check(initial: StepperRegister, calls: &[Call]) -> Result<usize, String> 
     let calls = calls.to_vec();
     let (tx, rx) = mpsc::channel();
     // The search runs on its own thread so that a timeout can end the wait;
-    // a search that overruns is left to finish with the test process.
-    std::thread::spawn(move || {
-        let _ = tx.send(search(initial, &calls));
-    });
+    // a search that overruns is left to finish with the test process. Its
+    // depth grows with the history (2,213 calls overflowed the default
+    // 2 MiB stack), so the thread gets a stack for tens of thousands of
+    // calls; untouched pages of it cost nothing.
+    std::thread::Builder::new()
+        .name("linearizability".to_owned())
+        .stack_size(CHECK_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(search(initial, &calls));
+        })
+        .expect("start the linearizability checker");
     rx.recv_timeout(CHECK_TIMEOUT).unwrap_or_else(|_| {
         Err(format!(
             "the linearizability checker found no answer within {CHECK_TIMEOUT:?}"
