@@ -20,7 +20,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use support::etcd::EtcdCluster;
-use support::linearizability::{History, Op, Outcome, Ret, StepperRegister};
+use support::linearizability::{History, Op, Outcome, Process, Ret, StepperRegister};
 use support::partition::{self, Partition};
 use support::{Client, DataDir, Fibd};
 
@@ -248,6 +248,24 @@ fn client_timeout(mut client: Client) -> Option<Client> {
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .ok()?;
     Some(client)
+}
+
+/// A node that cannot reach a quorum of etcd: a step waits, then 503 within
+/// `wait` and a little (with Retry-After, which `perform` checks), is left
+/// out or unknown; /current is 503; /readyz turns 503. Recorded as `probe`.
+fn assert_refuses(mut probe: Process, node: SocketAddr, wait: Duration, why: &str) {
+    let mut client = client_timeout(Client::connect(node)).expect("client");
+    let started = Instant::now();
+    let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
+        "/next {why}: {outcome:?}"
+    );
+    assert!(took < wait + Duration::from_secs(3), "503 after {took:?}");
+    let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
+    assert_eq!(read, Outcome::NotApplied, "/current {why}");
+    wait_ready(node, 503);
 }
 
 /// Where the load's clients wait while the test makes an outage: the
@@ -621,21 +639,8 @@ fn quorum_lost_and_back_under_load_loses_and_doubles_nothing() {
     // `perform` checks); /current is 503; /readyz turns 503.
     thread::scope(|scope| {
         for node in nodes.iter().map(Node::addr) {
-            let mut probe = load.history.process();
-            scope.spawn(move || {
-                let mut client = client_timeout(Client::connect(node)).expect("client");
-                let started = Instant::now();
-                let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
-                let took = started.elapsed();
-                assert!(
-                    matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
-                    "/next without quorum: {outcome:?}"
-                );
-                assert!(took < wait + Duration::from_secs(3), "503 after {took:?}");
-                let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
-                assert_eq!(read, Outcome::NotApplied, "/current without quorum");
-                wait_ready(node, 503);
-            });
+            let probe = load.history.process();
+            scope.spawn(move || assert_refuses(probe, node, wait, "without quorum"));
         }
     });
 
@@ -801,23 +806,15 @@ fn a_node_cut_off_from_etcd_stops_acknowledging_and_serves_again_once_healed() {
     load.hold(1);
     let cut = Partition::new();
     for member in 0..etcd.len() {
-        let url = etcd.client_url(member);
-        let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
-        cut.cut(uid, port.expect("a member's client port"));
+        cut.cut(uid, etcd.client_port(member));
     }
     let mut probe = load.history.process();
-    let mut client = client_timeout(Client::connect(nodes[0].addr())).expect("client");
-    let started = Instant::now();
-    let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
-    let took = started.elapsed();
-    assert!(
-        matches!(outcome, Outcome::NotApplied | Outcome::Unknown),
-        "/next on the node cut off from etcd: {outcome:?}"
+    assert_refuses(
+        load.history.process(),
+        nodes[0].addr(),
+        wait,
+        "cut off from etcd",
     );
-    assert!(took < wait + Duration::from_secs(3), "503 after {took:?}");
-    let read = probe.call(Op::Current, || perform(&mut client, Op::Current).0);
-    assert_eq!(read, Outcome::NotApplied, "/current cut off from etcd");
-    nodes[0].wait_ready(503);
     // The other nodes reach etcd and go on acknowledging.
     let mut other = client_timeout(Client::connect(nodes[1].addr())).expect("client");
     let step = probe.call(Op::Next, || perform(&mut other, Op::Next).0);

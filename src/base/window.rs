@@ -39,13 +39,12 @@ impl<S: Default> Window<S> {
             self.head_start = Some(now);
             return false;
         };
-        let elapsed = now.saturating_duration_since(start);
-        if elapsed < self.slice_len {
+        let steps = self.slices_since_head(now);
+        if steps == 0 {
             return false;
         }
-        let steps = elapsed.as_nanos() / self.slice_len.as_nanos().max(1);
         let len = self.slices.len();
-        for _ in 0..steps.min(len as u128) {
+        for _ in 0..steps.min(len) {
             self.head = (self.head + 1) % len;
             if let Some(slice) = self.slices.get_mut(self.head) {
                 *slice = S::default();
@@ -54,6 +53,16 @@ impl<S: Default> Window<S> {
         let moved = self.slice_len * u32::try_from(steps).unwrap_or(u32::MAX);
         self.head_start = Some(start.checked_add(moved).unwrap_or(now));
         true
+    }
+
+    /// Whole slices from the newest slice's start to `now` (0 before the
+    /// first `advance`).
+    fn slices_since_head(&self, now: Instant) -> usize {
+        self.head_start.map_or(0, |start| {
+            let elapsed = now.saturating_duration_since(start).as_nanos();
+            let steps = elapsed / self.slice_len.as_nanos().max(1);
+            usize::try_from(steps).unwrap_or(usize::MAX)
+        })
     }
 
     /// The newest slice (call [`Window::advance`] first).
@@ -66,13 +75,8 @@ impl<S: Default> Window<S> {
     /// moving it: a reader (the metrics) changes nothing it reads.
     pub fn live(&self, now: Instant) -> impl Iterator<Item = &S> {
         let len = self.slices.len();
-        let steps = self.head_start.map_or(0, |start| {
-            let elapsed = now.saturating_duration_since(start).as_nanos();
-            let steps = elapsed / self.slice_len.as_nanos().max(1);
-            usize::try_from(steps).unwrap_or(usize::MAX)
-        });
         // The newest `len - steps` slices, counting back from the head.
-        let kept = len.saturating_sub(steps);
+        let kept = len.saturating_sub(self.slices_since_head(now));
         (0..kept).filter_map(move |back| self.slices.get((self.head + len - back) % len))
     }
 

@@ -172,7 +172,12 @@ impl EtcdCluster {
 
     /// Member `i`'s client URL.
     pub fn client_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        format!("http://127.0.0.1:{}", self.client_port(i))
+    }
+
+    /// Member `i`'s client port on loopback.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.members[i].client_port
     }
 
     /// Every member's client URL, comma-joined, member `first` first (for

@@ -52,29 +52,18 @@ impl Partition {
     /// Drops every TCP packet a process of `uid` sends to `port` on
     /// loopback, from now until [`Partition::heal`].
     pub fn cut(&self, uid: u32, port: u16) {
-        let (uid, port) = (uid.to_string(), port.to_string());
-        iptables(&[
-            "-A",
-            &self.chain,
-            "-o",
-            "lo",
-            "-p",
-            "tcp",
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "--dport",
-            &port,
-            "-j",
-            "DROP",
-        ])
-        .expect("add the cut");
+        self.drop_packets(uid, "--dport", port);
     }
 
     /// Drops every TCP packet a process of `uid` sends from its own `port`
     /// on loopback: the answers of a listener on that port.
     pub fn cut_from(&self, uid: u32, port: u16) {
+        self.drop_packets(uid, "--sport", port);
+    }
+
+    /// One DROP rule: packets of `uid` on loopback whose `side` port
+    /// (`--dport` or `--sport`) is `port`.
+    fn drop_packets(&self, uid: u32, side: &str, port: u16) {
         let (uid, port) = (uid.to_string(), port.to_string());
         iptables(&[
             "-A",
@@ -87,7 +76,7 @@ impl Partition {
             "owner",
             "--uid-owner",
             &uid,
-            "--sport",
+            side,
             &port,
             "-j",
             "DROP",

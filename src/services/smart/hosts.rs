@@ -86,10 +86,13 @@ pub struct HostStats {
 
 #[derive(Debug)]
 struct Host {
+    addr: SocketAddr,
     state: State,
     failures_in_a_row: u32,
     ejections_in_a_row: u32,
-    stats: HostStats,
+    ejections: u64,
+    /// Attempts by how they ended, by [`HostOutcome::slot`].
+    outcomes: [u64; HostOutcome::LABELS.len()],
 }
 
 #[derive(Debug)]
@@ -106,15 +109,12 @@ impl Hosts {
             .into_iter()
             .take(HOSTS_MAX)
             .map(|addr| Host {
+                addr,
                 state: State::InRotation,
                 failures_in_a_row: 0,
                 ejections_in_a_row: 0,
-                stats: HostStats {
-                    addr,
-                    in_rotation: true,
-                    ejections: 0,
-                    outcomes: [0; HostOutcome::LABELS.len()],
-                },
+                ejections: 0,
+                outcomes: [0; HostOutcome::LABELS.len()],
             })
             .collect();
         Hosts { hosts, next: 0 }
@@ -154,7 +154,7 @@ impl Hosts {
         let Some(h) = self.hosts.get_mut(host) else {
             return;
         };
-        h.stats.outcomes[outcome.slot()] += 1;
+        h.outcomes[outcome.slot()] += 1;
         match outcome {
             HostOutcome::Ok => {
                 h.state = State::InRotation;
@@ -193,8 +193,10 @@ impl Hosts {
     /// Every host's counters and whether it is in rotation.
     pub fn stats(&self) -> impl Iterator<Item = HostStats> + '_ {
         self.hosts.iter().map(|h| HostStats {
+            addr: h.addr,
             in_rotation: h.state == State::InRotation,
-            ..h.stats
+            ejections: h.ejections,
+            outcomes: h.outcomes,
         })
     }
 }
@@ -217,7 +219,7 @@ impl Host {
         };
         self.ejections_in_a_row += 1;
         self.failures_in_a_row = 0;
-        self.stats.ejections += 1;
+        self.ejections += 1;
     }
 }
 
