@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::access::Access;
 use crate::access::ratelimit::RateLimiter;
+use crate::base::secret::Secret;
 use crate::base::time::unix_ms;
 use crate::config::Config;
 use crate::net::systemd::{self, Notifier};
@@ -95,7 +96,21 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         Some(cluster) => {
             // Makes this process's writer tags unique.
             let nonce = random.next_u64().map_err(no_rng)?;
-            let etcd = EtcdIndex::new(cluster.clone(), nonce, now);
+            let url = match &cluster.url {
+                Some(url) => url.clone(),
+                None => {
+                    let bound = listener.local_addr()?;
+                    if bound.ip().is_unspecified() {
+                        return Err(format!(
+                            "cluster mode on {bound}: set --cluster-url to the address the \
+                             other nodes reach this one at"
+                        )
+                        .into());
+                    }
+                    format!("http://{bound}")
+                }
+            };
+            let etcd = EtcdIndex::new(cluster.clone(), &url, nonce, now);
             Stepper::new(IndexStore::Etcd(Box::new(etcd)), config.max_index, None)
         }
         None => Stepper::new(IndexStore::lmdb(), config.max_index, Some(recovered.index)),
@@ -118,7 +133,7 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         },
     )?);
     let task_count = tasks.len();
-    let secret = config.callbacks.secret.as_ref().map(|s| &*s.0);
+    let secret = config.callbacks.secret.as_ref().map(Secret::bytes);
     let deliveries = Deliveries::new(config.callbacks.limits, secret)
         .ok_or("the callback secret is shorter than 16 bytes")?;
     let primes = PrimesService::new(
@@ -257,8 +272,8 @@ fn log_settings(config: &Config, access: &Access) {
     if let Some(cluster) = &config.cluster {
         log::info!(
             target: "fibd",
-            "cluster mode: the index is {} in etcd at {} (node {}, {} reads); \
-             primes tasks stay in {}",
+            "cluster mode: the index is {} in etcd at {} (node {}, {} reads), written by \
+             the leader elected at {} (lease {} s); primes tasks stay in {}",
             wire::index_key(&cluster.name),
             cluster
                 .endpoints
@@ -271,6 +286,8 @@ fn log_settings(config: &Config, access: &Access) {
                 ReadMode::Linearizable => "linearizable",
                 ReadMode::Serializable => "serializable",
             },
+            wire::leader_key(&cluster.name),
+            cluster.lease_ttl.as_secs(),
             config.data_dir.display()
         );
     }

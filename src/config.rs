@@ -10,13 +10,14 @@ use std::time::Duration;
 use crate::access::destinations::Destinations;
 use crate::access::ratelimit::RateLimitConfig;
 use crate::access::{AccessConfig, Cidr};
+use crate::base::secret::Secret;
 use crate::http::parse::Limits;
 use crate::net::session::Timeouts;
-use crate::net::upstream::Target;
+use crate::net::upstream::{HttpUrl, Target};
 use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
 use crate::services::fib::service::FibLimits;
 use crate::services::primes::PrimesLimits;
-use crate::services::primes::callback::{CallbackLimits, SECRET_BYTES_MIN, Secret};
+use crate::services::primes::callback::CallbackLimits;
 use crate::services::smart::budget::BudgetConfig;
 use crate::services::smart::delay::HedgeAfter;
 use crate::services::smart::hosts::HOSTS_MAX;
@@ -212,6 +213,14 @@ OPTIONS:
                               [env FIBD_ETCD_TIMEOUT_MS] (default 1000)
     --etcd-wait-ms N          a step or /current waits this long for etcd, then gets 503
                               [env FIBD_ETCD_WAIT_MS] (default 3000)
+    --cluster-secret-file FILE
+                              the secret (16 bytes or more) every node of the cluster holds;
+                              a follower's steps relayed to the leader carry it
+                              (needs --store etcd) [env FIBD_CLUSTER_SECRET_FILE]
+    --cluster-url URL         where the other nodes reach this one, http://IP:PORT
+                              [env FIBD_CLUSTER_URL] (default http://LISTEN address)
+    --lease-ttl SECS          the leader's etcd lease: a dead leader is replaced within it
+                              and one campaign (a quarter of it) [env FIBD_LEASE_TTL] (default 3)
     -h, --help                print this help
     -V, --version             print the version
 
@@ -285,6 +294,9 @@ struct Raw {
     etcd_reads: Option<String>,
     etcd_timeout_ms: Option<String>,
     etcd_wait_ms: Option<String>,
+    cluster_secret_file: Option<String>,
+    cluster_url: Option<String>,
+    lease_ttl: Option<String>,
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -338,6 +350,9 @@ pub fn from_args(
         etcd_reads: env("FIBD_ETCD_READS"),
         etcd_timeout_ms: env("FIBD_ETCD_TIMEOUT_MS"),
         etcd_wait_ms: env("FIBD_ETCD_WAIT_MS"),
+        cluster_secret_file: env("FIBD_CLUSTER_SECRET_FILE"),
+        cluster_url: env("FIBD_CLUSTER_URL"),
+        lease_ttl: env("FIBD_LEASE_TTL"),
     };
     let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
@@ -401,6 +416,9 @@ pub fn from_args(
             "--etcd-reads" => &mut raw.etcd_reads,
             "--etcd-timeout-ms" => &mut raw.etcd_timeout_ms,
             "--etcd-wait-ms" => &mut raw.etcd_wait_ms,
+            "--cluster-secret-file" => &mut raw.cluster_secret_file,
+            "--cluster-url" => &mut raw.cluster_url,
+            "--lease-ttl" => &mut raw.lease_ttl,
             _ => return Err(ConfigError::UnknownFlag(arg)),
         };
         let value = match inline_value {
@@ -576,14 +594,13 @@ fn callbacks(raw: &Raw) -> Result<CallbackConfig, ConfigError> {
         _ => None,
     };
     let secret = match secret_text {
-        Some(text) if text.len() < SECRET_BYTES_MIN => {
-            return Err(invalid(
+        Some(text) => Some(Secret::new(&text).ok_or_else(|| {
+            invalid(
                 "callback secret",
                 "(not shown)",
                 "at least 16 bytes, e.g. from openssl rand -hex 32",
-            ));
-        }
-        Some(text) => Some(Secret(text.into())),
+            )
+        })?),
         None if !allow.is_empty() => {
             return Err(invalid(
                 "callback allow",
@@ -718,10 +735,54 @@ fn cluster(raw: &Raw, listen: SocketAddr) -> Result<Option<ClusterConfig>, Confi
         10..=600_000,
         "milliseconds from 10 to 600000",
     )?);
+    let lease_ttl = Duration::from_secs(number(
+        raw.lease_ttl.clone(),
+        3,
+        "lease ttl",
+        2..=60,
+        "seconds from 2 to 60 (etcd's shortest lease is about 2 s)",
+    )?);
+    let secret_path = raw.cluster_secret_file.clone().unwrap_or_default();
+    let secret = std::fs::read(&secret_path)
+        .ok()
+        .and_then(|text| Secret::new(&text))
+        .filter(|secret| secret.as_field().is_some())
+        .ok_or_else(|| {
+            invalid(
+                "cluster secret file",
+                &secret_path,
+                "a readable file holding 16 or more printable ASCII bytes, the same on every node",
+            )
+        })?;
+    let url = match &raw.cluster_url {
+        Some(url) => {
+            let parsed = HttpUrl::parse(url).ok().filter(|u| u.target == "/");
+            if parsed.is_none_or(|u| u.ip().is_none_or(|ip| ip.is_unspecified())) {
+                return Err(invalid(
+                    "cluster url",
+                    url,
+                    "http://IP:PORT (an address, not a name: peers reach it without a DNS lookup)",
+                ));
+            }
+            Some(url.clone())
+        }
+        None if listen.ip().is_unspecified() => {
+            return Err(invalid(
+                "cluster url",
+                "",
+                "an http://IP:PORT the other nodes reach this one at (the listen address is a wildcard)",
+            ));
+        }
+        // The address bound, once it is known (the port may be 0 here).
+        None => None,
+    };
     Ok(Some(ClusterConfig {
         endpoints,
         name,
         node,
+        url,
+        secret,
+        lease_ttl,
         reads,
         call_timeout,
         wait,
@@ -1338,10 +1399,7 @@ mod tests {
             "127.0.0.1/32, 10.0.0.0/8",
             "flags replace env"
         );
-        assert_eq!(
-            c.callbacks.secret,
-            Some(Secret(b"0123456789abcdef".to_vec().into()))
-        );
+        assert_eq!(c.callbacks.secret, Secret::new(b"0123456789abcdef"));
         assert!(
             !format!("{c:?}").contains("0123456789abcdef"),
             "Debug hides the secret"
@@ -1354,11 +1412,24 @@ mod tests {
         assert!(parse(&["--callback-pending", "0"], &[]).is_err());
     }
 
+    /// A cluster secret file for the tests, written once.
+    fn secret_file() -> &'static str {
+        static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        FILE.get_or_init(|| {
+            let path =
+                std::env::temp_dir().join(format!("fibd-config-secret-{}", std::process::id()));
+            std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+            path.to_string_lossy().into_owned()
+        })
+    }
+
     #[test]
     fn cluster_mode_needs_endpoints_and_takes_its_settings() {
         assert!(serve(&[], &[]).cluster.is_none());
         let c = serve(
             &[
+                "--cluster-secret-file",
+                secret_file(),
                 "--store",
                 "etcd",
                 "--etcd-endpoints",
@@ -1381,6 +1452,9 @@ mod tests {
         assert_eq!(c.reads, ReadMode::Serializable);
         assert_eq!(c.wait, Duration::from_millis(500));
         assert_eq!(c.call_timeout, Duration::from_secs(1));
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.url, None, "the address bound, known at start-up");
+        assert_eq!(c.secret.as_field(), Some("0123456789abcdef0123"));
         for bad in [
             &["--store", "etcd"][..],
             &["--store", "redis"],
@@ -1408,6 +1482,52 @@ mod tests {
         ] {
             assert!(
                 matches!(parse(bad, &[]), Err(ConfigError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_secret_an_address_url_and_a_sane_lease() {
+        let etcd = [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+        ];
+        let with = |more: &[&str]| {
+            let args: Vec<&str> = etcd.iter().chain(more).copied().collect();
+            parse(&args, &[])
+        };
+        let secret = ["--cluster-secret-file", secret_file()];
+        let c = serve(
+            &[
+                &etcd[..],
+                &secret,
+                &["--cluster-url", "http://10.0.0.1:8080", "--lease-ttl", "5"],
+            ]
+            .concat(),
+            &[],
+        )
+        .cluster
+        .unwrap();
+        assert_eq!(c.url.as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        let short = std::env::temp_dir().join(format!("fibd-config-short-{}", std::process::id()));
+        std::fs::write(&short, "short\n").unwrap();
+        let short = short.to_string_lossy().into_owned();
+        for bad in [
+            &[][..],
+            &["--cluster-secret-file", "/nonexistent/secret"],
+            &["--cluster-secret-file", &short],
+            &[&secret[..], &["--cluster-url", "http://fibd.example:8080"]].concat(),
+            &[&secret[..], &["--cluster-url", "http://0.0.0.0:8080"]].concat(),
+            &[&secret[..], &["--cluster-url", "http://10.0.0.1:8080/x"]].concat(),
+            &[&secret[..], &["--lease-ttl", "1"]].concat(),
+            &[&secret[..], &["--listen", "0.0.0.0:8080"]].concat(),
+        ] {
+            assert!(
+                matches!(with(bad), Err(ConfigError::Invalid { .. })),
                 "{bad:?}"
             );
         }

@@ -66,6 +66,18 @@ pub enum ApiError {
     /// Cluster mode: the step's transaction was sent and its outcome could
     /// not be read back in time: it happened once or not at all.
     StepOutcomeUnknown,
+    /// The internal endpoint, without the cluster secret (or not in
+    /// cluster mode).
+    ClusterSecret,
+    /// A relay that is not a follower's steps, and why.
+    BadRelay {
+        message: &'static str,
+    },
+    /// A relay reached a node that does not lead the cluster; nothing was
+    /// applied.
+    NotLeader,
+    /// A relay its node gave up on; nothing was applied, nor will be.
+    RelayFenced,
     /// The client began a request and did not finish it in time.
     RequestTimeout,
     /// Commits are failing: the daemon is up but cannot make steps durable.
@@ -148,7 +160,10 @@ impl ApiError {
             ApiError::NotAcceptable => Status::NOT_ACCEPTABLE,
             ApiError::RequestTimeout => Status::REQUEST_TIMEOUT,
             ApiError::BadQuery { .. } => Status::BAD_REQUEST,
-            ApiError::AtCeiling { .. } => Status::CONFLICT,
+            ApiError::AtCeiling { .. } | ApiError::RelayFenced => Status::CONFLICT,
+            ApiError::ClusterSecret => Status::UNAUTHORIZED,
+            ApiError::BadRelay { .. } => Status::BAD_REQUEST,
+            ApiError::NotLeader => Status::MISDIRECTED,
             ApiError::BadN {
                 error: NQueryError::AboveMax | NQueryError::TooLarge,
                 ..
@@ -233,6 +248,18 @@ impl ApiError {
             }
             ApiError::RequestTimeout => {
                 "the request was not completed in time; send it whole, without long pauses"
+            }
+            ApiError::ClusterSecret => {
+                "this internal endpoint is for the nodes of a cluster: they send the cluster \
+                 secret in Fibd-Cluster-Secret"
+            }
+            ApiError::BadRelay { message } => message,
+            ApiError::NotLeader => {
+                "this node does not lead the cluster; nothing was applied: relay to the leader"
+            }
+            ApiError::RelayFenced => {
+                "this relay's node has given up on it (it moved its fence or sent a newer \
+                 one); nothing was applied"
             }
             ApiError::NotReady => {
                 "the store is failing to commit; steps are refused until it recovers"
@@ -401,6 +428,8 @@ impl ApiError {
             ApiError::StepOutcomeUnknown => {
                 out.extend_from_slice(b", \"code\": \"step_outcome_unknown\"");
             }
+            ApiError::NotLeader => out.extend_from_slice(b", \"code\": \"not_leader\""),
+            ApiError::RelayFenced => out.extend_from_slice(b", \"code\": \"relay_fenced\""),
             ApiError::BadCallback(CallbackUrlError::Malformed(why)) => {
                 out.extend_from_slice(b", \"detail\": \"");
                 write_json_str(&mut out, why.as_bytes());

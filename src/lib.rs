@@ -58,8 +58,11 @@
 //!   `--store lmdb`); `committer`, the thread that makes batches durable off
 //!   the loop; `journal`, one flush per batch: the log, checkpoints into
 //!   LMDB, recovery; `wal`, the write-ahead log's frames and file; `lmdb`,
-//!   the only code that knows LMDB; `etcd`, the etcd protocol (`etcd::wire`
-//!   its JSON).
+//!   the only code that knows LMDB; `etcd`, cluster mode: the index
+//!   protocol in `mod.rs` (the leader's fenced transaction, a follower's
+//!   relay, the fence that settles a lost answer), `election` (the leader
+//!   lease and campaign), `relay` (the internal endpoint's format between
+//!   nodes) and `wire` (etcd's JSON gateway).
 //! - [`access`]: who the client is and what it may do: API keys and scopes
 //!   (`keyfile`, reloaded on SIGHUP), trusted proxies (`cidr`), where a
 //!   client may make fibd send a request (`destinations`, the callbacks'
@@ -85,7 +88,9 @@
 //! - [`base`]: small structures every wing uses: `slab` (keys with a free
 //!   list), `deadlines` (a lazy-deletion deadline heap), `recency` (O(1)
 //!   LRU order), `window` (a sliding window of time in slices), `digits`
-//!   (integers into bytes without `fmt`), `time`.
+//!   (integers into bytes without `fmt`), `secret` (a shared secret from a
+//!   file, compared in constant time: the callbacks' key and the cluster's),
+//!   `time`.
 //!
 //! Sockets are registered once, edge triggered, and readiness is
 //! remembered per connection: unlike rustls's mio example, which derives

@@ -411,6 +411,7 @@ impl Server {
             log::info!("stopping: finishing in-flight requests and commits");
             self.notifier.notify("STOPPING=1");
             self.stopping_since = Some(self.now);
+            self.app.begin_stop();
             if let Some(mut listener) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut listener);
             }

@@ -187,6 +187,9 @@ fn cluster_files_agree_with_each_other() {
     );
     assert_eq!(proxies.len(), 1, "one balancer: {proxies:?}");
     assert!(fibd_dropin.contains("EnvironmentFile=/etc/default/fibd"));
+    // The relays' secret, as a credential the dynamic user can read.
+    assert!(fibd_dropin.contains("LoadCredential=cluster-secret:/etc/fibd/cluster-secret"));
+    assert!(fibd_dropin.contains("Environment=FIBD_CLUSTER_SECRET_FILE=%d/cluster-secret"));
     for dependency in ["Wants=etcd.service", "After=etcd.service"] {
         assert!(fibd_dropin.contains(dependency), "{dependency}");
     }
@@ -435,12 +438,18 @@ fn cluster_env_files_are_configuration_fibd_accepts() {
             .map(|_| format!("http://127.0.0.1:{}", free_port()))
             .collect();
         let dead = dead.join(",");
+        // The secret comes from the drop-in's credential, as under systemd.
+        let secret =
+            std::env::temp_dir().join(format!("fibd-deploy-secret-{}", std::process::id()));
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("write the secret");
+        let secret = secret.to_string_lossy().into_owned();
         let vars: Vec<(&str, &str)> = env
             .iter()
             .map(|(k, v)| match k.as_str() {
                 "FIBD_ETCD_ENDPOINTS" => (k.as_str(), dead.as_str()),
                 _ => (k.as_str(), v.as_str()),
             })
+            .chain([("FIBD_CLUSTER_SECRET_FILE", secret.as_str())])
             .collect();
         let data = DataDir::new(&format!("cluster-env-{vm}"));
         let node = Fibd::start_with(&data, &[], &vars);

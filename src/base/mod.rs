@@ -2,6 +2,7 @@
 pub mod deadlines;
 pub mod digits;
 pub mod recency;
+pub mod secret;
 pub mod slab;
 pub mod time;
 pub mod window;

@@ -89,6 +89,9 @@ pub struct Request<'a> {
     pub content_type: Option<&'a [u8]>,
     /// First `Idempotency-Key` field, trimmed; the primes tasks validate it.
     pub idempotency_key: Option<&'a [u8]>,
+    /// First `Fibd-Cluster-Secret` field, trimmed: the internal endpoint
+    /// between cluster nodes checks it.
+    pub cluster_secret: Option<&'a [u8]>,
     /// `Expect: 100-continue` was sent: the client may wait for a 100 before
     /// sending the body. Other expectations are ignored.
     pub expect_continue: bool,
@@ -484,6 +487,7 @@ struct Fields<'b> {
     traceparent: Option<&'b [u8]>,
     content_type: Option<&'b [u8]>,
     idempotency_key: Option<&'b [u8]>,
+    cluster_secret: Option<&'b [u8]>,
     expect_continue: bool,
 }
 
@@ -532,6 +536,8 @@ impl<'b> Fields<'b> {
             self.content_type.get_or_insert(value);
         } else if is("idempotency-key") {
             self.idempotency_key.get_or_insert(value);
+        } else if is("fibd-cluster-secret") {
+            self.cluster_secret.get_or_insert(value);
         } else if is("expect") {
             self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -595,6 +601,7 @@ fn finish<'b>(
         traceparent: fields.traceparent,
         content_type: fields.content_type,
         idempotency_key: fields.idempotency_key,
+        cluster_secret: fields.cluster_secret,
         expect_continue: fields.expect_continue,
     })
 }
@@ -1011,6 +1018,7 @@ mod tests {
         );
         assert_eq!(r.content_type, Some(&b"application/json"[..]));
         assert_eq!(r.idempotency_key, Some(&b"retry-7"[..]));
+        assert_eq!(r.cluster_secret, None);
         assert_eq!(r.accept, Some(&b"text/plain"[..]));
         assert_eq!(r.api_key, Some(&b"k1"[..]));
         assert_eq!(r.if_none_match, Some(&b"*"[..]));

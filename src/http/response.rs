@@ -32,6 +32,7 @@ impl Status {
     pub const UNSUPPORTED_MEDIA_TYPE: Status =
         Status::new(415, "HTTP/1.1 415 Unsupported Media Type\r\n");
     pub const EXPECTATION_FAILED: Status = Status::new(417, "HTTP/1.1 417 Expectation Failed\r\n");
+    pub const MISDIRECTED: Status = Status::new(421, "HTTP/1.1 421 Misdirected Request\r\n");
     pub const UNPROCESSABLE: Status = Status::new(422, "HTTP/1.1 422 Unprocessable Content\r\n");
     pub const TOO_MANY_REQUESTS: Status = Status::new(429, "HTTP/1.1 429 Too Many Requests\r\n");
     pub const HEADERS_TOO_LARGE: Status =

@@ -23,6 +23,7 @@ use crate::services::primes::service::PrimesCounts;
 use crate::services::smart::hosts::HostOutcome;
 use crate::services::smart::service::SmartGauges;
 use crate::services::smart::{AttemptKind, CallEnd};
+use crate::store::etcd::election::ElectionCall;
 use crate::store::etcd::{CallKind, EtcdStats};
 
 /// One row per route, plus one for requests that matched none.
@@ -466,38 +467,60 @@ impl Metrics {
         }
     }
 
-    /// `--store etcd`: the etcd calls and what they found.
+    /// `--store etcd`: the etcd calls, the election and what they found.
     fn expose_etcd(&self, stats: &EtcdStats, jumps: u64, sink: &mut dyn Exposition) {
         sink.family(
             Kind::Counter,
             "fibd_etcd_calls_total",
-            "etcd calls by kind (read, txn, readback) and outcome (answered, failed).",
+            "Calls for the index (read, txn, relay to the leader, fence) and the election \
+             (lease_grant, lease_keepalive, campaign, lease_revoke), by outcome (answered, failed).",
             &["kind", "outcome"],
         );
-        for (kind, counts) in CallKind::ALL.iter().zip(stats.calls) {
-            sink.series(&[kind.name(), "answered"], counts[0]);
-            sink.series(&[kind.name(), "failed"], counts[1]);
+        let index = CallKind::ALL.iter().map(|k| k.name()).zip(stats.calls);
+        let election = ElectionCall::ALL
+            .iter()
+            .map(|k| k.name())
+            .zip(stats.election.calls);
+        for (kind, counts) in index.chain(election) {
+            sink.series(&[kind, "answered"], counts[0]);
+            sink.series(&[kind, "failed"], counts[1]);
         }
         sink.histogram(
             "fibd_etcd_call_duration_seconds",
-            "etcd calls, from the send to the answer or failure.",
+            "etcd calls and relays, from the send to the answer or failure.",
             &self.etcd_seconds,
         );
-        let scalars: [(&str, &str, u64); 4] = [
+        sink.scalar(
+            Kind::Gauge,
+            "fibd_cluster_leader",
+            "1 while this node leads the cluster (it batches every node's steps), else 0.",
+            u64::from(stats.leader),
+        );
+        let scalars: [(&str, &str, u64); 6] = [
             (
                 "fibd_etcd_txn_conflicts_total",
-                "Step transactions that found the index moved by another node and went again.",
+                "Leader transactions refused by a compare (the index, the term or a fence moved).",
                 stats.conflicts,
             ),
             (
                 "fibd_etcd_unknown_outcomes_total",
-                "Read-backs sent to resolve a step transaction whose answer was lost.",
+                "Fences sent to settle a transaction or relay whose answer was lost.",
                 stats.unknown_outcomes,
             ),
             (
-                "fibd_etcd_yields_total",
-                "Pauses of about one round trip after a commit, to let a node that keeps losing the race win one.",
-                stats.yields,
+                "fibd_cluster_terms_won_total",
+                "Elections this node won.",
+                stats.election.won,
+            ),
+            (
+                "fibd_cluster_step_downs_total",
+                "Times this node stopped leading (its lease ran out, or another node holds the key).",
+                stats.election.stepped_down,
+            ),
+            (
+                "fibd_cluster_relays_applied_total",
+                "Batches of other nodes' steps this node applied as the leader.",
+                stats.relays_applied,
             ),
             (
                 "fibd_etcd_cursor_jumps_total",

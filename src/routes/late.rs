@@ -17,6 +17,7 @@ use crate::services::fib::Value;
 use crate::services::primes::task::TaskId;
 use crate::services::smart::service::SmartReply;
 use crate::services::stepper::StepReply;
+use crate::store::Channel;
 
 /// How a reply is written and accounted, decided when its request arrived:
 /// whether it is answered now or later, it ends through
@@ -76,8 +77,9 @@ pub enum CallOwner {
     TraceExport,
     /// A delivery attempt of this task's completion callback.
     Callback(TaskId),
-    /// The stepper's store (etcd): the one call in flight.
-    Store,
+    /// The stepper's store (etcd): the one index call in flight, or the
+    /// election's.
+    Store(Channel),
 }
 
 /// A parked request's reply, decided outside request handling (a commit,

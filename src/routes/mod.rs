@@ -52,6 +52,7 @@ use crate::services::primes::service::{PrimesService, Settle};
 use crate::services::random::RandomSource;
 use crate::services::smart::service::SmartService;
 use crate::services::stepper::{StepReply, Stepper};
+use crate::store::Channel;
 use crate::store::committer::{Committer, CommitterGone};
 use crate::store::ledger::CommitOutcome;
 use crate::store::ledger::Ledger;
@@ -364,13 +365,20 @@ impl App {
             request.records = self.primes.take_writes(request.batch);
             self.committer.submit(request);
         }
-        while let Some(call) = self.stepper.next_call(self.now) {
+        // Every call due goes in this pass, with the same `now` the batch
+        // was handed over at: an election call the pool cannot take does not
+        // hold back the index's.
+        while let Some(call) = self.stepper.next_call(self.now, &mut settle) {
+            let owner = CallOwner::Store(call.channel);
             let sent = self
                 .upstream
-                .send(CallOwner::Store, &call.request, call.deadline, self.now);
+                .send(owner, &call.request, call.deadline, self.now);
             if sent.is_err() {
-                self.stepper.call_not_sent(self.now, &mut settle);
-                break;
+                self.stepper
+                    .call_not_sent(call.channel, self.now, &mut settle);
+                if call.channel == Channel::Index {
+                    break;
+                }
             }
         }
     }
@@ -490,6 +498,11 @@ impl App {
     }
 
     /// Waits for every batch handed to the commit thread, then stops it.
+    /// A graceful stop begins: a cluster leader hands the leadership on.
+    pub fn begin_stop(&mut self) {
+        self.stepper.resign();
+    }
+
     pub fn shutdown(self) -> Vec<CommitOutcome> {
         self.committer.shutdown()
     }
@@ -609,11 +622,11 @@ impl App {
                 CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
                 CallOwner::TraceExport => self.span_export_done(done),
                 CallOwner::Callback(id) => self.callback_done(id, done),
-                CallOwner::Store => {
+                CallOwner::Store(channel) => {
                     self.metrics.etcd_call(done.elapsed);
                     let settled = &mut self.settled;
                     self.stepper
-                        .call_done(done.result, self.now, &mut |ticket, reply| {
+                        .call_done(channel, done.result, self.now, &mut |ticket, reply| {
                             settled.push_back((ticket, LateReply::Step(reply)));
                         });
                 }
@@ -658,7 +671,7 @@ impl App {
                 self.write_no_store(out, shape, ContentType::Json, body);
                 now(Status::OK)
             }
-            Route::Readyz if self.store_ready && self.stepper.is_ready() => {
+            Route::Readyz if self.store_ready && self.stepper.is_ready(self.now) => {
                 let body = b"{\"status\": \"ready\"}\n";
                 self.write_no_store(out, shape, ContentType::Json, body);
                 now(Status::OK)
@@ -683,6 +696,7 @@ impl App {
             }
             Route::PrimesTask => self.primes_get(from.conn, caller, request, out, shape),
             Route::OpenApi | Route::Docs => now(self.api_document(route, request, out, shape)),
+            Route::Relay => self.relay(from.conn, request, body, out, shape),
         }
     }
 
@@ -707,8 +721,12 @@ impl App {
 impl Respond for App {
     fn body_limit(&self, request: &Request<'_>) -> Option<usize> {
         let route = Route::from_path(request.path)?;
-        (route == Route::PrimesTasks && route.accepts(request.method))
-            .then_some(crate::services::primes::request::BODY_BYTES_MAX)
+        match route {
+            _ if !route.accepts(request.method) => None,
+            Route::PrimesTasks => Some(crate::services::primes::request::BODY_BYTES_MAX),
+            Route::Relay => Some(crate::store::etcd::relay::RELAY_BODY_BYTES_MAX),
+            _ => None,
+        }
     }
 
     fn respond(

@@ -20,7 +20,7 @@ form-action 'none'; frame-ancestors 'none'";
 impl App {
     fn gauges(&self) -> Gauges {
         Gauges {
-            ready: self.store_ready && self.stepper.is_ready(),
+            ready: self.store_ready && self.stepper.is_ready(self.now),
             connections_max: self.connections_max,
             committed_index: self.stepper.committed_index(),
             pending_index: self.stepper.pending_index(),
@@ -53,7 +53,7 @@ impl App {
             },
             etcd: self
                 .stepper
-                .etcd_stats()
+                .etcd_stats(self.now)
                 .map(|stats| (stats, self.stepper.jumps())),
         }
     }

@@ -28,10 +28,13 @@ pub enum Route {
     OpenApi,
     /// The same description as an HTML reference.
     Docs,
+    /// Cluster mode: a follower's steps relayed to the leader. Internal:
+    /// not in the public API, and only with the cluster secret.
+    Relay,
 }
 
 impl Route {
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 16] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -47,6 +50,7 @@ impl Route {
         Route::PrimesTask,
         Route::OpenApi,
         Route::Docs,
+        Route::Relay,
     ];
 
     pub fn path(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Route {
             Route::PrimesTask => "/v1/primes/tasks/{id}",
             Route::OpenApi => "/openapi.json",
             Route::Docs => "/docs",
+            Route::Relay => crate::store::etcd::relay::RELAY_PATH,
         }
     }
 
@@ -78,6 +83,12 @@ impl Route {
             Route::PrimesTask => &["/tasks/{id}"],
             _ => &[],
         }
+    }
+
+    /// Whether the route is between fibd's own nodes, not for clients:
+    /// not in openapi.json.
+    pub fn is_internal(self) -> bool {
+        self == Route::Relay
     }
 
     pub fn from_path(path: &[u8]) -> Option<Route> {
@@ -93,7 +104,7 @@ impl Route {
     pub fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
-            Route::PrimesTasks => "POST",
+            Route::PrimesTasks | Route::Relay => "POST",
             Route::PrimesTask => "GET, HEAD, DELETE",
             _ => "GET, HEAD",
         }
@@ -112,7 +123,7 @@ impl Route {
             Route::Current | Route::Next | Route::Previous => {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
-            Route::PrimesTasks => method == Method::Post,
+            Route::PrimesTasks | Route::Relay => method == Method::Post,
             Route::PrimesTask => matches!(method, Method::Get | Method::Head | Method::Delete),
             _ => matches!(method, Method::Get | Method::Head),
         }

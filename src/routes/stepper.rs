@@ -2,7 +2,9 @@
 //! read that must wait (one behind its own connection's steps, or any read
 //! when the index is shared through etcd), keep a slot in their
 //! connection's output and are answered once their batch is durable; a
-//! read of an index this node alone writes is answered at once.
+//! read of an index this node alone writes is answered at once. In cluster
+//! mode the leader also takes the steps its followers relay
+//! (`store::etcd::relay`), and answers them the same way.
 
 use super::late::{Shape, Waiting};
 use super::number::{JSON_INDEX, NumberReply, write_number};
@@ -12,11 +14,13 @@ use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::date::HttpDate;
 use crate::http::parse::Request;
+use crate::http::response::ContentType;
 use crate::http::response::Status;
 use crate::reply::output::Output;
 use crate::reply::park::ConnId;
 use crate::services::fib::Value;
 use crate::services::stepper::{Step, StepReply};
+use crate::store::etcd::relay::{self, RelayAnswer};
 
 impl App {
     pub(super) fn stepper(
@@ -61,7 +65,61 @@ impl App {
             StepReply::Unavailable => self.write_error(ApiError::StoreUnavailable, shape, out),
             StepReply::OutcomeUnknown => self.write_error(ApiError::StepOutcomeUnknown, shape, out),
             StepReply::Withdrawn => self.write_error(ApiError::CommitFailed, shape, out),
+            StepReply::Relayed {
+                base,
+                then,
+                revision,
+            } => {
+                let body = relay::answer_body(RelayAnswer {
+                    base,
+                    then,
+                    revision,
+                });
+                self.write_no_store(out, shape, ContentType::Json, body.as_bytes());
+                Status::OK
+            }
+            StepReply::NotLeader => self.write_error(ApiError::NotLeader, shape, out),
+            StepReply::RelayFenced => self.write_error(ApiError::RelayFenced, shape, out),
         }
+    }
+
+    /// A follower's steps, relayed to this node (cluster mode): they join
+    /// the batch in one piece if this node leads, and are answered once its
+    /// transaction committed.
+    pub(super) fn relay(
+        &mut self,
+        conn: ConnId,
+        request: &Request<'_>,
+        body: &[u8],
+        out: &mut Output,
+        shape: &mut Shape,
+    ) -> Result<Answer, ApiError> {
+        shape.format = Format::Json;
+        let secret = self
+            .stepper
+            .cluster_secret()
+            .ok_or(ApiError::ClusterSecret)?;
+        if !request
+            .cluster_secret
+            .is_some_and(|given| secret.matches(given))
+        {
+            return Err(ApiError::ClusterSecret);
+        }
+        let relay = relay::read_relay(body).map_err(|message| ApiError::BadRelay { message })?;
+        if self.stepper.cluster_node() == Some(relay.node.as_str()) {
+            return Err(ApiError::BadRelay {
+                message: "the relay names this very node: every node of a cluster needs a \
+                          --node-name of its own",
+            });
+        }
+        if !self.stepper.takes_relays(self.now) {
+            return Err(ApiError::NotLeader);
+        }
+        let deadline = self.stepper.wait().map(|wait| self.now + wait);
+        let ticket = self.park(conn, Waiting::Step, *shape, deadline)?;
+        out.reserve(ticket);
+        self.stepper.relay(ticket, relay);
+        Ok(Answer::Later(persistence_reply(shape.persistence)))
     }
 }
 

@@ -26,13 +26,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::base::secret::Secret;
 use crate::net::upstream::{CallError, Response};
 use crate::reply::park::Ticket;
 use crate::services::fib::Value;
 use crate::services::fib::cursor::Cursor;
+pub use crate::store::Step;
 use crate::store::etcd::EtcdStats;
+use crate::store::etcd::relay::Relay;
 use crate::store::ledger::{Committed, Ledger};
-use crate::store::{IndexBatch, IndexOutcome, IndexStore, StoreCall};
+use crate::store::{Channel, IndexBatch, IndexOutcome, IndexStore, StoreCall, WriterPut};
 
 /// Limb operations the loop may spend moving the cursor in one go (a limb
 /// add is about a nanosecond, so this stays well under a millisecond).
@@ -43,12 +46,16 @@ const BUILD_ON_LOOP_MAX: u64 = 5_000;
 const BATCH_OPS_MAX: usize = 8_192;
 /// A jump the compute queue refused is asked for again after this long.
 const JUMP_RETRY: Duration = Duration::from_millis(50);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    Next,
-    Previous,
-}
+/// After the leader's batch is answered, its next one waits at most
+/// this long for as many requests as it answered to come back (the clients
+/// it answered, and followers' next relays): a round trip of theirs is a
+/// fraction of a millisecond on a LAN, etcd's commit several, so the next
+/// transaction carries them instead of leaving half of them for the one
+/// after (group commit's linger, as Kafka's `linger.ms`).
+const LINGER_MAX: Duration = Duration::from_millis(1);
+/// Other nodes' relays in one batch at most: each adds a compare, a put and
+/// a range to the transaction, and etcd takes 128 of each by default.
+const RELAYS_PER_BATCH_MAX: usize = 64;
 
 /// A request waiting in a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +63,9 @@ enum Op {
     Step(Step),
     /// /current, answered at its place in the batch.
     Read,
+    /// Another node's steps, relayed to this leader, applied in one piece
+    /// (they are kept in `Stepper::relays`).
+    Relay,
 }
 
 /// What a request of the stepper's is answered.
@@ -77,6 +87,18 @@ pub enum StepReply {
     /// The step was sent and its outcome could not be read back in time: it
     /// may or may not have been made (at most once).
     OutcomeUnknown,
+    /// A relay's steps were applied on `base`; the index is `then` after
+    /// the batch, at etcd's `revision`.
+    Relayed {
+        base: u64,
+        then: u64,
+        revision: u64,
+    },
+    /// A relay reached a node that does not lead: nothing was applied.
+    NotLeader,
+    /// A relay its node gave up on (it rewrote its fence, or sent a newer
+    /// one): nothing was applied, nor ever will be.
+    RelayFenced,
 }
 
 /// The durable index, for a read answered at once.
@@ -101,9 +123,17 @@ struct Batch {
     submitted: bool,
     /// Handed to the store before: a new attempt of the same batch.
     sent_before: bool,
-    /// Applied on `.0` (the store holds `.1` now), waiting for the cursor
-    /// to get there before its replies are rendered.
-    applied: Option<(u64, u64)>,
+    /// Applied on `.base`, waiting for the cursor to get there before its
+    /// replies are rendered.
+    applied: Option<Applied>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Applied {
+    base: u64,
+    /// The index in the store now.
+    then: u64,
+    revision: u64,
 }
 
 pub struct Stepper {
@@ -123,8 +153,21 @@ pub struct Stepper {
     /// (expired, or their client left).
     waiting: HashMap<Ticket, bool>,
     collecting: VecDeque<(Ticket, Op)>,
+    /// The steps of every [`Op::Relay`] still waiting, by ticket.
+    relays: HashMap<Ticket, Relay>,
     batch: Option<Batch>,
+    /// Requests the last batch answered, when it was a shared store's: the
+    /// next batch lingers for as many (see [`LINGER_MAX`]).
+    answered_last: Option<usize>,
+    linger: Option<Linger>,
     jumps: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Linger {
+    until: Instant,
+    /// Requests collected that end it early.
+    expect: usize,
 }
 
 impl Stepper {
@@ -144,7 +187,10 @@ impl Stepper {
             jump_retry_at: None,
             waiting: HashMap::new(),
             collecting: VecDeque::new(),
+            relays: HashMap::new(),
             batch: None,
+            answered_last: None,
+            linger: None,
             jumps: 0,
         }
     }
@@ -180,9 +226,34 @@ impl Stepper {
         self.join(ticket, Op::Read);
     }
 
+    /// Whether this node leads the cluster, so relays may join its batches.
+    pub fn takes_relays(&self, now: Instant) -> bool {
+        self.store.takes_relays(now)
+    }
+
+    /// The secret relays must carry, in cluster mode.
+    pub fn cluster_secret(&self) -> Option<&Secret> {
+        match &self.store {
+            IndexStore::Lmdb { .. } => None,
+            IndexStore::Etcd(etcd) => Some(&etcd.config().secret),
+        }
+    }
+
+    /// Another node's steps, relayed to this leader: they join the
+    /// collecting batch in one piece.
+    pub fn relay(&mut self, ticket: Ticket, relay: Relay) {
+        self.relays.insert(ticket, relay);
+        self.join(ticket, Op::Relay);
+    }
+
     /// The request's wait is over: its reply now, if it still waited.
     pub fn expire(&mut self, ticket: Ticket) -> Option<StepReply> {
         let sent = self.waiting.remove(&ticket)?;
+        if !sent {
+            // Handed to the store, a relay's steps stay until its batch is
+            // settled: they move the cursor for the steps after them.
+            self.relays.remove(&ticket);
+        }
         Some(if sent && self.store.may_apply() {
             StepReply::OutcomeUnknown
         } else {
@@ -193,7 +264,9 @@ impl Stepper {
     /// The request's client left: a step already handed to the store still
     /// happens; one that was not is dropped.
     pub fn abandon(&mut self, ticket: Ticket) {
-        self.waiting.remove(&ticket);
+        if self.waiting.remove(&ticket) == Some(false) {
+            self.relays.remove(&ticket);
+        }
     }
 
     /// Loop phase: hands the next batch to the store when it takes one. A
@@ -207,6 +280,10 @@ impl Stepper {
     ) {
         loop {
             if self.batch.is_none() {
+                if self.lingers(now) {
+                    return;
+                }
+                self.linger = None;
                 self.batch = self.take_batch();
             }
             let Some(batch) = &mut self.batch else {
@@ -226,17 +303,32 @@ impl Stepper {
             // go as they were), requests whose wait ended are left out, and
             // those that arrived since the last attempt join.
             if !self.store.may_apply() {
-                let waiting = &self.waiting;
-                batch.ops.retain(|(ticket, _)| waiting.contains_key(ticket));
+                let (waiting, relays) = (&self.waiting, &mut self.relays);
+                batch.ops.retain(|(ticket, op)| {
+                    let keep = waiting.contains_key(ticket);
+                    if !keep && *op == Op::Relay {
+                        relays.remove(ticket);
+                    }
+                    keep
+                });
                 take_waiting(&mut self.collecting, &mut self.waiting, &mut batch.ops);
+                let leads = self.store.takes_relays(now);
+                drop_relays(batch, &mut self.relays, &mut self.waiting, settle, |_| {
+                    (!leads).then_some(StepReply::NotLeader)
+                });
+                drop_superseded(batch, &mut self.relays, &mut self.waiting, settle);
             }
             if batch.ops.is_empty() {
                 self.batch = None;
                 continue;
             }
-            let (target, moves, steps) = simulate(base, &batch.ops, self.max_index);
-            if self.store.is_exclusive() && !moves {
-                batch.applied = Some((base, base));
+            let planned = plan(base, &batch.ops, &self.relays, self.max_index);
+            if self.store.is_exclusive() && !planned.moves {
+                batch.applied = Some(Applied {
+                    base,
+                    then: base,
+                    revision: 0,
+                });
                 self.render_applied(settle);
                 continue;
             }
@@ -247,8 +339,10 @@ impl Stepper {
                 IndexBatch {
                     fresh,
                     base,
-                    target,
-                    steps,
+                    target: planned.target,
+                    steps: planned.steps,
+                    sequence: planned.sequence,
+                    relays: planned.relays,
                 },
                 ledger,
             );
@@ -263,28 +357,74 @@ impl Stepper {
         }
     }
 
-    /// The store's next outbound call, for the loop to send.
-    pub fn next_call(&mut self, now: Instant) -> Option<StoreCall> {
-        self.store.next_call(now)
+    /// The store's next outbound call, for the loop to send. A batch the
+    /// store found it can no longer send as it was handed over (this node
+    /// stopped leading meanwhile) is settled first.
+    pub fn next_call(
+        &mut self,
+        now: Instant,
+        settle: &mut impl FnMut(Ticket, StepReply),
+    ) -> Option<StoreCall> {
+        let call = self.store.next_call(now);
+        if let Some(outcome) = self.store.take_outcome() {
+            self.apply(outcome, settle);
+        }
+        call
+    }
+
+    /// This node's name in the cluster, in cluster mode.
+    pub fn cluster_node(&self) -> Option<&str> {
+        match &self.store {
+            IndexStore::Lmdb { .. } => None,
+            IndexStore::Etcd(etcd) => Some(&etcd.config().node),
+        }
     }
 
     /// The store's call was answered, or failed.
     pub fn call_done(
         &mut self,
+        channel: Channel,
         result: Result<Response, CallError>,
         now: Instant,
         settle: &mut impl FnMut(Ticket, StepReply),
     ) {
-        if let Some(outcome) = self.store.call_done(result, now) {
+        if let Some(outcome) = self.store.call_done(channel, result, now) {
+            self.apply(outcome, settle);
+        }
+        // Only the node that writes lingers: a follower's relays wait at the
+        // leader anyway, so its own linger would only add to their trip.
+        if let Some(expect) = self.answered_last.take()
+            && self.store.takes_relays(now)
+        {
+            self.linger = Some(Linger {
+                until: now + LINGER_MAX,
+                expect,
+            });
+        }
+    }
+
+    /// Whether the next batch still waits for the requests the last one
+    /// answered to come back.
+    fn lingers(&self, now: Instant) -> bool {
+        self.linger
+            .is_some_and(|l| now < l.until && self.collecting.len() < l.expect)
+    }
+
+    /// The store's call could not be handed to the outbound client.
+    pub fn call_not_sent(
+        &mut self,
+        channel: Channel,
+        now: Instant,
+        settle: &mut impl FnMut(Ticket, StepReply),
+    ) {
+        if let Some(outcome) = self.store.call_not_sent(channel, now) {
             self.apply(outcome, settle);
         }
     }
 
-    /// The store's call could not be handed to the outbound client.
-    pub fn call_not_sent(&mut self, now: Instant, settle: &mut impl FnMut(Ticket, StepReply)) {
-        if let Some(outcome) = self.store.call_not_sent(now) {
-            self.apply(outcome, settle);
-        }
+    /// A graceful stop begins: a leader hands the leadership on.
+    pub fn resign(&mut self) {
+        self.store.resign();
     }
 
     /// A cursor jump the loop should start on the compute worker.
@@ -318,12 +458,25 @@ impl Stepper {
         self.value = Value::at_cursor(&cursor);
         self.cursor = Some(cursor);
         self.render_applied(settle);
+        // Answered after a jump, not after a call: no linger.
+        self.answered_last = None;
     }
 
     /// When the loop should wake for the stepper (a back-off or a jump retry).
     pub fn next_timer(&self) -> Option<Instant> {
         let jump = self.jump_retry_at.filter(|_| self.jump.is_some());
-        self.store.next_timer().into_iter().chain(jump).min()
+        // Only while a request waits on it: with none, the next one wakes
+        // the loop by itself.
+        let linger = self
+            .linger
+            .filter(|_| !self.collecting.is_empty())
+            .map(|l| l.until);
+        self.store
+            .next_timer()
+            .into_iter()
+            .chain(jump)
+            .chain(linger)
+            .min()
     }
 
     /// Whether a call is due now: the loop must not sleep.
@@ -335,14 +488,14 @@ impl Stepper {
     pub fn wants_submit(&self, ledger: &Ledger, now: Instant) -> bool {
         let waiting = match &self.batch {
             Some(batch) => !batch.submitted && batch.applied.is_none(),
-            None => !self.collecting.is_empty(),
+            None => !self.collecting.is_empty() && !self.lingers(now),
         };
         waiting && self.known.is_some() && self.jump.is_none() && self.store.accepts(ledger, now)
     }
 
     /// Whether the store answers and the index is known: /readyz.
-    pub fn is_ready(&self) -> bool {
-        self.known.is_some() && self.store.is_ready()
+    pub fn is_ready(&self, now: Instant) -> bool {
+        self.known.is_some() && self.store.is_ready(now)
     }
 
     /// The index the store last reported durable.
@@ -356,15 +509,25 @@ impl Stepper {
         in_flight
             .chain(self.collecting.iter())
             .filter(|(ticket, _)| self.waiting.contains_key(ticket))
-            .fold(self.committed_index(), |index, &(_, op)| match op {
+            .fold(self.committed_index(), |index, &(ticket, op)| match op {
                 Op::Step(step) => apply(index, step, self.max_index),
                 Op::Read => index,
+                Op::Relay => self.relays.get(&ticket).map_or(index, |relay| {
+                    relay
+                        .steps
+                        .iter()
+                        .fold(index, |i, &step| apply(i, step, self.max_index))
+                }),
             })
     }
 
-    /// Whether every request taken so far is answered.
+    /// Whether every request taken so far is answered. With a shared store, a batch whose outcome stays unknown (etcd out of
+    /// reach) holds no one's reply once its requests' waits are over, so it
+    /// does not hold a graceful stop either.
     pub fn is_settled(&self) -> bool {
-        self.batch.is_none() && self.waiting.is_empty()
+        (self.batch.is_none() || !self.store.is_exclusive())
+            && self.waiting.is_empty()
+            && self.store.is_settled()
     }
 
     /// Cursor moves too long for the loop, run on the compute worker.
@@ -373,8 +536,8 @@ impl Stepper {
     }
 
     /// etcd's counters, when the index is there.
-    pub fn etcd_stats(&self) -> Option<EtcdStats> {
-        self.store.etcd_stats()
+    pub fn etcd_stats(&self, now: Instant) -> Option<EtcdStats> {
+        self.store.etcd_stats(now)
     }
 
     fn join(&mut self, ticket: Ticket, op: Op) {
@@ -396,22 +559,50 @@ impl Stepper {
 
     fn apply(&mut self, outcome: IndexOutcome, settle: &mut impl FnMut(Ticket, StepReply)) {
         match outcome {
-            IndexOutcome::Applied { base, then } => {
+            IndexOutcome::Applied {
+                base,
+                then,
+                revision,
+            } => {
                 if let Some(batch) = &mut self.batch {
                     batch.submitted = false;
-                    batch.applied = Some((base, then));
+                    batch.applied = Some(Applied {
+                        base,
+                        then,
+                        revision,
+                    });
                     self.render_applied(settle);
                 } else {
                     self.learn(then);
                 }
             }
-            IndexOutcome::Moved { current } => {
+            IndexOutcome::Moved { current, fenced } => {
+                if let Some(batch) = &mut self.batch {
+                    batch.submitted = false;
+                    drop_relays(
+                        batch,
+                        &mut self.relays,
+                        &mut self.waiting,
+                        settle,
+                        |relay| {
+                            fenced
+                                .contains(&relay.node)
+                                .then_some(StepReply::RelayFenced)
+                        },
+                    );
+                }
+                self.learn(current);
+            }
+            IndexOutcome::Deposed { current }
+            | IndexOutcome::Retry {
+                current: Some(current),
+            } => {
                 if let Some(batch) = &mut self.batch {
                     batch.submitted = false;
                 }
                 self.learn(current);
             }
-            IndexOutcome::Retry => {
+            IndexOutcome::Retry { current: None } => {
                 if let Some(batch) = &mut self.batch {
                     batch.submitted = false;
                 }
@@ -419,6 +610,7 @@ impl Stepper {
             IndexOutcome::Learned { current } => self.learn(current),
             IndexOutcome::Failed => {
                 for (ticket, _) in self.batch.take().map(|b| b.ops).unwrap_or_default() {
+                    self.relays.remove(&ticket);
                     if self.waiting.remove(&ticket).is_some() {
                         settle(ticket, StepReply::Withdrawn);
                     }
@@ -430,7 +622,12 @@ impl Stepper {
     /// Renders the applied batch, once the cursor is at the index it was
     /// applied on: each request's reply from the index its step made.
     fn render_applied(&mut self, settle: &mut impl FnMut(Ticket, StepReply)) {
-        let Some((base, then)) = self.batch.as_ref().and_then(|b| b.applied) else {
+        let Some(Applied {
+            base,
+            then,
+            revision,
+        }) = self.batch.as_ref().and_then(|b| b.applied)
+        else {
             return;
         };
         if self.jump.is_some() || !self.move_cursor(base) {
@@ -439,6 +636,9 @@ impl Stepper {
         let (Some(batch), Some(mut cursor)) = (self.batch.take(), self.cursor.take()) else {
             return;
         };
+        if !self.store.is_exclusive() {
+            self.answered_last = Some(batch.ops.len());
+        }
         // A read right after a step shows the same value: render it once.
         let mut last: Option<(u64, Value)> = None;
         for (ticket, op) in batch.ops {
@@ -456,6 +656,29 @@ impl Stepper {
                 }
                 Op::Step(Step::Previous) => cursor.back(),
                 Op::Read => false,
+                Op::Relay => {
+                    let relayed_on = cursor.index();
+                    let steps = self.relays.remove(&ticket).map(|r| r.steps);
+                    for step in steps.unwrap_or_default() {
+                        match step {
+                            Step::Next if cursor.index() >= self.max_index => {}
+                            Step::Next => cursor.forward(),
+                            Step::Previous => {
+                                cursor.back();
+                            }
+                        }
+                    }
+                    last = None;
+                    if self.waiting.remove(&ticket).is_some() {
+                        let reply = StepReply::Relayed {
+                            base: relayed_on,
+                            then,
+                            revision,
+                        };
+                        settle(ticket, reply);
+                    }
+                    continue;
+                }
             };
             if moved {
                 last = None;
@@ -536,10 +759,17 @@ fn take_waiting(
     waiting: &mut HashMap<Ticket, bool>,
     ops: &mut Vec<(Ticket, Op)>,
 ) {
+    let mut relays = ops.iter().filter(|(_, op)| *op == Op::Relay).count();
     while ops.len() < BATCH_OPS_MAX {
+        if relays >= RELAYS_PER_BATCH_MAX
+            && collecting.front().is_some_and(|(_, op)| *op == Op::Relay)
+        {
+            return;
+        }
         let Some((ticket, op)) = collecting.pop_front() else {
             return;
         };
+        relays += usize::from(op == Op::Relay);
         if let Some(sent) = waiting.get_mut(&ticket) {
             *sent = true;
             ops.push((ticket, op));
@@ -557,20 +787,114 @@ fn apply(index: u64, step: Step, max_index: u64) -> u64 {
     }
 }
 
-/// Where `ops` take the index from `base`: the index after them, whether
-/// any of them moves it, and how many steps there are.
-fn simulate(base: u64, ops: &[(Ticket, Op)], max_index: u64) -> (u64, bool, u64) {
-    let mut index = base;
-    let (mut moves, mut steps) = (false, 0);
-    for &(_, op) in ops {
-        if let Op::Step(step) = op {
-            steps += 1;
-            let next = apply(index, step, max_index);
-            moves |= next != index;
-            index = next;
+/// What a batch does, worked out before it goes to the store.
+struct Plan {
+    /// The index after every op.
+    target: u64,
+    /// Whether any op moves the index.
+    moves: bool,
+    /// Steps, relayed ones included.
+    steps: u64,
+    /// This node's own steps, in order.
+    sequence: Vec<Step>,
+    /// Each relay's writer put, with the index it is applied on.
+    relays: Vec<WriterPut>,
+}
+
+/// Where `ops` take the index from `base`.
+fn plan(base: u64, ops: &[(Ticket, Op)], relays: &HashMap<Ticket, Relay>, max_index: u64) -> Plan {
+    let mut planned = Plan {
+        target: base,
+        moves: false,
+        steps: 0,
+        sequence: Vec::new(),
+        relays: Vec::new(),
+    };
+    let step = |planned: &mut Plan, step| {
+        planned.steps += 1;
+        let next = apply(planned.target, step, max_index);
+        planned.moves |= next != planned.target;
+        planned.target = next;
+    };
+    for &(ticket, op) in ops {
+        match op {
+            Op::Step(s) => {
+                planned.sequence.push(s);
+                step(&mut planned, s);
+            }
+            Op::Read => {}
+            Op::Relay => {
+                let Some(relay) = relays.get(&ticket) else {
+                    continue;
+                };
+                planned.relays.push(WriterPut {
+                    node: relay.node.clone(),
+                    fence: relay.fence,
+                    tag: relay.tag.clone(),
+                    base: planned.target,
+                });
+                for &s in &relay.steps {
+                    step(&mut planned, s);
+                }
+            }
         }
     }
-    (index, moves, steps)
+    planned
+}
+
+/// Takes out of `batch` the relays `why` gives a reply for, and answers them.
+fn drop_relays(
+    batch: &mut Batch,
+    relays: &mut HashMap<Ticket, Relay>,
+    waiting: &mut HashMap<Ticket, bool>,
+    settle: &mut impl FnMut(Ticket, StepReply),
+    why: impl Fn(&Relay) -> Option<StepReply>,
+) {
+    batch.ops.retain(|&(ticket, op)| {
+        let reply = match (op, relays.get(&ticket)) {
+            (Op::Relay, Some(relay)) => why(relay),
+            _ => None,
+        };
+        let Some(reply) = reply else {
+            return true;
+        };
+        relays.remove(&ticket);
+        if waiting.remove(&ticket).is_some() {
+            settle(ticket, reply);
+        }
+        false
+    });
+}
+
+/// A node sends a relay only once the one before is settled, so of two
+/// relays of one node in a batch the older is one it gave up on (and two
+/// writes of one key in a transaction are refused).
+fn drop_superseded(
+    batch: &mut Batch,
+    relays: &mut HashMap<Ticket, Relay>,
+    waiting: &mut HashMap<Ticket, bool>,
+    settle: &mut impl FnMut(Ticket, StepReply),
+) {
+    let mut newest: HashMap<&str, Ticket> = HashMap::new();
+    for &(ticket, op) in &batch.ops {
+        if let (Op::Relay, Some(relay)) = (op, relays.get(&ticket)) {
+            newest.insert(&relay.node, ticket);
+        }
+    }
+    if newest.len() == batch.ops.iter().filter(|(_, op)| *op == Op::Relay).count() {
+        return;
+    }
+    let keep: std::collections::HashSet<Ticket> = newest.into_values().collect();
+    batch.ops.retain(|&(ticket, op)| {
+        if op != Op::Relay || keep.contains(&ticket) {
+            return true;
+        }
+        relays.remove(&ticket);
+        if waiting.remove(&ticket).is_some() {
+            settle(ticket, StepReply::RelayFenced);
+        }
+        false
+    });
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! (the primes tasks' records always; the stepper's index with
 //! `--store lmdb`), each batch durable at one flush of the write-ahead log
 //! and checkpointed into LMDB ([`journal`]), and the stepper's index in
-//! etcd (`--store etcd`).
+//! etcd (`--store etcd`), written by one elected leader for every node.
 //!
 //! # The index behind one interface
 //! The stepper (`services::stepper`) collects steps and reads into batches,
@@ -20,6 +20,9 @@
 //!   when no call is in flight and no back-off runs.
 //! - *May a step whose wait ended have happened?* LMDB: steps do not time
 //!   out. etcd: while an attempt of its batch may still apply.
+//! - *May other nodes' steps join this node's batches?* LMDB: there are no
+//!   other nodes. etcd: while this node leads the cluster; a follower
+//!   relays its batches to the leader instead.
 //!
 //! LMDB's batches ride the ledger's group commit ([`ledger`]), one log
 //! frame with the task records; etcd's go out through the outbound
@@ -37,7 +40,7 @@ use std::time::Instant;
 
 use crate::net::upstream::{CallError, Response};
 use etcd::{EtcdIndex, EtcdStats};
-pub use index::{IndexBatch, IndexOutcome, StoreCall};
+pub use index::{Channel, IndexBatch, IndexOutcome, Step, StoreCall, WriterPut};
 use ledger::{CommitEffect, Committed, Ledger};
 
 /// The one interface the stepper's index is kept behind.
@@ -90,7 +93,11 @@ impl IndexStore {
         }
         let (base, target) = riding.take()?;
         Some(match committed.effect {
-            CommitEffect::Released(_) => IndexOutcome::Applied { base, then: target },
+            CommitEffect::Released(_) => IndexOutcome::Applied {
+                base,
+                then: target,
+                revision: 0,
+            },
             CommitEffect::Failed { .. } => IndexOutcome::Failed,
         })
     }
@@ -104,10 +111,43 @@ impl IndexStore {
     }
 
     /// Whether the store answers, for /readyz.
-    pub fn is_ready(&self) -> bool {
+    pub fn is_ready(&self, now: Instant) -> bool {
         match self {
             IndexStore::Lmdb { .. } => true,
-            IndexStore::Etcd(etcd) => etcd.is_ready(),
+            IndexStore::Etcd(etcd) => etcd.is_ready(now),
+        }
+    }
+
+    /// Whether other nodes' steps may join this node's batches: it leads
+    /// the cluster now.
+    pub fn takes_relays(&self, now: Instant) -> bool {
+        match self {
+            IndexStore::Lmdb { .. } => false,
+            IndexStore::Etcd(etcd) => etcd.leads(now),
+        }
+    }
+
+    /// Whether nothing the store started still runs (a resignation).
+    pub fn is_settled(&self) -> bool {
+        match self {
+            IndexStore::Lmdb { .. } => true,
+            IndexStore::Etcd(etcd) => etcd.is_settled(),
+        }
+    }
+
+    /// A graceful stop begins: a leader hands the leadership on.
+    pub fn resign(&mut self) {
+        if let IndexStore::Etcd(etcd) = self {
+            etcd.resign();
+        }
+    }
+
+    /// What became of the batch without a call, if the store found out
+    /// while making one (see [`EtcdIndex::next_call`]).
+    pub fn take_outcome(&mut self) -> Option<IndexOutcome> {
+        match self {
+            IndexStore::Lmdb { .. } => None,
+            IndexStore::Etcd(etcd) => etcd.take_outcome(),
         }
     }
 
@@ -122,27 +162,28 @@ impl IndexStore {
     /// The call [`IndexStore::next_call`] made was answered, or failed.
     pub fn call_done(
         &mut self,
+        channel: Channel,
         result: Result<Response, CallError>,
         now: Instant,
     ) -> Option<IndexOutcome> {
         match self {
             IndexStore::Lmdb { .. } => None,
             IndexStore::Etcd(etcd) => match result {
-                Ok(response) => etcd.answered(response.status, &response.body, now),
+                Ok(response) => etcd.answered(channel, response.status, &response.body, now),
                 // Even a refused connect may follow a first copy of the
                 // request on a pooled connection that the client retried:
                 // any failure leaves the outcome unknown.
-                Err(e) => etcd.failed(&e, now),
+                Err(e) => etcd.failed(channel, &e, now),
             },
         }
     }
 
     /// The call could not be handed to the outbound client (every
     /// connection busy): it certainly did not happen.
-    pub fn call_not_sent(&mut self, now: Instant) -> Option<IndexOutcome> {
+    pub fn call_not_sent(&mut self, channel: Channel, now: Instant) -> Option<IndexOutcome> {
         match self {
             IndexStore::Lmdb { .. } => None,
-            IndexStore::Etcd(etcd) => etcd.not_sent(now),
+            IndexStore::Etcd(etcd) => etcd.not_sent(channel, now),
         }
     }
 
@@ -163,10 +204,10 @@ impl IndexStore {
     }
 
     /// etcd's counters, for the metrics.
-    pub fn etcd_stats(&self) -> Option<EtcdStats> {
+    pub fn etcd_stats(&self, now: Instant) -> Option<EtcdStats> {
         match self {
             IndexStore::Lmdb { .. } => None,
-            IndexStore::Etcd(etcd) => Some(etcd.stats()),
+            IndexStore::Etcd(etcd) => Some(etcd.stats(now)),
         }
     }
 }

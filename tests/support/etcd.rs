@@ -28,6 +28,22 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const LOG_TAIL_LINES: usize = 25;
 
+/// The cluster secret file every fibd node of a test is given
+/// (`--cluster-secret-file`): written once per test process, readable by the
+/// uids partition tests run nodes under.
+pub fn secret_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("fibd-cluster-secret-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("test-cluster-secret-{}\n", std::process::id()),
+        )
+        .expect("write the cluster secret");
+        path.to_string_lossy().into_owned()
+    })
+}
+
 pub struct EtcdCluster {
     dir: DataDir,
     token: String,

@@ -17,27 +17,16 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::base::deadlines::Deadlines;
+use crate::base::secret::SECRET_BYTES_MIN;
 
 /// The longest `callback_url` taken.
 pub const CALLBACK_URL_MAX: usize = 1024;
-/// The shortest signing secret taken (Stripe's are 32 random bytes).
-pub const SECRET_BYTES_MIN: usize = 16;
 /// Back-off delays stop doubling here.
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// state, attempts, error kind, error status, URL length: 1 + 2 + 1 + 2 + 2.
 const RECORD_HEAD_BYTES: usize = 8;
 /// The most a callback adds to its task's record.
 pub const RECORD_BYTES_MAX: usize = RECORD_HEAD_BYTES + CALLBACK_URL_MAX;
-
-/// The signing secret; its Debug form never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub Box<[u8]>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret({} bytes)", self.0.len())
-    }
-}
 
 /// Sizing and timing, from the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

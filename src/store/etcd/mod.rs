@@ -1,54 +1,59 @@
-//! The index in etcd (`--store etcd`): shared by every fibd node, and this
-//! node's group commit is one etcd transaction per batch. This file is the
-//! protocol: which call to send for the batch the stepper handed over, and
-//! what etcd's answer means for it. Sans-IO and sans-clock: the loop sends
-//! the calls through the outbound client and hands the answers back;
-//! `wire` is the JSON gateway's format. Batching, the cursor and the
+//! The index in etcd (`--store etcd`): shared by every fibd node, written by
+//! one elected leader (`election`) that folds every node's steps into one
+//! transaction per batch. This file is the protocol: which call to send for
+//! the batch the stepper handed over, and what the answer means for it.
+//! Sans-IO and sans-clock: the loop sends the calls through the outbound
+//! client and hands the answers back; `wire` is etcd's JSON gateway and
+//! `relay` the internal endpoint between nodes. Batching, the cursor and the
 //! replies are the stepper's (`services::stepper`), as with LMDB.
 //!
 //! # Rules
-//! - One etcd call in flight at a time. The stepper's batches collect
-//!   meanwhile, so a loop pass's reads share one quorum read and its steps
-//!   one transaction.
-//! - A batch's transaction compares the index's mod_revision with the one
-//!   this node last saw. When another node moved the index first, the answer
-//!   carries the index as it is now ([`IndexOutcome::Moved`]); the stepper
-//!   applies the batch again on it. Replies are rendered only once their
-//!   transaction committed: the values they show are known only then.
-//! - A transaction whose answer was lost (a timeout, a closed connection, an
-//!   error status) is never guessed at: a read-back of the index and of this
-//!   node's writer tag, at one revision, tells whether it was applied. Until
-//!   it is known, nothing else is sent. Sending the batch again with a new
-//!   tag on the same revision fences the old attempt: at most one attempt of
-//!   a batch can ever match the compare.
-//! - While an attempt may still apply (one is in flight, its answer was lost,
-//!   or it was read back as "not yet" while the index still sits at the
-//!   revision it compared: a stopped member may still hold it),
-//!   [`EtcdIndex::may_apply`] says so, and a step whose wait ends then is
-//!   answered "outcome unknown": it happens once or not at all.
-//! - A node that loses the race says so in the same transaction (its
-//!   failure branch rewrites its `losing` key); a winner that sees another
-//!   node's recent loss waits about one round trip (at most 20 ms,
-//!   `YIELD_MAX`) before its next attempt. Without that, a node nearer
-//!   etcd's leader wins every race and the others' steps wait out their time.
+//! - One index call in flight at a time (and one election call beside it).
+//!   The stepper's batches collect meanwhile, so a loop pass's reads share
+//!   one quorum read and its steps one transaction.
+//! - The leader's transaction is fenced by its term: it compares the leader
+//!   key's create_revision and lease, so a node that lost the leadership,
+//!   even without knowing it yet, can never apply a batch. It also compares
+//!   the index's mod_revision with the one the leader last saw, and each
+//!   writer key in it with its node's fence.
+//! - A follower relays its batch's steps to the leader (`relay`), which
+//!   applies them in one piece inside its own batch and answers on which
+//!   index. A follower never writes the index.
+//! - Replies are rendered only once their transaction committed: the values
+//!   they show are known only then.
+//! - Every node's writer key is its fence. A transaction or relay whose
+//!   answer was lost (a timeout, a closed connection, an error status) is
+//!   never guessed at: the node rewrites its writer key if it still holds
+//!   the fence the attempt compared, which makes that attempt unable to
+//!   apply ever after, or else finds the attempt's tag there, applied. Until
+//!   it knows, nothing else is sent, and [`EtcdIndex::may_apply`] says a
+//!   step whose wait ends then is answered "outcome unknown": it happens
+//!   once or not at all.
 //!
-//! Calls rotate through the endpoints on failure; after a whole round fails
-//! the node backs off and reports itself not ready until a call succeeds.
+//! Calls to etcd rotate through the endpoints on failure; after a whole
+//! round fails the node backs off and reports itself not ready until a call
+//! succeeds.
 
+pub mod election;
+pub mod relay;
 pub mod wire;
 
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use wire::{Keys, Revisioned, TxnAnswer};
+use election::{Election, ElectionStats};
+use relay::{RELAY_PATH, SECRET_FIELD};
+use wire::{FenceAnswer, Keys, Revisioned, Term, TxnAnswer};
 
+use crate::base::secret::Secret;
 use crate::net::upstream::{CallError, Target};
-use crate::store::index::{IndexBatch, IndexOutcome, StoreCall};
+use crate::store::index::{Channel, IndexBatch, IndexOutcome, Step, StoreCall, WriterPut};
 
-/// The longest a winner waits for a node that keeps losing the race.
-const YIELD_MAX: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(800);
+/// A relay the leader did not take is sent again after this long, doubling
+/// while relays keep failing (up to `BACKOFF_MAX`).
+const RELAY_RETRY: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
@@ -63,8 +68,13 @@ pub struct ClusterConfig {
     pub endpoints: Vec<Target>,
     pub name: String,
     pub node: String,
+    /// Where the other nodes reach this one's internal endpoint
+    /// (`--cluster-url`); None: at the address it listens on.
+    pub url: Option<String>,
+    pub secret: Secret,
+    pub lease_ttl: Duration,
     pub reads: ReadMode,
-    /// The deadline of one etcd call.
+    /// The deadline of one etcd call, or of one relay.
     pub call_timeout: Duration,
     /// How long a request waits for etcd before it is answered 503.
     pub wait: Duration,
@@ -72,22 +82,31 @@ pub struct ClusterConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallKind {
-    /// A range of the index: the first read at start, and reads-only batches.
+    /// A range of the index (reads-only batches), or the first read.
     Read,
-    /// A batch's compare-and-put.
+    /// A leader's transaction.
     Txn,
-    /// Both keys read back to resolve a transaction whose answer was lost.
-    Readback,
+    /// A follower's steps sent to the leader.
+    Relay,
+    /// A node's writer key rewritten to settle an attempt whose answer was
+    /// lost.
+    Fence,
 }
 
 impl CallKind {
-    pub const ALL: [CallKind; 3] = [CallKind::Read, CallKind::Txn, CallKind::Readback];
+    pub const ALL: [CallKind; 4] = [
+        CallKind::Read,
+        CallKind::Txn,
+        CallKind::Relay,
+        CallKind::Fence,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             CallKind::Read => "read",
             CallKind::Txn => "txn",
-            CallKind::Readback => "readback",
+            CallKind::Relay => "relay",
+            CallKind::Fence => "fence",
         }
     }
 }
@@ -96,13 +115,16 @@ impl CallKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EtcdStats {
     /// Calls by [`CallKind::ALL`] position: [answered, failed].
-    pub calls: [[u64; 2]; 3],
-    /// Transactions that found the index moved by another node.
+    pub calls: [[u64; 2]; 4],
+    /// Transactions refused because a compare failed.
     pub conflicts: u64,
-    /// Transactions whose answer was lost and had to be read back.
+    /// Attempts whose answer was lost and had to be settled by a fence.
     pub unknown_outcomes: u64,
-    /// Pauses after a commit that saw another node losing races.
-    pub yields: u64,
+    /// Relays of other nodes' steps this node applied as the leader.
+    pub relays_applied: u64,
+    /// Whether this node leads now.
+    pub leader: bool,
+    pub election: ElectionStats,
 }
 
 /// The stepper's batch in this store, across the attempts made for it.
@@ -111,62 +133,73 @@ struct Batch {
     base: u64,
     target: u64,
     steps: u64,
+    sequence: Vec<Step>,
+    relays: Vec<WriterPut>,
     /// A call is due for it (handed over, not sent yet).
     due: bool,
-    attempts: Vec<Attempt>,
-    /// The last attempt's answer was lost: read back before anything else.
+    /// The tag of the attempt sent last, while it may still apply.
+    attempt: Option<String>,
+    /// The last attempt's answer was lost: fence before anything else.
     unknown: bool,
-    /// Read back as not applied, but the index has not moved since: the
-    /// attempt may still arrive and apply, until another attempt on the
-    /// same revision fences it.
-    unfenced: bool,
-}
-
-/// One transaction sent for a batch.
-#[derive(Debug)]
-struct Attempt {
-    /// The writer tag it puts; read back, it says this attempt applied.
-    tag: String,
-    /// The index it applies the batch on.
-    base: u64,
-    /// The index's mod_revision it compares with: it can apply only while
-    /// the index is still at that revision.
-    compare_revision: u64,
 }
 
 pub struct EtcdIndex {
     config: ClusterConfig,
     keys: Keys,
+    election: Election,
     /// The index as this node last saw it in etcd; None before the first read.
     known: Option<Revisioned>,
+    /// This node's writer key's mod_revision: what its attempts compare.
+    fence: Option<u64>,
     batch: Option<Batch>,
     in_flight: Option<CallKind>,
     /// When the call in flight (or the last one) was sent.
     sent_at: Instant,
     endpoint: usize,
     failures_in_a_row: u32,
-    /// No call before this (a back-off, or a yield to a losing node).
+    /// Relays that failed since the last one the leader took (for the log).
+    relay_failures_in_a_row: u32,
+    /// No call before this (a back-off).
     retry_at: Option<Instant>,
     /// Makes this process's writer tags unique across restarts.
     nonce: u64,
     seq: u64,
+    /// What became of the batch, found while making a call (the role it
+    /// was handed over for lapsed): for the stepper to take.
+    pending: Option<IndexOutcome>,
     stats: EtcdStats,
 }
 
 impl EtcdIndex {
-    pub fn new(config: ClusterConfig, nonce: u64, now: Instant) -> EtcdIndex {
+    /// `url`: where the other nodes reach this one (`config.url`, or the
+    /// address it listens on).
+    pub fn new(config: ClusterConfig, url: &str, nonce: u64, now: Instant) -> EtcdIndex {
+        let keys = Keys::new(&config.name, &config.node);
+        let election = Election::new(
+            keys.clone(),
+            &config.node,
+            url,
+            config.lease_ttl,
+            config.endpoints.clone(),
+            config.call_timeout,
+            now,
+        );
         EtcdIndex {
-            keys: Keys::new(&config.name, &config.node),
+            keys,
+            election,
             config,
             known: None,
+            fence: None,
             batch: None,
             in_flight: None,
             sent_at: now,
             endpoint: 0,
             failures_in_a_row: 0,
+            relay_failures_in_a_row: 0,
             retry_at: None,
             nonce,
             seq: 0,
+            pending: None,
             stats: EtcdStats::default(),
         }
     }
@@ -175,114 +208,249 @@ impl EtcdIndex {
         &self.config
     }
 
-    pub fn stats(&self) -> EtcdStats {
-        self.stats
+    pub fn stats(&self, now: Instant) -> EtcdStats {
+        EtcdStats {
+            leader: self.election.term(now).is_some(),
+            election: self.election.stats(),
+            ..self.stats
+        }
     }
 
-    /// Whether etcd answers and the index is known: /readyz.
-    pub fn is_ready(&self) -> bool {
-        self.known.is_some() && self.failures_in_a_row < self.rotation()
+    /// Whether etcd answers, the index is known and a leader too: /readyz.
+    pub fn is_ready(&self, now: Instant) -> bool {
+        self.known.is_some() && self.failures_in_a_row < self.rotation() && self.has_role(now)
     }
 
-    /// Whether a batch may be handed over now.
+    /// Whether this node leads now, so relays may join its batches.
+    pub fn leads(&self, now: Instant) -> bool {
+        self.election.term(now).is_some()
+    }
+
+    /// Whether a batch may be handed over now: the index is known, nothing
+    /// is in flight or due, and a leader is known (this node or another).
     pub fn accepts(&self, now: Instant) -> bool {
         self.known.is_some()
+            && self.fence.is_some()
             && self.in_flight.is_none()
             && !self.batch.as_ref().is_some_and(|b| b.due)
             && self.retry_at.is_none_or(|t| now >= t)
+            && self.has_role(now)
     }
 
     /// Takes the stepper's batch: a new one, or the same one again.
     pub fn submit(&mut self, batch: IndexBatch) {
+        let IndexBatch {
+            fresh,
+            base,
+            target,
+            steps,
+            sequence,
+            relays,
+        } = batch;
         match &mut self.batch {
-            Some(current) if !batch.fresh => {
-                current.base = batch.base;
-                current.target = batch.target;
-                current.steps = batch.steps;
+            Some(current) if !fresh => {
+                current.base = base;
+                current.target = target;
+                current.steps = steps;
+                current.sequence = sequence;
+                current.relays = relays;
                 current.due = true;
             }
             _ => {
                 self.batch = Some(Batch {
-                    base: batch.base,
-                    target: batch.target,
-                    steps: batch.steps,
+                    base,
+                    target,
+                    steps,
+                    sequence,
+                    relays,
                     due: true,
-                    attempts: Vec::new(),
+                    attempt: None,
                     unknown: false,
-                    unfenced: false,
                 });
             }
         }
     }
 
     /// Whether an attempt of the batch may have been applied without this
-    /// node knowing yet: one is in flight, or its answer was lost, or it
-    /// was read back as "not yet" and is not fenced.
+    /// node knowing yet: one is in flight, or its answer was lost.
     pub fn may_apply(&self) -> bool {
-        matches!(self.in_flight, Some(CallKind::Txn | CallKind::Readback))
-            || self.batch.as_ref().is_some_and(|b| b.unknown || b.unfenced)
+        matches!(
+            self.in_flight,
+            Some(CallKind::Txn | CallKind::Relay | CallKind::Fence)
+        ) || self.batch.as_ref().is_some_and(|b| b.unknown)
     }
 
-    /// When the loop should wake for this store (a back-off ending).
+    /// When the loop should wake for this store (a back-off ending, an
+    /// election timer).
     pub fn next_timer(&self) -> Option<Instant> {
         self.retry_at
+            .into_iter()
+            .chain(self.election.next_timer())
+            .min()
     }
 
     /// Whether a call is due now (the loop must not sleep).
     pub fn has_work(&self, now: Instant) -> bool {
-        self.in_flight.is_none()
-            && self.retry_at.is_none_or(|t| now >= t)
-            && (self.known.is_none() || self.batch.as_ref().is_some_and(|b| b.due))
+        self.pending.is_some()
+            || self.election.next_timer().is_some_and(|t| now >= t)
+            || (self.in_flight.is_none()
+                && self.retry_at.is_none_or(|t| now >= t)
+                && (self.known.is_none() || self.batch.as_ref().is_some_and(|b| b.due)))
     }
 
-    /// The call to send now, if one is due; its outcome comes back through
-    /// [`EtcdIndex::answered`], [`EtcdIndex::failed`] or
-    /// [`EtcdIndex::not_sent`].
+    /// What became of the batch without a call (see [`EtcdIndex::next_call`]).
+    pub fn take_outcome(&mut self) -> Option<IndexOutcome> {
+        self.pending.take()
+    }
+
+    /// A graceful stop: resign the leadership, so another node takes over
+    /// without waiting out the lease.
+    pub fn resign(&mut self) {
+        self.election.resign();
+    }
+
+    /// Whether a resignation asked for is done (or failed: the lease then
+    /// runs out on its own).
+    pub fn is_settled(&self) -> bool {
+        self.election.resign_settled()
+    }
+
+    /// The call to send now, if one is due: the election's first; its
+    /// outcome comes back through [`EtcdIndex::answered`],
+    /// [`EtcdIndex::failed`] or [`EtcdIndex::not_sent`].
     pub fn next_call(&mut self, now: Instant) -> Option<StoreCall> {
+        if let Some(call) = self.election.next_call(now) {
+            let request = call.endpoint.request_to(
+                "POST",
+                call.path,
+                &[("Content-Type", "application/json")],
+                &call.body,
+            );
+            return Some(StoreCall {
+                channel: Channel::Election,
+                request,
+                deadline: call.deadline,
+            });
+        }
         if self.in_flight.is_some() || self.retry_at.is_some_and(|t| now < t) {
             return None;
         }
         self.retry_at = None;
-        let Some(known) = self.known else {
-            let body = self.keys.range_body(false);
-            return Some(self.send(CallKind::Read, wire::RANGE_PATH, body, now));
+        let (Some(known), Some(fence)) = (self.known, self.fence) else {
+            let body = self.keys.first_read_body();
+            return Some(self.send_etcd(CallKind::Read, wire::TXN_PATH, body, now));
         };
+        let term = self.election.term(now);
+        let leader = self.election.leader().and_then(|l| l.target.clone());
         let batch = self.batch.as_mut().filter(|b| b.due)?;
-        batch.due = false;
         if batch.unknown {
             self.stats.unknown_outcomes += 1;
-            let body = self.keys.readback_body();
-            return Some(self.send(CallKind::Readback, wire::TXN_PATH, body, now));
+            self.seq += 1;
+            let mark = format!("fence-{:016x}-{}", self.nonce, self.seq);
+            batch.due = false;
+            let body = self.keys.fence_body(fence, &mark);
+            return Some(self.send_etcd(CallKind::Fence, wire::TXN_PATH, body, now));
         }
         if batch.steps == 0 {
+            batch.due = false;
             let body = self
                 .keys
                 .range_body(self.config.reads == ReadMode::Serializable);
-            return Some(self.send(CallKind::Read, wire::RANGE_PATH, body, now));
+            return Some(self.send_etcd(CallKind::Read, wire::RANGE_PATH, body, now));
         }
         self.seq += 1;
         let tag = format!("{:016x}-{}", self.nonce, self.seq);
-        let body = self
-            .keys
-            .step_txn_body(known.mod_revision, batch.target, &tag);
-        batch.attempts.push(Attempt {
-            tag,
-            base: batch.base,
-            compare_revision: known.mod_revision,
-        });
-        Some(self.send(CallKind::Txn, wire::TXN_PATH, body, now))
+        if let Some(term) = term {
+            let own = WriterPut {
+                node: self.config.node.clone(),
+                fence,
+                tag: tag.clone(),
+                base: batch.base,
+            };
+            let writers: Vec<WriterPut> = std::iter::once(own)
+                .chain(batch.relays.iter().cloned())
+                .collect();
+            let body = self
+                .keys
+                .step_txn_body(term, known.mod_revision, batch.target, &writers);
+            batch.due = false;
+            batch.attempt = Some(tag);
+            return Some(self.send_etcd(CallKind::Txn, wire::TXN_PATH, body, now));
+        }
+        // A follower: its batch holds no relays (the stepper answers them
+        // "not leader" before it hands the batch over). A batch handed over
+        // while this node led, or while a leader was known, that cannot go
+        // as it is now goes back to the stepper, which answers its relays
+        // and plans it again.
+        let Some(target) = leader.filter(|_| batch.relays.is_empty()) else {
+            batch.due = false;
+            self.pending = Some(IndexOutcome::Deposed {
+                current: known.index,
+            });
+            return None;
+        };
+        let body = relay::relay_body(&self.config.node, &tag, fence, &batch.sequence);
+        batch.due = false;
+        batch.attempt = Some(tag);
+        self.in_flight = Some(CallKind::Relay);
+        self.sent_at = now;
+        let request = target.request_to(
+            "POST",
+            RELAY_PATH,
+            &[
+                ("Content-Type", "application/json"),
+                (
+                    SECRET_FIELD,
+                    self.config.secret.as_field().unwrap_or_default(),
+                ),
+            ],
+            &body,
+        );
+        Some(StoreCall {
+            channel: Channel::Index,
+            request,
+            deadline: now + self.config.call_timeout,
+        })
     }
 
-    /// The call in flight got an HTTP answer.
-    pub fn answered(&mut self, status: u16, body: &[u8], now: Instant) -> Option<IndexOutcome> {
+    /// A call got an HTTP answer.
+    pub fn answered(
+        &mut self,
+        channel: Channel,
+        status: u16,
+        body: &[u8],
+        now: Instant,
+    ) -> Option<IndexOutcome> {
+        if channel == Channel::Election {
+            self.election.answered(status, body, now);
+            return None;
+        }
         let kind = self.in_flight.take()?;
         let outcome = match kind {
+            CallKind::Read if self.fence.is_none() => {
+                wire::read_first(status, body).map(|(current, writer)| {
+                    self.learn(current);
+                    self.fence = Some(writer.mod_revision);
+                    Some(IndexOutcome::Learned {
+                        current: current.index,
+                    })
+                })
+            }
             CallKind::Read => wire::read_range(status, body).map(|current| self.read(current)),
             CallKind::Txn => {
-                wire::read_txn(&self.keys, status, body).map(|answer| self.txn(answer, now))
+                let writers = 1 + self.batch.as_ref().map_or(0, |b| b.relays.len());
+                wire::read_txn(status, body, writers).map(|answer| self.txn(answer, now))
             }
-            CallKind::Readback => wire::read_readback(status, body)
-                .map(|(current, writer)| self.resolve(current, writer.as_deref(), true)),
+            CallKind::Fence => wire::read_fence(status, body).map(|answer| self.fenced(answer)),
+            CallKind::Relay => {
+                return match relay::read_answer(status, body) {
+                    Ok(answer) => {
+                        self.count(kind, true);
+                        self.relayed(answer)
+                    }
+                    Err(why) => self.relay_failed(&why, now),
+                };
+            }
         };
         match outcome {
             Ok(outcome) => {
@@ -294,31 +462,57 @@ impl EtcdIndex {
         }
     }
 
-    /// The call in flight got no answer (closed, timeout): it may have
-    /// reached etcd.
-    pub fn failed(&mut self, why: &CallError, now: Instant) -> Option<IndexOutcome> {
-        let kind = self.in_flight.take()?;
+    /// A call got no answer (closed, timeout): it may have arrived.
+    pub fn failed(
+        &mut self,
+        channel: Channel,
+        why: &CallError,
+        now: Instant,
+    ) -> Option<IndexOutcome> {
+        if channel == Channel::Election {
+            self.election.failed(why, now);
+            return None;
+        }
+        let kind = self.in_flight?;
+        if kind == CallKind::Relay {
+            self.in_flight = None;
+            return self.relay_failed(why, now);
+        }
+        self.in_flight = None;
         self.call_failed(kind, why, now)
     }
 
-    /// The call in flight was never handed to the client (no connection
-    /// was free): a transaction in it certainly did not happen, so there is
-    /// nothing to read back.
-    pub fn not_sent(&mut self, now: Instant) -> Option<IndexOutcome> {
+    /// A call was never handed to the client (no connection was free): a
+    /// transaction or relay in it certainly did not happen, so there is
+    /// nothing to fence.
+    pub fn not_sent(&mut self, channel: Channel, now: Instant) -> Option<IndexOutcome> {
+        if channel == Channel::Election {
+            self.election
+                .failed(&"every outbound connection is busy", now);
+            return None;
+        }
         let unknown_before = self.batch.as_ref().is_some_and(|b| b.unknown);
         let kind = self.in_flight.take()?;
         let outcome = self.call_failed(kind, &"every outbound connection is busy", now);
         if let Some(batch) = &mut self.batch {
             batch.unknown = unknown_before;
-            if kind == CallKind::Txn && !unknown_before {
+            if matches!(kind, CallKind::Txn | CallKind::Relay) && !unknown_before {
                 // The attempt never left: it cannot apply.
-                batch.attempts.pop();
+                batch.attempt = None;
             }
         }
         outcome
     }
 
-    fn send(
+    fn has_role(&self, now: Instant) -> bool {
+        self.election.term(now).is_some()
+            || self
+                .election
+                .leader()
+                .is_some_and(|leader| leader.target.is_some())
+    }
+
+    fn send_etcd(
         &mut self,
         kind: CallKind,
         path: &'static str,
@@ -329,6 +523,7 @@ impl EtcdIndex {
         self.sent_at = now;
         let endpoint = &self.config.endpoints[self.endpoint];
         StoreCall {
+            channel: Channel::Index,
             request: endpoint.request_to(
                 "POST",
                 path,
@@ -339,84 +534,163 @@ impl EtcdIndex {
         }
     }
 
-    /// A range answered: the first read, or a batch of reads.
+    /// A range answered: a batch of reads.
     fn read(&mut self, current: Revisioned) -> Option<IndexOutcome> {
         self.learn(current);
         let index = self.known.map_or(current.index, |k| k.index);
-        match self.batch.take() {
-            Some(_) => Some(IndexOutcome::Applied {
-                base: index,
-                then: index,
-            }),
-            None => Some(IndexOutcome::Learned { current: index }),
-        }
+        self.batch.take()?;
+        Some(IndexOutcome::Applied {
+            base: index,
+            then: index,
+            revision: current.mod_revision,
+        })
     }
 
     fn txn(&mut self, answer: TxnAnswer, now: Instant) -> Option<IndexOutcome> {
         match answer {
-            TxnAnswer::Committed {
-                revision,
-                others_losing,
-            } => {
+            TxnAnswer::Committed { revision } => {
                 let batch = self.batch.take()?;
-                if others_losing {
-                    // Give a node that keeps losing a window of about one
-                    // round trip to land its attempt before this node's next.
-                    let round_trip = now.saturating_duration_since(self.sent_at);
-                    self.retry_at = Some(now + round_trip.min(YIELD_MAX));
-                    self.stats.yields += 1;
-                }
-                let base = batch.attempts.last().map_or(batch.base, |a| a.base);
+                self.stats.relays_applied += batch.relays.len() as u64;
                 self.known = Some(Revisioned {
                     index: batch.target,
                     mod_revision: revision,
                 });
+                self.fence = Some(revision);
                 Some(IndexOutcome::Applied {
-                    base,
+                    base: batch.base,
                     then: batch.target,
+                    revision,
                 })
             }
-            TxnAnswer::Moved { current, writer } => self.resolve(current, writer.as_deref(), false),
+            TxnAnswer::Refused {
+                current,
+                leader,
+                fences,
+            } => {
+                self.stats.conflicts += 1;
+                self.learn(current);
+                let batch = self.batch.as_mut()?;
+                batch.attempt = None;
+                // Nothing applied: the fences read are the ones to compare.
+                if let Some(&own) = fences.first() {
+                    self.fence = Some(own);
+                }
+                let term = self.election.term(now);
+                let still_leads = matches!((term, &leader), (Some(Term { create_revision, lease }), Some(key))
+                    if key.create_revision == create_revision && key.lease == lease);
+                if !still_leads {
+                    self.election.deposed(leader, now);
+                    return Some(IndexOutcome::Deposed {
+                        current: self.known_index(),
+                    });
+                }
+                let fenced = batch
+                    .relays
+                    .iter()
+                    .zip(fences.iter().skip(1))
+                    .filter(|(relay, now_at)| relay.fence != **now_at)
+                    .map(|(relay, _)| relay.node.clone())
+                    .collect();
+                Some(IndexOutcome::Moved {
+                    current: self.known_index(),
+                    fenced,
+                })
+            }
         }
     }
 
-    /// The index moved: either by one of this batch's attempts (its tag is
-    /// the writer's), then the batch is done, or by another node, then it
-    /// goes again on the index as it is now.
-    fn resolve(
-        &mut self,
-        current: Revisioned,
-        writer: Option<&str>,
-        readback: bool,
-    ) -> Option<IndexOutcome> {
-        self.learn(current);
-        let Some(batch) = &mut self.batch else {
-            return Some(IndexOutcome::Learned {
-                current: current.index,
-            });
-        };
-        let applied = writer.and_then(|w| batch.attempts.iter().find(|a| a.tag == w));
-        if let Some(attempt) = applied {
-            let base = attempt.base;
-            self.batch = None;
-            return Some(IndexOutcome::Applied {
-                base,
-                then: current.index,
-            });
-        }
-        if !readback {
-            self.stats.conflicts += 1;
-        }
+    /// A fence call answered: the lost attempt is known now.
+    fn fenced(&mut self, answer: FenceAnswer) -> Option<IndexOutcome> {
+        let batch = self.batch.as_mut()?;
         batch.unknown = false;
-        // Only an attempt whose compared revision is still the index's can
-        // ever apply; the others are forgotten.
-        batch
-            .attempts
-            .retain(|a| a.compare_revision >= current.mod_revision);
-        batch.unfenced = !batch.attempts.is_empty();
-        Some(IndexOutcome::Moved {
-            current: current.index,
+        let attempt = batch.attempt.take();
+        match answer {
+            FenceAnswer::Fenced { fence, current } => {
+                self.fence = Some(fence);
+                self.learn(current);
+                Some(self.retry())
+            }
+            FenceAnswer::Moved { writer, current } => {
+                self.fence = Some(writer.mod_revision);
+                self.learn(current);
+                match writer.applied {
+                    Some((tag, base)) if Some(&tag) == attempt.as_ref() => {
+                        let relays = self.batch.take().map_or(0, |b| b.relays.len());
+                        self.stats.relays_applied += relays as u64;
+                        Some(IndexOutcome::Applied {
+                            base,
+                            then: self.known_index(),
+                            revision: writer.mod_revision,
+                        })
+                    }
+                    // A fence of this node's whose answer was lost: nothing
+                    // applied since.
+                    None => Some(self.retry()),
+                    Some(_) => {
+                        log::error!(
+                            "this node's writer key holds a batch it did not send: is another \
+                             node running under the name {}?",
+                            self.config.node
+                        );
+                        Some(self.retry())
+                    }
+                }
+            }
+        }
+    }
+
+    /// The leader applied the relayed steps.
+    fn relayed(&mut self, answer: relay::RelayAnswer) -> Option<IndexOutcome> {
+        self.relay_failures_in_a_row = 0;
+        self.batch.take()?;
+        self.fence = Some(answer.revision);
+        self.learn(Revisioned {
+            index: answer.then,
+            mod_revision: answer.revision,
+        });
+        Some(IndexOutcome::Applied {
+            base: answer.base,
+            then: self.known_index(),
+            revision: answer.revision,
         })
+    }
+
+    /// The leader did not answer a relay, or not with its outcome: it may
+    /// have applied it, so it is fenced before anything else. etcd's health
+    /// is not in question, so no endpoint is rotated.
+    fn relay_failed(&mut self, why: &dyn Display, now: Instant) -> Option<IndexOutcome> {
+        self.count(CallKind::Relay, false);
+        let leader = self
+            .election
+            .leader()
+            .map_or_else(|| "the leader".to_owned(), |l| l.node.clone());
+        if self.relay_failures_in_a_row == 0 {
+            log::warn!("relay to {leader} failed: {why}; fencing, then relaying again");
+        } else {
+            log::debug!("relay to {leader} failed: {why}");
+        }
+        self.relay_failures_in_a_row = self.relay_failures_in_a_row.saturating_add(1);
+        self.election.leader_unreachable(now);
+        let doubled = RELAY_RETRY.saturating_mul(1 << self.relay_failures_in_a_row.min(5));
+        self.retry_at = Some(now + doubled.min(BACKOFF_MAX));
+        let batch = self.batch.as_mut()?;
+        batch.due = false;
+        batch.unknown = true;
+        Some(self.retry())
+    }
+
+    /// The batch goes again, on the index as this node knows it now.
+    fn retry(&self) -> IndexOutcome {
+        IndexOutcome::Retry {
+            current: self.known.map(|k| k.index),
+        }
+    }
+
+    /// The index as this node knows it: every outcome reports this one, so
+    /// the stepper's base is always the index whose revision a transaction
+    /// compares.
+    fn known_index(&self) -> u64 {
+        self.known.map_or(0, |k| k.index)
     }
 
     /// etcd holds `current`: remember it, unless it is older than what this
@@ -461,7 +735,8 @@ impl EtcdIndex {
             }
             self.retry_at = Some(now + backoff);
         }
-        self.batch.as_ref().map(|_| IndexOutcome::Retry)
+        self.batch.as_ref()?;
+        Some(self.retry())
     }
 
     fn rotation(&self) -> u32 {
