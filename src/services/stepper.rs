@@ -46,9 +46,10 @@ const BUILD_ON_LOOP_MAX: u64 = 5_000;
 const BATCH_OPS_MAX: usize = 8_192;
 /// A jump the compute queue refused is asked for again after this long.
 const JUMP_RETRY: Duration = Duration::from_millis(50);
-/// After the leader's batch is answered, its next one waits at most
-/// this long for as many requests as it answered to come back (the clients
-/// it answered, and followers' next relays): a round trip of theirs is a
+/// After a shared store's batch is answered, the next one waits at most
+/// this long for as many requests as it answered to come back (at the
+/// leader its clients and the followers' next relays, at a follower its
+/// clients before its next relay): a round trip of theirs is a
 /// fraction of a millisecond on a LAN, etcd's commit several, so the next
 /// transaction carries them instead of leaving half of them for the one
 /// after (group commit's linger, as Kafka's `linger.ms`).
@@ -391,11 +392,7 @@ impl Stepper {
         if let Some(outcome) = self.store.call_done(channel, result, now) {
             self.apply(outcome, settle);
         }
-        // Only the node that writes lingers: a follower's relays wait at the
-        // leader anyway, so its own linger would only add to their trip.
-        if let Some(expect) = self.answered_last.take()
-            && self.store.takes_relays(now)
-        {
+        if let Some(expect) = self.answered_last.take() {
             self.linger = Some(Linger {
                 until: now + LINGER_MAX,
                 expect,
