@@ -934,6 +934,15 @@ fn isolable_under_load(
     (etcd, name, uids, nodes, load)
 }
 
+/// Steps through `node`, recorded as `probe`, until one is acknowledged.
+fn wait_for_a_step(probe: &mut Process, node: &Node) {
+    wait_until(&format!("a step acknowledged on {}", node.name), || {
+        let mut client = client_timeout(Client::connect(node.addr()))?;
+        let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
+        matches!(outcome, Outcome::Returned(Ret::Index(_))).then_some(())
+    });
+}
+
 /// After a fault and its end: a last read through `node` is etcd's index,
 /// no index was given twice, and the history is linearizable.
 fn assert_nothing_lost_or_doubled(
@@ -976,13 +985,8 @@ fn the_leader_cut_off_from_etcd_stops_acknowledging_and_another_node_takes_over(
     // Another node takes over, and the nodes that reach etcd acknowledge.
     let successor = new_leader(&nodes, leader);
     eprintln!("n{successor} leads {:?} after the cut", cut_at.elapsed());
-    for (k, node) in nodes.iter().enumerate().filter(|&(k, _)| k != leader) {
-        let mut probe = load.history.process();
-        wait_until(&format!("a step acknowledged on n{k}"), || {
-            let mut client = client_timeout(Client::connect(node.addr()))?;
-            let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
-            matches!(outcome, Outcome::Returned(Ret::Index(_))).then_some(())
-        });
+    for (_, node) in nodes.iter().enumerate().filter(|&(k, _)| k != leader) {
+        wait_for_a_step(&mut load.history.process(), node);
     }
 
     // Healed: the old leader follows the new one and serves again, and
@@ -1044,11 +1048,7 @@ fn a_follower_cut_off_from_the_leader_never_writes_the_index_and_serves_once_hea
 
     // Healed: the follower's relays reach the leader again.
     cut.heal();
-    wait_until("a step acknowledged on the healed follower", || {
-        let mut client = client_timeout(Client::connect(nodes[follower].addr()))?;
-        let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
-        matches!(outcome, Outcome::Returned(Ret::Index(_))).then_some(())
-    });
+    wait_for_a_step(&mut probe, &nodes[follower]);
     load.release();
     load.wait_answered(load.answered() + 50);
     let history = load.finish();
@@ -1089,12 +1089,7 @@ fn the_etcd_leader_cut_off_from_its_peers_is_replaced_and_nothing_is_lost() {
     // Every node, the one that tries the cut member first included, gets a
     // step acknowledged again: it turns to the members that have a quorum.
     for node in &nodes {
-        let mut probe = load.history.process();
-        wait_until(&format!("a step acknowledged on {}", node.name), || {
-            let mut client = client_timeout(Client::connect(node.addr()))?;
-            let outcome = probe.call(Op::Next, || perform(&mut client, Op::Next).0);
-            matches!(outcome, Outcome::Returned(Ret::Index(_))).then_some(())
-        });
+        wait_for_a_step(&mut load.history.process(), node);
     }
 
     // Healed: the old leader rejoins as a follower, and nothing was lost,

@@ -314,9 +314,13 @@ impl Stepper {
                 });
                 take_waiting(&mut self.collecting, &mut self.waiting, &mut batch.ops);
                 let leads = self.store.takes_relays(now);
-                drop_relays(batch, &mut self.relays, &mut self.waiting, settle, |_| {
-                    (!leads).then_some(StepReply::NotLeader)
-                });
+                drop_relays(
+                    batch,
+                    &mut self.relays,
+                    &mut self.waiting,
+                    settle,
+                    |_, _| (!leads).then_some(StepReply::NotLeader),
+                );
                 drop_superseded(batch, &mut self.relays, &mut self.waiting, settle);
             }
             if batch.ops.is_empty() {
@@ -581,7 +585,7 @@ impl Stepper {
                         &mut self.relays,
                         &mut self.waiting,
                         settle,
-                        |relay| {
+                        |_, relay| {
                             fenced
                                 .contains(&relay.node)
                                 .then_some(StepReply::RelayFenced)
@@ -845,11 +849,11 @@ fn drop_relays(
     relays: &mut HashMap<Ticket, Relay>,
     waiting: &mut HashMap<Ticket, bool>,
     settle: &mut impl FnMut(Ticket, StepReply),
-    why: impl Fn(&Relay) -> Option<StepReply>,
+    why: impl Fn(Ticket, &Relay) -> Option<StepReply>,
 ) {
     batch.ops.retain(|&(ticket, op)| {
         let reply = match (op, relays.get(&ticket)) {
-            (Op::Relay, Some(relay)) => why(relay),
+            (Op::Relay, Some(relay)) => why(ticket, relay),
             _ => None,
         };
         let Some(reply) = reply else {
@@ -879,18 +883,14 @@ fn drop_superseded(
         }
     }
     if newest.len() == batch.ops.iter().filter(|(_, op)| *op == Op::Relay).count() {
-        return;
+        return; // one relay per node, as nearly always
     }
-    let keep: std::collections::HashSet<Ticket> = newest.into_values().collect();
-    batch.ops.retain(|&(ticket, op)| {
-        if op != Op::Relay || keep.contains(&ticket) {
-            return true;
-        }
-        relays.remove(&ticket);
-        if waiting.remove(&ticket).is_some() {
-            settle(ticket, StepReply::RelayFenced);
-        }
-        false
+    let newest: HashMap<String, Ticket> = newest
+        .into_iter()
+        .map(|(node, ticket)| (node.to_owned(), ticket))
+        .collect();
+    drop_relays(batch, relays, waiting, settle, |ticket, relay| {
+        (newest.get(&relay.node) != Some(&ticket)).then_some(StepReply::RelayFenced)
     });
 }
 

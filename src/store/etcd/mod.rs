@@ -473,13 +473,10 @@ impl EtcdIndex {
             self.election.failed(why, now);
             return None;
         }
-        let kind = self.in_flight?;
-        if kind == CallKind::Relay {
-            self.in_flight = None;
-            return self.relay_failed(why, now);
+        match self.in_flight.take()? {
+            CallKind::Relay => self.relay_failed(why, now),
+            kind => self.call_failed(kind, why, now),
         }
-        self.in_flight = None;
-        self.call_failed(kind, why, now)
     }
 
     /// A call was never handed to the client (no connection was free): a
