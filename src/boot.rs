@@ -132,6 +132,22 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
             }
         },
     )?);
+    // In cluster mode the tasks are the cluster's, in etcd; the leader
+    // loads them when it wins its term (`store::etcd::records`).
+    let tasks = if config.cluster.is_some() {
+        if !tasks.is_empty() {
+            log::warn!(
+                target: "fibd",
+                "{} task record(s) in {} are this node's own from before cluster mode: they \
+                 are not served while the tasks are in etcd",
+                tasks.len(),
+                config.data_dir.display()
+            );
+        }
+        Vec::new()
+    } else {
+        tasks
+    };
     let task_count = tasks.len();
     let secret = config.callbacks.secret.as_ref().map(Secret::bytes);
     let deliveries = Deliveries::new(config.callbacks.limits, secret)

@@ -13,8 +13,9 @@ use crate::http::request_id::RequestId;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::session::ConnError;
 use crate::services::fib::request::NQueryError;
+use crate::services::primes::forward::Refusal;
 use crate::services::primes::request::{CallbackUrlError, TaskBodyError};
-use crate::services::primes::service::CancelRefused;
+use crate::services::primes::service::{CancelRefused, Refused};
 use crate::services::smart::{Failure, UpstreamFailure};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,27 @@ pub enum ApiError {
     CallbackBacklog,
     /// A task is done but its result is being rebuilt after a restart.
     ResultUnavailable,
+    /// Cluster mode: no node holds the tasks just now (an election, or a
+    /// new leader loading them); nothing was done.
+    TasksUnavailable,
+    /// Cluster mode: a POST or DELETE forwarded to the leader whose answer
+    /// was lost: it happened once or not at all.
+    TaskOutcomeUnknown,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Room(Refused::StoreFull) => ApiError::TasksFull,
+            Refusal::Room(Refused::QueueFull) => ApiError::TaskQueueFull,
+            Refusal::Room(Refused::ClientShare) => ApiError::TaskShareFull,
+            Refusal::Room(Refused::CallbackBacklog) => ApiError::CallbackBacklog,
+            Refusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            Refusal::NotFound => ApiError::TaskNotFound,
+            Refusal::Cancel(refused) => ApiError::CannotCancel(refused),
+            Refusal::CallbackNotAllowed => ApiError::BadCallback(CallbackUrlError::NotAllowed),
+        }
+    }
 }
 
 impl From<ParseError> for ApiError {
@@ -150,6 +172,24 @@ impl From<ChunkError> for ApiError {
 }
 
 impl ApiError {
+    /// The task refusal this is, for a follower that forwarded the request
+    /// to answer exactly as this node would.
+    pub fn refusal(self) -> Option<Refusal> {
+        Some(match self {
+            ApiError::TasksFull => Refusal::Room(Refused::StoreFull),
+            ApiError::TaskQueueFull => Refusal::Room(Refused::QueueFull),
+            ApiError::TaskShareFull => Refusal::Room(Refused::ClientShare),
+            ApiError::CallbackBacklog => Refusal::Room(Refused::CallbackBacklog),
+            ApiError::IdempotencyKeyReused => Refusal::IdempotencyKeyReused,
+            ApiError::TaskNotFound | ApiError::CannotCancel(CancelRefused::NotFound) => {
+                Refusal::NotFound
+            }
+            ApiError::CannotCancel(refused) => Refusal::Cancel(refused),
+            ApiError::BadCallback(_) => Refusal::CallbackNotAllowed,
+            _ => return None,
+        })
+    }
+
     pub fn status(self) -> Status {
         match self {
             ApiError::Parse(e) => parse_status(e),
@@ -185,9 +225,11 @@ impl ApiError {
             ApiError::CallbackBacklog => Status::SERVICE_UNAVAILABLE,
             ApiError::BadTask { .. } | ApiError::BadTaskId => Status::BAD_REQUEST,
             ApiError::TaskNotFound => Status::NOT_FOUND,
-            ApiError::TasksFull | ApiError::TaskQueueFull | ApiError::ResultUnavailable => {
-                Status::SERVICE_UNAVAILABLE
-            }
+            ApiError::TasksFull
+            | ApiError::TaskQueueFull
+            | ApiError::ResultUnavailable
+            | ApiError::TasksUnavailable
+            | ApiError::TaskOutcomeUnknown => Status::SERVICE_UNAVAILABLE,
             ApiError::TaskShareFull => Status::TOO_MANY_REQUESTS,
             ApiError::BadIdempotencyKey => Status::BAD_REQUEST,
             ApiError::IdempotencyKeyReused => Status::UNPROCESSABLE,
@@ -319,7 +361,15 @@ impl ApiError {
                 "the task has already failed and cannot be cancelled"
             }
             ApiError::ResultUnavailable => {
-                "the task is done; its result is being recomputed after a restart; retry shortly"
+                "the task is done; its result is being computed on this node; retry shortly"
+            }
+            ApiError::TasksUnavailable => {
+                "the cluster's tasks are not reachable just now (a leader is being elected, or \
+                 is loading them); nothing was done; retry shortly"
+            }
+            ApiError::TaskOutcomeUnknown => {
+                "the leader holding the tasks did not answer in time: the change happened once \
+                 or not at all; retry with the same Idempotency-Key to find out safely"
             }
         }
     }
@@ -429,6 +479,12 @@ impl ApiError {
                 out.extend_from_slice(b", \"code\": \"step_outcome_unknown\"");
             }
             ApiError::NotLeader => out.extend_from_slice(b", \"code\": \"not_leader\""),
+            ApiError::TasksUnavailable => {
+                out.extend_from_slice(b", \"code\": \"tasks_unavailable\"");
+            }
+            ApiError::TaskOutcomeUnknown => {
+                out.extend_from_slice(b", \"code\": \"task_outcome_unknown\"");
+            }
             ApiError::RelayFenced => out.extend_from_slice(b", \"code\": \"relay_fenced\""),
             ApiError::BadCallback(CallbackUrlError::Malformed(why)) => {
                 out.extend_from_slice(b", \"detail\": \"");

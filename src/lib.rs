@@ -29,8 +29,10 @@
 //!   the loop phases, the one epilogue); `route` the route table; `late`
 //!   the shape every reply is written in and the replies answered later;
 //!   one file of replies per service (`stepper`, `fib`, `primes`, `random`,
-//!   `smart`, `ops`, `docs`); `number` the value writer the stepper and
-//!   /v1/fib share; `trace` spans and their export.
+//!   `smart`, `ops`, `docs`); `forward` where a task request is answered in
+//!   cluster mode (here, forwarded to the leader, or 503), the leader's
+//!   internal task endpoint and the task records' phase; `number` the value
+//!   writer the stepper and /v1/fib share; `trace` spans and their export.
 //! - [`error`]: every failure as a type, mapped to a status and JSON in one
 //!   place (the transport's, access's and the services' errors included).
 //! - [`services`]: the domain, sans-IO where it can be:
@@ -42,7 +44,8 @@
 //!     single flight, the F(n) price;
 //!   - `primes`: primes as durable background tasks (sieve, records,
 //!     retention and eviction, fair shares, idempotency keys, cancellation,
-//!     signed completion callbacks with retries);
+//!     signed completion callbacks with retries; `forward`, a follower's
+//!     task request as the leader takes it);
 //!   - `smart`: /api/smart's guarded hedging: `plan` (one call's plan as
 //!     a state machine), `budget` (the cap on extra attempts over a
 //!     sliding window), `delay` (a fixed or percentile hedge delay from a
@@ -62,7 +65,9 @@
 //!   protocol in `mod.rs` (the leader's fenced transaction, a follower's
 //!   relay, the fence that settles a lost answer), `election` (the leader
 //!   lease and campaign), `relay` (the internal endpoint's format between
-//!   nodes) and `wire` (etcd's JSON gateway).
+//!   nodes), `records` (the task records: loaded by each new leader,
+//!   written in fenced transactions in place of the commit thread) and
+//!   `wire` (etcd's JSON gateway).
 //! - [`access`]: who the client is and what it may do: API keys and scopes
 //!   (`keyfile`, reloaded on SIGHUP), trusted proxies (`cidr`), where a
 //!   client may make fibd send a request (`destinations`, the callbacks'

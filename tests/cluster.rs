@@ -4,9 +4,10 @@
 //! linearizability, kill -9 of a node, of etcd's leader and then of a second
 //! member (quorum lost and back), an etcd member stopped mid-call, the
 //! nodes on etcd's followers served with one member down, the internal
-//! endpoint's guards, and real network partitions (iptables): the leader
+//! endpoint's guards, real network partitions (iptables): the leader
 //! node cut off from etcd, a follower cut off from the leader, and etcd's
-//! leader cut off from its peers.
+//! leader cut off from its peers; and primes tasks held by the leader in
+//! etcd, read on any node and outliving the nodes that took them.
 //!
 //! Each test starts its own etcd cluster; they run one at a time, since each
 //! keeps the two cores busy with six processes and eight clients.
@@ -1102,4 +1103,185 @@ fn the_etcd_leader_cut_off_from_its_peers_is_replaced_and_nothing_is_lost() {
     let history = load.finish();
     drop(cut);
     assert_nothing_lost_or_doubled(&history, &etcd, &name, &nodes[0]);
+}
+
+/// A primes task request on `node`: the response, once the tasks are
+/// reachable there (a 503 means an election or a new leader loading them,
+/// and must say when to retry).
+fn task_call(
+    node: &Node,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> support::Response {
+    wait_until(
+        &format!("{method} {path} answered on {}", node.name),
+        || {
+            let mut client = Client::try_connect(node.addr()).ok()?;
+            let response = match body {
+                Some(body) => {
+                    client.send(&support::json_request_with(path, body, headers));
+                    client.try_read_response(false)?
+                }
+                None => {
+                    client.send(&support::request_bytes(method, path, headers));
+                    client.try_read_response(method == "HEAD")?
+                }
+            };
+            if response.status == 503 {
+                assert!(
+                    response.header("Retry-After").is_some(),
+                    "{}",
+                    response.text()
+                );
+                return None;
+            }
+            Some(response)
+        },
+    )
+}
+
+/// The task document once it is done, read on `node`.
+fn done_task(node: &Node, id: &str) -> serde_json::Value {
+    wait_until(&format!("task {id} done on {}", node.name), || {
+        let path = format!("/v1/primes/tasks/{id}?wait=5");
+        let response = task_call(node, "GET", &path, None, &[]);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let doc: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        (doc["status"] == "done").then_some(doc)
+    })
+}
+
+/// The first `n` primes end in `last`.
+fn assert_primes(doc: &serde_json::Value, n: usize, last: u64) {
+    let result = doc["result"].as_array().expect("a result");
+    assert_eq!(result.len(), n);
+    assert_eq!(result.last().and_then(|p| p.as_u64()), Some(last));
+}
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn primes_tasks_are_the_clusters_and_outlive_the_nodes_that_took_them() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(3);
+    let name = cluster_name("tasks");
+    let receiver = support::receiver::Receiver::start();
+    let secret = support::etcd::secret_file();
+    let extra = [
+        "--rate-limit",
+        "0",
+        "--callback-allow",
+        "127.0.0.1",
+        "--callback-secret-file",
+        secret,
+    ];
+    let mut nodes = start_nodes(&etcd, &name, &extra);
+    let leader = leader_of(&nodes);
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // Accepted on a follower, read on the other follower and on the leader.
+    let hook = receiver.url("/hook");
+    let body = format!(r#"{{"n": 1000, "callback_url": "{hook}"}}"#);
+    let key = [("Idempotency-Key", "order-1")];
+    let posted = task_call(&nodes[a], "POST", "/v1/primes/tasks", Some(&body), &key);
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    let doc: serde_json::Value = serde_json::from_slice(&posted.body).unwrap();
+    let small = doc["request_id"].as_str().unwrap().to_owned();
+    let location = format!("/v1/primes/tasks/{small}");
+    assert_eq!(posted.header("Location"), Some(location.as_str()));
+    // Node b never saw the task nor sieved its n: it waits for its own
+    // table, then answers with the result from it.
+    let first = nodes[b].fibd().get(&format!("{location}?wait=10"));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_primes(&serde_json::from_slice(&first.body).unwrap(), 1000, 7919);
+    for k in [b, leader, a] {
+        let doc = done_task(&nodes[k], &small);
+        assert_primes(&doc, 1000, 7919);
+    }
+
+    // The Idempotency-Key holds across nodes: the same body on another node
+    // answers the same task; another body under it is refused.
+    let replay = task_call(&nodes[b], "POST", "/v1/primes/tasks", Some(&body), &key);
+    assert_eq!(replay.status, 202, "{}", replay.text());
+    assert_eq!(replay.header("Idempotent-Replayed"), Some("true"));
+    assert!(replay.text().contains(&small), "{}", replay.text());
+    let other = format!(r#"{{"n": 1001, "callback_url": "{hook}"}}"#);
+    let reused = task_call(&nodes[leader], "POST", "/tasks", Some(&other), &key);
+    assert_eq!(reused.status, 422, "{}", reused.text());
+    // The leader's internal endpoint wants the cluster secret, a body it
+    // reads, and to be the leader.
+    let cluster_secret = std::fs::read_to_string(secret).unwrap();
+    let internal = |k: usize, secret: Option<&str>, body: &str| {
+        let headers: Vec<(&str, &str)> = secret
+            .map(|s| ("Fibd-Cluster-Secret", s))
+            .into_iter()
+            .collect();
+        let mut client = nodes[k].fibd().connect();
+        client.send(&support::json_request_with(
+            "/internal/v1/tasks",
+            body,
+            &headers,
+        ));
+        client.read_response(false).status
+    };
+    let get = format!(r#"{{"op":"get","id":"{small}","wait":0}}"#);
+    assert_eq!(internal(leader, None, &get), 401);
+    assert_eq!(
+        internal(leader, Some(cluster_secret.trim()), r#"{"op":"shred"}"#),
+        400
+    );
+    assert_eq!(internal(a, Some(cluster_secret.trim()), &get), 421);
+    assert_eq!(internal(leader, Some(cluster_secret.trim()), &get), 200);
+    // A forwarded DELETE is refused as the leader would refuse it.
+    let cancel = task_call(&nodes[b], "DELETE", &location, None, &[]);
+    assert_eq!(cancel.status, 409, "{}", cancel.text());
+    assert!(
+        cancel.text().contains("\"task_status\": \"done\""),
+        "{}",
+        cancel.text()
+    );
+
+    // One node delivers the callback: the leader, which holds the task.
+    let delivered = receiver.wait_for(1, SETTLE_TIMEOUT);
+    assert!(delivered[0].body_text().contains(&small));
+    let doc = wait_until("the callback delivered", || {
+        let doc = done_task(&nodes[b], &small);
+        (doc["callback"]["state"] == "delivered").then_some(doc)
+    });
+    assert_eq!(doc["callback"]["attempts"], 1, "{doc}");
+    let delivered_by = |k: usize| {
+        nodes[k]
+            .fibd()
+            .metric("fibd_primes_callbacks_total{outcome=\"delivered\"}")
+    };
+    assert_eq!(
+        (delivered_by(leader), delivered_by(a), delivered_by(b)),
+        (1.0, 0.0, 0.0)
+    );
+
+    // A large task taken by follower a; then a, and the leader after it,
+    // are killed and their data directories deleted. The node left leads,
+    // loads every task from etcd, and answers and completes both.
+    let posted = task_call(
+        &nodes[a],
+        "POST",
+        "/v1/primes/tasks",
+        Some(r#"{"n": 1000000}"#),
+        &[],
+    );
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    let doc: serde_json::Value = serde_json::from_slice(&posted.body).unwrap();
+    let large = doc["request_id"].as_str().unwrap().to_owned();
+    for k in [a, leader] {
+        nodes[k].kill9();
+        std::fs::remove_dir_all(nodes[k].data.path()).expect("delete the data directory");
+    }
+    assert_eq!(leader_of(&nodes), b);
+    assert_primes(&done_task(&nodes[b], &large), 1_000_000, 15_485_863);
+    assert_primes(&done_task(&nodes[b], &small), 1000, 7919);
+    // A node started again on an empty directory answers them too.
+    nodes[a].restart();
+    assert_primes(&done_task(&nodes[a], &large), 1_000_000, 15_485_863);
+    assert_eq!(receiver.received().len(), 1, "delivered once, by one node");
 }

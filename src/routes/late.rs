@@ -8,12 +8,14 @@ use std::net::IpAddr;
 
 use super::route::Route;
 use crate::access::KeyId;
+use crate::error::ApiError;
 use crate::http::accept::Format;
 use crate::http::message::{Method, Persistence};
 use crate::http::request_id::RequestId;
 use crate::ops::trace::SpanStart;
 use crate::reply::park::{ConnId, Ticket};
 use crate::services::fib::Value;
+use crate::services::primes::forward;
 use crate::services::primes::task::TaskId;
 use crate::services::smart::service::SmartReply;
 use crate::services::stepper::StepReply;
@@ -59,6 +61,9 @@ pub enum Waiting {
     PrimesWritten,
     /// A /current, /next or /previous waiting for its batch.
     Step,
+    /// Cluster mode: a primes task request forwarded to the leader; the
+    /// call's deadline bounds the wait.
+    PrimesForward,
 }
 
 /// What a parked request keeps: who settles it and how its reply is written.
@@ -80,6 +85,22 @@ pub enum CallOwner {
     /// The stepper's store (etcd): the one index call in flight, or the
     /// election's.
     Store(Channel),
+    /// The primes tasks' records in etcd: a load page or a commit.
+    Records,
+    /// A task request forwarded to the leader for the client parked here.
+    TaskForward(Ticket, Forwarded),
+}
+
+/// Which request a follower forwarded, so the leader's answer becomes its
+/// reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// A POST, at /v1/primes/tasks or at the legacy /tasks.
+    Post {
+        legacy: bool,
+    },
+    Get,
+    Delete,
 }
 
 /// A parked request's reply, decided outside request handling (a commit,
@@ -100,6 +121,13 @@ pub enum LateReply {
     /// everything queued after it on its connection, become one 503.
     Withdrawn,
     Smart(SmartReply),
+    /// The leader's answer to a forwarded task request, or why there is none.
+    Forwarded {
+        ask: Forwarded,
+        reply: Result<forward::Reply, ApiError>,
+    },
+    /// This node stopped holding the cluster's tasks while the reader waited.
+    TasksMoved,
 }
 
 impl LateReply {

@@ -15,6 +15,7 @@
 
 mod docs;
 mod fib;
+mod forward;
 pub mod late;
 mod number;
 mod ops;
@@ -54,6 +55,7 @@ use crate::services::smart::service::SmartService;
 use crate::services::stepper::{StepReply, Stepper};
 use crate::store::Channel;
 use crate::store::committer::{Committer, CommitterGone};
+use crate::store::etcd::records::TaskRecords;
 use crate::store::ledger::CommitOutcome;
 use crate::store::ledger::Ledger;
 
@@ -89,6 +91,9 @@ pub struct App {
     /// The LMDB group commit, and the thread that runs its commits.
     ledger: Ledger,
     committer: Committer,
+    /// Cluster mode: the task records in etcd, which replace the commit
+    /// thread for the ledger's batches.
+    records: Option<TaskRecords>,
     fib: FibService,
     primes: PrimesService,
     /// The compute threads /v1/fib, the primes tasks and cursor jumps share.
@@ -162,10 +167,14 @@ impl App {
             let seed = random.next_u64().unwrap_or(0);
             Tracer::new(config, seed, now, wall)
         });
+        let records = stepper.cluster_config().map(|config| {
+            TaskRecords::new(&config.name, config.endpoints.clone(), config.call_timeout)
+        });
         App {
             stepper,
             ledger: Ledger::new(),
             committer,
+            records,
             fib,
             primes,
             compute,
@@ -244,43 +253,52 @@ impl App {
         self.access.reload();
     }
 
-    /// Loop phase: the commit thread's outcomes. A dead commit thread is an
-    /// error: nothing more may be acknowledged.
+    /// Loop phase: the commit thread's outcomes (and in cluster mode the
+    /// task records' events). A dead commit thread is an error: nothing
+    /// more may be acknowledged.
     pub fn commits(&mut self) -> Result<(), CommitterGone> {
         while let Some(outcome) = self.committer.try_outcome()? {
-            let Some(committed) = self.ledger.on_outcome(outcome) else {
-                continue;
-            };
-            let succeeded = committed.result.is_ok();
-            match &committed.result {
-                Ok(durable) => {
-                    self.metrics.commit(Some(durable.took));
-                    self.metrics.flushed(durable.flushes);
-                }
-                Err(_) => self.metrics.commit(None),
-            }
-            self.metrics.batch_committed(committed.writes);
-            if self.store_ready != succeeded {
-                self.store_ready = succeeded;
-                if succeeded {
-                    log::info!("commits succeed again; ready");
-                }
-            }
-            let settled = &mut self.settled;
-            self.stepper.on_commit(&committed, &mut |ticket, reply| {
-                settled.push_back((ticket, LateReply::Step(reply)));
-            });
-            self.primes
-                .on_commit(committed.effect, self.now, &mut |ticket, settle| {
-                    let reply = match settle {
-                        Settle::Durable => LateReply::Durable,
-                        Settle::Withdrawn => LateReply::Withdrawn,
-                        Settle::TaskFinal => LateReply::Task,
-                    };
-                    settled.push_back((ticket, reply));
-                });
+            self.committed(outcome);
         }
+        self.records_events();
         Ok(())
+    }
+
+    /// A group commit's outcome, from the commit thread or etcd.
+    fn committed(&mut self, outcome: CommitOutcome) {
+        let Some(committed) = self.ledger.on_outcome(outcome) else {
+            return;
+        };
+        let succeeded = committed.result.is_ok();
+        match &committed.result {
+            Ok(durable) => {
+                self.metrics.commit(Some(durable.took));
+                self.metrics.flushed(durable.flushes);
+            }
+            Err(_) => self.metrics.commit(None),
+        }
+        self.metrics.batch_committed(committed.writes);
+        // In cluster mode a failed task commit says nothing of the node's
+        // health: its term may just have ended.
+        if self.store_ready != succeeded && self.records.is_none() {
+            self.store_ready = succeeded;
+            if succeeded {
+                log::info!("commits succeed again; ready");
+            }
+        }
+        let settled = &mut self.settled;
+        self.stepper.on_commit(&committed, &mut |ticket, reply| {
+            settled.push_back((ticket, LateReply::Step(reply)));
+        });
+        self.primes
+            .on_commit(committed.effect, self.now, &mut |ticket, settle| {
+                let reply = match settle {
+                    Settle::Durable => LateReply::Durable,
+                    Settle::Withdrawn => LateReply::Withdrawn,
+                    Settle::TaskFinal => LateReply::Task,
+                };
+                settled.push_back((ticket, reply));
+            });
     }
 
     /// Loop phase: hands each finished computation to the service that
@@ -310,7 +328,12 @@ impl App {
                         self.metrics.primes_task_done(elapsed_ms);
                     }
                     for waiter in sieved.ready {
-                        self.settled.push_back((waiter.ticket, LateReply::Task));
+                        let owner = self.parking.get(waiter.ticket).map(|p| p.payload.owner);
+                        if owner == Some(Waiting::PrimesForward) {
+                            self.forward_again(waiter.ticket, waiter.id);
+                        } else {
+                            self.settled.push_back((waiter.ticket, LateReply::Task));
+                        }
                     }
                 }
             }
@@ -363,7 +386,13 @@ impl App {
         }
         if let Some(mut request) = self.ledger.take() {
             request.records = self.primes.take_writes(request.batch);
-            self.committer.submit(request);
+            match &mut self.records {
+                Some(records) => {
+                    let term = self.stepper.cluster_term(self.now);
+                    records.submit(request, term, self.now);
+                }
+                None => self.committer.submit(request),
+            }
         }
         // Every call due goes in this pass, with the same `now` the batch
         // was handed over at: an election call the pool cannot take does not
@@ -381,6 +410,7 @@ impl App {
                 }
             }
         }
+        self.send_records_call();
     }
 
     /// The next reply decided for a parked request whose client still
@@ -422,6 +452,10 @@ impl App {
                 _ => self.write_error(ApiError::TaskNotFound, &shape, out),
             },
             LateReply::Smart(reply) => self.write_smart(reply, &shape, out),
+            LateReply::Forwarded { ask, reply } => {
+                self.write_forwarded_late(ask, reply, &shape, out)
+            }
+            LateReply::TasksMoved => self.write_error(ApiError::TasksUnavailable, &shape, out),
         };
         self.finish(&shape, status, None)
     }
@@ -442,6 +476,11 @@ impl App {
             }
             // The change stays made; its release finds no ticket.
             Waiting::PrimesWritten => {}
+            // The leader's answer finds no ticket; nor does the table, if
+            // the reader waited for it.
+            Waiting::PrimesForward => {
+                self.primes.forget_waiter(ticket);
+            }
             // A step handed to the store still happens; one not yet is dropped.
             Waiting::Step => self.stepper.abandon(ticket),
         }
@@ -458,6 +497,10 @@ impl App {
             || self.ledger.is_due()
             || self.primes.owes_writes()
             || self.primes.callback_due(self.now)
+            || self
+                .records
+                .as_ref()
+                .is_some_and(|r| r.has_work(self.stepper.cluster_term(self.now), self.now))
     }
 
     /// The earliest timer of a parked request, an outbound call, a hedge,
@@ -470,6 +513,7 @@ impl App {
             self.next_export(),
             self.stepper.next_timer(),
             self.primes.next_callback(),
+            self.records.as_ref().and_then(TaskRecords::next_timer),
         ]
         .into_iter()
         .flatten()
@@ -487,9 +531,10 @@ impl App {
         self.parking.is_empty()
     }
 
-    /// Whether primes tasks are stored (housekeeping is due only then).
+    /// Whether primes tasks are stored, or a sieve waits to start
+    /// (housekeeping is due only then).
     pub fn has_tasks(&self) -> bool {
-        self.primes.stored() > 0
+        self.primes.stored() > 0 || self.primes.wants_sieve()
     }
 
     /// The index last made durable, for systemd's STATUS=.
@@ -602,6 +647,14 @@ impl App {
         match owner {
             // These park without a deadline.
             Waiting::Fib | Waiting::PrimesWritten => {}
+            // Past its call's deadline: it waited for this node's table.
+            Waiting::PrimesForward => {
+                self.primes.forget_waiter(ticket);
+                let reply = Err(ApiError::ResultUnavailable);
+                let ask = late::Forwarded::Get;
+                self.settled
+                    .push_back((ticket, LateReply::Forwarded { ask, reply }));
+            }
             Waiting::Smart => self.expire_smart(ticket),
             Waiting::PrimesTask(_) => {
                 self.primes.forget_waiter(ticket);
@@ -622,6 +675,8 @@ impl App {
                 CallOwner::Smart(ticket) => self.smart_attempt_done(ticket, done),
                 CallOwner::TraceExport => self.span_export_done(done),
                 CallOwner::Callback(id) => self.callback_done(id, done),
+                CallOwner::Records => self.records_call_done(done),
+                CallOwner::TaskForward(ticket, ask) => self.forward_done(ticket, ask, done),
                 CallOwner::Store(channel) => {
                     self.metrics.etcd_call(done.elapsed);
                     let settled = &mut self.settled;
@@ -697,6 +752,7 @@ impl App {
             Route::PrimesTask => self.primes_get(from.conn, caller, request, out, shape),
             Route::OpenApi | Route::Docs => now(self.api_document(route, request, out, shape)),
             Route::Relay => self.relay(from.conn, request, body, out, shape),
+            Route::TaskForward => self.task_forwarded(from.conn, request, body, out, shape),
         }
     }
 
@@ -725,6 +781,7 @@ impl Respond for App {
             _ if !route.accepts(request.method) => None,
             Route::PrimesTasks => Some(crate::services::primes::request::BODY_BYTES_MAX),
             Route::Relay => Some(crate::store::etcd::relay::RELAY_BODY_BYTES_MAX),
+            Route::TaskForward => Some(crate::services::primes::forward::ASK_BYTES_MAX),
             _ => None,
         }
     }

@@ -6,13 +6,15 @@
 
 use std::time::Duration;
 
-use super::late::{CallOwner, Shape, Waiting};
-use super::route::{API_PREFIX, LEGACY_PREFIX, task_id_text};
+use super::forward::{Render, TasksAt};
+use super::late::{CallOwner, Forwarded, Shape, Waiting};
+use super::route::{API_PREFIX, LEGACY_PREFIX, Route, task_id_text};
 use super::{Answer, App, negotiate};
 use crate::access::Caller;
 use crate::base::digits;
 use crate::error::ApiError;
 use crate::http::accept::Format;
+use crate::http::date::HttpDate;
 use crate::http::parse::Request;
 use crate::http::response::{ContentType, Head, Status, write_json_str};
 use crate::net::session::Reply;
@@ -20,23 +22,22 @@ use crate::net::upstream::{CallError, Completion, HttpUrl, Outbound};
 use crate::reply::output::Output;
 use crate::reply::park::{ConnId, Ticket};
 use crate::services::primes::callback::{Attempt, AttemptEnd, AttemptError, Callback};
+use crate::services::primes::forward::{Ask, Refusal};
 use crate::services::primes::request::{self as task_request};
 use crate::services::primes::service::{
-    Cancel, CancelRefused, NewTask, PrimesWaiter, Refused, Status as TaskStatus, TaskView,
+    Cancel, CancelRefused, NewTask, PrimesWaiter, Status as TaskStatus, TaskView,
 };
 use crate::services::primes::task::{ID_BYTES, IdempotencyKey, Owner, TaskId};
-use crate::services::primes::task_cost;
+use crate::services::primes::{TABLE_WAIT, task_cost};
 
-/// A reader of a task done before a restart waits this long at most for
-/// the table to be rebuilt (the default largest took 0.7 s on a busy VM here).
-const TABLE_WAIT: Duration = Duration::from_secs(30);
 const USER_AGENT: &str = concat!("fibd/", env!("CARGO_PKG_VERSION"));
 
 impl App {
     /// POST: a validated task, accepted into the batch being collected; the
     /// 202 is written at once behind a slot that its batch's commit releases
     /// (or withdraws). A known `Idempotency-Key` with the same body answers
-    /// the task it was first posted for instead.
+    /// the task it was first posted for instead. A cluster follower
+    /// forwards the task to the leader, which holds the tasks.
     pub(super) fn primes_post(
         &mut self,
         conn: ConnId,
@@ -66,14 +67,70 @@ impl App {
             .idempotency_key
             .map(|key| IdempotencyKey::new(owner, key).ok_or(ApiError::BadIdempotencyKey))
             .transpose()?;
-        let posted = idempotency
+        let legacy = !request.path.starts_with(API_PREFIX);
+        match self.tasks_at() {
+            TasksAt::Here => {}
+            TasksAt::Leader(target) => {
+                self.charge(caller, task_cost(n, self.primes.is_table_hit(n)))?;
+                // This node renders the result when its client asks.
+                self.primes.want_table(n);
+                let ask = Ask::Post {
+                    owner,
+                    n,
+                    callback_url: callback_url.map(str::to_owned),
+                    idempotency,
+                };
+                return self.forward(
+                    conn,
+                    &target,
+                    (&ask, Forwarded::Post { legacy }),
+                    out,
+                    shape,
+                );
+            }
+            TasksAt::Nowhere => return Err(ApiError::TasksUnavailable),
+        }
+        let new = NewTask {
+            id: TaskId::from_bytes([0; ID_BYTES]),
+            n,
+            owner,
+            idempotency,
+            callback,
+        };
+        self.post_here(
+            conn,
+            Some(caller),
+            new,
+            out,
+            shape,
+            Render::Client { legacy },
+        )
+    }
+
+    /// A POST on the node holding the tasks (`charge`: its caller, when it
+    /// came from a client here; a follower charged its own). `new.id` is
+    /// chosen here.
+    pub(super) fn post_here(
+        &mut self,
+        conn: ConnId,
+        charge: Option<&Caller>,
+        mut new: NewTask<'_>,
+        out: &mut Output,
+        shape: &Shape,
+        render: Render,
+    ) -> Result<Answer, ApiError> {
+        let (n, callback_url) = (new.n, new.callback.map(|(url, _)| url));
+        let posted = new
+            .idempotency
             .and_then(|key| self.primes.idempotent(key))
             .map(|first| (first.id, first.n == n && first.callback_url == callback_url));
         if let Some((id, same)) = posted {
             if !same {
                 return Err(ApiError::IdempotencyKeyReused);
             }
-            self.charge(caller, 1)?;
+            if let Some(caller) = charge {
+                self.charge(caller, 1)?;
+            }
             let ticket = self.park_written(conn, shape)?;
             let batch = self.ledger.join();
             self.primes.replay(id, batch, ticket);
@@ -82,33 +139,41 @@ impl App {
                 .view(id)
                 .map_or(TaskStatus::Pending, |v| v.status);
             out.reserve(ticket);
-            self.write_accepted(out, request, shape, id, status, true);
-            return Ok(Answer::Now(Status::ACCEPTED));
+            self.write_posted(out, shape, id, status, true, render);
+            return Ok(Answer::Now(render.posted_status()));
         }
-        let cost = task_cost(n, self.primes.is_table_hit(n));
-        self.charge(caller, cost)?;
+        if let Some(caller) = charge {
+            self.charge(caller, task_cost(n, self.primes.is_table_hit(n)))?;
+        }
         self.primes
-            .check_room(n, owner, callback.is_some())
-            .map_err(|refused| match refused {
-                Refused::StoreFull => ApiError::TasksFull,
-                Refused::QueueFull => ApiError::TaskQueueFull,
-                Refused::ClientShare => ApiError::TaskShareFull,
-                Refused::CallbackBacklog => ApiError::CallbackBacklog,
-            })?;
-        let id = self.new_task_id()?;
+            .check_room(n, new.owner, new.callback.is_some())
+            .map_err(|refused| ApiError::from(Refusal::Room(refused)))?;
+        new.id = self.new_task_id()?;
+        let id = new.id;
         let ticket = self.park_written(conn, shape)?;
         let batch = self.ledger.join();
-        let new = NewTask {
-            id,
-            n,
-            owner,
-            idempotency,
-            callback,
-        };
         let status = self.primes.accept(new, self.now_unix_ms, batch, ticket);
         out.reserve(ticket);
-        self.write_accepted(out, request, shape, id, status, false);
-        Ok(Answer::Now(Status::ACCEPTED))
+        self.write_posted(out, shape, id, status, false, render);
+        Ok(Answer::Now(render.posted_status()))
+    }
+
+    /// A POST's reply: the client's 202, or the follower's record.
+    fn write_posted(
+        &mut self,
+        out: &mut Output,
+        shape: &Shape,
+        id: TaskId,
+        status: TaskStatus,
+        replayed: bool,
+        render: Render,
+    ) {
+        match render {
+            Render::Client { legacy } => {
+                self.write_accepted(out, legacy, shape, id, status, replayed);
+            }
+            Render::Follower => self.write_forwarded(out, id, shape, replayed),
+        }
     }
 
     /// DELETE: cancels a pending task. The 200 (the task, now cancelled) is
@@ -126,9 +191,36 @@ impl App {
             return Err(ApiError::NotAcceptable);
         }
         self.charge(caller, 1)?;
+        let owner = self.owner(caller);
+        match self.tasks_at() {
+            TasksAt::Here => self.delete_here(
+                conn,
+                id,
+                owner,
+                out,
+                shape,
+                Render::Client { legacy: false },
+            ),
+            TasksAt::Leader(target) => {
+                let ask = Ask::Delete { id, owner };
+                self.forward(conn, &target, (&ask, Forwarded::Delete), out, shape)
+            }
+            TasksAt::Nowhere => Err(ApiError::TasksUnavailable),
+        }
+    }
+
+    pub(super) fn delete_here(
+        &mut self,
+        conn: ConnId,
+        id: TaskId,
+        owner: Owner,
+        out: &mut Output,
+        shape: &Shape,
+        render: Render,
+    ) -> Result<Answer, ApiError> {
         let cancel = self
             .primes
-            .check_cancel(id, self.owner(caller))
+            .check_cancel(id, owner)
             .map_err(|refused| match refused {
                 CancelRefused::NotFound => ApiError::TaskNotFound,
                 refused => ApiError::CannotCancel(refused),
@@ -140,8 +232,14 @@ impl App {
             Cancel::Repeats => self.primes.confirm(id, batch, ticket),
         }
         out.reserve(ticket);
-        if let Some(view) = self.primes.view(id) {
-            self.write_task(out, id, &view, shape);
+        match render {
+            Render::Client { .. } => {
+                if let Some(view) = self.primes.view(id) {
+                    let callback = self.primes.callback(id);
+                    write_task(&mut self.body, &self.date, out, id, &view, callback, shape);
+                }
+            }
+            Render::Follower => self.write_forwarded(out, id, shape, false),
         }
         Ok(Answer::Now(Status::OK))
     }
@@ -166,10 +264,10 @@ impl App {
 
     /// The 202: the task's id and status, with its URL in `Location`; a
     /// replay says so in `Idempotent-Replayed`.
-    fn write_accepted(
+    pub(super) fn write_accepted(
         &mut self,
         out: &mut Output,
-        request: &Request<'_>,
+        legacy: bool,
         shape: &Shape,
         id: TaskId,
         status: TaskStatus,
@@ -181,11 +279,7 @@ impl App {
         self.body.extend_from_slice(b"\", \"status\": \"");
         self.body.extend_from_slice(status.name().as_bytes());
         self.body.extend_from_slice(b"\"}\n");
-        let prefix = if request.path.starts_with(API_PREFIX) {
-            API_PREFIX
-        } else {
-            LEGACY_PREFIX
-        };
+        let prefix = if legacy { LEGACY_PREFIX } else { API_PREFIX };
         let mut head = Head::start(out.buf(), Status::ACCEPTED, &self.date, &shape.request_id);
         head.content_type(ContentType::Json)
             .header("Cache-Control", b"no-store")
@@ -219,12 +313,42 @@ impl App {
             return Err(ApiError::NotAcceptable);
         }
         self.charge(caller, 1)?;
+        match self.tasks_at() {
+            TasksAt::Here => {
+                self.get_here(conn, id, wait, out, shape, Render::Client { legacy: false })
+            }
+            TasksAt::Leader(target) => {
+                let ask = Ask::Get { id, wait };
+                self.forward(conn, &target, (&ask, Forwarded::Get), out, shape)
+            }
+            TasksAt::Nowhere => Err(ApiError::TasksUnavailable),
+        }
+    }
+
+    pub(super) fn get_here(
+        &mut self,
+        conn: ConnId,
+        id: TaskId,
+        wait: u64,
+        out: &mut Output,
+        shape: &Shape,
+        render: Render,
+    ) -> Result<Answer, ApiError> {
         let view = self.primes.view(id).ok_or(ApiError::TaskNotFound)?;
-        if view.is_final() || (wait == 0 && !view.awaits_table()) {
-            self.write_task(out, id, &view, shape);
+        // A follower renders the result from its own table.
+        let awaits_table = view.awaits_table() && render != Render::Follower;
+        let settled = view.is_final() || (render == Render::Follower && view.awaits_table());
+        if settled || (wait == 0 && !awaits_table) {
+            match render {
+                Render::Client { .. } => {
+                    let callback = self.primes.callback(id);
+                    write_task(&mut self.body, &self.date, out, id, &view, callback, shape);
+                }
+                Render::Follower => self.write_forwarded(out, id, shape, false),
+            }
             return Ok(Answer::Now(Status::OK));
         }
-        let wait = if view.awaits_table() {
+        let wait = if awaits_table {
             TABLE_WAIT
         } else {
             Duration::from_secs(wait)
@@ -244,14 +368,32 @@ impl App {
         shape: &Shape,
         out: &mut Output,
     ) -> Status {
+        if shape.route == Some(Route::TaskForward) {
+            self.write_forwarded(out, id, shape, false);
+            return Status::OK;
+        }
         match self.primes.view(id) {
             Some(view) if !view.awaits_table() => {
-                self.write_task(out, id, &view, shape);
+                let callback = self.primes.callback(id);
+                write_task(&mut self.body, &self.date, out, id, &view, callback, shape);
                 Status::OK
             }
             Some(_) => self.write_error(ApiError::ResultUnavailable, shape, out),
             None => self.write_error(ApiError::TaskNotFound, shape, out),
         }
+    }
+
+    /// The task document for a task this node does not hold (a follower's,
+    /// from the leader's record).
+    pub(super) fn write_task_of(
+        &mut self,
+        out: &mut Output,
+        id: TaskId,
+        view: &TaskView,
+        callback: Option<&Callback>,
+        shape: &Shape,
+    ) {
+        write_task(&mut self.body, &self.date, out, id, view, callback, shape);
     }
 
     /// An unguessable id no stored task has.
@@ -271,47 +413,54 @@ impl App {
             }
         }
     }
+}
 
-    /// `{"request_id": …, "n": …, "status": …}`, with `result` and
-    /// `elapsed_ms` once done (the result shared from the table, not
-    /// copied) or `error` once failed.
-    fn write_task(&mut self, out: &mut Output, id: TaskId, view: &TaskView, shape: &Shape) {
-        let body = &mut self.body;
-        body.clear();
-        body.extend_from_slice(b"{\"request_id\": \"");
-        id.write(body);
-        body.extend_from_slice(b"\", \"n\": ");
-        digits::write_u64(body, view.n);
-        body.extend_from_slice(b", \"status\": \"");
-        body.extend_from_slice(view.status.name().as_bytes());
-        body.push(b'"');
-        // Where the shared result goes, if there is one.
-        let mut split = None;
-        if view.result.is_some() && matches!(view.status, TaskStatus::Done { .. }) {
-            body.extend_from_slice(b", \"result\": ");
-            split = Some(body.len());
-            body.push(b']');
-        }
-        write_settlement(body, view.status);
-        if let Some(callback) = self.primes.callback(id) {
-            write_callback(body, callback);
-        }
-        body.extend_from_slice(b"}\n");
-        let split = split.unwrap_or(body.len());
-        let result_len = view.result.as_ref().map_or(0, |(_, len)| *len);
-        let mut head = Head::start(out.buf(), Status::OK, &self.date, &shape.request_id);
-        head.content_type(ContentType::Json)
-            .header("Cache-Control", b"no-store");
-        let buf = head.finish(Status::OK, self.body.len() + result_len, shape.persistence);
-        if shape.head_only() {
-            return;
-        }
-        buf.extend_from_slice(&self.body[..split]);
-        if let Some((table, len)) = &view.result {
-            out.push_shared_prefix(table.clone(), *len);
-        }
-        out.extend(&self.body[split..]);
+/// `{"request_id": …, "n": …, "status": …}`, with `result` and
+/// `elapsed_ms` once done (the result shared from the table, not copied)
+/// or `error` once failed, and the callback's state. `body` is scratch.
+fn write_task(
+    body: &mut Vec<u8>,
+    date: &HttpDate,
+    out: &mut Output,
+    id: TaskId,
+    view: &TaskView,
+    callback: Option<&Callback>,
+    shape: &Shape,
+) {
+    body.clear();
+    body.extend_from_slice(b"{\"request_id\": \"");
+    id.write(body);
+    body.extend_from_slice(b"\", \"n\": ");
+    digits::write_u64(body, view.n);
+    body.extend_from_slice(b", \"status\": \"");
+    body.extend_from_slice(view.status.name().as_bytes());
+    body.push(b'"');
+    // Where the shared result goes, if there is one.
+    let mut split = None;
+    if view.result.is_some() && matches!(view.status, TaskStatus::Done { .. }) {
+        body.extend_from_slice(b", \"result\": ");
+        split = Some(body.len());
+        body.push(b']');
     }
+    write_settlement(body, view.status);
+    if let Some(callback) = callback {
+        write_callback(body, callback);
+    }
+    body.extend_from_slice(b"}\n");
+    let split = split.unwrap_or(body.len());
+    let result_len = view.result.as_ref().map_or(0, |(_, len)| *len);
+    let mut head = Head::start(out.buf(), Status::OK, date, &shape.request_id);
+    head.content_type(ContentType::Json)
+        .header("Cache-Control", b"no-store");
+    let buf = head.finish(Status::OK, body.len() + result_len, shape.persistence);
+    if shape.head_only() {
+        return;
+    }
+    buf.extend_from_slice(&body[..split]);
+    if let Some((table, len)) = &view.result {
+        out.push_shared_prefix(table.clone(), *len);
+    }
+    out.extend(&body[split..]);
 }
 
 impl App {

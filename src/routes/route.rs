@@ -31,10 +31,13 @@ pub enum Route {
     /// Cluster mode: a follower's steps relayed to the leader. Internal:
     /// not in the public API, and only with the cluster secret.
     Relay,
+    /// Cluster mode: a follower's primes task request forwarded to the
+    /// leader, which holds the tasks. Internal, like [`Route::Relay`].
+    TaskForward,
 }
 
 impl Route {
-    pub const ALL: [Route; 16] = [
+    pub const ALL: [Route; 17] = [
         Route::Current,
         Route::Next,
         Route::Previous,
@@ -51,6 +54,7 @@ impl Route {
         Route::OpenApi,
         Route::Docs,
         Route::Relay,
+        Route::TaskForward,
     ];
 
     pub fn path(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Route {
             Route::OpenApi => "/openapi.json",
             Route::Docs => "/docs",
             Route::Relay => crate::store::etcd::relay::RELAY_PATH,
+            Route::TaskForward => crate::services::primes::forward::FORWARD_PATH,
         }
     }
 
@@ -88,7 +93,7 @@ impl Route {
     /// Whether the route is between fibd's own nodes, not for clients:
     /// not in openapi.json.
     pub fn is_internal(self) -> bool {
-        self == Route::Relay
+        matches!(self, Route::Relay | Route::TaskForward)
     }
 
     pub fn from_path(path: &[u8]) -> Option<Route> {
@@ -104,7 +109,7 @@ impl Route {
     pub fn allow(self) -> &'static str {
         match self {
             Route::Current | Route::Next | Route::Previous => "GET, HEAD, POST",
-            Route::PrimesTasks | Route::Relay => "POST",
+            Route::PrimesTasks | Route::Relay | Route::TaskForward => "POST",
             Route::PrimesTask => "GET, HEAD, DELETE",
             _ => "GET, HEAD",
         }
@@ -123,7 +128,7 @@ impl Route {
             Route::Current | Route::Next | Route::Previous => {
                 matches!(method, Method::Get | Method::Head | Method::Post)
             }
-            Route::PrimesTasks | Route::Relay => method == Method::Post,
+            Route::PrimesTasks | Route::Relay | Route::TaskForward => method == Method::Post,
             Route::PrimesTask => matches!(method, Method::Get | Method::Head | Method::Delete),
             _ => matches!(method, Method::Get | Method::Head),
         }

@@ -95,16 +95,7 @@ impl App {
         shape: &mut Shape,
     ) -> Result<Answer, ApiError> {
         shape.format = Format::Json;
-        let secret = self
-            .stepper
-            .cluster_secret()
-            .ok_or(ApiError::ClusterSecret)?;
-        if !request
-            .cluster_secret
-            .is_some_and(|given| secret.matches(given))
-        {
-            return Err(ApiError::ClusterSecret);
-        }
+        self.check_cluster_secret(request)?;
         let relay = relay::read_relay(body).map_err(|message| ApiError::BadRelay { message })?;
         if self.stepper.cluster_node() == Some(relay.node.as_str()) {
             return Err(ApiError::BadRelay {
@@ -120,6 +111,25 @@ impl App {
         out.reserve(ticket);
         self.stepper.relay(ticket, relay);
         Ok(Answer::Later(persistence_reply(shape.persistence)))
+    }
+}
+
+impl App {
+    /// An internal endpoint's guard: the request carries the cluster secret
+    /// (cluster mode only).
+    pub(super) fn check_cluster_secret(&self, request: &Request<'_>) -> Result<(), ApiError> {
+        let secret = self
+            .stepper
+            .cluster_secret()
+            .ok_or(ApiError::ClusterSecret)?;
+        if request
+            .cluster_secret
+            .is_some_and(|given| secret.matches(given))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::ClusterSecret)
+        }
     }
 }
 

@@ -27,13 +27,15 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::base::secret::Secret;
+use crate::net::upstream::Target;
 use crate::net::upstream::{CallError, Response};
 use crate::reply::park::Ticket;
 use crate::services::fib::Value;
 use crate::services::fib::cursor::Cursor;
 pub use crate::store::Step;
-use crate::store::etcd::EtcdStats;
 use crate::store::etcd::relay::Relay;
+use crate::store::etcd::wire::Term;
+use crate::store::etcd::{ClusterConfig, EtcdStats};
 use crate::store::ledger::{Committed, Ledger};
 use crate::store::{Channel, IndexBatch, IndexOutcome, IndexStore, StoreCall, WriterPut};
 
@@ -375,6 +377,30 @@ impl Stepper {
             self.apply(outcome, settle);
         }
         call
+    }
+
+    /// The cluster's configuration, in cluster mode.
+    pub fn cluster_config(&self) -> Option<&ClusterConfig> {
+        match &self.store {
+            IndexStore::Lmdb { .. } => None,
+            IndexStore::Etcd(etcd) => Some(etcd.config()),
+        }
+    }
+
+    /// This node's term while it leads the cluster.
+    pub fn cluster_term(&self, now: Instant) -> Option<Term> {
+        match &self.store {
+            IndexStore::Lmdb { .. } => None,
+            IndexStore::Etcd(etcd) => etcd.term(now),
+        }
+    }
+
+    /// The leader this node follows, where it can be reached.
+    pub fn cluster_leader(&self) -> Option<&Target> {
+        match &self.store {
+            IndexStore::Lmdb { .. } => None,
+            IndexStore::Etcd(etcd) => etcd.leader_target(),
+        }
     }
 
     /// This node's name in the cluster, in cluster mode.

@@ -70,6 +70,8 @@ pub enum StoreError {
     /// A test hook's file exists (`store::journal`; never in a release
     /// build without the `test-hooks` feature).
     InjectedFault(&'static str),
+    /// Cluster mode: etcd did not take the task records (`store::etcd::records`).
+    Cluster(String),
 }
 
 impl fmt::Display for StoreError {
@@ -93,6 +95,7 @@ impl fmt::Display for StoreError {
             StoreError::Lmdb(e) => write!(f, "LMDB: {e}"),
             StoreError::Log(e) => write!(f, "write-ahead log: {e}"),
             StoreError::InjectedFault(file) => write!(f, "{file} exists (test hook)"),
+            StoreError::Cluster(why) => write!(f, "{why}"),
         }
     }
 }

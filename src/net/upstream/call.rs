@@ -58,8 +58,18 @@ impl Outbound {
     /// The request's body, for other modules' tests.
     #[cfg(test)]
     pub(crate) fn body(&self) -> &[u8] {
-        let head_end = memchr::memmem::find(&self.bytes, b"\r\n\r\n").map_or(0, |i| i + 4);
-        &self.bytes[head_end..]
+        &self.bytes[self.head_len()..]
+    }
+
+    /// The request line and header fields, for other modules' tests.
+    #[cfg(test)]
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.bytes[..self.head_len()]
+    }
+
+    #[cfg(test)]
+    fn head_len(&self) -> usize {
+        memchr::memmem::find(&self.bytes, b"\r\n\r\n").map_or(0, |i| i + 4)
     }
 }
 

@@ -326,6 +326,24 @@ impl<K: Copy + Eq + Hash + Ord, O: Copy + Eq + Hash> Deliveries<K, O> {
         self.limits
     }
 
+    /// The same limits and key with no callback, keeping the counters: a
+    /// cluster node's tasks replaced by the ones its new term loaded.
+    pub fn emptied(&self) -> Deliveries<K, O> {
+        Deliveries {
+            limits: self.limits,
+            mac: self.mac.clone(),
+            callbacks: HashMap::new(),
+            due: Deadlines::default(),
+            scheduled: HashMap::new(),
+            in_flight: HashMap::new(),
+            undelivered: Undelivered {
+                total: 0,
+                by_owner: HashMap::new(),
+            },
+            counts: self.counts,
+        }
+    }
+
     /// Whether another task with a callback may be accepted.
     pub fn has_room(&self) -> bool {
         self.undelivered.total < self.limits.undelivered_max

@@ -7,12 +7,15 @@
 //!   in the store.
 //! - [`callback`]: completion callbacks: a delivery's state and record,
 //!   its back-off schedule, and its signature.
+//! - [`forward`]: a follower's task requests as the leader takes them, and
+//!   its answers (cluster mode).
 //! - [`request`]: the POST body and the GET query, validated.
 //! - [`service`]: the tasks, the prime table, fair shares, retention and
 //!   eviction, cancellation, callbacks, and the writes each commit carries;
 //!   sans-IO and sans-clock, like the stepper.
 
 pub mod callback;
+pub mod forward;
 pub mod request;
 pub mod service;
 pub mod sieve;
@@ -37,6 +40,11 @@ pub struct PrimesLimits {
     /// How long a settled task is kept at least, unless room is needed.
     pub retention: Duration,
 }
+
+/// A reader of a task done before this node's table holds it (after a
+/// restart, or a task a cluster's leader holds) waits this long at most
+/// for the table (the default largest took 0.7 s on a busy VM here).
+pub const TABLE_WAIT: Duration = Duration::from_secs(30);
 
 /// The first million primes: 9.2 MB of JSON, sieved and rendered at
 /// primesieve's pace (bench/primes).

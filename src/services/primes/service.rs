@@ -130,6 +130,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// A task's status; `processing`: a sieve covering it runs.
+    pub fn of(task: &Task, processing: bool) -> Status {
+        match task.settled {
+            Some((Outcome::Done, at)) => Status::Done {
+                elapsed_ms: at.saturating_sub(task.created_ms),
+            },
+            Some((Outcome::Failed(failure), _)) => Status::Failed(failure),
+            Some((Outcome::Cancelled, _)) => Status::Cancelled,
+            None if processing => Status::Processing,
+            None => Status::Pending,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -294,6 +307,21 @@ impl PrimesService {
         now_ms: u64,
         now: Instant,
     ) -> PrimesService {
+        let mut service =
+            PrimesService::from_records(limits, deliveries, worker, records, now_ms, now);
+        service.kick();
+        service
+    }
+
+    /// The service of [`PrimesService::new`], no sieve started yet.
+    fn from_records(
+        limits: PrimesLimits,
+        deliveries: Deliveries<TaskId, Owner>,
+        worker: Rc<ComputeWorker>,
+        records: Vec<(TaskId, Task, Option<Callback>)>,
+        now_ms: u64,
+        now: Instant,
+    ) -> PrimesService {
         let mut service = PrimesService {
             limits,
             worker,
@@ -344,8 +372,63 @@ impl PrimesService {
             }
             service.tasks.insert(id, task);
         }
-        service.kick();
         service
+    }
+
+    /// Cluster mode: this node's tasks become `records` (the cluster's, as
+    /// a new term loaded them, or none once the term is lost). The table,
+    /// the sieve under way and the counters stay. Replies parked behind a
+    /// batch are withdrawn (their writes belong to a term that is over);
+    /// the parked readers are returned, for the caller to answer.
+    pub fn replace_tasks(
+        &mut self,
+        records: Vec<(TaskId, Task, Option<Callback>)>,
+        now_ms: u64,
+        now: Instant,
+        settle: &mut impl FnMut(Ticket, Settle),
+    ) -> Vec<PrimesWaiter> {
+        let fresh = PrimesService::from_records(
+            self.limits,
+            self.deliveries.emptied(),
+            self.worker.clone(),
+            records,
+            now_ms,
+            now,
+        );
+        let mut old = std::mem::replace(self, fresh);
+        self.table = old.table.clone();
+        self.table_len = old.table_len;
+        self.sieving = old.sieving;
+        self.counts = old.counts;
+        self.kick();
+        for awaiting in old.writes.awaiting.drain(..) {
+            settle(awaiting.ticket, Settle::Withdrawn);
+        }
+        old.waiters.into_values().flatten().collect()
+    }
+
+    /// Cluster mode, a follower: the table should cover `n`, so a task the
+    /// leader holds can be answered here with its result.
+    pub fn want_table(&mut self, n: u64) {
+        self.table_wanted = self.table_wanted.max(n.min(self.limits.max_n));
+        self.kick();
+    }
+
+    /// The first `n` primes as a prefix of the shared table, if it covers them.
+    pub fn result(&self, n: u64) -> Option<(Arc<[u8]>, usize)> {
+        (n <= self.table_len).then(|| (self.table.clone(), sieve::prefix_len(n)))
+    }
+
+    /// A task's record as stored, with its sequence number, and whether a
+    /// sieve covering it runs (for a follower that asked).
+    pub fn record(&self, id: TaskId) -> Option<(u64, Vec<u8>, bool)> {
+        let task = self.tasks.get(&id)?;
+        let processing = self.status(task) == Status::Processing;
+        Some((
+            task.seq,
+            task.encode(id, self.deliveries.get(id)),
+            processing,
+        ))
     }
 
     /// Tasks that may wait for a sieve (`--primes-queue`).
@@ -605,8 +688,7 @@ impl PrimesService {
     /// Starts a sieve if tasks wait for a larger table and none is under way;
     /// a full compute queue is retried at the next housekeeping.
     pub fn kick(&mut self) {
-        let pending_max = self.pending.last().map_or(0, |&(n, _)| n);
-        let wanted = pending_max.max(self.table_wanted).min(self.limits.max_n);
+        let wanted = self.wanted_table();
         if wanted <= self.table_len || self.sieving.is_some() {
             return;
         }
@@ -813,6 +895,18 @@ impl PrimesService {
         self.tasks.len()
     }
 
+    /// Whether a sieve is wanted that did not start (the compute queue was
+    /// full): housekeeping retries it.
+    pub fn wants_sieve(&self) -> bool {
+        self.sieving.is_none() && self.wanted_table() > self.table_len
+    }
+
+    /// The table size the pending tasks and the readers need.
+    fn wanted_table(&self) -> u64 {
+        let pending_max = self.pending.last().map_or(0, |&(n, _)| n);
+        pending_max.max(self.table_wanted).min(self.limits.max_n)
+    }
+
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -830,15 +924,7 @@ impl PrimesService {
     }
 
     fn status(&self, task: &Task) -> Status {
-        match task.settled {
-            Some((Outcome::Done, at)) => Status::Done {
-                elapsed_ms: at.saturating_sub(task.created_ms),
-            },
-            Some((Outcome::Failed(failure), _)) => Status::Failed(failure),
-            Some((Outcome::Cancelled, _)) => Status::Cancelled,
-            None if self.sieving.is_some_and(|s| s >= task.n) => Status::Processing,
-            None => Status::Pending,
-        }
+        Status::of(task, self.sieving.is_some_and(|s| s >= task.n))
     }
 
     fn park_behind(&mut self, batch: BatchId, id: TaskId, ticket: Ticket, effect: Effect) {
@@ -1554,5 +1640,60 @@ mod tests {
             Ok(()),
             "delivered: released"
         );
+    }
+
+    #[test]
+    fn a_new_term_replaces_the_tasks_keeps_the_table_and_hands_back_the_readers() {
+        let (mut s, woken) = service(Vec::new(), PrimesLimits::default());
+        let mut parking = crate::reply::park::Parking::new(8);
+        s.accept(posted(1, 100), 1_000, batch(1), post(1));
+        s.take_writes(batch(1));
+        released(&mut s, 1);
+        finish_sieve(&mut s, &woken, 1_010);
+        // A task accepted in the old term, its 202 still behind a batch,
+        // and a reader of it.
+        s.accept(posted(2, 50), 1_020, batch(2), post(2));
+        let reader = reader_of(id(2), &mut parking);
+        s.wait(reader);
+        let record = Task {
+            seq: 7,
+            n: 80,
+            created_ms: 900,
+            settled: Some((Outcome::Done, 950)),
+            owner: client(3),
+            idempotency: IdempotencyKey::new(client(3), b"k"),
+        };
+        let mut settled = Vec::new();
+        let readers = s.replace_tasks(
+            vec![(id(9), record, None)],
+            2_000,
+            Instant::now(),
+            &mut |t, how| {
+                settled.push((t, how));
+            },
+        );
+        assert_eq!(
+            settled,
+            [(post(2), Settle::Withdrawn)],
+            "the old term's writes"
+        );
+        assert_eq!(readers, [reader]);
+        assert!(s.view(id(1)).is_none() && s.view(id(2)).is_none());
+        // The loaded task is answered from the table kept: no new sieve.
+        let view = s.view(id(9)).unwrap();
+        assert_eq!(view.status, Status::Done { elapsed_ms: 50 });
+        assert!(view.result.is_some());
+        assert!(!s.wants_sieve());
+        assert_eq!(
+            s.idempotent(IdempotencyKey::new(client(3), b"k").unwrap())
+                .map(|p| p.id),
+            Some(id(9))
+        );
+        assert_eq!(s.record(id(9)).map(|(seq, _, _)| seq), Some(7));
+        // A follower's reader of a task done elsewhere wants a larger table.
+        s.want_table(200);
+        assert!(s.result(200).is_none());
+        finish_sieve(&mut s, &woken, 2_010);
+        assert!(s.result(200).is_some());
     }
 }

@@ -86,6 +86,15 @@ impl Owner {
         Owner(bytes)
     }
 
+    pub fn bytes(&self) -> [u8; OWNER_BYTES] {
+        self.0
+    }
+
+    /// An owner as [`Owner::bytes`] gave it (a forwarded task's).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Owner> {
+        Some(Owner(bytes.try_into().ok()?))
+    }
+
     /// Whether this owner is an API key (then only it may cancel).
     pub fn is_key(&self) -> bool {
         self.0[0] == 1
@@ -102,6 +111,15 @@ pub struct IdempotencyKey([u8; 16]);
 pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 
 impl IdempotencyKey {
+    pub fn bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
+    /// A key as [`IdempotencyKey::bytes`] gave it (a forwarded task's).
+    pub fn from_bytes(bytes: &[u8]) -> Option<IdempotencyKey> {
+        Some(IdempotencyKey(bytes.try_into().ok()?))
+    }
+
     /// None unless `key` is 1 to 255 visible ASCII characters.
     pub fn new(owner: Owner, key: &[u8]) -> Option<IdempotencyKey> {
         let visible = key.iter().all(|b| (0x21..=0x7e).contains(b));

@@ -4,7 +4,8 @@
 //! the batch the stepper handed over, and what the answer means for it.
 //! Sans-IO and sans-clock: the loop sends the calls through the outbound
 //! client and hands the answers back; `wire` is etcd's JSON gateway and
-//! `relay` the internal endpoint between nodes. Batching, the cursor and the
+//! `relay` the internal endpoint between nodes; `records` keeps the primes
+//! tasks' records beside the index. Batching, the cursor and the
 //! replies are the stepper's (`services::stepper`), as with LMDB.
 //!
 //! # Rules
@@ -35,6 +36,7 @@
 //! succeeds.
 
 pub mod election;
+pub mod records;
 pub mod relay;
 pub mod wire;
 
@@ -219,6 +221,16 @@ impl EtcdIndex {
     /// Whether etcd answers, the index is known and a leader too: /readyz.
     pub fn is_ready(&self, now: Instant) -> bool {
         self.known.is_some() && self.failures_in_a_row < self.rotation() && self.has_role(now)
+    }
+
+    /// This node's term while it leads.
+    pub fn term(&self, now: Instant) -> Option<Term> {
+        self.election.term(now)
+    }
+
+    /// The leader this node follows, where it can be reached.
+    pub fn leader_target(&self) -> Option<&Target> {
+        self.election.leader().and_then(|l| l.target.as_ref())
     }
 
     /// Whether this node leads now, so relays may join its batches.

@@ -19,6 +19,9 @@
 //!   node's *fence*: every attempt of its steps compares the key's
 //!   mod_revision, so once the node rewrites it ([`Keys::fence_body`]) no
 //!   attempt sent before can apply.
+//! - `/fibd/<cluster>/tasks/<seq>`: a primes task's record (`seq` in 16 hex
+//!   digits, so keys sort in acceptance order), written only by the leader,
+//!   under its term (`super::records`).
 
 use std::fmt;
 
@@ -27,6 +30,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
 use crate::store::index::WriterPut;
+use crate::store::lmdb::RecordWrite;
 
 pub const RANGE_PATH: &str = "/v3/kv/range";
 pub const TXN_PATH: &str = "/v3/kv/txn";
@@ -232,6 +236,92 @@ impl Keys {
         .to_string()
         .into_bytes()
     }
+}
+
+/// The prefix of a cluster's task records, in plain text.
+pub fn records_prefix(cluster_name: &str) -> String {
+    format!("/fibd/{cluster_name}/tasks/")
+}
+
+/// A task record's key: the prefix and the record's sequence number in 16
+/// hex digits.
+pub fn record_key(prefix: &str, seq: u64) -> String {
+    format!("{prefix}{seq:016x}")
+}
+
+/// `POST /v3/kv/txn`: if the leader key is still the one of `term`, make
+/// every write (a put of a record, or its deletion); otherwise nothing.
+pub fn records_txn_body(leader: &str, term: Term, prefix: &str, writes: &[RecordWrite]) -> Vec<u8> {
+    let leader = B64.encode(leader);
+    let success: Vec<Value> = writes
+        .iter()
+        .map(|write| match write {
+            RecordWrite::Put { key, value } => json!({ "request_put": {
+                "key": B64.encode(record_key(prefix, *key)), "value": B64.encode(value) } }),
+            RecordWrite::Delete { key } => json!({ "request_delete_range": {
+                "key": B64.encode(record_key(prefix, *key)) } }),
+        })
+        .collect();
+    json!({
+        "compare": [
+            { "target": "CREATE", "key": leader, "result": "EQUAL",
+              "create_revision": term.create_revision.to_string() },
+            { "target": "LEASE", "key": leader, "result": "EQUAL",
+              "lease": term.lease.to_string() },
+        ],
+        "success": success,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `POST /v3/kv/range`: up to `limit` records from sequence number `from`
+/// on, by a quorum read.
+pub fn records_page_body(prefix: &str, from: u64, limit: usize) -> Vec<u8> {
+    // The prefix ends in '/'; the next byte, '0', ends the range.
+    let end = format!("{}0", &prefix[..prefix.len() - 1]);
+    json!({
+        "key": B64.encode(record_key(prefix, from)),
+        "range_end": B64.encode(end),
+        "limit": limit.to_string(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Reads a records transaction's answer: whether it committed (a refusal
+/// means the term is over).
+pub fn read_records_txn(status: u16, body: &[u8]) -> Result<bool, WireError> {
+    Ok(parse(status, body)?["succeeded"].as_bool().unwrap_or(false))
+}
+
+/// Task records as read: `(seq, record)`, in acceptance order.
+pub type RecordPage = Vec<(u64, Vec<u8>)>;
+
+/// Reads a page of records: each one's sequence number and value, and
+/// whether more follow.
+pub fn read_records_page(
+    status: u16,
+    body: &[u8],
+    prefix: &str,
+) -> Result<(RecordPage, bool), WireError> {
+    let page = parse(status, body)?;
+    let kvs = page["kvs"].as_array().map_or(&[][..], Vec::as_slice);
+    let records = kvs
+        .iter()
+        .map(|kv| {
+            let key = decode(&kv["key"])?;
+            let seq = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .ok_or(WireError::Malformed(
+                    "a task key that is not <prefix><16 hex digits>",
+                ))?;
+            Ok((seq, decode(&kv["value"])?))
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    Ok((records, page["more"].as_bool().unwrap_or(false)))
 }
 
 /// `POST /v3/lease/grant`.
