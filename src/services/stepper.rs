@@ -49,12 +49,13 @@ const BATCH_OPS_MAX: usize = 8_192;
 /// A jump the compute queue refused is asked for again after this long.
 const JUMP_RETRY: Duration = Duration::from_millis(50);
 /// After a shared store's batch is answered, the next one waits at most
-/// this long for as many requests as it answered to come back (at the
-/// leader its clients and the followers' next relays, at a follower its
-/// clients before its next relay): a round trip of theirs is a
-/// fraction of a millisecond on a LAN, etcd's commit several, so the next
-/// transaction carries them instead of leaving half of them for the one
-/// after (group commit's linger, as Kafka's `linger.ms`).
+/// this long for as many requests as it answered to come back, beside
+/// those that came while it was in flight (at the leader its clients and
+/// the followers' next relays, at a follower its clients before its next
+/// relay): a round trip of theirs is a fraction of a millisecond on a LAN,
+/// etcd's commit several, so the next transaction carries them instead of
+/// leaving half of them for the one after (group commit's linger, as
+/// Kafka's `linger.ms`).
 const LINGER_MAX: Duration = Duration::from_millis(1);
 /// Other nodes' relays in one batch at most: each adds a compare, a put and
 /// a range to the transaction, and etcd takes 128 of each by default.
@@ -422,10 +423,12 @@ impl Stepper {
         if let Some(outcome) = self.store.call_done(channel, result, now) {
             self.apply(outcome, settle);
         }
-        if let Some(expect) = self.answered_last.take() {
+        // Requests that came while the call was in flight wait already:
+        // the answered ones come back on top of them.
+        if let Some(answered) = self.answered_last.take() {
             self.linger = Some(Linger {
                 until: now + LINGER_MAX,
-                expect,
+                expect: answered + self.collecting.len(),
             });
         }
     }

@@ -1353,15 +1353,25 @@ fn the_next_batch_lingers_for_as_many_requests_as_the_last_answered_at_most_a_mi
         h.step(Step::Next);
     }
     assert_eq!(txn(&h.call().unwrap()).put, 13);
+    // A fifth client's step comes while the transaction is in flight: the
+    // next one waits for it and the four answered.
+    h.step(Step::Next);
     h.answer(200, &committed(12));
     assert_eq!(h.indices(), [10, 11, 12, 13]);
+    for _ in 0..3 {
+        h.step(Step::Next);
+    }
+    assert!(h.call().is_none(), "four of five: still lingering");
+    h.step(Step::Next);
+    assert_eq!(txn(&h.call().unwrap()).put, 18, "all five at once");
+    h.answer(200, &committed(13));
     // Only one comes back: it goes when the millisecond is over.
     h.step(Step::Next);
     assert!(h.call().is_none());
     h.now += Duration::from_micros(999);
     assert!(h.call().is_none());
     h.now += Duration::from_micros(1);
-    assert_eq!(txn(&h.call().unwrap()).put, 14);
+    assert_eq!(txn(&h.call().unwrap()).put, 19);
 }
 
 #[test]
