@@ -22,6 +22,7 @@ use crate::services::smart::budget::BudgetConfig;
 use crate::services::smart::delay::HedgeAfter;
 use crate::services::smart::hosts::HOSTS_MAX;
 use crate::services::smart::service::SmartConfig;
+use crate::store::backup::BackupConfig;
 use crate::store::etcd::{ClusterConfig, ReadMode};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -74,6 +75,9 @@ pub enum Command {
     /// `fibd healthcheck`: GET /healthz on the configured address, for
     /// container HEALTHCHECKs that have no curl.
     Healthcheck(SocketAddr),
+    /// `fibd backup`: a hot copy of the store into a new data directory.
+    Backup(BackupConfig),
+    BackupHelp,
     Help,
     Version,
 }
@@ -113,6 +117,8 @@ fibd: a durable HTTP Fibonacci stepper
 USAGE:
     fibd [OPTIONS]
     fibd healthcheck [--listen ADDR:PORT]    exit 0 if GET /healthz answers 200, else 1
+    fibd backup --to DIR [--compact]         a hot, consistent copy of the store while fibd
+                                             runs; see fibd backup --help
 
 OPTIONS:
     --listen ADDR:PORT        address to serve on [env FIBD_LISTEN] (default 127.0.0.1:8080)
@@ -243,6 +249,41 @@ WATCHDOG, STOPPING) and journald priorities are used when present.
 Logging follows RUST_LOG (default info).
 ";
 
+pub const BACKUP_HELP: &str = "\
+fibd backup: a hot, consistent copy of the store, made while fibd runs
+
+USAGE:
+    fibd backup --to DIR [--compact] [--data-dir DIR]
+
+    Copies the data directory's store (LMDB's hot copy, and the write-ahead log's
+    batches since its last checkpoint) into DIR, a new data directory that
+    `fibd --data-dir DIR` starts on. The copy holds every step and primes task
+    acknowledged before the backup began, and is the state after one acknowledged
+    batch, never a torn one. The daemon is not paused; the data directory is only
+    read. The copy is written under a temporary name beside DIR, flushed, then
+    renamed, so DIR is whole or absent.
+
+OPTIONS:
+    --to DIR                  where the copy goes: a new or empty directory, outside the
+                              data directory; missing parents are made
+    --compact                 copy only the pages in use (slower, smaller: LMDB's
+                              MDB_CP_COMPACT)
+    --data-dir DIR            the store to copy [env FIBD_DATA_DIR, else $STATE_DIRECTORY,
+                              else ./fibd-data]
+    --store lmdb|etcd         as for serving [env FIBD_STORE]; with etcd, the command refuses:
+                              `etcdctl snapshot save FILE` is the backup in cluster mode
+    -h, --help                print this help
+
+EXIT STATUS:
+    0  the copy is in DIR (its index and task count are printed)
+    1  the copy failed; nothing is left in DIR
+    2  a bad command line, or refused: etcd mode, no store in the data directory,
+       DIR not empty or inside the data directory
+
+Restoring: stop fibd, then start it on the copy (--data-dir DIR), or move the copy
+into the data directory's place. Clients see the index go back to the backup's.
+";
+
 /// The raw settings, before validation; later sources override earlier ones.
 #[derive(Default)]
 struct Raw {
@@ -304,6 +345,10 @@ pub fn from_args(
     args: impl IntoIterator<Item = String>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Command, ConfigError> {
+    let mut args = args.into_iter().peekable();
+    if args.next_if(|a| a == "backup").is_some() {
+        return backup(args, &env);
+    }
     let mut raw = Raw {
         listen: env("FIBD_LISTEN"),
         data_dir: env("FIBD_DATA_DIR").or_else(|| env("STATE_DIRECTORY")),
@@ -354,7 +399,6 @@ pub fn from_args(
         cluster_url: env("FIBD_CLUSTER_URL"),
         lease_ttl: env("FIBD_LEASE_TTL"),
     };
-    let mut args = args.into_iter().peekable();
     let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
     while let Some(arg) = args.next() {
         let (flag, inline_value) = match arg.split_once('=') {
@@ -438,6 +482,65 @@ pub fn from_args(
     } else {
         Command::Serve(Box::new(config))
     })
+}
+
+/// `fibd backup`'s own few settings; the daemon's other settings do not
+/// matter to it, so the environment a unit sets for fibd can be shared.
+fn backup(
+    mut args: impl Iterator<Item = String>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    let mut data_dir = env("FIBD_DATA_DIR").or_else(|| env("STATE_DIRECTORY"));
+    let mut store = env("FIBD_STORE");
+    let (mut to, mut compact) = (None, false);
+    while let Some(arg) = args.next() {
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value)),
+            _ => (arg.clone(), None),
+        };
+        let slot = match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::BackupHelp),
+            "--compact" if inline_value.is_none() => {
+                compact = true;
+                continue;
+            }
+            "--to" => &mut to,
+            "--data-dir" => &mut data_dir,
+            "--store" => &mut store,
+            _ => {
+                return Err(invalid(
+                    "fibd backup argument",
+                    &arg,
+                    "--to DIR, --compact, --data-dir DIR or --store lmdb|etcd (fibd backup --help)",
+                ));
+            }
+        };
+        let value = match inline_value {
+            Some(v) => v.to_owned(),
+            None => args
+                .next()
+                .ok_or_else(|| ConfigError::MissingValue(flag.clone()))?,
+        };
+        *slot = Some(value);
+    }
+    let etcd = match store.as_deref().unwrap_or("lmdb") {
+        "lmdb" => false,
+        "etcd" => true,
+        other => return Err(invalid("store", other, "lmdb or etcd")),
+    };
+    let to = to
+        .filter(|to| !to.is_empty())
+        .ok_or_else(|| invalid("backup target", "", "--to DIR, a new directory"))?;
+    let data_dir = data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned());
+    if data_dir.is_empty() {
+        return Err(invalid("data directory", "", "a directory path"));
+    }
+    Ok(Command::Backup(BackupConfig {
+        data_dir: PathBuf::from(data_dir),
+        to: PathBuf::from(to),
+        compact,
+        etcd,
+    }))
 }
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
@@ -1127,6 +1230,59 @@ mod tests {
         assert!(matches!(parsed, Ok(Command::Healthcheck(a)) if a.port() == 9));
         let parsed = parse(&["healthcheck"], &[("FIBD_LISTEN", "127.0.0.1:7")]);
         assert!(matches!(parsed, Ok(Command::Healthcheck(a)) if a.port() == 7));
+    }
+
+    fn backup(args: &[&str], env: &[(&str, &str)]) -> BackupConfig {
+        let mut all = vec!["backup"];
+        all.extend_from_slice(args);
+        match parse(&all, env) {
+            Ok(Command::Backup(config)) => config,
+            other => panic!("expected a backup, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn backup_takes_its_target_and_the_daemons_data_dir_and_store() {
+        let b = backup(&["--to", "/b"], &[("STATE_DIRECTORY", "/var/lib/fibd")]);
+        assert_eq!(
+            b,
+            BackupConfig {
+                data_dir: PathBuf::from("/var/lib/fibd"),
+                to: PathBuf::from("/b"),
+                compact: false,
+                etcd: false,
+            }
+        );
+        let env = [("FIBD_DATA_DIR", "/d"), ("FIBD_STORE", "etcd")];
+        let b = backup(&["--to=/b", "--compact"], &env);
+        assert_eq!((b.data_dir, b.compact, b.etcd), ("/d".into(), true, true));
+        let b = backup(&["--to", "/b", "--data-dir", "/x", "--store", "lmdb"], &env);
+        assert_eq!((b.data_dir, b.etcd), ("/x".into(), false));
+        assert_eq!(
+            backup(&["--to", "b"], &[]).data_dir,
+            PathBuf::from("fibd-data")
+        );
+        // The daemon's other settings, however odd, are not the backup's.
+        let b = backup(&["--to", "/b"], &[("FIBD_LISTEN", "nonsense")]);
+        assert_eq!(b.to, PathBuf::from("/b"));
+        assert!(matches!(
+            parse(&["backup", "-h"], &[]),
+            Ok(Command::BackupHelp)
+        ));
+    }
+
+    #[test]
+    fn backup_refuses_a_bad_command_line() {
+        for args in [
+            &["backup"][..],
+            &["backup", "--to", ""],
+            &["backup", "--to"],
+            &["backup", "--to", "/b", "--listen", "127.0.0.1:1"],
+            &["backup", "--to", "/b", "--store", "redis"],
+            &["backup", "--to", "/b", "--compact=yes"],
+        ] {
+            assert!(parse(args, &[]).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! and its own children included (`scripts/import-cycles` checks it; CI runs
 //! it):
 //!
-//! - `main.rs`: the command line; `serve` goes to [`boot`].
+//! - `main.rs`: the command line; `serve` goes to [`boot`], `backup` to
+//!   `store::backup`.
 //! - [`boot`]: the wiring: store recovery, the chosen store of the index,
 //!   services, listener, app, loop.
 //! - [`server`]: the event loop, the only code that knows `mio::Poll`; its
@@ -61,7 +62,9 @@
 //!   `--store lmdb`); `committer`, the thread that makes batches durable off
 //!   the loop; `journal`, one flush per batch: the log, checkpoints into
 //!   LMDB, recovery; `wal`, the write-ahead log's frames and file; `lmdb`,
-//!   the only code that knows LMDB; `etcd`, cluster mode: the index
+//!   the only code that knows LMDB; `backup`, `fibd backup`'s hot copy
+//!   from a second process (LMDB's, plus the log's frames since its
+//!   checkpoint); `etcd`, cluster mode: the index
 //!   protocol in `mod.rs` (the leader's fenced transaction, a follower's
 //!   relay, the fence that settles a lost answer), `election` (the leader
 //!   lease and campaign), `relay` (the internal endpoint's format between
@@ -102,8 +105,9 @@
 //! interest from state and re-registers after every event, no `epoll_ctl`
 //! is made per request.
 //!
-//! `unsafe` is denied crate-wide and allowed at four fenced sites, each with
-//! a `SAFETY` note: opening the LMDB map (`store::lmdb`), adopting the socket
+//! `unsafe` is denied crate-wide and allowed at five fenced sites, each with
+//! a `SAFETY` note: opening the LMDB map, the daemon's and a backup's
+//! read-only one (`store::lmdb`), adopting the socket
 //! systemd passed and clearing its variables (`net::systemd`), and lowering
 //! the compute threads' priority (`services::compute`).
 

@@ -12,14 +12,16 @@
 //!
 //! After a failed write or flush nothing moves: the next batch goes to the
 //! same place under the same number, so a frame that failed can never be
-//! followed, in the log, by one written after it.
+//! followed, in the log, by one written after it. The failed frame is
+//! erased meanwhile, so a reader of the live log (`store::backup`) never
+//! takes it for a batch.
 
 use std::path::Path;
 #[cfg(any(debug_assertions, feature = "test-hooks"))]
 use std::path::PathBuf;
 
 use super::lmdb::{IndexTable, RecordKey, RecordWrite, StoreError};
-use super::wal::{self, LOG_BYTES, Wal};
+use super::wal::{self, Frame, LOG_BYTES, Wal};
 
 /// Test hook (debug builds, or the `test-hooks` feature): while a file of
 /// this name exists in the data directory, every batch fails before it is
@@ -29,6 +31,10 @@ pub const FAIL_COMMITS_FILE: &str = "fail-commits";
 /// flush fails, so it is never known durable: the case that decides whether
 /// replies wait for the flush.
 pub const FAIL_SYNCS_FILE: &str = "fail-syncs";
+/// Test hook, likewise: while it exists, a batch's frame is written and its
+/// flush waits: a commit in progress, for as long as a test needs one (the
+/// backup tests copy the store meanwhile).
+pub const HOLD_SYNCS_FILE: &str = "hold-syncs";
 
 /// Device flushes of one LMDB transaction with the default flags.
 const CHECKPOINT_FLUSHES: u32 = 2;
@@ -49,6 +55,12 @@ pub fn recover(table: &IndexTable<'_>, wal: &Wal) -> Result<Recovered, StoreErro
     let log = wal.read_all().map_err(StoreError::Log)?;
     let frames = wal::decode(&log, checkpointed + 1);
     drop(log);
+    replay(table, &frames)
+}
+
+/// Writes `frames` (the ones that follow LMDB's last checkpoint, in order)
+/// into LMDB as one checkpoint, and reads what LMDB then holds.
+pub fn replay(table: &IndexTable<'_>, frames: &[Frame]) -> Result<Recovered, StoreError> {
     if let Some(last) = frames.last() {
         let index = frames.iter().rev().find_map(|f| f.index);
         let records = frames.iter().flat_map(|f| &f.records);
@@ -123,11 +135,20 @@ impl<'e> Journal<'e> {
             self.checkpoint()?;
             flushes += CHECKPOINT_FLUSHES;
         }
-        self.wal
+        let durable = self
+            .wal
             .write(&self.frame, self.offset)
-            .map_err(StoreError::Log)?;
-        self.faults.check(&[FAIL_COMMITS_FILE, FAIL_SYNCS_FILE])?;
-        self.wal.flush().map_err(StoreError::Log)?;
+            .map_err(StoreError::Log)
+            .and_then(|()| self.faults.check(&[FAIL_COMMITS_FILE, FAIL_SYNCS_FILE]))
+            .and_then(|()| {
+                self.faults.hold(HOLD_SYNCS_FILE);
+                self.wal.flush().map_err(StoreError::Log)
+            });
+        if let Err(e) = durable {
+            // Best effort: the failure that counts is the one returned.
+            let _ = self.wal.erase(self.offset);
+            return Err(e);
+        }
         self.offset += self.frame.len();
         self.next_seq += 1;
         self.pending.index = index.or(self.pending.index);
@@ -175,6 +196,18 @@ impl Faults {
         }
     }
 
+    /// Waits while `file` exists (on the commit thread: the loop goes on).
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    fn hold(&self, file: &str) {
+        if !self.dir.join(file).exists() {
+            return;
+        }
+        log::warn!("holding a commit before its flush while {file} exists (test hook)");
+        while self.dir.join(file).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     #[cfg(not(any(debug_assertions, feature = "test-hooks")))]
     fn new(_: &Path) -> Faults {
         Faults {}
@@ -184,6 +217,9 @@ impl Faults {
     fn check(&self, _: &[&'static str]) -> Result<(), StoreError> {
         Ok(())
     }
+
+    #[cfg(not(any(debug_assertions, feature = "test-hooks")))]
+    fn hold(&self, _: &str) {}
 }
 
 #[cfg(test)]
@@ -338,6 +374,25 @@ mod tests {
             recovered.records,
             [(1, b"a".to_vec()), (3, b"c".to_vec())],
             "the failed frame was written over"
+        );
+    }
+
+    /// The failed frame is erased, so a process that dies right after the
+    /// failure (or a backup reading the log) does not take it for a batch.
+    #[test]
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    fn a_batch_whose_flush_fails_is_erased_from_the_log() {
+        let dir = Dir::new("journal-flush-fails-erased");
+        dir.run(|journal| {
+            journal.write_batch(Some(1), vec![put(1, b"a")]).unwrap();
+            dir.set(FAIL_SYNCS_FILE, true);
+            assert!(journal.write_batch(Some(2), vec![put(2, b"lost")]).is_err());
+        });
+        dir.set(FAIL_SYNCS_FILE, false);
+        let recovered = dir.recovered();
+        assert_eq!(
+            (recovered.index, recovered.records),
+            (1, vec![(1, b"a".to_vec())])
         );
     }
 

@@ -16,6 +16,14 @@
 //! meta page). Each checkpoint records the sequence number of the last log
 //! frame it holds ([`IndexTable::read_log_seq`]), so recovery knows which
 //! frames are newer.
+//!
+//! # Hot copies
+//! `fibd backup` reads a running daemon's store from another process
+//! ([`Source`]): LMDB lets processes share an environment, each reader
+//! with its slot in `lock.mdb`, and its hot copy (`mdb_env_copy2`) writes
+//! one read transaction's snapshot. The daemon's log is not LMDB's, so a
+//! copy alone may miss what was written since its last checkpoint: the
+//! backup (`store::backup`) adds those frames.
 
 use std::fmt;
 use std::fs::{self, File, TryLockError};
@@ -23,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, U64};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{CommitOrAbort, CompactionOption, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
 const INDEX_KEY: &[u8] = b"index";
 /// The sequence number of the last log frame a checkpoint holds.
@@ -36,6 +44,9 @@ const MAP_BASE_BYTES: usize = 64 << 20;
 /// header and page slack.
 const RECORD_OVERHEAD_BYTES: usize = 64;
 const LOCK_FILE: &str = "fibd.lock";
+/// LMDB's own files in a data directory: the pages, and the reader table.
+const DATA_FILE: &str = "data.mdb";
+const LMDB_LOCK_FILE: &str = "lock.mdb";
 
 type IndexDb<'e> = Database<'e, Bytes, U64<BigEndian>>;
 type RecordsDb<'e> = Database<'e, Bytes, Bytes>;
@@ -195,6 +206,89 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
             source,
         }),
     }
+}
+
+/// A store another process (a running fibd, or none) owns, opened to be
+/// copied: read only, without the data directory's lock file, so neither
+/// the daemon nor its lock is disturbed. Its one write is LMDB's own: a
+/// reader slot in `lock.mdb` while a read transaction runs.
+pub struct Source {
+    env: Env<WithoutTls>,
+}
+
+impl Source {
+    /// Opens the store in `dir`; `None` when there is none.
+    pub fn open(dir: &Path) -> Result<Option<Source>, StoreError> {
+        if !dir.join(DATA_FILE).is_file() {
+            return Ok(None);
+        }
+        // No map size: LMDB takes the one the daemon last wrote in the
+        // meta page, which covers every page the daemon has used.
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.max_dbs(2);
+        // SAFETY: as in `Store::open`, the map is unsound only if the files
+        // change behind LMDB's back. The daemon changes them only through
+        // LMDB, whose lock file coordinates it with this reader, and this
+        // process maps them read only and never writes them.
+        #[allow(unsafe_code)]
+        let env = unsafe {
+            options.flags(EnvFlags::READ_ONLY);
+            options.open(dir)?
+        };
+        // A backup killed mid-copy leaves its reader slot, which would pin
+        // the daemon's old pages until its next start.
+        env.clear_stale_readers()?;
+        Ok(Some(Source { env }))
+    }
+
+    /// The map size the store was last written with, for opening a copy.
+    pub fn map_bytes(&self) -> usize {
+        self.env.info().map_size
+    }
+
+    /// Writes one read transaction's snapshot of the store into `dir` (a
+    /// new directory) as its `data.mdb`, flushed; with `compact`, only the
+    /// pages in use, renumbered (LMDB's `MDB_CP_COMPACT`). The daemon's
+    /// commits never wait for it, but for the two meta pages LMDB copies
+    /// under the writer's lock.
+    pub fn copy_to(&self, dir: &Path, compact: bool) -> Result<(), StoreError> {
+        let compaction = if compact {
+            CompactionOption::Enabled
+        } else {
+            CompactionOption::Disabled
+        };
+        let file = self.env.copy_to_path(dir.join(DATA_FILE), compaction)?;
+        file.sync_all().map_err(heed::Error::Io)?;
+        Ok(())
+    }
+
+    /// The sequence number of the last log frame the store holds now.
+    pub fn read_log_seq(&self) -> Result<u64, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let db: Option<IndexDb<'_>> = self
+            .env
+            .open_databases_and_commit(rtxn, |opener, rtxn| {
+                opener
+                    .open_database(rtxn, None)
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })?
+            .unwrap_commit();
+        let Some(db) = db else { return Ok(0) };
+        let rtxn = self.env.read_txn()?;
+        Ok(db.get(&rtxn, LOG_SEQ_KEY)?.unwrap_or(0))
+    }
+}
+
+/// Removes LMDB's reader table and fibd's lock file from a data directory
+/// no process uses (a finished backup): both are made again at need.
+pub fn remove_lock_files(dir: &Path) -> std::io::Result<()> {
+    for file in [LMDB_LOCK_FILE, LOCK_FILE] {
+        match fs::remove_file(dir.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The stepper's one key, and the records.

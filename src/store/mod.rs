@@ -27,7 +27,11 @@
 //! LMDB's batches ride the ledger's group commit ([`ledger`]), one log
 //! frame with the task records; etcd's go out through the outbound
 //! client as the calls [`IndexStore::next_call`] makes.
+//!
+//! `fibd backup` ([`backup`]) copies the local store from a second process
+//! while the daemon runs: LMDB's hot copy plus the log's newer frames.
 
+pub mod backup;
 pub mod committer;
 pub mod etcd;
 pub mod index;

@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::hash::Hasher;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -227,6 +227,27 @@ impl Wal {
     pub fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    /// Unmakes the frame at `offset` (a batch that failed): its header is
+    /// zeroed, so no reader of the log takes it for a batch. Not flushed.
+    pub fn erase(&self, offset: usize) -> io::Result<()> {
+        self.file.write_all_at(&[0; HEADER_BYTES], offset as u64)
+    }
+}
+
+/// The log of a data directory another process may be writing, read
+/// without opening it for writing (a backup's source); `None` when there
+/// is no log. What it returns may be torn where a frame was being written:
+/// [`decode`] stops there.
+pub fn read_log(dir: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = match File::open(dir.join(FILE_NAME)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut log = Vec::with_capacity(LOG_BYTES);
+    file.take(LOG_BYTES as u64).read_to_end(&mut log)?;
+    Ok(Some(log))
 }
 
 #[cfg(test)]
