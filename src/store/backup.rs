@@ -178,15 +178,15 @@ pub fn run(config: &BackupConfig) -> Result<Backup, BackupError> {
     let dir = &config.data_dir;
     let source = Source::open(dir)?.ok_or_else(|| BackupError::NoStore { dir: dir.clone() })?;
     let staging = Staging::beside(&config.to, dir)?;
+    let read_log = || {
+        wal::read_log(dir)
+            .map(Option::unwrap_or_default)
+            .map_err(io_error(format!(
+                "cannot read the log in {}",
+                dir.display()
+            )))
+    };
     for _ in 0..ATTEMPTS_MAX {
-        let read_log = || {
-            wal::read_log(dir)
-                .map(Option::unwrap_or_default)
-                .map_err(io_error(format!(
-                    "cannot read the log in {}",
-                    dir.display()
-                )))
-        };
         let before = read_log()?;
         source.copy_to(&staging.path, config.compact)?;
         let copy = Store::open(&staging.path, source.map_bytes())?;
@@ -269,10 +269,7 @@ impl Staging {
             }
             Err(e) => return Err(io_error(format!("cannot read {}", to.display()))(e)),
         }
-        let parent = match to.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = parent_dir(to);
         fs::create_dir_all(parent)
             .map_err(io_error(format!("cannot make {}", parent.display())))?;
         let canonical = |p: &Path| {
@@ -324,10 +321,7 @@ impl Staging {
         let rename = format!("cannot rename {} to {}", self.path.display(), to.display());
         fs::rename(&self.path, to).map_err(io_error(rename))?;
         self.done = true;
-        let parent = match to.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = parent_dir(to);
         sync_dir(parent).map_err(io_error(format!("cannot flush {}", parent.display())))?;
         Ok(bytes)
     }
@@ -338,6 +332,14 @@ impl Drop for Staging {
         if !self.done {
             let _ = fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+/// The directory `to` is made in: its parent, or `.` for a bare name.
+fn parent_dir(to: &Path) -> &Path {
+    match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
