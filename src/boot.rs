@@ -1,11 +1,12 @@
 //! The wiring: from a validated [`Config`] to a serving loop. It opens the
 //! LMDB store and recovers what it holds, builds the store of the index
 //! `--store` names (and only that: with etcd no local cursor is built), the
-//! services, the listener (or the socket systemd passed) and the app, and
+//! services, the listeners (or the sockets systemd passed) and the app, and
 //! runs the loop until a graceful stop. Nothing here decides anything the
 //! modules could.
 
 use std::error::Error;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,7 +43,7 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// are logged under the target `fibd`, the daemon's own voice.
 pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
     // Taken first: nothing else may run before the environment is cleaned.
-    let activated = systemd::take_activated_listener()?;
+    let activated = systemd::take_activated_listeners()?;
     let no_rng = |e: getrandom::Error| format!("no OS random number generator: {e}");
     let mut random = RandomSource::new().map_err(no_rng)?;
     let secret = hash_key(&mut random).map_err(no_rng)?;
@@ -79,17 +80,17 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
             Some((id, task, callback))
         })
         .collect();
-    let from_systemd = activated.is_some();
-    let listener = match activated {
-        Some(listener) => listener,
-        None => {
-            let listener = std::net::TcpListener::bind(config.listen)
-                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-            listener.set_nonblocking(true)?;
-            listener
-        }
+    // A passed socket wins over the address (the unit decides); a passed
+    // admin socket is served even without --admin-listen.
+    let public = match activated.public {
+        Some(socket) => Listening::passed(socket),
+        None => Listening::bind(config.listen)?,
     };
-    let listener = mio::net::TcpListener::from_std(listener);
+    let admin = match (activated.admin, config.admin_listen) {
+        (Some(socket), _) => Some(Listening::passed(socket)),
+        (None, Some(addr)) => Some(Listening::bind(addr)?),
+        (None, None) => None,
+    };
     let now = Instant::now();
     let stepper = match &config.cluster {
         // The index is etcd's: the cursor is built from its first read.
@@ -99,7 +100,7 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
             let url = match &cluster.url {
                 Some(url) => url.clone(),
                 None => {
-                    let bound = listener.local_addr()?;
+                    let bound = public.socket.local_addr()?;
                     if bound.ip().is_unspecified() {
                         return Err(format!(
                             "cluster mode on {bound}: set --cluster-url to the address the \
@@ -162,18 +163,17 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
     );
     log::info!(
         target: "fibd",
-        "fibd {} listening on {}{} with data in {}; {}",
+        "fibd {} listening on {} with data in {}; {}{}",
         env!("CARGO_PKG_VERSION"),
-        listener.local_addr()?,
-        if from_systemd {
-            " (socket activation)"
-        } else {
-            ""
-        },
+        public.describe()?,
         config.data_dir.display(),
         match config.cluster {
             Some(_) => "the index is in etcd".to_owned(),
             None => format!("recovered index {}", recovered.index),
+        },
+        match &admin {
+            Some(admin) => format!("; admin endpoints on {}", admin.describe()?),
+            None => String::new(),
         }
     );
     if task_count > 0 {
@@ -200,9 +200,12 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         tracing: config.trace.clone(),
         callback_allow: config.callbacks.allow.clone(),
         connections_max: config.connections_max,
+        admin_listener: admin.is_some(),
     };
     let app = App::new(parts, now, SystemTime::now());
-    let server = Server::new(poll, listener, app, config, Notifier::from_env(), now)?;
+    let admin = admin.map(|admin| admin.socket);
+    let notifier = Notifier::from_env();
+    let server = Server::new(poll, public.socket, admin, app, config, notifier, now)?;
     for outcome in server.run()? {
         if let Err(e) = outcome.result {
             log::error!(target: "fibd", "a final commit failed: {e}");
@@ -210,6 +213,44 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
     }
     log::info!(target: "fibd", "stopped cleanly");
     Ok(())
+}
+
+/// A listening socket: the one systemd passed, else one bound here.
+struct Listening {
+    socket: mio::net::TcpListener,
+    from_systemd: bool,
+}
+
+impl Listening {
+    fn passed(socket: std::net::TcpListener) -> Listening {
+        Listening {
+            socket: mio::net::TcpListener::from_std(socket),
+            from_systemd: true,
+        }
+    }
+
+    fn bind(addr: SocketAddr) -> Result<Listening, String> {
+        let bind = || {
+            let socket = std::net::TcpListener::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(socket)
+        };
+        let socket = bind().map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        Ok(Listening {
+            socket: mio::net::TcpListener::from_std(socket),
+            from_systemd: false,
+        })
+    }
+
+    /// Its address, and where it came from, for the start-up line.
+    fn describe(&self) -> std::io::Result<String> {
+        let origin = if self.from_systemd {
+            " (socket activation)"
+        } else {
+            ""
+        };
+        Ok(format!("{}{origin}", self.socket.local_addr()?))
+    }
 }
 
 /// What a new operator most needs to know, once at start: exposure, the

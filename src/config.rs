@@ -39,6 +39,9 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `--admin-listen`: a second listener for the operator's endpoints
+    /// (metrics, dashboard, docs), which then leave the public one.
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub max_index: u64,
     pub connections_max: usize,
@@ -122,6 +125,10 @@ USAGE:
 
 OPTIONS:
     --listen ADDR:PORT        address to serve on [env FIBD_LISTEN] (default 127.0.0.1:8080)
+    --admin-listen ADDR:PORT  serve /metrics, /metrics.json, /dashboard and /docs here only
+                              (the public listener answers them 404; both serve /healthz
+                              and /readyz) [env FIBD_ADMIN_LISTEN] (default: none, all on
+                              --listen); a socket systemd passes named `admin` is used too
     --data-dir DIR            LMDB store directory [env FIBD_DATA_DIR, else $STATE_DIRECTORY,
                               else ./fibd-data]
     --max-index N             ceiling for /next [env FIBD_MAX_INDEX] (default 10000000)
@@ -288,6 +295,7 @@ into the data directory's place. Clients see the index go back to the backup's.
 #[derive(Default)]
 struct Raw {
     listen: Option<String>,
+    admin_listen: Option<String>,
     data_dir: Option<String>,
     max_index: Option<String>,
     connections_max: Option<String>,
@@ -351,6 +359,7 @@ pub fn from_args(
     }
     let mut raw = Raw {
         listen: env("FIBD_LISTEN"),
+        admin_listen: env("FIBD_ADMIN_LISTEN"),
         data_dir: env("FIBD_DATA_DIR").or_else(|| env("STATE_DIRECTORY")),
         max_index: env("FIBD_MAX_INDEX"),
         connections_max: env("FIBD_MAX_CONNECTIONS"),
@@ -431,6 +440,7 @@ pub fn from_args(
             "--api-keys" => &mut raw.api_keys,
             "-V" | "--version" => return Ok(Command::Version),
             "--listen" => &mut raw.listen,
+            "--admin-listen" => &mut raw.admin_listen,
             "--data-dir" => &mut raw.data_dir,
             "--max-index" => &mut raw.max_index,
             "--max-connections" => &mut raw.connections_max,
@@ -556,6 +566,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         value: listen_text,
         expected: "ADDR:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
     })?;
+    let admin_listen = admin_listen(raw.admin_listen.clone(), listen)?;
     let cluster = cluster(&raw, listen)?;
     let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()));
     if data_dir.as_os_str().is_empty() {
@@ -650,6 +661,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let trace = trace(raw.trace_zipkin, raw.trace_sample)?;
     Ok(Config {
         listen,
+        admin_listen,
         data_dir,
         max_index,
         connections_max,
@@ -1156,6 +1168,30 @@ fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConf
     }))
 }
 
+/// `--admin-listen`: an address other than `--listen`'s (an empty value
+/// means none, so an environment file can leave it unset).
+fn admin_listen(
+    raw: Option<String>,
+    listen: SocketAddr,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(text) = raw.filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match resolve(&text) {
+        Some(addr) if addr == listen && addr.port() != 0 => Err(ConfigError::Invalid {
+            setting: "admin listen address",
+            value: text,
+            expected: "an address other than --listen's",
+        }),
+        Some(addr) => Ok(Some(addr)),
+        None => Err(ConfigError::Invalid {
+            setting: "admin listen address",
+            value: text,
+            expected: "ADDR:PORT, e.g. 127.0.0.1:9090 or [::1]:9090",
+        }),
+    }
+}
+
 fn resolve(text: &str) -> Option<SocketAddr> {
     text.to_socket_addrs().ok()?.next()
 }
@@ -1222,6 +1258,33 @@ mod tests {
         assert_eq!((c.listen.port(), c.data_dir), (2, PathBuf::from("/tmp/x")));
         let c = serve(&[], &[("FIBD_DATA_DIR", "/d"), ("STATE_DIRECTORY", "/s")]);
         assert_eq!(c.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn admin_listen_is_optional_and_not_the_public_address() {
+        assert_eq!(serve(&[], &[]).admin_listen, None);
+        assert_eq!(serve(&[], &[("FIBD_ADMIN_LISTEN", "")]).admin_listen, None);
+        let c = serve(&["--admin-listen", "127.0.0.1:9090"], &[]);
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let c = serve(&[], &[("FIBD_ADMIN_LISTEN", "[::1]:9091")]);
+        assert_eq!(c.admin_listen, Some("[::1]:9091".parse().unwrap()));
+        // Both on port 0: two different ports, chosen by the OS.
+        let c = serve(
+            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+            &[],
+        );
+        assert_eq!(c.admin_listen.map(|a| a.port()), Some(0));
+        for bad in ["nonsense", "127.0.0.1", "127.0.0.1:70000", "127.0.0.1:8080"] {
+            let err = parse(&["--admin-listen", bad], &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("admin listen address"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            parse(&["--admin-listen"], &[]).unwrap_err(),
+            ConfigError::MissingValue("--admin-listen".into())
+        );
     }
 
     #[test]

@@ -34,17 +34,18 @@ use signal_hook_mio::v1_0::Signals;
 use crate::base::slab::Slab;
 use crate::config::Config;
 use crate::net::conn::{Conn, Drive, Shared};
-use crate::net::session::Expiry;
+use crate::net::session::{Expiry, Listener};
 use crate::net::systemd::Notifier;
 use crate::net::upstream::Registrar;
 use crate::reply::park::ConnId;
 use crate::routes::App;
 use crate::store::ledger::CommitOutcome;
 
-const LISTENER: Token = Token(usize::MAX - 1);
+const PUBLIC_LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
-/// Tokens from here up to the three above belong to the outbound client;
+const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
+/// Tokens from here up to the four above belong to the outbound client;
 /// client connections count up from 0.
 pub const UPSTREAM_TOKEN_BASE: usize = usize::MAX / 2;
 /// Reads land here; a connection keeps only what it could not answer yet.
@@ -66,9 +67,29 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// queue is retried.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A listening socket, what it serves, and whether connections may wait in
+/// its backlog (set by its event, cleared when accept says WouldBlock: edge
+/// triggered, so one left at the connection cap is taken up later).
+struct Bound {
+    socket: TcpListener,
+    listener: Listener,
+    backlog: bool,
+}
+
+impl Bound {
+    fn token(&self) -> Token {
+        match self.listener {
+            Listener::Public => PUBLIC_LISTENER,
+            Listener::Admin => ADMIN_LISTENER,
+        }
+    }
+}
+
 pub struct Server {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// The public listener, and the admin one if there is one; empty once
+    /// a stop began.
+    listeners: Vec<Bound>,
     signals: Signals,
     app: App,
     config: Config,
@@ -96,24 +117,39 @@ pub struct Server {
 }
 
 impl Server {
-    /// Registers the listener and signal handlers; the waker is created by
+    /// Registers the listeners and signal handlers; the waker is created by
     /// the caller from `poll` because the commit thread needs it first.
     pub fn new(
         poll: Poll,
-        mut listener: TcpListener,
+        public: TcpListener,
+        admin: Option<TcpListener>,
         app: App,
         config: Config,
         notifier: Notifier,
         now: Instant,
     ) -> io::Result<Server> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut listeners = Vec::with_capacity(2);
+        let sockets = [(Some(public), Listener::Public), (admin, Listener::Admin)];
+        for (socket, listener) in sockets {
+            if let Some(socket) = socket {
+                // Connections may already wait (socket activation).
+                let mut bound = Bound {
+                    socket,
+                    listener,
+                    backlog: true,
+                };
+                let token = bound.token();
+                poll.registry()
+                    .register(&mut bound.socket, token, Interest::READABLE)?;
+                listeners.push(bound);
+            }
+        }
         let mut signals = Signals::new(HANDLED_SIGNALS)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(Server {
             poll,
-            listener: Some(listener),
+            listeners,
             signals,
             app,
             config,
@@ -157,7 +193,12 @@ impl Server {
             for event in &events {
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 match event.token() {
-                    LISTENER => accept_ready = true,
+                    token @ (PUBLIC_LISTENER | ADMIN_LISTENER) => {
+                        for bound in &mut self.listeners {
+                            bound.backlog |= bound.token() == token;
+                        }
+                        accept_ready = true;
+                    }
                     WAKER => {}
                     SIGNALS => self.on_signals(),
                     Token(token) if self.app.upstream_owns(token) => self.app.upstream_ready(
@@ -249,22 +290,38 @@ impl Server {
         }
     }
 
-    /// Accepts until the backlog is empty or the connection cap is reached;
-    /// beyond the cap clients wait in the kernel's backlog, not refused.
+    /// Accepts from every listener until its backlog is empty or the
+    /// connection cap is reached; beyond the cap clients wait in the kernel's
+    /// backlog, not refused. Both listeners share the cap and the pause.
     fn accept(&mut self) {
-        if self.accept_paused_until.is_some() {
-            return;
-        }
-        while self.conns.len() < self.config.connections_max {
-            let Some(listener) = &self.listener else {
+        for index in 0..self.listeners.len() {
+            if !self.accept_from(index) {
                 return;
+            }
+        }
+    }
+
+    /// Accepts from one listener; false when accepting must stop for all
+    /// (the cap, or fd exhaustion).
+    fn accept_from(&mut self, index: usize) -> bool {
+        loop {
+            if self.accept_paused_until.is_some() || self.conns.len() >= self.config.connections_max
+            {
+                return false;
+            }
+            let Some(bound) = self.listeners.get_mut(index).filter(|b| b.backlog) else {
+                return true;
             };
-            match listener.accept() {
+            let listener = bound.listener;
+            match bound.socket.accept() {
                 Ok((stream, peer)) => {
                     self.fd_exhaustion_reported = false;
-                    self.open(stream, peer.ip());
+                    self.open(stream, peer.ip(), listener);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    bound.backlog = false;
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_fd_exhaustion(&e) => {
                     if !self.fd_exhaustion_reported {
@@ -272,7 +329,7 @@ impl Server {
                         log::warn!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?} at a time");
                     }
                     self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
-                    return;
+                    return false;
                 }
                 // The peer went away before we accepted it; nothing to do.
                 Err(e) => log::debug!("accept: {e}"),
@@ -280,15 +337,16 @@ impl Server {
         }
     }
 
-    fn open(&mut self, stream: TcpStream, peer: IpAddr) {
+    fn open(&mut self, stream: TcpStream, peer: IpAddr, listener: Listener) {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("set TCP_NODELAY: {e}");
         }
         self.serial += 1;
         let serial = self.serial;
+        let now = self.now;
         let key = self
             .conns
-            .insert_with(|key| Conn::new(stream, ConnId { key, serial }, peer, self.now));
+            .insert_with(|key| Conn::new(stream, ConnId { key, serial }, peer, listener, now));
         self.app.connection(true);
         let registered = match self.conns.get_mut(key) {
             Some(conn) => self.poll.registry().register(
@@ -412,8 +470,8 @@ impl Server {
             self.notifier.notify("STOPPING=1");
             self.stopping_since = Some(self.now);
             self.app.begin_stop();
-            if let Some(mut listener) = self.listener.take() {
-                let _ = self.poll.registry().deregister(&mut listener);
+            for mut bound in std::mem::take(&mut self.listeners) {
+                let _ = self.poll.registry().deregister(&mut bound.socket);
             }
             for key in self.conns.keys() {
                 if let Some(conn) = self.conns.get_mut(key) {

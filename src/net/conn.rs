@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use super::session::{Expiry, Peer, Reply, Respond, Session, Timeouts};
+use super::session::{Expiry, Listener, Peer, Reply, Respond, Session, Timeouts};
 use crate::http::parse::Limits;
 use crate::reply::output::{IOVECS_MAX, Output};
 use crate::reply::park::{ConnId, Ticket};
@@ -68,10 +68,20 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, id: ConnId, addr: IpAddr, now: Instant) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        id: ConnId,
+        addr: IpAddr,
+        listener: Listener,
+        now: Instant,
+    ) -> Conn {
         Conn {
             stream,
-            peer: Peer { conn: id, addr },
+            peer: Peer {
+                conn: id,
+                addr,
+                listener,
+            },
             session: Session::new(now),
             readable: true,
             writable: true,

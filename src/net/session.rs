@@ -32,12 +32,23 @@ const OUTPUT_PAUSE_BYTES: usize = 64 * 1024;
 const SEGMENTS_MAX: usize = 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Who sent a request: the connection, and the peer's address
-/// (`crate::access` decides who the client is).
+/// Who sent a request: the connection, the peer's address
+/// (`crate::access` decides who the client is), and the listener it came in
+/// through (the route table decides what each one serves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub conn: ConnId,
     pub addr: IpAddr,
+    pub listener: Listener,
+}
+
+/// The listening socket a connection was accepted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// `--listen`: the API, and everything when there is no admin listener.
+    Public,
+    /// `--admin-listen`: the operator's endpoints and the probes only.
+    Admin,
 }
 
 /// What the routes do with requests; implemented by `routes::App`.

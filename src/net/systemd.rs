@@ -1,5 +1,6 @@
 //! The systemd protocols, without libsystemd: sd_notify datagrams (READY,
-//! STATUS, WATCHDOG, STOPPING) and socket activation (LISTEN_FDS).
+//! STATUS, WATCHDOG, STOPPING) and socket activation (LISTEN_FDS, with
+//! LISTEN_FDNAMES telling the public listener from the admin one).
 
 use std::io;
 use std::net::TcpListener;
@@ -67,9 +68,20 @@ fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Opt
     Some(Duration::from_micros(usec / 2))
 }
 
-/// The listening socket systemd passed, if it passed one to this process.
-/// The variables are removed so nothing started later inherits them.
-pub fn take_activated_listener() -> io::Result<Option<TcpListener>> {
+/// The listening sockets systemd passed to this process, by what they serve.
+#[derive(Debug, Default)]
+pub struct Activated {
+    pub public: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// The name (`FileDescriptorName=`) that makes a passed socket the admin
+/// listener; any other name, or none, is the public one.
+pub const ADMIN_FD_NAME: &str = "admin";
+
+/// The sockets systemd passed, if it passed any to this process. The
+/// variables are removed so nothing started later inherits them.
+pub fn take_activated_listeners() -> io::Result<Activated> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -78,21 +90,69 @@ pub fn take_activated_listener() -> io::Result<Option<TcpListener>> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").ok();
     clear_listen_env();
-    if !for_us || count < 1 {
-        return Ok(None);
+    if !for_us {
+        return Ok(Activated::default());
     }
-    if count > 1 {
-        log::warn!("systemd passed {count} sockets; serving on the first only");
+    let passed = assign_fds(count, names.as_deref());
+    if passed.ignored > 0 {
+        log::warn!(
+            "systemd passed {count} sockets; serving on one public and one `{ADMIN_FD_NAME}` \
+             at most, ignoring {}",
+            passed.ignored
+        );
     }
-    // SAFETY: systemd (or systemd-socket-activate) passed fd 3 to this very
-    // process (LISTEN_PID matched) and nothing else in fibd owns it, so the
-    // listener takes sole ownership. A non-socket fd fails at local_addr below.
+    Ok(Activated {
+        public: passed.public.map(adopt).transpose()?,
+        admin: passed.admin.map(adopt).transpose()?,
+    })
+}
+
+/// Which passed file descriptor serves what.
+#[derive(Debug, PartialEq, Eq)]
+struct Passed {
+    public: Option<i32>,
+    admin: Option<i32>,
+    ignored: usize,
+}
+
+/// Assigns the `count` descriptors from fd 3 by their names (colon
+/// separated, in fd order): the first named `admin` is the admin listener,
+/// the first other one the public listener. Without names (or with too few)
+/// an unnamed descriptor is public.
+fn assign_fds(count: i32, names: Option<&str>) -> Passed {
+    let mut names = names.unwrap_or("").split(':');
+    let mut passed = Passed {
+        public: None,
+        admin: None,
+        ignored: 0,
+    };
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count.max(0) {
+        let slot = if names.next() == Some(ADMIN_FD_NAME) {
+            &mut passed.admin
+        } else {
+            &mut passed.public
+        };
+        match slot {
+            None => *slot = Some(fd),
+            Some(_) => passed.ignored += 1,
+        }
+    }
+    passed
+}
+
+/// Takes a passed descriptor as a nonblocking listener.
+fn adopt(fd: i32) -> io::Result<TcpListener> {
+    // SAFETY: systemd (or systemd-socket-activate) passed `fd` to this very
+    // process (LISTEN_PID matched, and `fd` is within LISTEN_FDS) and nothing
+    // else in fibd owns it, so the listener takes sole ownership. A
+    // non-socket fd fails at local_addr below.
     #[allow(unsafe_code)]
-    let listener = unsafe { TcpListener::from_raw_fd(LISTEN_FDS_START) };
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
     listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    Ok(Some(listener))
+    Ok(listener)
 }
 
 fn clear_listen_env() {
@@ -124,6 +184,37 @@ mod tests {
         assert_eq!(watchdog_interval(Some("0"), None, 7), None);
         assert_eq!(watchdog_interval(Some("x"), None, 7), None);
         assert_eq!(watchdog_interval(None, None, 7), None);
+    }
+
+    #[test]
+    fn passed_fds_are_assigned_by_name() {
+        let passed = |public, admin, ignored| Passed {
+            public,
+            admin,
+            ignored,
+        };
+        assert_eq!(assign_fds(0, None), passed(None, None, 0));
+        assert_eq!(assign_fds(-1, None), passed(None, None, 0));
+        // One unnamed socket, as before names: the public one.
+        assert_eq!(assign_fds(1, None), passed(Some(3), None, 0));
+        assert_eq!(assign_fds(2, None), passed(Some(3), None, 1));
+        // systemd's default name is the socket unit's; only `admin` differs.
+        assert_eq!(assign_fds(1, Some("fibd.socket")), passed(Some(3), None, 0));
+        assert_eq!(
+            assign_fds(2, Some("fibd:admin")),
+            passed(Some(3), Some(4), 0)
+        );
+        assert_eq!(
+            assign_fds(2, Some("admin:fibd")),
+            passed(Some(4), Some(3), 0)
+        );
+        assert_eq!(assign_fds(1, Some("admin")), passed(None, Some(3), 0));
+        assert_eq!(
+            assign_fds(3, Some("admin:admin:x")),
+            passed(Some(5), Some(3), 1)
+        );
+        // Fewer names than fds: the unnamed rest count as public.
+        assert_eq!(assign_fds(2, Some("admin")), passed(Some(4), Some(3), 0));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::http::message::{Method, Persistence};
 use crate::http::parse::Request;
 use crate::http::request_id::RequestIds;
 use crate::http::response::{ContentType, Head, Status};
-use crate::net::session::{ConnError, Peer, Reply, Respond};
+use crate::net::session::{ConnError, Listener, Peer, Reply, Respond};
 use crate::net::upstream::{Client, Registrar};
 use crate::ops::metrics::Metrics;
 use crate::ops::trace::{TraceConfig, Tracer};
@@ -61,6 +61,7 @@ use crate::store::ledger::Ledger;
 
 use late::{CallOwner, Delivery, LateReply, Parked, Shape, Waiting};
 pub use route::Route;
+use route::Served;
 
 /// Requests parked at most, across every service: each costs a few words
 /// and its reply's shape here and a slot in its connection's output.
@@ -83,6 +84,9 @@ pub struct Parts {
     pub callback_allow: Destinations,
     /// `--max-connections`, for the saturation gauge.
     pub connections_max: usize,
+    /// Whether an admin listener serves the operator's endpoints (then the
+    /// public one does not).
+    pub admin_listener: bool,
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -127,6 +131,7 @@ pub struct App {
     /// False while commits fail: /readyz tells the load balancer.
     store_ready: bool,
     connections_max: usize,
+    admin_listener: bool,
     /// When the process started serving: monotonic for rates, wall-clock for
     /// `process_start_time_seconds`.
     started: Instant,
@@ -159,6 +164,7 @@ impl App {
             tracing,
             callback_allow,
             connections_max,
+            admin_listener,
         } = parts;
         // A failed CSPRNG read leaves the prefix fixed: ids stay unique
         // within the run, which is what they are for; likewise span ids.
@@ -196,6 +202,7 @@ impl App {
             answered: 0,
             store_ready: true,
             connections_max,
+            admin_listener,
             started: now,
             started_at: wall,
             body: Vec::new(),
@@ -689,6 +696,17 @@ impl App {
         }
     }
 
+    /// Whether `route` is served on `listener`: each route says where it is
+    /// served (`Route::served`); elsewhere it does not exist (404).
+    fn serves(&self, route: Route, listener: Listener) -> bool {
+        match (route.served(), listener) {
+            (Served::Both, _) | (Served::Public, Listener::Public) => true,
+            (Served::Admin, Listener::Public) => !self.admin_listener,
+            (Served::Admin, Listener::Admin) => true,
+            (Served::Public, Listener::Admin) => false,
+        }
+    }
+
     /// Who sent the request, and whether it may use `route`.
     fn admit(&self, from: Peer, route: Route, request: &Request<'_>) -> Result<Caller, ApiError> {
         let caller = self.access.identify(from.addr, request)?;
@@ -793,7 +811,7 @@ impl Respond for App {
         body: &[u8],
         out: &mut Output,
     ) -> Reply {
-        let route = Route::from_path(request.path);
+        let route = Route::from_path(request.path).filter(|&r| self.serves(r, from.listener));
         let span = self.tracer.as_mut().and_then(|tracer| {
             let name = route.map_or("other", Route::path);
             tracer.start(request.traceparent, name, request.method.as_str(), self.now)

@@ -1,10 +1,22 @@
 //! The route table: every resource fibd serves, its paths (the primes
-//! task paths with their id), the methods it takes and the scope a key
-//! needs. A leaf: the metrics name their rows after it without knowing the
+//! task paths with their id), the methods it takes, the scope a key needs
+//! and which listener serves it. A leaf: the metrics name their rows after it without knowing the
 //! app.
 
 use crate::access::Scope;
 use crate::http::message::Method;
+
+/// Which listener serves a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The API: the public listener only.
+    Public,
+    /// The operator's endpoints: the admin listener when there is one (the
+    /// public one answers 404), else the public one.
+    Admin,
+    /// The probes: every listener, since balancers probe the public port.
+    Both,
+}
 
 /// The resources fibd serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +124,14 @@ impl Route {
             Route::PrimesTasks | Route::Relay | Route::TaskForward => "POST",
             Route::PrimesTask => "GET, HEAD, DELETE",
             _ => "GET, HEAD",
+        }
+    }
+
+    pub fn served(self) -> Served {
+        match self {
+            Route::Healthz | Route::Readyz => Served::Both,
+            Route::Metrics | Route::MetricsJson | Route::Dashboard | Route::Docs => Served::Admin,
+            _ => Served::Public,
         }
     }
 

@@ -49,6 +49,8 @@ impl Drop for DataDir {
 pub struct Fibd {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when the start line names one.
+    pub admin: Option<SocketAddr>,
     /// Log lines after the start line, for tests that check them.
     pub log: mpsc::Receiver<String>,
 }
@@ -65,6 +67,60 @@ impl Fibd {
 
     pub fn start_with(data: &DataDir, extra: &[&str], env: &[(&str, &str)]) -> Fibd {
         Fibd::spawn(Command::new(binary()), data, extra, env)
+    }
+
+    /// Starts fibd the way systemd's socket activation does: `sockets` become
+    /// fds 3, 4, ... of the process, with LISTEN_FDS, LISTEN_PID (its own
+    /// pid: a shell sets it and execs fibd) and LISTEN_FDNAMES (`names`).
+    pub fn start_activated(
+        data: &DataDir,
+        sockets: &[&std::net::TcpListener],
+        names: &str,
+        extra: &[&str],
+    ) -> Fibd {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        const SOCKETS_MAX: usize = 4;
+        assert!(
+            sockets.len() <= SOCKETS_MAX,
+            "at most {SOCKETS_MAX} sockets"
+        );
+        let mut sources = [-1; SOCKETS_MAX];
+        for (source, socket) in sources.iter_mut().zip(sockets) {
+            *source = socket.as_raw_fd();
+        }
+        let count = sockets.len();
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "export LISTEN_PID=$$; exec \"$0\" \"$@\""])
+            .arg(binary())
+            .env("LISTEN_FDS", count.to_string())
+            .env("LISTEN_FDNAMES", names);
+        // SAFETY: between fork and exec only fcntl and dup2, which are
+        // async-signal-safe, on fds this process owns, and no allocation;
+        // the sources are first copied above every target, so no dup2
+        // overwrites a source it still needs.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || {
+                const ABOVE_TARGETS: i32 = 64;
+                let mut high = [-1; SOCKETS_MAX];
+                for i in 0..count {
+                    high[i] = libc::fcntl(sources[i], libc::F_DUPFD_CLOEXEC, ABOVE_TARGETS);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, &fd) in high[..count].iter().enumerate() {
+                    // dup2's copy is not close-on-exec: fibd inherits it.
+                    if libc::dup2(fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Fibd::spawn(command, data, extra, &[])
     }
 
     /// Starts fibd as `uid` (through `setpriv`, as root), its data
@@ -121,6 +177,7 @@ impl Fibd {
                 return Fibd {
                     child,
                     addr,
+                    admin: addr_after(&line, "admin endpoints on "),
                     log: rx,
                 };
             }
@@ -205,7 +262,11 @@ impl Drop for Fibd {
 }
 
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("listening on ").nth(1)?;
+    addr_after(line, "listening on ")
+}
+
+fn addr_after(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.split(prefix).nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
 }
 

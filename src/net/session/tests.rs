@@ -67,6 +67,7 @@ fn peer() -> Peer {
     Peer {
         conn: ConnId { key: 0, serial: 1 },
         addr: Ipv4Addr::LOCALHOST.into(),
+        listener: Listener::Public,
     }
 }
 
