@@ -52,7 +52,7 @@ if [ "$uninstall" = 1 ]; then
     # Stopping the socket would stop the service too (it Requires= the socket);
     # both are named so the order does not matter.
     active=()
-    for unit in fibd.socket fibd.service; do
+    for unit in fibd.socket fibd-admin.socket fibd.service; do
         if systemctl is-active --quiet "$unit" 2>/dev/null; then active+=("$unit"); fi
     done
     if [ ${#active[@]} -gt 0 ]; then
@@ -61,9 +61,9 @@ if [ "$uninstall" = 1 ]; then
     fi
     if [ -e "$UNIT_DIR/fibd.socket" ] || [ -e "$UNIT_DIR/fibd.service" ]; then
         say "disabling fibd.socket"
-        systemctl disable --quiet fibd.socket fibd.service 2>/dev/null || true
+        systemctl disable --quiet fibd.socket fibd-admin.socket fibd.service 2>/dev/null || true
     fi
-    for f in "$UNIT_DIR/fibd.service" "$UNIT_DIR/fibd.socket" "$PREFIX_BIN/fibd" "$DOC_DIR/README.md"; do
+    for f in "$UNIT_DIR/fibd.service" "$UNIT_DIR/fibd.socket" "$UNIT_DIR/fibd-admin.socket" "$PREFIX_BIN/fibd" "$DOC_DIR/README.md"; do
         if [ -e "$f" ]; then
             say "removing $f"
             rm -f "$f"
@@ -71,7 +71,7 @@ if [ "$uninstall" = 1 ]; then
     done
     rmdir "$DOC_DIR" 2>/dev/null || true
     systemctl daemon-reload
-    systemctl reset-failed fibd.service fibd.socket 2>/dev/null || true
+    systemctl reset-failed fibd.service fibd.socket fibd-admin.socket 2>/dev/null || true
     if [ "$purge" = 1 ]; then
         for d in /var/lib/private/fibd /var/lib/fibd; do
             if [ -e "$d" ] || [ -L "$d" ]; then
@@ -110,6 +110,8 @@ install -D -m 0755 "$binary" "$PREFIX_BIN/fibd"
 say "installing units to $UNIT_DIR"
 install -D -m 0644 "$REPO/systemd/fibd.service" "$UNIT_DIR/fibd.service"
 install -D -m 0644 "$REPO/systemd/fibd.socket" "$UNIT_DIR/fibd.socket"
+# Installed, not enabled: the admin socket is the operator's choice (README).
+install -D -m 0644 "$REPO/systemd/fibd-admin.socket" "$UNIT_DIR/fibd-admin.socket"
 install -D -m 0644 "$REPO/README.md" "$DOC_DIR/README.md"
 systemctl daemon-reload
 

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fibd::config::{DEFAULT_CONNECTIONS_MAX, DEFAULT_LISTEN};
+use fibd::net::systemd::ADMIN_FD_NAME;
 
 const EXPOSURE_MAX: f64 = 1.0;
 
@@ -119,6 +120,35 @@ fn service_and_socket_agree() {
     assert!(words(&service, "Service", "RestrictAddressFamilies").contains(&"AF_UNIX"));
 }
 
+#[test]
+fn admin_socket_is_named_admin_and_feeds_the_service() {
+    let admin = parse_unit(&unit_text("fibd-admin.socket"));
+    let public = parse_unit(&unit_text("fibd.socket"));
+    // fibd tells the sockets apart by these names (LISTEN_FDNAMES).
+    assert_eq!(value(&admin, "Socket", "FileDescriptorName"), ADMIN_FD_NAME);
+    assert_ne!(
+        value(&public, "Socket", "FileDescriptorName"),
+        ADMIN_FD_NAME
+    );
+    // Service= makes fibd.service triggered by it, so it inherits its fd.
+    assert_eq!(value(&admin, "Socket", "Service"), "fibd.service");
+    assert!(matches!(
+        values(&admin, "Socket", "Accept")[..],
+        [] | ["no"] | ["false"]
+    ));
+    // Loopback only, and not the public port.
+    let listen = value(&admin, "Socket", "ListenStream");
+    let addr: std::net::SocketAddr = listen.parse().expect("ADDR:PORT");
+    assert!(addr.ip().is_loopback(), "{listen}");
+    assert_ne!(listen, value(&public, "Socket", "ListenStream"));
+    assert_eq!(words(&admin, "Install", "WantedBy"), ["sockets.target"]);
+    // Optional: the service must not need it.
+    let service = parse_unit(&unit_text("fibd.service"));
+    for key in ["Requires", "Wants", "BindsTo"] {
+        assert!(!words(&service, "Unit", key).contains(&"fibd-admin.socket"));
+    }
+}
+
 fn systemd_analyze(args: &[&str]) -> Option<Output> {
     match Command::new("systemd-analyze").args(args).output() {
         Ok(output) => Some(output),
@@ -131,7 +161,7 @@ fn skip(test: &str) {
     eprintln!("{test}: skipped, systemd-analyze is not installed");
 }
 
-/// A temp directory holding both units, with ExecStart= pointing at the
+/// A temp directory holding the units, with ExecStart= pointing at the
 /// binary cargo built (verify checks that it exists and is executable).
 struct UnitDir(PathBuf);
 
@@ -150,7 +180,9 @@ impl UnitDir {
             &format!("ExecStart={}", env!("CARGO_BIN_EXE_fibd")),
         );
         std::fs::write(dir.join("fibd.service"), service).expect("write service");
-        std::fs::write(dir.join("fibd.socket"), unit_text("fibd.socket")).expect("write socket");
+        for socket in ["fibd.socket", "fibd-admin.socket"] {
+            std::fs::write(dir.join(socket), unit_text(socket)).expect("write socket");
+        }
         UnitDir(dir)
     }
 
@@ -173,7 +205,8 @@ impl Drop for UnitDir {
 fn systemd_analyze_verify_is_clean() {
     let dir = UnitDir::new();
     let (service, socket) = (dir.path("fibd.service"), dir.path("fibd.socket"));
-    let Some(output) = systemd_analyze(&["verify", "--man=no", &service, &socket]) else {
+    let admin = dir.path("fibd-admin.socket");
+    let Some(output) = systemd_analyze(&["verify", "--man=no", &service, &socket, &admin]) else {
         return skip("systemd_analyze_verify_is_clean");
     };
     // verify exits 0 even for unknown keys; it only warns. Any output fails.
