@@ -17,6 +17,7 @@ use crate::base::time::unix_ms;
 use crate::config::Config;
 use crate::net::systemd::{self, Notifier};
 use crate::net::upstream::{Client, ClientConfig, HttpUrl, ResponseLimits};
+use crate::ops::metrics::ListenAddrs;
 use crate::routes::{App, Parts};
 use crate::server::{self, Server};
 use crate::services::compute::ComputeWorker;
@@ -200,7 +201,10 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         tracing: config.trace.clone(),
         callback_allow: config.callbacks.allow.clone(),
         connections_max: config.connections_max,
-        admin_listener: admin.is_some(),
+        listeners: ListenAddrs {
+            public: public.socket.local_addr().ok(),
+            admin: admin.as_ref().and_then(|a| a.socket.local_addr().ok()),
+        },
     };
     let app = App::new(parts, now, SystemTime::now());
     let admin = admin.map(|admin| admin.socket);

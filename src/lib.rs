@@ -24,7 +24,10 @@
 //! - [`boot`]: the wiring: store recovery, the chosen store of the index,
 //!   services, listener, app, loop.
 //! - [`server`]: the event loop, the only code that knows `mio::Poll`; its
-//!   pass is a few named phases, with the clock read once at its start.
+//!   pass is a few named phases, with the clock read once at its start. It
+//!   accepts from the public listener and the admin one (`--admin-listen`)
+//!   through one path; each connection knows its listener, and the route
+//!   table (`routes::route`, `Route::served`) decides what each serves.
 //! - [`config`]: command line and environment, validated once.
 //! - [`routes`]: request to reply. `mod.rs` holds `App` (dispatch, charging,
 //!   the loop phases, the one epilogue); `route` the route table; `late`
@@ -84,7 +87,8 @@
 //!   connection's request stream, sans-IO (pipelining, bodies, 100-continue,
 //!   backpressure, timeouts) with its own error type; `upstream`, the
 //!   outbound HTTP/1.1 client and its bounded pool (the only code that
-//!   touches an upstream socket); `systemd`, sd_notify and socket activation.
+//!   touches an upstream socket); `systemd`, sd_notify and socket activation
+//!   (the public and the admin listener told apart by `LISTEN_FDNAMES`).
 //! - [`reply`]: replies now and later, no socket and no service: `output`,
 //!   the replies queued in request order with slots for those to come;
 //!   `park`, the table of requests answered later, by ticket.

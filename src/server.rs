@@ -2,7 +2,9 @@
 //! every socket; each pass runs a few named phases:
 //!
 //! 1. poll, then read the clock once and hand it to the app;
-//! 2. accept, and drive every ready connection (read, parse, route, reply);
+//! 2. accept (from the public listener and, with `--admin-listen` or a
+//!    passed `admin` socket, the admin one: one path, one cap), and drive
+//!    every ready connection (read, parse, route, reply);
 //! 3. the app's phases: commit outcomes, finished computations, timers and
 //!    outbound calls, housekeeping (about once a second), then the next
 //!    batch to its store;

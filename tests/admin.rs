@@ -52,6 +52,16 @@ fn assert_split(public: SocketAddr, admin: SocketAddr) {
     }
     let metrics = get(admin, "/metrics").text();
     assert!(metrics.contains("fibd_requests_total"), "{metrics}");
+    // A scrape tells which listener is which.
+    for (listener, addr) in [("public", public), ("admin", admin)] {
+        let line = format!("fibd_listener_info{{listener=\"{listener}\",address=\"{addr}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    let json = get(admin, "/metrics.json").text();
+    assert!(
+        json.contains("fibd_listener_info") && json.contains(&admin.to_string()),
+        "{json}"
+    );
     for path in PROBES {
         assert_eq!(get(public, path).status, 200, "{path} on the public port");
         assert_eq!(get(admin, path).status, 200, "{path} on the admin port");
@@ -93,6 +103,16 @@ fn without_admin_listen_everything_stays_on_the_public_port() {
     for path in OPERATOR_PATHS.into_iter().chain(PROBES) {
         assert_eq!(fibd.get(path).status, 200, "{path}");
     }
+    let metrics = fibd.get("/metrics").text();
+    let listeners: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("fibd_listener_info{"))
+        .collect();
+    let line = format!(
+        "fibd_listener_info{{listener=\"public\",address=\"{}\"}} 1",
+        fibd.addr
+    );
+    assert_eq!(listeners, [line.as_str()]);
     assert_eq!(fibd.post("/next").index(), 1);
 }
 

@@ -14,6 +14,7 @@
 //! `fibd_upstream_duration_seconds`; see `expose_upstream`).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::http::response::Status;
@@ -119,6 +120,16 @@ pub struct Gauges {
     pub primes: PrimesGauges,
     /// `--store etcd` only: etcd's counters, and the stepper's cursor jumps.
     pub etcd: Option<(EtcdStats, u64)>,
+    pub listeners: ListenAddrs,
+}
+
+/// Where fibd listens, so a scrape (or the dashboard) can tell which port
+/// it reached: `fibd_listener_info{listener, address}`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenAddrs {
+    pub public: Option<SocketAddr>,
+    /// `--admin-listen`, or the socket systemd passed named `admin`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// The primes tasks' state at scrape time.
@@ -460,6 +471,7 @@ impl Metrics {
             "Time to compute and render one F(n) off the event loop.",
             &self.fib_compute_seconds,
         );
+        expose_listeners(&gauges.listeners, sink);
         self.expose_upstream(gauges, sink);
         self.expose_primes(&gauges.primes, sink);
         if let Some((stats, jumps)) = &gauges.etcd {
@@ -848,6 +860,21 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// One series per listener, valued 1: its address is the label.
+fn expose_listeners(listeners: &ListenAddrs, sink: &mut dyn Exposition) {
+    sink.family(
+        Kind::Gauge,
+        "fibd_listener_info",
+        "The addresses fibd listens on (value 1): public (the API) and admin (metrics, dashboard, docs).",
+        &["listener", "address"],
+    );
+    for (listener, addr) in [("public", listeners.public), ("admin", listeners.admin)] {
+        if let Some(addr) = addr {
+            sink.series(&[listener, &addr.to_string()], 1);
         }
     }
 }

@@ -55,6 +55,7 @@ impl App {
                 .stepper
                 .etcd_stats(self.now)
                 .map(|stats| (stats, self.stepper.jumps())),
+            listeners: self.listeners,
         }
     }
 
