@@ -89,7 +89,7 @@ impl Bound {
 
 pub struct Server {
     poll: Poll,
-    /// The public listener, and the admin one if there is one; empty once
+    /// The admin listener if there is one, then the public one; empty once
     /// a stop began.
     listeners: Vec<Bound>,
     signals: Signals,
@@ -131,7 +131,9 @@ impl Server {
         now: Instant,
     ) -> io::Result<Server> {
         let mut listeners = Vec::with_capacity(2);
-        let sockets = [(Some(public), Listener::Public), (admin, Listener::Admin)];
+        // The admin listener is accepted from first: its few connections get
+        // in before a flood on the public port fills the shared cap.
+        let sockets = [(admin, Listener::Admin), (Some(public), Listener::Public)];
         for (socket, listener) in sockets {
             if let Some(socket) = socket {
                 // Connections may already wait (socket activation).
