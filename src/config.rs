@@ -132,7 +132,8 @@ OPTIONS:
     --data-dir DIR            LMDB store directory [env FIBD_DATA_DIR, else $STATE_DIRECTORY,
                               else ./fibd-data]
     --max-index N             ceiling for /next [env FIBD_MAX_INDEX] (default 10000000)
-    --max-connections N       open connections at most; more wait in the listen backlog
+    --max-connections N       open connections at most on --listen (the admin listener has
+                              16 of its own); more wait in the listen backlog
                               [env FIBD_MAX_CONNECTIONS] (default 10000)
     --max-n N                 largest n for /v1/fib [env FIBD_MAX_N] (default 10000000)
     --fib-cache-bytes N       bytes of rendered F(n) kept for /v1/fib [env FIBD_FIB_CACHE_BYTES]

@@ -3,7 +3,7 @@
 //!
 //! 1. poll, then read the clock once and hand it to the app;
 //! 2. accept (from the public listener and, with `--admin-listen` or a
-//!    passed `admin` socket, the admin one: one path, one cap), and drive
+//!    passed `admin` socket, the admin one: one path, a cap each), and drive
 //!    every ready connection (read, parse, route, reply);
 //! 3. the app's phases: commit outcomes, finished computations, timers and
 //!    outbound calls, housekeeping (about once a second), then the next
@@ -69,12 +69,19 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// queue is retried.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A listening socket, what it serves, and whether connections may wait in
-/// its backlog (set by its event, cleared when accept says WouldBlock: edge
-/// triggered, so one left at the connection cap is taken up later).
+/// Connections the admin listener may hold, beside `--max-connections`: a
+/// public port flooded up to its cap still lets the operator in.
+pub const ADMIN_CONNECTIONS_MAX: usize = 16;
+
+/// A listening socket, what it serves, its connections against its cap, and
+/// whether connections may wait in its backlog (set by its event, cleared
+/// when accept says WouldBlock: edge triggered, so one left at the cap is
+/// taken up later).
 struct Bound {
     socket: TcpListener,
     listener: Listener,
+    open: usize,
+    open_max: usize,
     backlog: bool,
 }
 
@@ -131,15 +138,18 @@ impl Server {
         now: Instant,
     ) -> io::Result<Server> {
         let mut listeners = Vec::with_capacity(2);
-        // The admin listener is accepted from first: its few connections get
-        // in before a flood on the public port fills the shared cap.
-        let sockets = [(admin, Listener::Admin), (Some(public), Listener::Public)];
-        for (socket, listener) in sockets {
+        let sockets = [
+            (admin, Listener::Admin, ADMIN_CONNECTIONS_MAX),
+            (Some(public), Listener::Public, config.connections_max),
+        ];
+        for (socket, listener, open_max) in sockets {
             if let Some(socket) = socket {
                 // Connections may already wait (socket activation).
                 let mut bound = Bound {
                     socket,
                     listener,
+                    open: 0,
+                    open_max,
                     backlog: true,
                 };
                 let token = bound.token();
@@ -294,9 +304,10 @@ impl Server {
         }
     }
 
-    /// Accepts from every listener until its backlog is empty or the
+    /// Accepts from every listener until its backlog is empty or its
     /// connection cap is reached; beyond the cap clients wait in the kernel's
-    /// backlog, not refused. Both listeners share the cap and the pause.
+    /// backlog, not refused. Each listener has its own cap; fd exhaustion
+    /// pauses both.
     fn accept(&mut self) {
         for index in 0..self.listeners.len() {
             if !self.accept_from(index) {
@@ -306,19 +317,23 @@ impl Server {
     }
 
     /// Accepts from one listener; false when accepting must stop for all
-    /// (the cap, or fd exhaustion).
+    /// (fd exhaustion).
     fn accept_from(&mut self, index: usize) -> bool {
         loop {
-            if self.accept_paused_until.is_some() || self.conns.len() >= self.config.connections_max
-            {
+            if self.accept_paused_until.is_some() {
                 return false;
             }
-            let Some(bound) = self.listeners.get_mut(index).filter(|b| b.backlog) else {
+            let Some(bound) = self
+                .listeners
+                .get_mut(index)
+                .filter(|b| b.backlog && b.open < b.open_max)
+            else {
                 return true;
             };
             let listener = bound.listener;
             match bound.socket.accept() {
                 Ok((stream, peer)) => {
+                    bound.open += 1;
                     self.fd_exhaustion_reported = false;
                     self.open(stream, peer.ip(), listener);
                 }
@@ -389,6 +404,10 @@ impl Server {
         // Dropping the stream closes the socket, which also takes it out of
         // the epoll set: no deregister call needed.
         if let Some(conn) = self.conns.remove(key) {
+            let listener = conn.listener();
+            if let Some(bound) = self.listeners.iter_mut().find(|b| b.listener == listener) {
+                bound.open -= 1;
+            }
             self.shared.kept_bytes -= conn.accounted_bytes();
             self.app.connection(false);
             // A client that left gives up the replies it waited for.

@@ -200,17 +200,21 @@ fn a_bad_admin_address_is_a_config_error() {
 }
 
 #[test]
-fn both_listeners_share_the_connection_cap() {
+fn the_admin_listener_has_connections_of_its_own_beside_the_public_cap() {
     let data = DataDir::new("admin-cap");
     let fibd = Fibd::start(
         &data,
         &["--admin-listen", "127.0.0.1:0", "--max-connections", "1"],
     );
     let admin = fibd.admin.expect("an admin listener");
-    let mut held = Client::connect(admin);
-    assert_eq!(held.request("GET", "/metrics", &[]).status, 200);
-    // The one slot is the admin connection's: a public client connects (the
-    // kernel's backlog takes it) but is not served...
+    // The one public slot is taken...
+    let mut held = fibd.connect();
+    assert_eq!(held.request("GET", "/current", &[]).status, 200);
+    // ...yet the operator gets in on the admin port,
+    let mut operator = Client::connect(admin);
+    assert_eq!(operator.request("GET", "/metrics", &[]).status, 200);
+    // while a second public client connects (the kernel's backlog takes it)
+    // but is not served...
     let mut waiting = fibd.connect();
     waiting.send(&support::request_bytes("GET", "/current", &[]));
     let stream = waiting.stream();
@@ -218,11 +222,12 @@ fn both_listeners_share_the_connection_cap() {
         .set_read_timeout(Some(std::time::Duration::from_millis(300)))
         .unwrap();
     let early = std::io::Read::read(stream, &mut [0u8; 1]);
-    assert!(early.is_err(), "served beyond the shared cap: {early:?}");
+    assert!(early.is_err(), "served beyond the public cap: {early:?}");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    // ...until the admin connection leaves.
+    // ...until the first public connection leaves; the admin one stays.
     drop(held);
     assert_eq!(waiting.read_response(false).status, 200);
+    assert_eq!(operator.request("GET", "/healthz", &[]).status, 200);
 }

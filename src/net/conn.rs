@@ -98,6 +98,11 @@ impl Conn {
         self.peer.conn
     }
 
+    /// The listener it was accepted from, whose cap it counts against.
+    pub fn listener(&self) -> Listener {
+        self.peer.listener
+    }
+
     pub fn set_ready(&mut self, readable: bool, writable: bool) {
         self.readable |= readable;
         self.writable |= writable;
