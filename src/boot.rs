@@ -6,6 +6,7 @@
 //! modules could.
 
 use std::error::Error;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +17,7 @@ use crate::base::time::unix_ms;
 use crate::config::Config;
 use crate::net::systemd::{self, Notifier};
 use crate::net::upstream::{Client, ClientConfig, HttpUrl, ResponseLimits};
+use crate::ops::metrics::{Watched, WatchedStore};
 use crate::routes::{App, Parts};
 use crate::server::{self, Server};
 use crate::services::compute::ComputeWorker;
@@ -200,6 +202,7 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         tracing: config.trace.clone(),
         callback_allow: config.callbacks.allow.clone(),
         connections_max: config.connections_max,
+        watched: watched(&config, vec![("api", listener.local_addr()?)]),
     };
     let app = App::new(parts, now, SystemTime::now());
     let server = Server::new(poll, listener, app, config, Notifier::from_env(), now)?;
@@ -306,6 +309,30 @@ fn log_settings(config: &Config, access: &Access) {
             cluster.lease_ttl.as_secs(),
             config.data_dir.display()
         );
+    }
+}
+
+/// Which fibd this is, for the dashboard: its version, the addresses it is
+/// bound to and where it keeps the index.
+fn watched(config: &Config, listeners: Vec<(&'static str, SocketAddr)>) -> Watched {
+    let store = match &config.cluster {
+        Some(cluster) => WatchedStore::Etcd {
+            cluster: cluster.name.clone(),
+            node: cluster.node.clone(),
+            endpoints: cluster.endpoints.iter().map(ToString::to_string).collect(),
+        },
+        // Absolute, so the page names the directory wherever fibd started.
+        None => WatchedStore::Lmdb {
+            data_dir: std::fs::canonicalize(&config.data_dir)
+                .unwrap_or_else(|_| config.data_dir.clone())
+                .display()
+                .to_string(),
+        },
+    };
+    Watched {
+        version: env!("CARGO_PKG_VERSION"),
+        listeners,
+        store,
     }
 }
 

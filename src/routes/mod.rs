@@ -43,7 +43,7 @@ use crate::http::request_id::RequestIds;
 use crate::http::response::{ContentType, Head, Status};
 use crate::net::session::{ConnError, Peer, Reply, Respond};
 use crate::net::upstream::{Client, Registrar};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, Watched};
 use crate::ops::trace::{TraceConfig, Tracer};
 use crate::reply::output::Output;
 use crate::reply::park::{ConnId, Parking, Ticket};
@@ -83,6 +83,8 @@ pub struct Parts {
     pub callback_allow: Destinations,
     /// `--max-connections`, for the saturation gauge.
     pub connections_max: usize,
+    /// Which fibd this is, for /metrics.json.
+    pub watched: Watched,
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -127,6 +129,7 @@ pub struct App {
     /// False while commits fail: /readyz tells the load balancer.
     store_ready: bool,
     connections_max: usize,
+    watched: Watched,
     /// When the process started serving: monotonic for rates, wall-clock for
     /// `process_start_time_seconds`.
     started: Instant,
@@ -159,6 +162,7 @@ impl App {
             tracing,
             callback_allow,
             connections_max,
+            watched,
         } = parts;
         // A failed CSPRNG read leaves the prefix fixed: ids stay unique
         // within the run, which is what they are for; likewise span ids.
@@ -196,6 +200,7 @@ impl App {
             answered: 0,
             store_ready: true,
             connections_max,
+            watched,
             started: now,
             started_at: wall,
             body: Vec::new(),
