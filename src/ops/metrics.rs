@@ -5,7 +5,7 @@
 //! event-loop thread: a request costs a few additions, no lock and no
 //! allocation.
 //!
-//! The services' families, which the dashboard (`src/dashboard.html`), the
+//! The services' families, which the dashboard (`src/routes/dashboard.html`), the
 //! Grafana dashboard and the alert rules (`deploy/`) read: primes tasks
 //! (`fibd_primes_tasks_total{status}`, `fibd_primes_queue_length` and
 //! `_capacity`, the table; see `expose_primes`) and /api/smart
