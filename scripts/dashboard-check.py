@@ -4,11 +4,18 @@ time: the page's rates need fibd's counters to move between polls), then
 prints what the page drew as JSON and optionally saves a screenshot.
 
     scripts/dashboard-check.py URL [--seconds N] [--screenshot out.png]
+        [--until JS] [--eval JS]
+
+--until waits until the page's expression JS is true (--seconds is then only
+the bound: exit 1 with the page's state if it never holds); --eval adds
+{"eval": value of JS} to the output, evaluated in the page (its functions,
+such as niceAxis and legendValue, included).
 
 Chromium is driven over --remote-debugging-pipe (the DevTools protocol on
 fds 3 and 4, messages ended by NUL), so nothing but the standard library and
 the Debian `chromium` package is needed. Output: {"polls": N, "errors": N,
-"panels": {"latency": {"state": "data", "points": 12, "legend": "..."}, ...}}.
+"watching": "v0.1.0 · public 127.0.0.1:8080 · lmdb /var/lib/fibd", "panels":
+{"latency": {"state": "data", "points": 12, "legend": "...", "ticks": "0 ms | 0.05 ms | ..."}, ...}}.
 """
 
 import argparse
@@ -26,10 +33,12 @@ PAGE_STATE = """(() => ({
   errors: +document.body.dataset.errors,
   lastError: document.body.dataset.lastError || null,
   status: document.getElementById("status").textContent,
+  watching: document.getElementById("watching").textContent,
+  title: document.title,
   panels: Object.fromEntries([...document.querySelectorAll("[data-panel]")].map(p => [
     p.dataset.panel,
     {state: p.dataset.state, points: +p.dataset.points,
-     legend: p.querySelector(".legend").textContent}])),
+     legend: p.querySelector(".legend").textContent, ticks: p.dataset.ticks || ""}])),
 }))()"""
 
 
@@ -105,6 +114,8 @@ def main():
     parser.add_argument("--screenshot")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--until")
+    parser.add_argument("--eval")
     args = parser.parse_args()
     browser = Browser(args.width, args.height)
     try:
@@ -116,17 +127,32 @@ def main():
             "mobile": False}, session)
         # The protocol's events keep arriving; reading them keeps the pipe drained.
         end = time.monotonic() + args.seconds
+        held = False
         while time.monotonic() < end:
-            browser.call("Runtime.evaluate", {"expression": "1"}, session)
+            probe = f"!!({args.until})" if args.until else "false"
+            reply = browser.call("Runtime.evaluate", {
+                "expression": probe, "returnByValue": True}, session)["result"]
+            if reply.get("value") is True:
+                held = True
+                break
             time.sleep(0.25)
         state = browser.call("Runtime.evaluate", {
             "expression": PAGE_STATE, "returnByValue": True}, session)["result"]["value"]
+        if args.eval:
+            reply = browser.call("Runtime.evaluate", {
+                "expression": args.eval, "returnByValue": True}, session)
+            if "exceptionDetails" in reply:
+                raise RuntimeError(f"--eval: {reply['exceptionDetails']}")
+            state["eval"] = reply["result"].get("value")
         if args.screenshot:
             shot = browser.call("Page.captureScreenshot", {"format": "png"}, session)
             with open(args.screenshot, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
         json.dump(state, sys.stdout, indent=1)
         print()
+        if args.until and not held:
+            print(f"--until never held in {args.seconds} s: {args.until}", file=sys.stderr)
+            sys.exit(1)
     finally:
         browser.close()
 

@@ -17,7 +17,7 @@ use crate::base::time::unix_ms;
 use crate::config::Config;
 use crate::net::systemd::{self, Notifier};
 use crate::net::upstream::{Client, ClientConfig, HttpUrl, ResponseLimits};
-use crate::ops::metrics::ListenAddrs;
+use crate::ops::metrics::{ListenAddrs, Watched, WatchedStore};
 use crate::routes::{App, Parts};
 use crate::server::{self, Server};
 use crate::services::compute::ComputeWorker;
@@ -201,10 +201,13 @@ pub fn serve(config: Config) -> Result<(), Box<dyn Error>> {
         tracing: config.trace.clone(),
         callback_allow: config.callbacks.allow.clone(),
         connections_max: config.connections_max,
-        listeners: ListenAddrs {
-            public: public.socket.local_addr().ok(),
-            admin: admin.as_ref().and_then(|a| a.socket.local_addr().ok()),
-        },
+        watched: watched(
+            &config,
+            ListenAddrs {
+                public: public.socket.local_addr().ok(),
+                admin: admin.as_ref().and_then(|a| a.socket.local_addr().ok()),
+            },
+        ),
     };
     let app = App::new(parts, now, SystemTime::now());
     let admin = admin.map(|admin| admin.socket);
@@ -351,6 +354,30 @@ fn log_settings(config: &Config, access: &Access) {
             cluster.lease_ttl.as_secs(),
             config.data_dir.display()
         );
+    }
+}
+
+/// Which fibd this is, for the dashboard: its version, the addresses it is
+/// bound to and where it keeps the index.
+fn watched(config: &Config, listeners: ListenAddrs) -> Watched {
+    let store = match &config.cluster {
+        Some(cluster) => WatchedStore::Etcd {
+            cluster: cluster.name.clone(),
+            node: cluster.node.clone(),
+            endpoints: cluster.endpoints.iter().map(ToString::to_string).collect(),
+        },
+        // Absolute, so the page names the directory wherever fibd started.
+        None => WatchedStore::Lmdb {
+            data_dir: std::fs::canonicalize(&config.data_dir)
+                .unwrap_or_else(|_| config.data_dir.clone())
+                .display()
+                .to_string(),
+        },
+    };
+    Watched {
+        version: env!("CARGO_PKG_VERSION"),
+        listeners,
+        store,
     }
 }
 

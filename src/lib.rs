@@ -80,8 +80,9 @@
 //!   allow-list), and the token buckets a request is charged to
 //!   (`ratelimit`).
 //! - [`ops`]: what the operator sees: `metrics` (Prometheus text and the
-//!   dashboard's JSON, one walk), `trace` (W3C traceparent, sampled spans,
-//!   Zipkin v2 batches, sans-IO), `logging` (journald-aware).
+//!   dashboard's JSON, one walk; the JSON names the fibd it describes),
+//!   `trace` (W3C traceparent, sampled spans, Zipkin v2 batches, sans-IO),
+//!   `logging` (journald-aware).
 //! - [`net`]: everything that owns a socket: `conn`, the client socket
 //!   shell, the only code that touches a client socket; `session`, the
 //!   connection's request stream, sans-IO (pipelining, bodies, 100-continue,

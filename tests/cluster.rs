@@ -1285,3 +1285,28 @@ fn primes_tasks_are_the_clusters_and_outlive_the_nodes_that_took_them() {
     assert_primes(&done_task(&nodes[a], &large), 1_000_000, 15_485_863);
     assert_eq!(receiver.received().len(), 1, "delivered once, by one node");
 }
+
+#[test]
+#[ignore = "needs etcd: run scripts/test"]
+fn metrics_json_names_the_etcd_cluster_the_node_and_its_endpoints() {
+    let _serial = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let name = cluster_name("watched");
+    let node = Node::start("w0", &etcd.endpoints_from(0), &name, &[]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&node.fibd().get("/metrics.json").text()).expect("JSON");
+    let store = &doc["fibd"]["store"];
+    assert_eq!(store["kind"], "etcd", "{store}");
+    assert_eq!(store["cluster"], name.as_str(), "{store}");
+    assert_eq!(store["node"], "w0", "{store}");
+    let endpoints = store["endpoints"].as_array().expect("endpoints");
+    let port = format!(":{}", etcd.client_port(0));
+    assert!(
+        endpoints.len() == 1 && endpoints[0].as_str().unwrap().contains(&port),
+        "{store}"
+    );
+    assert_eq!(
+        doc["fibd"]["listeners"][0]["addr"],
+        node.addr().to_string().as_str()
+    );
+}

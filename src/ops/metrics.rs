@@ -5,7 +5,7 @@
 //! event-loop thread: a request costs a few additions, no lock and no
 //! allocation.
 //!
-//! The services' families, which the dashboard (`src/dashboard.html`), the
+//! The services' families, which the dashboard (`src/routes/dashboard.html`), the
 //! Grafana dashboard and the alert rules (`deploy/`) read: primes tasks
 //! (`fibd_primes_tasks_total{status}`, `fibd_primes_queue_length` and
 //! `_capacity`, the table; see `expose_primes`) and /api/smart
@@ -64,6 +64,27 @@ const UPSTREAM_BOUNDS: [f64; 12] = [
 ];
 /// Attempts sent for one /api/smart call: 0 (none could be sent) to 3.
 const ATTEMPT_BOUNDS: [f64; 4] = [0.0, 1.0, 2.0, 3.0];
+/// What a reader of /metrics.json is watching, so the dashboard can say
+/// which fibd it is (an operator may have several open): fixed at start.
+pub struct Watched {
+    pub version: &'static str,
+    /// Every address fibd is bound to.
+    pub listeners: ListenAddrs,
+    pub store: WatchedStore,
+}
+
+/// Where the index is kept.
+pub enum WatchedStore {
+    Lmdb {
+        data_dir: String,
+    },
+    Etcd {
+        cluster: String,
+        node: String,
+        endpoints: Vec<String>,
+    },
+}
+
 /// A cumulative histogram with fixed bounds.
 #[derive(Debug)]
 struct Histogram {
@@ -130,6 +151,15 @@ pub struct ListenAddrs {
     pub public: Option<SocketAddr>,
     /// `--admin-listen`, or the socket systemd passed named `admin`.
     pub admin: Option<SocketAddr>,
+}
+
+impl ListenAddrs {
+    /// Each bound listener, `public` first, named as /metrics labels it.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+        [("public", self.public), ("admin", self.admin)]
+            .into_iter()
+            .filter_map(|(name, addr)| Some((name, addr?)))
+    }
 }
 
 /// The primes tasks' state at scrape time.
@@ -293,9 +323,10 @@ impl Metrics {
         );
     }
 
-    /// The same counters as compact JSON for the dashboard (see [`Json`]).
-    pub fn render_json(&self, gauges: &Gauges, out: &mut String) {
-        let mut json = Json::start(out, gauges.uptime);
+    /// The same counters as compact JSON for the dashboard (see [`Json`]),
+    /// after what is being watched.
+    pub fn render_json(&self, gauges: &Gauges, watched: &Watched, out: &mut String) {
+        let mut json = Json::start(out, gauges.uptime, watched);
         self.expose(gauges, &mut json);
         json.finish();
     }
@@ -872,10 +903,8 @@ fn expose_listeners(listeners: &ListenAddrs, sink: &mut dyn Exposition) {
         "The addresses fibd listens on (value 1): public (the API) and admin (metrics, dashboard, docs).",
         &["listener", "address"],
     );
-    for (listener, addr) in [("public", listeners.public), ("admin", listeners.admin)] {
-        if let Some(addr) = addr {
-            sink.series(&[listener, &addr.to_string()], 1);
-        }
+    for (listener, addr) in listeners.iter() {
+        sink.series(&[listener, &addr.to_string()], 1);
     }
 }
 
@@ -969,7 +998,11 @@ impl Exposition for PrometheusText<'_> {
 /// The compact JSON the dashboard polls (`GET /metrics.json`):
 ///
 /// ```text
-/// {"uptime_seconds": 12.5, "metrics": {
+/// {"uptime_seconds": 12.5,
+///  "fibd": {"version": "0.1.0", "listeners": [{"listener": "public", "addr": "127.0.0.1:8080"}],
+///           "store": {"kind": "lmdb", "data_dir": "/var/lib/fibd"}},
+///           (or "store": {"kind": "etcd", "cluster": "c", "node": "n1", "endpoints": [...]})
+///  "metrics": {
 ///   "fibd_connections_open": 3,                                   counter or gauge
 ///   "fibd_requests_total": {"labels": ["route", "code"],           labelled family
 ///                           "series": [["/next", "200", 41], ...]},
@@ -979,7 +1012,8 @@ impl Exposition for PrometheusText<'_> {
 ///
 /// Names, label values and numbers are those of `/metrics`; buckets omit
 /// `+Inf`, whose count is `count`. `uptime_seconds` (monotonic) lets the
-/// page compute rates with fibd's clock rather than the browser's.
+/// page compute rates with fibd's clock rather than the browser's; `fibd`
+/// (see [`Watched`]) lets it say which fibd it is watching.
 struct Json<'o> {
     out: &'o mut String,
     entries: usize,
@@ -989,12 +1023,47 @@ struct Json<'o> {
 }
 
 impl<'o> Json<'o> {
-    fn start(out: &'o mut String, uptime: Duration) -> Json<'o> {
+    fn start(out: &'o mut String, uptime: Duration, watched: &Watched) -> Json<'o> {
         let _ = write!(
             out,
-            "{{\"uptime_seconds\": {:.3}, \"metrics\": {{",
+            "{{\"uptime_seconds\": {:.3}, \"fibd\": {{\"version\": ",
             uptime.as_secs_f64()
         );
+        json_string(out, watched.version);
+        out.push_str(", \"listeners\": [");
+        for (i, (listener, addr)) in watched.listeners.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(
+                out,
+                "{sep}{{\"listener\": \"{listener}\", \"addr\": \"{addr}\"}}"
+            );
+        }
+        out.push_str("], \"store\": ");
+        match &watched.store {
+            WatchedStore::Lmdb { data_dir } => {
+                out.push_str("{\"kind\": \"lmdb\", \"data_dir\": ");
+                json_string(out, data_dir);
+            }
+            WatchedStore::Etcd {
+                cluster,
+                node,
+                endpoints,
+            } => {
+                out.push_str("{\"kind\": \"etcd\", \"cluster\": ");
+                json_string(out, cluster);
+                out.push_str(", \"node\": ");
+                json_string(out, node);
+                out.push_str(", \"endpoints\": [");
+                for (i, endpoint) in endpoints.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    json_string(out, endpoint);
+                }
+                out.push(']');
+            }
+        }
+        out.push_str("}}, \"metrics\": {");
         Json {
             out,
             entries: 0,
@@ -1020,25 +1089,26 @@ impl<'o> Json<'o> {
         }
     }
 
-    fn string(&mut self, s: &str) {
-        self.out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => self.out.push_str("\\\""),
-                '\\' => self.out.push_str("\\\\"),
-                c if u32::from(c) < 0x20 => {
-                    let _ = write!(self.out, "\\u{:04x}", u32::from(c));
-                }
-                c => self.out.push(c),
-            }
-        }
-        self.out.push('"');
-    }
-
     fn finish(mut self) {
         self.close_family();
         self.out.push_str("}}\n");
     }
+}
+
+/// `s` as a JSON string.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 impl Exposition for Json<'_> {
@@ -1059,7 +1129,7 @@ impl Exposition for Json<'_> {
             if i > 0 {
                 self.out.push_str(", ");
             }
-            self.string(label);
+            json_string(self.out, label);
         }
         self.out.push_str("], \"series\": [");
         self.family_open = true;
@@ -1073,7 +1143,7 @@ impl Exposition for Json<'_> {
         self.series += 1;
         self.out.push('[');
         for label_value in label_values {
-            self.string(label_value);
+            json_string(self.out, label_value);
             self.out.push_str(", ");
         }
         let _ = write!(self.out, "{value}]");
@@ -1161,10 +1231,26 @@ mod tests {
             uptime: Duration::from_millis(12_345),
             ..Gauges::default()
         };
+        let watched = Watched {
+            version: "1.2.3",
+            listeners: ListenAddrs {
+                public: Some("127.0.0.1:8080".parse().unwrap()),
+                admin: None,
+            },
+            store: WatchedStore::Lmdb {
+                data_dir: "/var/lib/fibd \"a\"".to_owned(),
+            },
+        };
         let mut out = String::new();
-        m.render_json(&gauges, &mut out);
+        m.render_json(&gauges, &watched, &mut out);
         let doc: serde_json::Value = serde_json::from_str(&out).expect(&out);
         assert_eq!(doc["uptime_seconds"], 12.345);
+        assert_eq!(
+            doc["fibd"],
+            serde_json::json!({"version": "1.2.3",
+                "listeners": [{"listener": "public", "addr": "127.0.0.1:8080"}],
+                "store": {"kind": "lmdb", "data_dir": "/var/lib/fibd \"a\""}})
+        );
         let metrics = &doc["metrics"];
         let requests = &metrics["fibd_requests_total"];
         assert_eq!(requests["labels"], serde_json::json!(["route", "code"]));
@@ -1179,5 +1265,34 @@ mod tests {
         assert_eq!(commits["buckets"][2], 1, "and cumulative from 0.5 ms on");
         assert_eq!(metrics["fibd_commit_failures_total"], 1);
         assert_eq!(metrics["fibd_ready"], 1);
+    }
+
+    #[test]
+    fn the_json_form_names_an_etcd_cluster_and_every_listener() {
+        let watched = Watched {
+            version: "1.2.3",
+            listeners: ListenAddrs {
+                public: Some("[::1]:8080".parse().unwrap()),
+                admin: Some("127.0.0.1:9090".parse().unwrap()),
+            },
+            store: WatchedStore::Etcd {
+                cluster: "prod".to_owned(),
+                node: "n1".to_owned(),
+                endpoints: vec!["10.0.0.1:2379".to_owned(), "10.0.0.2:2379".to_owned()],
+            },
+        };
+        let mut out = String::new();
+        Metrics::default().render_json(&Gauges::default(), &watched, &mut out);
+        let doc: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        assert_eq!(
+            doc["fibd"]["listeners"],
+            serde_json::json!([{"listener": "public", "addr": "[::1]:8080"},
+                {"listener": "admin", "addr": "127.0.0.1:9090"}])
+        );
+        assert_eq!(
+            doc["fibd"]["store"],
+            serde_json::json!({"kind": "etcd", "cluster": "prod", "node": "n1",
+                "endpoints": ["10.0.0.1:2379", "10.0.0.2:2379"]})
+        );
     }
 }

@@ -43,7 +43,7 @@ use crate::http::request_id::RequestIds;
 use crate::http::response::{ContentType, Head, Status};
 use crate::net::session::{ConnError, Listener, Peer, Reply, Respond};
 use crate::net::upstream::{Client, Registrar};
-use crate::ops::metrics::{ListenAddrs, Metrics};
+use crate::ops::metrics::{Metrics, Watched};
 use crate::ops::trace::{TraceConfig, Tracer};
 use crate::reply::output::Output;
 use crate::reply::park::{ConnId, Parking, Ticket};
@@ -84,9 +84,8 @@ pub struct Parts {
     pub callback_allow: Destinations,
     /// `--max-connections`, for the saturation gauge.
     pub connections_max: usize,
-    /// Where fibd listens; with an admin listener the operator's endpoints
-    /// are served there only.
-    pub listeners: ListenAddrs,
+    /// Which fibd this is, for /metrics.json.
+    pub watched: Watched,
 }
 
 /// Everything a reply may need, owned by the event loop's thread.
@@ -131,7 +130,7 @@ pub struct App {
     /// False while commits fail: /readyz tells the load balancer.
     store_ready: bool,
     connections_max: usize,
-    listeners: ListenAddrs,
+    watched: Watched,
     /// When the process started serving: monotonic for rates, wall-clock for
     /// `process_start_time_seconds`.
     started: Instant,
@@ -164,7 +163,7 @@ impl App {
             tracing,
             callback_allow,
             connections_max,
-            listeners,
+            watched,
         } = parts;
         // A failed CSPRNG read leaves the prefix fixed: ids stay unique
         // within the run, which is what they are for; likewise span ids.
@@ -202,7 +201,7 @@ impl App {
             answered: 0,
             store_ready: true,
             connections_max,
-            listeners,
+            watched,
             started: now,
             started_at: wall,
             body: Vec::new(),
@@ -701,7 +700,7 @@ impl App {
     fn serves(&self, route: Route, listener: Listener) -> bool {
         match (route.served(), listener) {
             (Served::Both, _) | (Served::Public, Listener::Public) => true,
-            (Served::Admin, Listener::Public) => self.listeners.admin.is_none(),
+            (Served::Admin, Listener::Public) => self.watched.listeners.admin.is_none(),
             (Served::Admin, Listener::Admin) => true,
             (Served::Public, Listener::Admin) => false,
         }

@@ -55,7 +55,7 @@ impl App {
                 .stepper
                 .etcd_stats(self.now)
                 .map(|stats| (stats, self.stepper.jumps())),
-            listeners: self.listeners,
+            listeners: self.watched.listeners,
         }
     }
 
@@ -68,7 +68,8 @@ impl App {
 
     pub(super) fn metrics_json_page(&mut self, shape: &Shape, out: &mut Output) {
         let mut json = String::with_capacity(4 * 1024);
-        self.metrics.render_json(&self.gauges(), &mut json);
+        self.metrics
+            .render_json(&self.gauges(), &self.watched, &mut json);
         self.write_no_store(out, shape, ContentType::Json, json.as_bytes());
     }
 
