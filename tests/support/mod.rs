@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod etcd;
+pub mod journald;
 pub mod linearizability;
 pub mod load;
 pub mod nginx;
@@ -204,7 +205,7 @@ impl Drop for Fibd {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = line.split("listening on ").nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
 }
