@@ -113,3 +113,31 @@ fn without_the_native_socket_lines_are_prefixed_text_on_the_stream() {
     assert_eq!(field(&warning, "PRIORITY"), Some("4"), "<4>: {warning}");
     assert_eq!(field(&warning, "_TRANSPORT"), Some("stdout"), "{warning}");
 }
+
+/// RUST_LOG decides under journald too, per target: the access line is on,
+/// the routes' warnings are off, and the warning (logged before its
+/// request's access line, both through the same socket, so in the journal
+/// before it) is not there.
+#[test]
+#[ignore = "needs journald (and root): run scripts/test"]
+fn rust_log_filters_journal_entries_by_target() {
+    let journal = Journald::start();
+    let data = DataDir::new("journald-filter");
+    let fibd = journal.start_fibd(
+        data.path(),
+        &[],
+        &[("RUST_LOG", "info,fibd::access=debug,fibd::routes=off")],
+    );
+    std::fs::write(data.path().join("fail-syncs"), b"").unwrap();
+    let headers = [("X-Request-Id", "journald-filtered-1")];
+    let r = Client::connect(fibd.addr).request("POST", "/next", &headers);
+    assert_eq!(r.status, 503);
+    let access = journal.wait_entry("the access line", |e| {
+        field(e, "REQUEST_ID") == Some("journald-filtered-1")
+    });
+    assert_eq!(
+        (field(&access, "TARGET"), field(&access, "PRIORITY")),
+        (Some("fibd::access"), Some("7")),
+        "the first entry with the request's id is its access line: {access}"
+    );
+}
