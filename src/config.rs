@@ -252,7 +252,9 @@ ENDPOINTS:
 SIGHUP rereads the --api-keys file; a bad file is logged and the old keys kept.
 
 Under systemd: socket activation (LISTEN_FDS), sd_notify (READY, STATUS,
-WATCHDOG, STOPPING) and journald priorities are used when present.
+WATCHDOG, STOPPING) and journald's native protocol are used when present;
+a request's log lines carry journal fields (journalctl -u fibd
+REQUEST_ID=ID; also ROUTE, STATUS, CLIENT, KEY_NAME).
 
 Logging follows RUST_LOG (default info).
 ";

@@ -1,11 +1,9 @@
 //! The daemon's systemd and operations surface against the real binary:
-//! sd_notify, socket activation, journald priorities, health, metrics.
+//! sd_notify, socket activation, health, metrics (journald: tests/journald.rs).
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,30 +115,6 @@ fn listen_fds_for_another_pid_are_ignored() {
     let data = DataDir::new("not-ours");
     let fibd = Fibd::start_with(&data, &[], &[("LISTEN_PID", "1"), ("LISTEN_FDS", "1")]);
     assert_eq!(fibd.get("/current").status, 200);
-}
-
-#[test]
-fn journald_gets_priority_prefixes_and_no_timestamps() {
-    let data = DataDir::new("journal");
-    let (reader, writer) = std::io::pipe().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
-    let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap();
-    let mut child = Command::new(binary())
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(writer)
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(reader).read_line(&mut first).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(first.starts_with("<6>fibd: fibd "), "{first:?}");
-    assert!(first.contains("listening on"), "{first:?}");
-    assert!(!first.contains("[20"), "no timestamp of its own: {first:?}");
 }
 
 #[test]

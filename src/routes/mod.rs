@@ -43,6 +43,7 @@ use crate::http::request_id::RequestIds;
 use crate::http::response::{ContentType, Head, Status};
 use crate::net::session::{ConnError, Listener, Peer, Reply, Respond};
 use crate::net::upstream::{Client, Registrar};
+use crate::ops::logging::{self, RequestFields};
 use crate::ops::metrics::{Metrics, Watched};
 use crate::ops::trace::{TraceConfig, Tracer};
 use crate::reply::output::Output;
@@ -577,11 +578,15 @@ impl App {
     fn write_error(&self, error: ApiError, shape: &Shape, out: &mut Output) -> Status {
         let id = &shape.request_id;
         if error.is_fault() {
-            log::warn!(
-                "{id} {:?} {}: answered {}: {error:?}",
-                shape.method,
-                shape.route.map_or("(no route)", Route::path),
-                error.status().code()
+            let fields = self.request_fields(shape, error.status());
+            logging::request_line(
+                log::Level::Warn,
+                module_path!(),
+                &fields,
+                format_args!(
+                    "{id} {:?} {}: answered {}: {error:?}",
+                    shape.method, fields.route, fields.status
+                ),
             );
         }
         error.write(
@@ -601,19 +606,31 @@ impl App {
         if !log::log_enabled!(target: "fibd::access", log::Level::Debug) {
             return;
         }
-        let key = shape.key.map_or("-", |k| self.access.key_name(k));
+        let fields = self.request_fields(shape, status);
         let path = match path {
             Some(path) => String::from_utf8_lossy(path),
-            None => shape.route.map_or("(no route)", Route::path).into(),
+            None => fields.route.into(),
         };
-        log::debug!(
-            target: "fibd::access",
-            "{} {} key={key} {:?} {path} -> {}",
-            shape.request_id,
-            shape.client,
-            shape.method,
-            status.code()
+        logging::request_line(
+            log::Level::Debug,
+            "fibd::access",
+            &fields,
+            format_args!(
+                "{} {} key={} {:?} {path} -> {}",
+                fields.request_id, fields.client, fields.key_name, shape.method, fields.status
+            ),
         );
+    }
+
+    /// The journal fields of a line about `shape`'s request, answered `status`.
+    fn request_fields<'a>(&'a self, shape: &'a Shape, status: Status) -> RequestFields<'a> {
+        RequestFields {
+            request_id: shape.request_id.as_str(),
+            route: shape.route.map_or("(no route)", Route::path),
+            status: status.code(),
+            client: shape.client,
+            key_name: shape.key.map_or("-", |k| self.access.key_name(k)),
+        }
     }
 
     /// Charges the client's token bucket what this request costs, once the

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod etcd;
+pub mod journald;
 pub mod linearizability;
 pub mod load;
 pub mod nginx;
@@ -261,7 +262,7 @@ impl Drop for Fibd {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     addr_after(line, "listening on ")
 }
 
