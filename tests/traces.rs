@@ -13,10 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::upstream::{Answer, FakeUpstream, Received};
-use support::{DataDir, Fibd, metric};
-
-const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CALLER_SPAN: &str = "00f067aa0ba902b7";
+use support::{CALLER_SPAN, CALLER_TRACE, DataDir, Fibd, metric};
 
 /// The loaded test times fibd: the tests here run one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -142,18 +139,7 @@ fn spans_reach_the_collector_in_batches_as_zipkin_v2() {
     let from_us = unix_micros();
     let fibd = traced_fibd(&data, &collector, Some(&upstream));
     let mut client = fibd.connect();
-    for _ in 0..10 {
-        assert_eq!(client.request("GET", "/current", &[]).status, 200);
-    }
-    assert_eq!(client.request("POST", "/next", &[]).status, 200);
-    assert_eq!(client.request("GET", "/nope", &[]).status, 404);
-    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
-    let smart = client.request(
-        "GET",
-        "/api/smart?timeout=5000",
-        &[("traceparent", &caller), ("X-Request-Id", "smart-1")],
-    );
-    assert_eq!(smart.status, 200, "{}", smart.text());
+    support::send_traced_mix(&mut client, 10);
 
     let spans = wait_for_spans(&collector, |spans| {
         with_name(spans, "get /api/smart").len() == 1 && with_name(spans, "get upstream").len() == 1
@@ -224,13 +210,7 @@ fn spans_reach_the_collector_in_batches_as_zipkin_v2() {
         (CALLER_TRACE, attempt["id"].as_str().unwrap())
     );
 
-    assert_eq!(metric(&mut client, "fibd_trace_spans_dropped_total"), 0.0);
-    let exported = metric(&mut client, "fibd_trace_spans_exported_total");
-    assert!(
-        exported >= spans.len() as f64,
-        "{exported} < {}",
-        spans.len()
-    );
+    support::assert_spans_exported(&mut client, spans.len());
 }
 
 #[test]
