@@ -78,7 +78,8 @@
 //!   (`ratelimit`).
 //! - [`ops`]: what the operator sees: `metrics` (Prometheus text and the
 //!   dashboard's JSON, one walk), `trace` (W3C traceparent, sampled spans,
-//!   Zipkin v2 batches, sans-IO), `logging` (journald-aware).
+//!   batches as Zipkin v2 or OTLP/HTTP JSON, the flush at a stop, sans-IO),
+//!   `logging` (journald-aware).
 //! - [`net`]: everything that owns a socket: `conn`, the client socket
 //!   shell, the only code that touches a client socket; `session`, the
 //!   connection's request stream, sans-IO (pipelining, bodies, 100-continue,
