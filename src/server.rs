@@ -213,7 +213,11 @@ impl Server {
         [
             self.app.next_timer(),
             self.accept_paused_until,
-            self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
+            // Once over, the grace is no timer: a stop still waiting (for
+            // commits, or the spans' flush) sleeps on their events.
+            self.stopping_since
+                .map(|t| t + SHUTDOWN_GRACE)
+                .filter(|&t| t > now),
             self.watchdog_due,
             (!self.conns.is_empty()).then_some(self.next_sweep),
             self.app.has_tasks().then_some(self.next_housekeeping),

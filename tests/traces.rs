@@ -3,7 +3,8 @@
 //! Zipkin v2 span model (ids, microsecond timestamps, kinds, parent ids,
 //! tags), spans come several to a POST, /api/smart's attempts are child
 //! spans whose context goes upstream in `traceparent`, and a collector that
-//! hangs costs dropped spans, counted, never the answers' speed.
+//! hangs costs dropped spans, counted, never the answers' speed, nor more
+//! than a bounded wait at a stop.
 
 mod support;
 
@@ -426,4 +427,28 @@ fn a_primes_get_that_waits_ends_its_span_is_counted_and_logged() {
     );
     assert_eq!(counted, 1.0, "the waited GET is counted once");
     assert_eq!(blocker.join().unwrap(), 200);
+}
+
+#[test]
+fn a_stop_gives_a_hung_collector_a_bounded_time_then_exits() {
+    let _serial = serial();
+    let collector = FakeUpstream::start(|_| Answer::silent());
+    let data = DataDir::new("traces-stop-hung");
+    let fibd = traced_fibd(&data, &collector, None);
+    let mut client = fibd.connect();
+    assert_eq!(client.request("GET", "/current", &[]).status, 200);
+    // That span's batch is in flight and never answered; these wait behind it.
+    assert!(collector.wait_until(Duration::from_secs(10), |c| c.requests() == 1));
+    for _ in 0..3 {
+        assert_eq!(client.request("POST", "/next", &[]).status, 200);
+    }
+    drop(client);
+    support::signal(fibd.pid(), "TERM");
+    let (status, log) = fibd.wait_exit();
+    assert!(status.success(), "{status:?}: {log:#?}");
+    let given_up = log
+        .iter()
+        .find(|l| l.contains("span(s) not delivered"))
+        .unwrap_or_else(|| panic!("no give-up line: {log:#?}"));
+    assert!(given_up.contains("/api/v2/spans"), "{given_up}");
 }
