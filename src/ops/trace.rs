@@ -4,8 +4,8 @@
 //! JSON (`POST /v1/traces`: the OpenTelemetry Collector, Jaeger, Tempo).
 //! The format decides only the body; buffer, batching and bounds are one.
 //!
-//! Off unless `--trace-zipkin URL` or `--trace-otlp URL` is given: the app then holds no tracer and
-//! a request pays one `None` check. On, an unsampled request costs one
+//! Off unless `--trace-zipkin URL` or `--trace-otlp URL` is given: the app
+//! then holds no tracer and a request pays one `None` check. On, an unsampled request costs one
 //! pseudo-random draw; a sampled one a few field copies and, when it ends, one
 //! clock read and a push into a preallocated ring. Nothing here does I/O:
 //! the loop hands batches to the outbound HTTP client through [`Post`] and
@@ -422,7 +422,8 @@ impl Tracer {
     }
 
     /// When [`Tracer::export_due`] has a batch to hand over, for the loop's
-    /// sleep; None while a batch is in flight or nothing waits.
+    /// sleep; None while a batch is in flight or nothing waits (but while a
+    /// stop's flush waits for a batch in flight, its deadline).
     pub fn next_export(&self) -> Option<Instant> {
         let stop_deadline = match self.stop {
             StopFlush::Over => return None,
