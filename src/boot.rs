@@ -313,10 +313,11 @@ fn log_settings(config: &Config, access: &Access) {
     if let Some(trace) = &config.trace {
         log::info!(
             target: "fibd",
-            "tracing: {} of requests without a caller's decision; spans go to {} at {} \
+            "tracing: {} of requests without a caller's decision; spans go as {} to {} at {} \
              in batches of up to {}, with up to {} waiting (more are dropped and counted \
              in fibd_trace_spans_dropped_total)",
             trace.sample_ratio,
+            trace.format.name(),
             trace.collector,
             trace.collector.addr,
             crate::ops::trace::BATCH_SPANS,

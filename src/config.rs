@@ -14,7 +14,7 @@ use crate::base::secret::Secret;
 use crate::http::parse::Limits;
 use crate::net::session::Timeouts;
 use crate::net::upstream::{HttpUrl, Target};
-use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, TraceConfig};
+use crate::ops::trace::{DEFAULT_BUFFER_SPANS, DEFAULT_SAMPLE_RATIO, ExportFormat, TraceConfig};
 use crate::services::fib::service::FibLimits;
 use crate::services::primes::PrimesLimits;
 use crate::services::primes::callback::CallbackLimits;
@@ -177,6 +177,10 @@ OPTIONS:
                               collector (Zipkin or Jaeger), resolved at start-up, e.g.
                               http://127.0.0.1:9411/api/v2/spans [env FIBD_TRACE_ZIPKIN]
                               (default: no tracing)
+    --trace-otlp URL          send them as OTLP/HTTP JSON instead (OpenTelemetry Collector,
+                              Jaeger, Tempo), e.g. http://127.0.0.1:4318/v1/traces
+                              [env FIBD_TRACE_OTLP]; not with --trace-zipkin. On SIGTERM
+                              spans still buffered get 2 s to be delivered
     --trace-sample RATIO      share of requests traced when the caller's traceparent does not
                               decide, 0 to 1 [env FIBD_TRACE_SAMPLE] (default 0.1)
     --primes-max-n N          largest n of a primes task, and of the prime table
@@ -323,6 +327,7 @@ struct Raw {
     hedge_budget_min: Option<String>,
     upstream_conns_max: Option<String>,
     trace_zipkin: Option<String>,
+    trace_otlp: Option<String>,
     trace_sample: Option<String>,
     primes_max_n: Option<String>,
     primes_tasks_max: Option<String>,
@@ -385,6 +390,7 @@ pub fn from_args(
         hedge_budget_min: env("FIBD_HEDGE_BUDGET_MIN"),
         upstream_conns_max: env("FIBD_UPSTREAM_MAX_CONNS"),
         trace_zipkin: env("FIBD_TRACE_ZIPKIN"),
+        trace_otlp: env("FIBD_TRACE_OTLP"),
         trace_sample: env("FIBD_TRACE_SAMPLE"),
         primes_max_n: env("FIBD_PRIMES_MAX_N"),
         primes_tasks_max: env("FIBD_PRIMES_TASKS_MAX"),
@@ -460,6 +466,7 @@ pub fn from_args(
             "--hedge-budget-min" => &mut raw.hedge_budget_min,
             "--upstream-max-conns" => &mut raw.upstream_conns_max,
             "--trace-zipkin" => &mut raw.trace_zipkin,
+            "--trace-otlp" => &mut raw.trace_otlp,
             "--trace-sample" => &mut raw.trace_sample,
             "--primes-max-n" => &mut raw.primes_max_n,
             "--primes-tasks-max" => &mut raw.primes_tasks_max,
@@ -661,7 +668,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         raw.trusted_proxies,
         raw.trusted_proxy_flags,
     )?;
-    let trace = trace(raw.trace_zipkin, raw.trace_sample)?;
+    let trace = trace(raw.trace_zipkin, raw.trace_otlp, raw.trace_sample)?;
     Ok(Config {
         listen,
         admin_listen,
@@ -1140,8 +1147,13 @@ fn switch(raw: Option<String>, setting: &'static str) -> Result<bool, ConfigErro
 }
 
 /// An empty URL (as a compose file's unset variable gives) means no tracing.
-/// The collector is resolved here, once: never a lookup on the loop.
-fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConfig>, ConfigError> {
+/// The collector is resolved here, once: never a lookup on the loop. One
+/// collector, in one format: both URLs at once is an error, not a choice.
+fn trace(
+    zipkin: Option<String>,
+    otlp: Option<String>,
+    sample: Option<String>,
+) -> Result<Option<TraceConfig>, ConfigError> {
     let sample_ratio = match sample {
         None => DEFAULT_SAMPLE_RATIO,
         Some(text) => match text.trim().parse::<f64>() {
@@ -1155,8 +1167,18 @@ fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConf
             }
         },
     };
-    let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
-        return Ok(None);
+    let given = |url: Option<String>| url.filter(|u| !u.trim().is_empty());
+    let (url, format) = match (given(zipkin), given(otlp)) {
+        (None, None) => return Ok(None),
+        (Some(url), None) => (url, ExportFormat::Zipkin),
+        (None, Some(url)) => (url, ExportFormat::Otlp),
+        (Some(_), Some(url)) => {
+            return Err(ConfigError::Invalid {
+                setting: "trace collector (--trace-otlp with --trace-zipkin)",
+                value: url,
+                expected: "one of --trace-zipkin or --trace-otlp (FIBD_TRACE_ZIPKIN, FIBD_TRACE_OTLP), not both",
+            });
+        }
     };
     // The outbound client speaks plain HTTP/1.1: http://HOST:PORT/PATH.
     let collector = Target::resolve(url.trim()).map_err(|expected| ConfigError::Invalid {
@@ -1166,6 +1188,7 @@ fn trace(url: Option<String>, sample: Option<String>) -> Result<Option<TraceConf
     })?;
     Ok(Some(TraceConfig {
         collector,
+        format,
         sample_ratio,
         buffer_spans: DEFAULT_BUFFER_SPANS,
     }))
@@ -1553,6 +1576,29 @@ mod tests {
         ] {
             let err = parse(&["--trace-zipkin", bad], &[]).unwrap_err();
             assert!(err.to_string().contains("trace collector URL"), "{err}");
+            let err = parse(&["--trace-otlp", bad], &[]).unwrap_err();
+            assert!(err.to_string().contains("trace collector URL"), "{err}");
+        }
+        assert_eq!(t.format, ExportFormat::Zipkin);
+        let otlp = "http://127.0.0.1:4318/v1/traces";
+        let t = serve(&["--trace-otlp", otlp], &[]).trace.unwrap();
+        assert_eq!(
+            (t.collector.to_string().as_str(), t.format),
+            (otlp, ExportFormat::Otlp)
+        );
+        let t = serve(&[], &[("FIBD_TRACE_OTLP", otlp), ("FIBD_TRACE_ZIPKIN", "")])
+            .trace
+            .unwrap();
+        assert_eq!(t.format, ExportFormat::Otlp);
+        for (flags, env) in [
+            (&["--trace-otlp", otlp, "--trace-zipkin", url][..], &[][..]),
+            (
+                &["--trace-otlp", otlp][..],
+                &[("FIBD_TRACE_ZIPKIN", url)][..],
+            ),
+        ] {
+            let err = parse(flags, env).unwrap_err();
+            assert!(err.to_string().contains("not both"), "{err}");
         }
         for bad in ["0", "10000001", "1.5"] {
             let err = parse(&["--primes-max-n", bad], &[]).unwrap_err();

@@ -81,9 +81,10 @@
 //!   (`ratelimit`).
 //! - [`ops`]: what the operator sees: `metrics` (Prometheus text and the
 //!   dashboard's JSON, one walk; the JSON names the fibd it describes),
-//!   `trace` (W3C traceparent, sampled spans, Zipkin v2 batches, sans-IO),
-//!   `logging` (journal entries through the native protocol under journald,
-//!   a request's lines with its fields; text elsewhere).
+//!   `trace` (W3C traceparent, sampled spans, batches as Zipkin v2 or
+//!   OTLP/HTTP JSON, the flush at a stop, sans-IO), `logging` (journal
+//!   entries through the native protocol under journald, a request's lines
+//!   with its fields; text elsewhere).
 //! - [`net`]: everything that owns a socket: `conn`, the client socket
 //!   shell, the only code that touches a client socket; `session`, the
 //!   connection's request stream, sans-IO (pipelining, bodies, 100-continue,

@@ -12,8 +12,9 @@
 //!    for them, and resume connections the shared budget had starved;
 //! 5. tell systemd, sweep timeouts (once a second), and read the clock a
 //!    second time for what measures the pass (latencies, span ends);
-//! 6. signals (a graceful stop waits for in-flight commits; SIGHUP rereads
-//!    the API keys) are handled as their event arrives.
+//! 6. signals (a graceful stop waits for in-flight commits, then for the
+//!    spans still to export, bounded; SIGHUP rereads the API keys) are
+//!    handled as their event arrives.
 //!
 //! Outbound sockets (`crate::net::upstream`) live in a token range of their
 //! own, from [`UPSTREAM_TOKEN_BASE`]: readiness there goes to the app's
@@ -250,7 +251,7 @@ impl Server {
             self.tell_systemd();
             self.sweep_timeouts();
             self.app.pass_done(Instant::now());
-            if self.stopping_since.is_some() && self.drained() {
+            if self.stopping_since.is_some() && self.drained() && self.app.spans_flushed() {
                 return Ok(self.app.shutdown());
             }
         }
@@ -267,7 +268,11 @@ impl Server {
         [
             self.app.next_timer(),
             self.accept_paused_until,
-            self.stopping_since.map(|t| t + SHUTDOWN_GRACE),
+            // Once over, the grace is no timer: a stop still waiting (for
+            // commits, or the spans' flush) sleeps on their events.
+            self.stopping_since
+                .map(|t| t + SHUTDOWN_GRACE)
+                .filter(|&t| t > now),
             self.watchdog_due,
             (!self.conns.is_empty()).then_some(self.next_sweep),
             self.app.has_tasks().then_some(self.next_housekeeping),
@@ -507,7 +512,8 @@ impl Server {
 
     /// Stopped when every write taken is durable and every reply is out, or
     /// the grace period is over (slow readers lose their replies; no step
-    /// a client was told of is lost).
+    /// a client was told of is lost); then the spans still to export get a
+    /// bounded time of their own (`App::spans_flushed`).
     fn drained(&self) -> bool {
         let grace_over = self
             .stopping_since

@@ -3,7 +3,8 @@
 //! Zipkin v2 span model (ids, microsecond timestamps, kinds, parent ids,
 //! tags), spans come several to a POST, /api/smart's attempts are child
 //! spans whose context goes upstream in `traceparent`, and a collector that
-//! hangs costs dropped spans, counted, never the answers' speed.
+//! hangs costs dropped spans, counted, never the answers' speed, nor more
+//! than a bounded wait at a stop.
 
 mod support;
 
@@ -13,10 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::upstream::{Answer, FakeUpstream, Received};
-use support::{DataDir, Fibd, metric};
-
-const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CALLER_SPAN: &str = "00f067aa0ba902b7";
+use support::{CALLER_SPAN, CALLER_TRACE, DataDir, Fibd, metric};
 
 /// The loaded test times fibd: the tests here run one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -142,18 +140,7 @@ fn spans_reach_the_collector_in_batches_as_zipkin_v2() {
     let from_us = unix_micros();
     let fibd = traced_fibd(&data, &collector, Some(&upstream));
     let mut client = fibd.connect();
-    for _ in 0..10 {
-        assert_eq!(client.request("GET", "/current", &[]).status, 200);
-    }
-    assert_eq!(client.request("POST", "/next", &[]).status, 200);
-    assert_eq!(client.request("GET", "/nope", &[]).status, 404);
-    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
-    let smart = client.request(
-        "GET",
-        "/api/smart?timeout=5000",
-        &[("traceparent", &caller), ("X-Request-Id", "smart-1")],
-    );
-    assert_eq!(smart.status, 200, "{}", smart.text());
+    support::send_traced_mix(&mut client, 10);
 
     let spans = wait_for_spans(&collector, |spans| {
         with_name(spans, "get /api/smart").len() == 1 && with_name(spans, "get upstream").len() == 1
@@ -224,13 +211,7 @@ fn spans_reach_the_collector_in_batches_as_zipkin_v2() {
         (CALLER_TRACE, attempt["id"].as_str().unwrap())
     );
 
-    assert_eq!(metric(&mut client, "fibd_trace_spans_dropped_total"), 0.0);
-    let exported = metric(&mut client, "fibd_trace_spans_exported_total");
-    assert!(
-        exported >= spans.len() as f64,
-        "{exported} < {}",
-        spans.len()
-    );
+    support::assert_spans_exported(&mut client, spans.len());
 }
 
 #[test]
@@ -446,4 +427,28 @@ fn a_primes_get_that_waits_ends_its_span_is_counted_and_logged() {
     );
     assert_eq!(counted, 1.0, "the waited GET is counted once");
     assert_eq!(blocker.join().unwrap(), 200);
+}
+
+#[test]
+fn a_stop_gives_a_hung_collector_a_bounded_time_then_exits() {
+    let _serial = serial();
+    let collector = FakeUpstream::start(|_| Answer::silent());
+    let data = DataDir::new("traces-stop-hung");
+    let fibd = traced_fibd(&data, &collector, None);
+    let mut client = fibd.connect();
+    assert_eq!(client.request("GET", "/current", &[]).status, 200);
+    // That span's batch is in flight and never answered; these wait behind it.
+    assert!(collector.wait_until(Duration::from_secs(10), |c| c.requests() == 1));
+    for _ in 0..3 {
+        assert_eq!(client.request("POST", "/next", &[]).status, 200);
+    }
+    drop(client);
+    support::signal(fibd.pid(), "TERM");
+    let (status, log) = fibd.wait_exit();
+    assert!(status.success(), "{status:?}: {log:#?}");
+    let given_up = log
+        .iter()
+        .find(|l| l.contains("span(s) not delivered"))
+        .unwrap_or_else(|| panic!("no give-up line: {log:#?}"));
+    assert!(given_up.contains("/api/v2/spans"), "{given_up}");
 }

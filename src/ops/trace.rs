@@ -1,9 +1,11 @@
 //! Traces, sans-IO: W3C `traceparent` in, a span per sampled request, a
-//! bounded buffer of finished spans, and Zipkin v2 JSON out (Zipkin and
-//! Jaeger both take it at `POST /api/v2/spans`).
+//! bounded buffer of finished spans, and one of two encodings out: Zipkin v2
+//! JSON (Zipkin and Jaeger take it at `POST /api/v2/spans`) or OTLP/HTTP
+//! JSON (`POST /v1/traces`: the OpenTelemetry Collector, Jaeger, Tempo).
+//! The format decides only the body; buffer, batching and bounds are one.
 //!
-//! Off unless `--trace-zipkin URL` is given: the app then holds no tracer and
-//! a request pays one `None` check. On, an unsampled request costs one
+//! Off unless `--trace-zipkin URL` or `--trace-otlp URL` is given: the app
+//! then holds no tracer and a request pays one `None` check. On, an unsampled request costs one
 //! pseudo-random draw; a sampled one a few field copies and, when it ends, one
 //! clock read and a push into a preallocated ring. Nothing here does I/O:
 //! the loop hands batches to the outbound HTTP client through [`Post`] and
@@ -13,9 +15,15 @@
 //! spans beyond [`TraceConfig::buffer_spans`] are dropped and counted. A
 //! client that cannot take a batch (every outbound connection busy) is asked
 //! again after [`FLUSH_INTERVAL`], not on every loop pass.
+//!
+//! A graceful stop ([`Tracer::begin_stop`]) makes what waits due at once;
+//! once the rest of the stop is done the spans still buffered or in flight
+//! get [`STOP_FLUSH_DEADLINE`] to be delivered ([`Tracer::stop_flushed`]),
+//! and what is left then is counted dropped.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::http::request_id::RequestId;
@@ -29,14 +37,38 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const EXPORT_DEADLINE: Duration = Duration::from_secs(5);
 pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
 pub const DEFAULT_BUFFER_SPANS: usize = 4096;
+/// A graceful stop waits this long, once everything else is done, for the
+/// spans still buffered or in flight to reach the collector.
+pub const STOP_FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 const SERVICE_NAME: &str = "fibd";
+const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// `--trace-zipkin` and `--trace-sample`, validated.
+/// How batches are encoded; everything else about export is the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Zipkin v2 JSON (`--trace-zipkin`).
+    Zipkin,
+    /// OTLP/HTTP JSON, an `ExportTraceServiceRequest` (`--trace-otlp`).
+    Otlp,
+}
+
+impl ExportFormat {
+    /// For the start-up log.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Zipkin => "Zipkin v2 JSON",
+            ExportFormat::Otlp => "OTLP/HTTP JSON",
+        }
+    }
+}
+
+/// `--trace-zipkin` or `--trace-otlp`, and `--trace-sample`, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceConfig {
-    /// Where batches are POSTed, e.g. `http://127.0.0.1:9411/api/v2/spans`,
-    /// resolved at start-up.
+    /// Where batches are POSTed, e.g. `http://127.0.0.1:9411/api/v2/spans`
+    /// or `http://127.0.0.1:4318/v1/traces`, resolved at start-up.
     pub collector: Target,
+    pub format: ExportFormat,
     /// Share of requests without a caller's decision that are traced, 0 to 1.
     pub sample_ratio: f64,
     pub buffer_spans: usize,
@@ -209,6 +241,18 @@ impl Rng {
     }
 }
 
+/// Where a graceful stop is, for the spans still to export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopFlush {
+    Serving,
+    /// The stop began: what waits is due at once.
+    Stopping,
+    /// The rest of the stop is done: spans are delivered until then.
+    Until(Instant),
+    /// The deadline passed; nothing more is sent.
+    Over,
+}
+
 #[derive(Debug)]
 pub struct Tracer {
     config: TraceConfig,
@@ -233,6 +277,7 @@ pub struct Tracer {
     pass_start: Instant,
     /// Spans from here on ended in this pass.
     pass_from: usize,
+    stop: StopFlush,
 }
 
 impl Tracer {
@@ -260,6 +305,7 @@ impl Tracer {
             body: Vec::new(),
             pass_start: now,
             pass_from: 0,
+            stop: StopFlush::Serving,
         }
     }
 
@@ -376,19 +422,27 @@ impl Tracer {
     }
 
     /// When [`Tracer::export_due`] has a batch to hand over, for the loop's
-    /// sleep; None while a batch is in flight or nothing waits.
+    /// sleep; None while a batch is in flight or nothing waits (but while a
+    /// stop's flush waits for a batch in flight, its deadline).
     pub fn next_export(&self) -> Option<Instant> {
+        let stop_deadline = match self.stop {
+            StopFlush::Over => return None,
+            StopFlush::Until(deadline) => Some(deadline),
+            StopFlush::Serving | StopFlush::Stopping => None,
+        };
         if self.in_flight {
-            return None;
+            // While stopping, the loop wakes at the deadline to give up.
+            return stop_deadline;
         }
         let oldest = self.oldest_waiting_since?;
         // Only spans of passes that are over have their end (`end_pass`).
-        let due = if self.pass_from >= BATCH_SPANS {
+        let due = if self.pass_from >= BATCH_SPANS || self.stop != StopFlush::Serving {
             oldest
         } else {
             oldest + FLUSH_INTERVAL
         };
-        Some(self.retry_at.map_or(due, |retry| retry.max(due)))
+        let due = self.retry_at.map_or(due, |retry| retry.max(due));
+        Some(stop_deadline.map_or(due, |deadline| deadline.min(due)))
     }
 
     /// Loop phase: hands a batch to `client` when one is due and none is in flight.
@@ -396,18 +450,29 @@ impl Tracer {
         if self.next_export().is_none_or(|due| due > now) {
             return;
         }
+        let mut deadline = now + EXPORT_DEADLINE;
+        if let StopFlush::Until(stop_deadline) = self.stop {
+            if now >= stop_deadline {
+                return;
+            }
+            deadline = deadline.min(stop_deadline);
+        }
         // Spans ended in this pass get their end when it is over.
         let take = self.pass_from.min(BATCH_SPANS);
         if take == 0 {
             return;
         }
         self.body.clear();
-        encode_zipkin(&mut self.body, self.spans.range(..take));
+        let batch = self.spans.range(..take);
+        match self.config.format {
+            ExportFormat::Zipkin => encode_zipkin(&mut self.body, batch),
+            ExportFormat::Otlp => encode_otlp(&mut self.body, batch),
+        }
         if client.post(
             &self.config.collector,
             "application/json",
             &self.body,
-            now + EXPORT_DEADLINE,
+            deadline,
         ) {
             self.spans.drain(..take);
             self.pass_from -= take;
@@ -433,6 +498,61 @@ impl Tracer {
         }
         self.in_flight_spans = 0;
     }
+
+    /// A graceful stop begins: what waits goes at once, not after
+    /// [`FLUSH_INTERVAL`].
+    pub fn begin_stop(&mut self) {
+        if self.stop == StopFlush::Serving {
+            self.stop = StopFlush::Stopping;
+        }
+    }
+
+    /// Asked while stopping, once everything else is done: Some(0) when
+    /// every span is delivered (or failed, and counted), None while some are
+    /// still on their way and [`STOP_FLUSH_DEADLINE`] (counted from the first
+    /// ask) has not passed; after it, Some(the spans given up), counted
+    /// dropped.
+    pub fn stop_flushed(&mut self, now: Instant) -> Option<u64> {
+        let deadline = match self.stop {
+            StopFlush::Until(deadline) => deadline,
+            // Nothing more is sent: what ended since is given up at once.
+            StopFlush::Over => now,
+            StopFlush::Serving | StopFlush::Stopping => {
+                self.stop = StopFlush::Until(now + STOP_FLUSH_DEADLINE);
+                now + STOP_FLUSH_DEADLINE
+            }
+        };
+        if self.spans.is_empty() && !self.in_flight {
+            return Some(0);
+        }
+        if now < deadline {
+            return None;
+        }
+        self.stop = StopFlush::Over;
+        let given_up = self.spans.len() as u64 + self.in_flight_spans;
+        self.spans.clear();
+        self.pass_from = 0;
+        self.oldest_waiting_since = None;
+        self.in_flight = false;
+        self.in_flight_spans = 0;
+        self.counts.dropped += given_up;
+        Some(given_up)
+    }
+}
+
+/// Opens a span's JSON object with its ids in lowercase hex, under the
+/// format's names for the span's own id and its parent's.
+fn write_ids(out: &mut Vec<u8>, start: &SpanStart, span_key: &str, parent_key: &str) {
+    out.extend_from_slice(b"{\"traceId\":\"");
+    write_hex(out, &start.context.trace_id);
+    let _ = write!(out, "\",\"{span_key}\":\"");
+    write_hex(out, &start.context.span_id);
+    out.push(b'"');
+    if let Some(parent) = start.parent_id {
+        let _ = write!(out, ",\"{parent_key}\":\"");
+        write_hex(out, &parent);
+        out.push(b'"');
+    }
 }
 
 /// Zipkin v2 JSON: an array of spans (zipkin-api's `zipkin2-api.yaml`):
@@ -451,30 +571,21 @@ pub fn encode_zipkin<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s 
 
 fn encode_span(out: &mut Vec<u8>, span: &Span) {
     let start = &span.start;
-    out.extend_from_slice(b"{\"traceId\":\"");
-    write_hex(out, &start.context.trace_id);
-    out.extend_from_slice(b"\",\"id\":\"");
-    write_hex(out, &start.context.span_id);
-    out.push(b'"');
-    if let Some(parent) = start.parent_id {
-        out.extend_from_slice(b",\"parentId\":\"");
-        write_hex(out, &parent);
-        out.push(b'"');
-    }
+    write_ids(out, start, "id", "parentId");
     let kind = match start.kind {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
     };
-    let mut text = String::new();
+    // io::Write on the body itself: no String per span.
+    let _ = write!(out, ",\"kind\":\"{kind}\",\"name\":\"");
+    out.extend(start.method.bytes().map(|b| b.to_ascii_lowercase()));
+    out.push(b' ');
+    crate::http::response::write_json_str(out, start.name.as_bytes());
     let _ = write!(
-        text,
-        ",\"kind\":\"{kind}\",\"name\":\"{} {}\",\"timestamp\":{},\"duration\":{}",
-        start.method.to_ascii_lowercase(),
-        start.name,
-        span.timestamp_us,
-        span.duration_us
+        out,
+        "\",\"timestamp\":{},\"duration\":{}",
+        span.timestamp_us, span.duration_us
     );
-    out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":\"");
     out.extend_from_slice(SERVICE_NAME.as_bytes());
     out.extend_from_slice(b"\"},\"tags\":{\"http.method\":\"");
@@ -483,12 +594,10 @@ fn encode_span(out: &mut Vec<u8>, span: &Span) {
     crate::http::response::write_json_str(out, start.name.as_bytes());
     out.push(b'"');
     if span.status != 0 {
-        text.clear();
-        let _ = write!(text, ",\"http.status_code\":\"{}\"", span.status);
+        let _ = write!(out, ",\"http.status_code\":\"{}\"", span.status);
         if span.status >= 500 {
-            let _ = write!(text, ",\"error\":\"{}\"", span.status);
+            let _ = write!(out, ",\"error\":\"{}\"", span.status);
         }
-        out.extend_from_slice(text.as_bytes());
     }
     out.extend_from_slice(b",\"request_id\":\"");
     crate::http::response::write_json_str(out, span.request_id.as_bytes());
@@ -504,24 +613,112 @@ fn encode_span(out: &mut Vec<u8>, span: &Span) {
     out.extend_from_slice(b"}}");
 }
 
+/// OTLP/HTTP JSON: one `ExportTraceServiceRequest` (opentelemetry-proto's
+/// `trace/v1/trace.proto` under the OTLP JSON rules: lowerCamelCase names,
+/// enums as integers, 64-bit integers as decimal strings, ids as lowercase
+/// hex). One resource (`service.name`, `service.version`) and one scope
+/// hold every span; attributes follow the HTTP semantic conventions.
+pub fn encode_otlp<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>) {
+    let _ = write!(
+        out,
+        "{{\"resourceSpans\":[{{\"resource\":{{\"attributes\":[\
+         {{\"key\":\"service.name\",\"value\":{{\"stringValue\":\"{SERVICE_NAME}\"}}}},\
+         {{\"key\":\"service.version\",\"value\":{{\"stringValue\":\"{SERVICE_VERSION}\"}}}}]}},\
+         \"scopeSpans\":[{{\"scope\":{{\"name\":\"{SERVICE_NAME}\",\"version\":\"{SERVICE_VERSION}\"}},\
+         \"spans\":["
+    );
+    for (i, span) in spans.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        encode_otlp_span(out, span);
+    }
+    out.extend_from_slice(b"]}]}]}");
+}
+
+/// `Span.SpanKind`: SPAN_KIND_SERVER and SPAN_KIND_CLIENT.
+const OTLP_KIND_SERVER: u8 = 2;
+const OTLP_KIND_CLIENT: u8 = 3;
+/// `Status.StatusCode.STATUS_CODE_ERROR`; fibd leaves others unset.
+const OTLP_STATUS_ERROR: u8 = 2;
+
+fn encode_otlp_span(out: &mut Vec<u8>, span: &Span) {
+    let start = &span.start;
+    write_ids(out, start, "spanId", "parentSpanId");
+    // Semantic conventions: `{method} {route}` for a server span; a client
+    // span is named after the call.
+    out.extend_from_slice(b",\"name\":\"");
+    out.extend_from_slice(start.method.as_bytes());
+    out.push(b' ');
+    crate::http::response::write_json_str(out, start.name.as_bytes());
+    let (kind, failed) = match start.kind {
+        SpanKind::Server => (OTLP_KIND_SERVER, span.status >= 500),
+        SpanKind::Client => (OTLP_KIND_CLIENT, span.outcome == Some("failed")),
+    };
+    let start_ns = u128::from(span.timestamp_us) * 1000;
+    let end_ns = start_ns + u128::from(span.duration_us) * 1000;
+    let _ = write!(
+        out,
+        "\",\"kind\":{kind},\"startTimeUnixNano\":\"{start_ns}\",\"endTimeUnixNano\":\"{end_ns}\",\
+         \"attributes\":[{{\"key\":\"http.request.method\",\"value\":{{\"stringValue\":\""
+    );
+    out.extend_from_slice(start.method.as_bytes());
+    out.extend_from_slice(b"\"}}");
+    if start.kind == SpanKind::Server {
+        out.extend_from_slice(b",{\"key\":\"http.route\",\"value\":{\"stringValue\":\"");
+        crate::http::response::write_json_str(out, start.name.as_bytes());
+        out.extend_from_slice(b"\"}}");
+    }
+    if span.status != 0 {
+        let _ = write!(
+            out,
+            ",{{\"key\":\"http.response.status_code\",\"value\":{{\"intValue\":\"{}\"}}}}",
+            span.status
+        );
+    }
+    out.extend_from_slice(b",{\"key\":\"fibd.request_id\",\"value\":{\"stringValue\":\"");
+    crate::http::response::write_json_str(out, span.request_id.as_bytes());
+    out.extend_from_slice(b"\"}}");
+    if let Some(outcome) = span.outcome {
+        out.extend_from_slice(b",{\"key\":\"fibd.attempt\",\"value\":{\"stringValue\":\"");
+        out.extend_from_slice(outcome.as_bytes());
+        out.extend_from_slice(b"\"}}");
+    }
+    out.push(b']');
+    if failed {
+        let _ = write!(out, ",\"status\":{{\"code\":{OTLP_STATUS_ERROR}}}");
+    }
+    out.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const VALID: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn config(ratio: f64, buffer_spans: usize) -> TraceConfig {
+    fn config(ratio: f64, buffer_spans: usize, format: ExportFormat) -> TraceConfig {
+        let url = match format {
+            ExportFormat::Zipkin => "http://127.0.0.1:9411/api/v2/spans",
+            ExportFormat::Otlp => "http://127.0.0.1:4318/v1/traces",
+        };
         TraceConfig {
-            collector: Target::resolve("http://127.0.0.1:9411/api/v2/spans").unwrap(),
+            collector: Target::resolve(url).unwrap(),
+            format,
             sample_ratio: ratio,
             buffer_spans,
         }
     }
 
     fn tracer(ratio: f64, buffer_spans: usize) -> (Tracer, Instant) {
+        tracer_for(ratio, buffer_spans, ExportFormat::Zipkin)
+    }
+
+    fn tracer_for(ratio: f64, buffer_spans: usize, format: ExportFormat) -> (Tracer, Instant) {
         let now = Instant::now();
         let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        (Tracer::new(config(ratio, buffer_spans), 42, now, wall), now)
+        let config = config(ratio, buffer_spans, format);
+        (Tracer::new(config, 42, now, wall), now)
     }
 
     fn id() -> RequestId {
@@ -788,5 +985,208 @@ mod tests {
             (300 - BATCH_SPANS, 2)
         );
         assert_eq!(t.next_export(), None, "a batch is in flight");
+    }
+
+    /// OTLP attributes as a map from key to its one typed value.
+    fn attributes(span: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let value = a["value"].as_object().unwrap();
+                assert_eq!(value.len(), 1, "one typed value: {a}");
+                (a["key"].as_str().unwrap().to_owned(), a["value"].clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exported_otlp_json_is_an_export_trace_service_request() {
+        let (mut t, now) = tracer_for(1.0, 16, ExportFormat::Otlp);
+        let server = t.start(Some(VALID), "/api/smart", "GET", now).unwrap();
+        let won = t.child(&server, "upstream", "GET", now + Duration::from_micros(10));
+        let failed = t.child(&server, "upstream", "GET", now + Duration::from_micros(20));
+        finish_at(
+            &mut t,
+            won,
+            200,
+            Some("won"),
+            now + Duration::from_micros(900),
+        );
+        finish_at(
+            &mut t,
+            failed,
+            0,
+            Some("failed"),
+            now + Duration::from_micros(950),
+        );
+        finish_at(&mut t, server, 503, None, now + Duration::from_millis(2));
+        let fresh = t.start(None, "/current", "GET", now).unwrap();
+        finish_at(&mut t, fresh, 200, None, now + Duration::from_micros(3));
+        let mut collector = Collector::default();
+        t.export_due(now + 2 * FLUSH_INTERVAL, &mut collector);
+        let (url, body) = &collector.bodies[0];
+        assert_eq!(url, "http://127.0.0.1:4318/v1/traces");
+        let request: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let resource_spans = request["resourceSpans"].as_array().unwrap();
+        assert_eq!(resource_spans.len(), 1);
+        let resource = attributes(&resource_spans[0]["resource"]);
+        assert_eq!(resource["service.name"]["stringValue"], "fibd");
+        assert_eq!(
+            resource["service.version"]["stringValue"],
+            env!("CARGO_PKG_VERSION")
+        );
+        let scope = &resource_spans[0]["scopeSpans"][0];
+        assert_eq!(scope["scope"]["name"], "fibd");
+        let spans = scope["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 4);
+        let (won, failed, server, fresh) = (&spans[0], &spans[1], &spans[2], &spans[3]);
+        for span in spans {
+            assert!(hex_of_len(&span["traceId"], 32), "{span}");
+            assert!(hex_of_len(&span["spanId"], 16), "{span}");
+            // 64-bit integers are decimal strings: nanoseconds since the epoch.
+            let start: u128 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            let end: u128 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            assert!(
+                (1_800_000_000_000_000_000..1_800_000_001_000_000_000).contains(&start),
+                "{start}"
+            );
+            assert!(end > start, "{span}");
+            assert_eq!(attributes(span)["fibd.request_id"]["stringValue"], "req-1");
+            assert_eq!(
+                attributes(span)["http.request.method"]["stringValue"],
+                "GET"
+            );
+        }
+        assert_eq!(server["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(server["parentSpanId"], "00f067aa0ba902b7");
+        assert_eq!(server["name"], "GET /api/smart");
+        assert_eq!(server["kind"], 2);
+        assert_eq!(server["status"]["code"], 2, "a 5xx is an error");
+        let end_minus_start = |s: &serde_json::Value| {
+            let n = |k: &str| s[k].as_str().unwrap().parse::<u128>().unwrap();
+            n("endTimeUnixNano") - n("startTimeUnixNano")
+        };
+        assert_eq!(end_minus_start(server), 2_000_000);
+        let attrs = attributes(server);
+        assert_eq!(attrs["http.route"]["stringValue"], "/api/smart");
+        assert_eq!(attrs["http.response.status_code"]["intValue"], "503");
+        for attempt in [won, failed] {
+            assert_eq!(attempt["kind"], 3);
+            assert_eq!(attempt["parentSpanId"], server["spanId"]);
+            assert_eq!(attempt["traceId"], server["traceId"]);
+            assert!(
+                attributes(attempt).get("http.route").is_none(),
+                "server spans only"
+            );
+        }
+        assert_eq!(end_minus_start(won), 890_000);
+        assert_eq!(attributes(won)["fibd.attempt"]["stringValue"], "won");
+        assert_eq!(
+            attributes(won)["http.response.status_code"]["intValue"],
+            "200"
+        );
+        assert!(won.get("status").is_none(), "unset: {won}");
+        assert_eq!(attributes(failed)["fibd.attempt"]["stringValue"], "failed");
+        assert!(
+            attributes(failed)
+                .get("http.response.status_code")
+                .is_none(),
+            "no answer"
+        );
+        assert_eq!(failed["status"]["code"], 2);
+        assert!(fresh.get("parentSpanId").is_none(), "a root span: {fresh}");
+        assert!(fresh.get("status").is_none());
+        assert_ne!(fresh["traceId"], server["traceId"]);
+    }
+
+    #[test]
+    fn encoding_a_batch_again_reuses_the_body() {
+        let (mut t, now) = tracer_for(1.0, 1000, ExportFormat::Otlp);
+        let mut collector = Collector::default();
+        let mut capacities = Vec::new();
+        for round in 0..3u32 {
+            let at = now + 2 * FLUSH_INTERVAL * round;
+            for _ in 0..BATCH_SPANS {
+                let s = t.start(None, "/current", "GET", at).unwrap();
+                finish_at(&mut t, s, 200, None, at);
+            }
+            t.export_due(at, &mut collector);
+            t.export_finished(ExportOutcome::Delivered);
+            capacities.push(t.body.capacity());
+        }
+        assert_eq!(collector.bodies.len(), 3);
+        assert_eq!(
+            capacities[1], capacities[2],
+            "the body grew once: {capacities:?}"
+        );
+    }
+
+    #[test]
+    fn a_stop_sends_what_waits_at_once_and_waits_a_bounded_time() {
+        for format in [ExportFormat::Zipkin, ExportFormat::Otlp] {
+            let (mut t, now) = tracer_for(1.0, 1000, format);
+            let mut collector = Collector::default();
+            for _ in 0..3 {
+                let s = t.start(None, "/next", "POST", now).unwrap();
+                finish_at(&mut t, s, 200, None, now);
+            }
+            t.export_due(now, &mut collector);
+            assert!(collector.bodies.is_empty(), "not due before the stop");
+            t.begin_stop();
+            assert_eq!(t.next_export(), Some(now), "due at once");
+            t.export_due(now, &mut collector);
+            assert_eq!(collector.bodies.len(), 1);
+            // A span that ends meanwhile waits behind the batch in flight.
+            let late = t.start(None, "/next", "POST", now).unwrap();
+            finish_at(&mut t, late, 200, None, now);
+            assert_eq!(t.stop_flushed(now), None, "in flight");
+            assert_eq!(
+                t.next_export(),
+                Some(now + STOP_FLUSH_DEADLINE),
+                "wake to give up"
+            );
+            t.export_finished(ExportOutcome::Delivered);
+            assert_eq!(t.stop_flushed(now), None, "one more waits");
+            t.export_due(now, &mut collector);
+            assert_eq!(collector.bodies.len(), 2);
+            t.export_finished(ExportOutcome::Delivered);
+            assert_eq!(t.stop_flushed(now), Some(0));
+            assert_eq!(t.counts().exported, 4);
+        }
+    }
+
+    #[test]
+    fn a_stop_gives_up_on_a_hung_collector_at_its_deadline() {
+        let (mut t, now) = tracer_for(1.0, 1000, ExportFormat::Otlp);
+        let mut collector = Collector::default();
+        for _ in 0..5 {
+            let s = t.start(None, "/next", "POST", now).unwrap();
+            finish_at(&mut t, s, 200, None, now);
+        }
+        t.begin_stop();
+        t.export_due(now, &mut collector);
+        let s = t.start(None, "/next", "POST", now).unwrap();
+        finish_at(&mut t, s, 200, None, now);
+        assert_eq!(t.stop_flushed(now), None);
+        let almost = now + STOP_FLUSH_DEADLINE - Duration::from_millis(1);
+        assert_eq!(t.stop_flushed(almost), None);
+        assert_eq!(t.stop_flushed(now + STOP_FLUSH_DEADLINE), Some(6));
+        assert_eq!(t.counts().dropped, 6);
+        assert_eq!(t.next_export(), None, "nothing more is sent");
+        // The given-up batch's late answer counts nothing twice.
+        t.export_finished(ExportOutcome::Delivered);
+        assert_eq!((t.counts().exported, t.counts().dropped), (0, 6));
+        assert_eq!(t.stop_flushed(now + 2 * STOP_FLUSH_DEADLINE), Some(0));
+        // A client that cannot take the batch: asked again before the deadline.
+        let (mut t, now) = tracer_for(1.0, 1000, ExportFormat::Zipkin);
+        let s = t.start(None, "/next", "POST", now).unwrap();
+        finish_at(&mut t, s, 200, None, now);
+        t.begin_stop();
+        assert_eq!(t.stop_flushed(now), None);
+        collector.refuse = true;
+        t.export_due(now, &mut collector);
+        assert_eq!(t.next_export(), Some(now + FLUSH_INTERVAL));
     }
 }

@@ -551,8 +551,12 @@ impl App {
 
     /// Waits for every batch handed to the commit thread, then stops it.
     /// A graceful stop begins: a cluster leader hands the leadership on.
+    /// Spans waiting for export go at once.
     pub fn begin_stop(&mut self) {
         self.stepper.resign();
+        if let Some(tracer) = &mut self.tracer {
+            tracer.begin_stop();
+        }
     }
 
     pub fn shutdown(self) -> Vec<CommitOutcome> {

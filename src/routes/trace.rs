@@ -1,4 +1,4 @@
-//! Tracing glue (with `--trace-zipkin`): spans begun and ended around
+//! Tracing glue (with `--trace-zipkin` or `--trace-otlp`): spans begun and ended around
 //! replies, child spans for outbound calls, and the export of finished
 //! spans in batches through the same outbound client /api/smart uses. The
 //! rules (sampling, buffer, batching) are `crate::ops::trace`'s; this file
@@ -10,7 +10,7 @@ use super::App;
 use super::late::CallOwner;
 use crate::http::request_id::RequestId;
 use crate::net::upstream::{Client, Completion, Target};
-use crate::ops::trace::{ExportOutcome, Post, SpanStart};
+use crate::ops::trace::{ExportOutcome, Post, STOP_FLUSH_DEADLINE, SpanStart};
 
 impl App {
     /// Ends a span, if there is one: `status` answered or received (0 for
@@ -39,7 +39,7 @@ impl App {
     }
 
     /// Loop phase: hands the tracer's next batch to the outbound client when
-    /// one is due (a `None` check without `--trace-zipkin`).
+    /// one is due (a `None` check without a collector).
     pub(super) fn export_spans(&mut self) {
         if let Some(tracer) = &mut self.tracer {
             let mut client = ExportClient {
@@ -47,6 +47,27 @@ impl App {
                 now: self.now,
             };
             tracer.export_due(self.now, &mut client);
+        }
+    }
+
+    /// Asked while stopping, once the rest is done: whether the spans still
+    /// to export are delivered, or given up (logged) after
+    /// [`STOP_FLUSH_DEADLINE`]. True without tracing.
+    pub fn spans_flushed(&mut self) -> bool {
+        let Some(tracer) = &mut self.tracer else {
+            return true;
+        };
+        match tracer.stop_flushed(self.now) {
+            None => false,
+            Some(0) => true,
+            Some(given_up) => {
+                log::warn!(
+                    "stopping: {given_up} span(s) not delivered to {} within {STOP_FLUSH_DEADLINE:?}; \
+                     dropped (fibd_trace_spans_dropped_total)",
+                    tracer.collector()
+                );
+                true
+            }
         }
     }
 

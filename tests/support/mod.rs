@@ -7,6 +7,7 @@ pub mod journald;
 pub mod linearizability;
 pub mod load;
 pub mod nginx;
+pub mod otlp;
 pub mod partition;
 pub mod receiver;
 pub mod upstream;
@@ -22,6 +23,36 @@ use std::time::{Duration, Instant};
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// A caller's trace context for the tracing tests (traces.rs, traces_otlp.rs).
+pub const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// The requests the tracing tests send and then look for as spans:
+/// `currents` GET /current, a POST /next, a GET of an unknown path (404),
+/// and /api/smart with X-Request-Id smart-1 continuing the caller's trace.
+pub fn send_traced_mix(client: &mut Client, currents: usize) {
+    for _ in 0..currents {
+        assert_eq!(client.request("GET", "/current", &[]).status, 200);
+    }
+    assert_eq!(client.request("POST", "/next", &[]).status, 200);
+    assert_eq!(client.request("GET", "/nope", &[]).status, 404);
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let smart = client.request(
+        "GET",
+        "/api/smart?timeout=5000",
+        &[("traceparent", &caller), ("X-Request-Id", "smart-1")],
+    );
+    assert_eq!(smart.status, 200, "{}", smart.text());
+}
+
+/// No span dropped, and at least the `seen` spans a collector took counted
+/// as exported in /metrics.
+pub fn assert_spans_exported(client: &mut Client, seen: usize) {
+    assert_eq!(metric(client, "fibd_trace_spans_dropped_total"), 0.0);
+    let exported = metric(client, "fibd_trace_spans_exported_total");
+    assert!(exported >= seen as f64, "{exported} < {seen}");
+}
 
 /// A data directory removed when the test ends.
 pub struct DataDir(PathBuf);
