@@ -10,8 +10,8 @@
 //! clock read and a push into a preallocated ring. Nothing here does I/O:
 //! the loop hands batches to the outbound HTTP client through [`Post`] and
 //! reports back with [`Tracer::export_finished`]. A batch is due when
-//! [`BATCH_SPANS`] spans wait or the oldest has waited [`FLUSH_INTERVAL`]; one
-//! batch is in flight at most, and while the collector is slow or down new
+//! [`BATCH_SPANS`] spans wait or the oldest has waited [`FLUSH_INTERVAL`], and
+//! carries up to [`BATCH_SPANS_MAX`]; one batch is in flight at most, and while the collector is slow or down new
 //! spans beyond [`TraceConfig::buffer_spans`] are dropped and counted. A
 //! client that cannot take a batch (every outbound connection busy) is asked
 //! again after [`FLUSH_INTERVAL`], not on every loop pass.
@@ -29,8 +29,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::http::request_id::RequestId;
 use crate::net::upstream::Target;
 
-/// Spans sent in one POST at most.
+/// A batch is due once this many spans wait.
 pub const BATCH_SPANS: usize = 128;
+/// Spans sent in one POST at most: with one batch in flight, a batch carries
+/// what piled up meanwhile, so a busy loop (a pass can end hundreds of spans)
+/// keeps up instead of dropping (OpenTelemetry's SDKs send up to 512 too).
+pub const BATCH_SPANS_MAX: usize = 512;
 /// A span waits at most this long before a batch is sent without filling.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// The collector gets this long per batch; then the batch counts as failed.
@@ -458,7 +462,7 @@ impl Tracer {
             deadline = deadline.min(stop_deadline);
         }
         // Spans ended in this pass get their end when it is over.
-        let take = self.pass_from.min(BATCH_SPANS);
+        let take = self.pass_from.min(BATCH_SPANS_MAX);
         if take == 0 {
             return;
         }
@@ -912,25 +916,33 @@ mod tests {
     fn batches_go_when_full_or_after_the_flush_interval_one_at_a_time() {
         let (mut t, now) = tracer(1.0, 1000);
         let mut collector = Collector::default();
-        for _ in 0..BATCH_SPANS - 1 {
-            let s = t.start(None, "/current", "GET", now).unwrap();
-            finish_at(&mut t, s, 200, None, now);
-        }
+        let end_spans = |t: &mut Tracer, n: usize| {
+            for _ in 0..n {
+                let s = t.start(None, "/current", "GET", now).unwrap();
+                finish_at(t, s, 200, None, now);
+            }
+        };
+        end_spans(&mut t, BATCH_SPANS - 1);
         t.export_due(now, &mut collector);
         assert!(collector.bodies.is_empty(), "not full, not old");
-        let s = t.start(None, "/current", "GET", now).unwrap();
-        finish_at(&mut t, s, 200, None, now);
-        for _ in 0..10 {
-            let s = t.start(None, "/current", "GET", now).unwrap();
-            finish_at(&mut t, s, 200, None, now);
-        }
+        end_spans(&mut t, 11);
         t.export_due(now, &mut collector);
         assert_eq!(collector.bodies.len(), 1, "a full batch goes at once");
         let first: serde_json::Value = serde_json::from_slice(&collector.bodies[0].1).unwrap();
-        assert_eq!(first.as_array().unwrap().len(), BATCH_SPANS);
+        assert_eq!(
+            first.as_array().unwrap().len(),
+            BATCH_SPANS + 10,
+            "with what waits besides"
+        );
+        end_spans(&mut t, 10);
         t.export_due(now + FLUSH_INTERVAL, &mut collector);
         assert_eq!(collector.bodies.len(), 1, "one in flight at most");
         t.export_finished(ExportOutcome::Delivered);
+        t.export_due(
+            now + FLUSH_INTERVAL - Duration::from_millis(1),
+            &mut collector,
+        );
+        assert_eq!(collector.bodies.len(), 1, "10 wait for the interval");
         t.export_due(now + FLUSH_INTERVAL, &mut collector);
         assert_eq!(
             collector.bodies.len(),
@@ -941,11 +953,17 @@ mod tests {
         assert_eq!(
             t.counts(),
             TraceCounts {
-                recorded: BATCH_SPANS as u64 + 10,
+                recorded: BATCH_SPANS as u64 + 20,
                 dropped: 10,
-                exported: BATCH_SPANS as u64
+                exported: BATCH_SPANS as u64 + 10
             }
         );
+        // A pile larger than a batch goes BATCH_SPANS_MAX at a time.
+        end_spans(&mut t, BATCH_SPANS_MAX + 100);
+        t.export_due(now, &mut collector);
+        let third: serde_json::Value = serde_json::from_slice(&collector.bodies[2].1).unwrap();
+        assert_eq!(third.as_array().unwrap().len(), BATCH_SPANS_MAX);
+        assert_eq!(t.spans.len(), 100);
     }
 
     #[test]
@@ -980,10 +998,10 @@ mod tests {
         assert_eq!(collector.asked, 2, "not asked on every loop pass");
         collector.refuse = false;
         t.export_due(later + FLUSH_INTERVAL, &mut collector);
-        assert_eq!(
-            (t.spans.len(), collector.bodies.len()),
-            (300 - BATCH_SPANS, 2)
-        );
+        // What piled up behind the hung batch goes in one.
+        assert_eq!((t.spans.len(), collector.bodies.len()), (0, 2));
+        let second: serde_json::Value = serde_json::from_slice(&collector.bodies[1].1).unwrap();
+        assert_eq!(second.as_array().unwrap().len(), 300);
         assert_eq!(t.next_export(), None, "a batch is in flight");
     }
 
