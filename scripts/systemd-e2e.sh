@@ -343,8 +343,8 @@ wait_status() { # STATUS CURL-ARGS...
 # 11. /api/smart. The upstream is a second fibd in a transient unit on the
 # container's loopback, answering GET /current with its JSON. Under the stock
 # unit fibd.service has its own network namespace and no AF_INET, so every
-# attempt fails at once (503 upstream_unavailable); README's drop-in (taken from README itself, with the
-# upstream's address put in) opens exactly that.
+# attempt fails at once (503 upstream_unavailable); README's drop-in (taken
+# from README itself, with the upstream's address put in) opens exactly that.
 UPSTREAM=http://127.0.0.1:9000/current
 inside systemd-run --quiet --unit fibd-upstream -p User=nobody -p StateDirectory=fibd-upstream \
     /usr/local/bin/fibd --listen 127.0.0.1:9000 >/dev/null
@@ -357,7 +357,7 @@ upstream_body=$(inside curl -s --max-time 5 -H 'Accept: application/json' "$UPST
 with_dropin upstream <<<"$(printf '[Service]\nEnvironment=FIBD_UPSTREAM=%s\n' "$UPSTREAM")"
 smart_stock=$(inside curl -s -w '\n%{http_code}' --max-time 20 "$URL/api/smart?timeout=2000" || true)
 check smart-stock-unit "FIBD_UPSTREAM=$UPSTREAM under the shipped unit: $(tail -n1 <<<"$smart_stock") $(head -n1 <<<"$smart_stock" | cut -c1-160)" \
-    test "$(tail -n1 <<<"$smart_stock")" = 503
+    bash -c '[[ $1 == 503 && $2 == *"\"error\": \"upstream_unavailable\""* ]]' _ "$(tail -n1 <<<"$smart_stock")" "$(head -n1 <<<"$smart_stock")"
 
 readme_dropin=$(awk '/opens exactly that much, for example:/ { on = 1; next }
     on && /^    / { sub(/^    /, ""); print; seen = 1; next }
