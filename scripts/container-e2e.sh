@@ -140,7 +140,7 @@ wait_up() {
     port=$(podman port "$name" 8080/tcp | head -n1)
     port=${port##*:}
     url=http://127.0.0.1:$port
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do # a bound of a minute, not the time it takes
         [ -n "$(index_of GET /current)" ] && return 0
         sleep 0.1
     done

@@ -199,7 +199,7 @@ index_of POST /next >/dev/null
 index_of POST /next >/dev/null
 cur=$(index_of GET /current)
 status_text=""
-for _ in $(seq 40); do
+for _ in $(seq 200); do
     status_text=$(prop StatusText)
     [[ $status_text =~ index\ $cur($|[^0-9]) ]] && break
     sleep 0.05
@@ -260,7 +260,17 @@ inside rm -f /tmp/queued.1 /tmp/queued.2 /tmp/queued.3 /tmp/queued.4 /tmp/queued
 sh_in "kill -STOP $pid"
 sh_in "for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{http_code}' -X POST --max-time 20 $URL/next >/tmp/queued.\$i & done; wait" &
 queued=$!
-sleep 0.5
+# Until all five wait in the accept queue: a listening socket's rx_queue in
+# /proc/net/tcp is its accept backlog (127.0.0.1:8080 is 0100007F:1F90 and
+# LISTEN is 0A; the queue is hex).
+backlog=0
+for _ in $(seq 400); do
+    hex=$(inside awk '$2 == "0100007F:1F90" && $4 == "0A" { split($5, q, ":"); print q[2] }' /proc/net/tcp 2>/dev/null || true)
+    backlog=$((16#${hex:-0}))
+    [ "$backlog" -ge 5 ] && break
+    sleep 0.05
+done
+[ "$backlog" -ge 5 ] || fail kill9-queued "the five clients never queued in the socket's backlog (rx_queue $backlog)"
 t0=$(now_ms)
 sh_in "kill -KILL $pid"
 new_pid=$(wait_new_main_pid "$pid" || echo none)
@@ -269,7 +279,7 @@ wait "$queued" || true
 codes=$(sh_in 'for i in 1 2 3 4 5; do printf "%s " "$(cat /tmp/queued.$i 2>/dev/null)"; done' || true)
 codes=${codes% }
 after=$(index_of GET /current)
-check kill9-queued "5 queued POST /next -> [$codes]; new MainPID $new_pid after $((t1 - t0)) ms; NRestarts $restarts -> $(prop NRestarts); index $before -> ${after:-none}" \
+check kill9-queued "5 POST /next queued ($backlog in the accept backlog) -> [$codes]; new MainPID $new_pid after $((t1 - t0)) ms; NRestarts $restarts -> $(prop NRestarts); index $before -> ${after:-none}" \
     test "$codes" = "200 200 200 200 200" -a "$new_pid" != none -a "${after:-0}" = $((before + 5))
 
 # 9. The watchdog: SIGUSR1 wedges the event loop (test-hooks builds only);
