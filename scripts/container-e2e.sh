@@ -11,6 +11,8 @@
 #                  --release --target x86_64-unknown-linux-gnu`
 #   --keep         keep the image and volume afterwards
 #
+# The build's target directory is cached in $FIBD_E2E_CACHE/target (default
+# ~/.cache/fibd-e2e), so a second run only relinks what changed.
 # Needs root (or a working rootless podman) and podman with the runc runtime
 # (crun does not work on these machines). The image is built with
 # --format docker, because the OCI image format has no HEALTHCHECK.
@@ -18,20 +20,21 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${FIBD_E2E_CACHE:-$HOME/.cache/fibd-e2e}
 binary=""
 keep=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) [ $# -ge 2 ] || { echo "--binary needs a path" >&2; exit 2; }; binary=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "container-e2e: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 
 say() { printf 'container-e2e: %s\n' "$*"; }
 die() { printf 'container-e2e: error: %s\n' "$*" >&2; exit 2; }
-for tool in podman curl file; do
+for tool in podman curl file python3; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 
@@ -65,10 +68,10 @@ trap 'exit 130' INT TERM
 
 # --- 1. a static binary -------------------------------------------------------
 if [ -z "$binary" ]; then
-    say "building: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu --locked"
-    (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
+    say "building: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu --locked (target dir $CACHE/target)"
+    (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$CACHE/target" \
         cargo build --release --target x86_64-unknown-linux-gnu --locked)
-    binary=$REPO/target/x86_64-unknown-linux-gnu/release/fibd
+    binary=$CACHE/target/x86_64-unknown-linux-gnu/release/fibd
 fi
 [ -x "$binary" ] || die "not an executable: $binary"
 file_out=$(file -b "$binary")
@@ -98,8 +101,15 @@ check image-build "podman build of the Containerfile's runtime stage: $( [ "$bui
 config=$(podman image inspect "$tag" --format \
     'user={{.Config.User}} stop={{.Config.StopSignal}} volumes={{range $k, $v := .Config.Volumes}}{{$k}} {{end}}ports={{range $k, $v := .Config.ExposedPorts}}{{$k}} {{end}}health={{if .Config.Healthcheck}}{{join .Config.Healthcheck.Test " "}}{{end}} entrypoint={{join .Config.Entrypoint " "}}')
 size=$(podman image inspect "$tag" --format '{{.Size}}')
-labels=$(podman image inspect "$tag" --format '{{index .Config.Labels "org.opencontainers.image.revision"}} {{index .Config.Labels "dev.fibd.sbom.path"}}')
-check image-labels "revision and SBOM labels: $labels" test "$labels" = "$revision /sbom/fibd.cdx.json"
+labels=$(podman image inspect "$tag" --format '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}
+{{end}}')
+label() { sed -n "s/^$1=//p" <<<"$labels"; }
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)
+check image-labels "title $(label org.opencontainers.image.title), version $(label org.opencontainers.image.version), licenses $(label org.opencontainers.image.licenses), revision $(label org.opencontainers.image.revision), SBOM $(label dev.fibd.sbom.path) ($(label dev.fibd.sbom.format))" \
+    test "$(label org.opencontainers.image.title)" = fibd -a "$(label org.opencontainers.image.version)" = "$version" \
+    -a "$(label org.opencontainers.image.licenses)" = MIT -a "$(label org.opencontainers.image.revision)" = "$revision" \
+    -a -n "$(label org.opencontainers.image.description)" -a "$(label dev.fibd.sbom.path)" = /sbom/fibd.cdx.json \
+    -a "$(label dev.fibd.sbom.format)" = "CycloneDX 1.5 JSON"
 check image-config "$config; $((size / 1024)) KiB" \
     bash -c '[[ $1 == *"user=65532:65532"* && $1 == *"stop=SIGTERM"* && $1 == *"/var/lib/fibd"* && $1 == *"8080/tcp"* && $1 == *"healthcheck --listen 127.0.0.1:8080"* ]]' _ "$config"
 
@@ -130,7 +140,7 @@ wait_up() {
     port=$(podman port "$name" 8080/tcp | head -n1)
     port=${port##*:}
     url=http://127.0.0.1:$port
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do # a bound of a minute, not the time it takes
         [ -n "$(index_of GET /current)" ] && return 0
         sleep 0.1
     done
@@ -144,13 +154,42 @@ uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo '?')
 check runs "read-only, --cap-drop=all, on $url, answering: $up, uid $uid" test "$up" = yes -a "$uid" = 65532
 [ "$up" = yes ] || exit 1
 
+# The image has no shell, so writes are tried from the host through the
+# container's own mount namespace (/proc/PID/root): a read-only mount refuses
+# even root, while the volume takes them.
+root_write=$( (: >"/proc/$pid/root/e2e-probe") 2>&1 && echo "write succeeded" || true)
+root_mount=$(awk '$5 == "/" { print $6 }' "/proc/$pid/mountinfo")
+volume_write=$( (: >"/proc/$pid/root/var/lib/fibd/e2e-probe" && rm "/proc/$pid/root/var/lib/fibd/e2e-probe" && echo ok) 2>&1 || true)
+check read-only-root "write to /: ${root_write##*: }; / mounted ${root_mount%%,*}; write to the volume: $volume_write" \
+    bash -c '[[ $1 == *"Read-only file system"* && $2 == ro* && $3 == ok ]]' _ "$root_write" "$root_mount" "$volume_write"
+
+# The SBOM in the image is the committed one, byte for byte, and describes
+# this lock file: every crate it lists is in Cargo.lock at that version.
+image_sbom=$ctx/image-sbom.json
+podman_ cp "$name:/sbom/fibd.cdx.json" "$image_sbom" 2>>"$podman_log" || : >"$image_sbom"
+sbom_sum=$(sha256sum <"$image_sbom" | cut -c1-16)
+repo_sum=$(sha256sum <"$REPO/sbom/fibd.cdx.json" | cut -c1-16)
+sbom_vs_lock=$(python3 - "$image_sbom" "$REPO/Cargo.lock" <<'PY' 2>&1 || true
+import json, sys, tomllib
+sbom = json.load(open(sys.argv[1]))
+lock = {(p["name"], p["version"]) for p in tomllib.load(open(sys.argv[2], "rb"))["package"]}
+listed = [(c["name"], c["version"]) for c in sbom.get("components", [])]
+missing = [f"{n} {v}" for n, v in listed if (n, v) not in lock]
+top = sbom["metadata"]["component"]
+print(f"{top['name']} {top['version']}, {len(listed)} crates, {len(missing)} not in Cargo.lock {missing[:3]}")
+PY
+)
+check sbom "/sbom/fibd.cdx.json sha256 $sbom_sum (repo's $repo_sum); $sbom_vs_lock" \
+    bash -c '[[ $1 == "$2" && $3 == "fibd $4, "* && $3 == *", 0 not in Cargo.lock"* && $3 != *" 0 crates"* ]]' _ "$sbom_sum" "$repo_sum" "$sbom_vs_lock" "$version"
+
+healthz=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$url/healthz" || true)
 first=$(index_of GET /current)
 a=$(index_of POST /next)
 b=$(index_of POST /next)
 c=$(index_of POST /next)
 now=$(index_of GET /current)
-check endpoints "GET /current -> $first; POST /next x3 -> $a $b $c; GET /current -> $now" \
-    test "$first" = 0 -a "$a" = 1 -a "$b" = 2 -a "$c" = 3 -a "$now" = 3
+check endpoints "GET /healthz -> $healthz; GET /current -> $first; POST /next x3 -> $a $b $c; GET /current -> $now" \
+    test "$healthz" = 200 -a "$first" = 0 -a "$a" = 1 -a "$b" = 2 -a "$c" = 3 -a "$now" = 3
 
 health=$(podman_ healthcheck run "$name" 2>&1) && health_rc=0 || health_rc=$?
 check healthcheck "podman healthcheck run: exit $health_rc ${health:+($health)}" test "$health_rc" = 0
