@@ -6,7 +6,8 @@
 # a clean SIGTERM stop, scripts/crash-test.sh in systemd mode, /api/smart
 # (refused under the stock unit, answered through README's drop-in, with a
 # second fibd inside the container as the upstream), `systemctl reload` of the
-# --api-keys file, and journald's structured fields on an access line.
+# --api-keys file, fibd-admin.socket (the operator's endpoints on their own
+# port), and journald's structured fields on an access line.
 #
 #   scripts/systemd-e2e.sh [--binary PATH] [--keep]
 #
@@ -26,7 +27,9 @@
 # apt-get install -y podman runc debootstrap
 # Takes a few minutes; not for CI. Prints PASS/FAIL/SKIP per check by name and
 # exits 1 at the first failure.
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails outside a check says where, not only "rc 1".
+trap 'printf "systemd-e2e: %s exited %s (line %s, called from line %s)\n" "$BASH_COMMAND" "$?" "$LINENO" "${BASH_LINENO[*]}" >&2' ERR
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${FIBD_E2E_CACHE:-$HOME/.cache/fibd-e2e}
@@ -177,11 +180,13 @@ podman cp "$binary" "$container:/usr/local/bin/fibd"
 inside chmod 0755 /usr/local/bin/fibd
 podman cp "$REPO/systemd/fibd.service" "$container:/etc/systemd/system/fibd.service"
 podman cp "$REPO/systemd/fibd.socket" "$container:/etc/systemd/system/fibd.socket"
+podman cp "$REPO/systemd/fibd-admin.socket" "$container:/etc/systemd/system/fibd-admin.socket"
 inside systemctl daemon-reload
 say "installed $(inside /usr/local/bin/fibd --version) (test-hooks build: $([ $wedge = 1 ] && echo yes || echo no))"
 
 # 1. The units load and verify cleanly under this systemd.
-out=$(inside systemd-analyze verify /etc/systemd/system/fibd.service /etc/systemd/system/fibd.socket 2>&1 || echo "exit status $?")
+out=$(inside systemd-analyze verify /etc/systemd/system/fibd.service /etc/systemd/system/fibd.socket \
+    /etc/systemd/system/fibd-admin.socket 2>&1 || echo "exit status $?")
 check units-verify "systemd-analyze verify: ${out:-clean}" test -z "$out"
 
 # 2. Socket activation: nothing runs until the first connection.
@@ -415,9 +420,31 @@ check reload-api-keys "before: old key $old_before, new key $new_before; systemc
     test "$old_before" = 200 -a "$new_before" = 401 -a "$reload_rc" = 0 -a "$new_after" = 200 -a "$old_after" = 401 -a "$pid_after" = "$pid"
 stock_unit
 
-# 13. journald's structured fields on an access line. This needs fibd to log
-# to the journal natively (branch i25-journald); until that is merged the
-# check fails, and it runs last so that it is the only one that does.
+# 13. The admin socket: enabled as README says, systemd passes it to
+# fibd.service beside fibd.socket (named admin); the operator's endpoints move
+# there, the probes answer on both; disabled again, all is back on one port.
+ADMIN=http://127.0.0.1:9090
+# As README says: systemd refuses to start a socket whose service runs.
+inside systemctl stop fibd.service
+inside systemctl enable --now --quiet fibd-admin.socket
+inside systemctl start fibd.service
+wait_status 200 "$ADMIN/metrics" || true
+public_metrics=$(status_of GET /metrics)
+public_health=$(status_of GET /healthz)
+admin_metrics=$(inside curl -s -o /dev/null -w '%{http_code}' --max-time 20 "$ADMIN/metrics" || true)
+admin_health=$(inside curl -s -o /dev/null -w '%{http_code}' --max-time 20 "$ADMIN/healthz" || true)
+admin_api=$(inside curl -s -o /dev/null -w '%{http_code}' --max-time 20 "$ADMIN/current" || true)
+admin_info=$(inside curl -s --max-time 20 "$ADMIN/metrics" | grep -c '^fibd_listener_info{listener="admin",address="127.0.0.1:9090"} 1' || true)
+inside systemctl disable --now --quiet fibd-admin.socket
+inside systemctl restart fibd.service
+wait_status 200 "$URL/metrics" || true
+public_after=$(status_of GET /metrics)
+check admin-socket "fibd-admin.socket on: public /metrics $public_metrics, /healthz $public_health; admin /metrics $admin_metrics (listener info $admin_info), /healthz $admin_health, /current $admin_api; off again: public /metrics $public_after" \
+    test "$public_metrics" = 404 -a "$public_health" = 200 -a "$admin_metrics" = 200 -a "$admin_info" = 1 \
+    -a "$admin_health" = 200 -a "$admin_api" = 404 -a "$public_after" = 200
+
+# 14. journald's structured fields on an access line (fibd logs to the
+# journal natively when its stderr is the journal stream).
 check_journal_fields() {
     local request_id since status entries found
     request_id=e2e-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')

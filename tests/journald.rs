@@ -114,6 +114,25 @@ fn without_the_native_socket_lines_are_prefixed_text_on_the_stream() {
     assert_eq!(field(&warning, "_TRANSPORT"), Some("stdout"), "{warning}");
 }
 
+/// A start that fails says why at error priority on the stream, which
+/// journald ties to the unit whenever the process exits (a datagram from a
+/// process already gone would reach no `journalctl -u`).
+#[test]
+#[ignore = "needs journald (and root): run scripts/test"]
+fn a_failed_start_logs_its_error_on_the_stream() {
+    let journal = Journald::start();
+    let data = DataDir::new("journald-failed-start");
+    std::fs::create_dir_all(data.path()).unwrap();
+    let not_a_dir = data.path().join("a-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let status = journal.run_fibd(&not_a_dir.join("store"), &[]);
+    assert!(!status.success(), "fibd started on a data dir under a file");
+    let error = journal.wait_entry("the start's error", |e| field(e, "PRIORITY") == Some("3"));
+    assert_eq!(field(&error, "_TRANSPORT"), Some("stdout"), "{error}");
+    let message = field(&error, "MESSAGE").unwrap();
+    assert!(message.contains("data directory"), "{message:?}");
+}
+
 /// RUST_LOG decides under journald too, per target: the access line is on,
 /// the routes' warnings are off, and the warning (logged before its
 /// request's access line, both through the same socket, so in the journal

@@ -1,8 +1,9 @@
 //! Where log lines go. Under journald (stderr is the journal stream) each
 //! line is a journal entry sent through the native protocol
 //! (systemd-journal-logger), so a line about one request carries its
-//! [`RequestFields`] as fields `journalctl` can match; when the native socket
-//! cannot be opened, text lines with `<N>` priority prefixes go to stderr.
+//! [`RequestFields`] as fields `journalctl` can match; errors, and every line
+//! when the native socket cannot be opened, go to stderr as text lines with
+//! `<N>` priority prefixes.
 //! Elsewhere the format is human, with timestamps. env_logger's filter
 //! (RUST_LOG) decides what is logged in every mode.
 
@@ -86,6 +87,15 @@ impl Log for Journal {
 
     fn log(&self, record: &Record) {
         if !self.filter.matches(record) {
+            return;
+        }
+        // An error is often a process's last word (a start that fails, a
+        // panic). journald learns a datagram's unit from its sender's
+        // /proc entry, gone once the process exited, so `journalctl -u fibd`
+        // and `systemctl status` would miss it; the stream was tied to the
+        // unit when systemd opened it.
+        if record.level() == Level::Error {
+            let _ = write_prefixed_line(&mut std::io::stderr().lock(), record);
             return;
         }
         let level = journal_level(record.level());

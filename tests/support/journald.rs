@@ -154,21 +154,8 @@ impl Journald {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> JournaledFibd {
-        let child = Command::new("nsenter")
-            .args(["--target", &self.daemon.id().to_string(), "--mount", "--"])
-            .args(wrapper)
-            .args(["systemd-cat", "--identifier=fibd", "--"])
-            .args(["sh", "-c", ON_THE_STREAM, "sh", binary()])
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env_remove("FIBD_LISTEN")
-            .env_remove("FIBD_DATA_DIR")
-            .env_remove("STATE_DIRECTORY")
-            .env_remove("JOURNAL_STREAM")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+        let child = self
+            .fibd_command(data, extra, env, wrapper)
             .spawn()
             .expect("spawn fibd through nsenter and systemd-cat");
         let listening = self.wait_entry("fibd's listening line", |e| {
@@ -182,6 +169,40 @@ impl Journald {
             addr,
             listening,
         }
+    }
+
+    /// fibd as [`Journald::start_fibd`] runs it, for a run that ends by
+    /// itself (a start that fails); returns how it ended.
+    pub fn run_fibd(&self, data: &Path, extra: &[&str]) -> std::process::ExitStatus {
+        self.fibd_command(data, extra, &[], &[])
+            .status()
+            .expect("run fibd through nsenter and systemd-cat")
+    }
+
+    fn fibd_command(
+        &self,
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .args(["--target", &self.daemon.id().to_string(), "--mount", "--"])
+            .args(wrapper)
+            .args(["systemd-cat", "--identifier=fibd", "--"])
+            .args(["sh", "-c", ON_THE_STREAM, "sh", binary()])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("FIBD_LISTEN")
+            .env_remove("FIBD_DATA_DIR")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
+        command
     }
 
     /// The first entry (from the journal's start) that `wanted` accepts;
