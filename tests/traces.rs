@@ -187,6 +187,12 @@ fn spans_reach_the_collector_in_batches_as_zipkin_v2() {
     assert_eq!(attempt["tags"]["fibd.attempt"], "won");
     assert_eq!(attempt["tags"]["http.status_code"], "200");
     assert_eq!(attempt["tags"]["request_id"], "smart-1");
+    assert_eq!(server["tags"]["http.path"], "/api/smart");
+    assert_eq!(attempt["tags"]["http.url"], upstream.url().as_str());
+    assert_eq!(
+        attempt["remoteEndpoint"],
+        serde_json::json!({"ipv4": "127.0.0.1", "port": upstream.addr.port()})
+    );
     let bounds = |s: &Value| {
         let ts = s["timestamp"].as_u64().unwrap();
         (ts, ts + s["duration"].as_u64().unwrap())

@@ -144,6 +144,8 @@ fn spans_reach_an_otlp_collector_and_parse_as_export_trace_service_requests() {
             "a trace of its own: {span}"
         );
         assert_eq!(string(span, "http.route"), "/current");
+        assert_eq!(string(span, "url.path"), "/current");
+        assert_eq!(string(span, "url.scheme"), "http");
         assert_eq!(string(span, "http.request.method"), "GET");
         assert_eq!(status_code(span).as_deref(), Some("200"));
         assert!(span.get("status").is_none(), "unset: {span}");
@@ -154,6 +156,11 @@ fn spans_reach_an_otlp_collector_and_parse_as_export_trace_service_requests() {
     );
     let not_found = with_name(&spans, "GET other")[0];
     assert_eq!(status_code(not_found).as_deref(), Some("404"));
+    assert_eq!(
+        string(not_found, "url.path"),
+        "/nope",
+        "the path asked for, under the route `other`"
+    );
     assert!(
         not_found.get("status").is_none(),
         "a 4xx is the client's: {not_found}"
@@ -172,6 +179,12 @@ fn spans_reach_an_otlp_collector_and_parse_as_export_trace_service_requests() {
     assert_eq!(attempt["parentSpanId"], server["spanId"]);
     assert_eq!(string(attempt, "fibd.attempt"), "won");
     assert_eq!(status_code(attempt).as_deref(), Some("200"));
+    assert_eq!(string(attempt, "url.full"), upstream.url());
+    assert_eq!(string(attempt, "server.address"), "127.0.0.1");
+    assert_eq!(
+        attribute(attempt, "server.port").and_then(|v| v["intValue"].as_str()),
+        Some(upstream.addr.port().to_string().as_str())
+    );
     assert!(
         attribute(attempt, "http.route").is_none(),
         "server spans only"

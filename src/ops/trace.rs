@@ -176,6 +176,102 @@ pub struct SpanStart {
     pub name: &'static str,
     pub method: &'static str,
     pub started: Instant,
+    /// Server spans: the request's path (`url.path`), when it fits.
+    pub path: Option<SpanPath>,
+    /// Client spans: the host called, an index into the tracer's peers.
+    pub peer: Option<u8>,
+}
+
+impl SpanStart {
+    /// With the request's path, for `url.path` (left out when longer than
+    /// [`SPAN_PATH_BYTES_MAX`]: a span keeps no allocation of its own).
+    pub fn with_path(self, path: &[u8]) -> SpanStart {
+        SpanStart {
+            path: SpanPath::new(path),
+            ..self
+        }
+    }
+
+    /// With the host called: the `index`th of the peers the tracer was
+    /// made with (the `--upstream` hosts, in order).
+    pub fn with_peer(self, index: usize) -> SpanStart {
+        SpanStart {
+            peer: u8::try_from(index).ok(),
+            ..self
+        }
+    }
+}
+
+/// The longest request path a span carries.
+pub const SPAN_PATH_BYTES_MAX: usize = 64;
+
+/// A request path copied into the span, so a span stays `Copy` and the
+/// ring of finished spans never allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanPath {
+    bytes: [u8; SPAN_PATH_BYTES_MAX],
+    len: u8,
+}
+
+impl SpanPath {
+    fn new(path: &[u8]) -> Option<SpanPath> {
+        let mut bytes = [0; SPAN_PATH_BYTES_MAX];
+        bytes.get_mut(..path.len())?.copy_from_slice(path);
+        Some(SpanPath {
+            bytes,
+            len: path.len() as u8,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A host client spans call (an `--upstream`), its attributes encoded once
+/// at start-up: OTLP's `url.full`, `server.address` and `server.port`,
+/// Zipkin's `remoteEndpoint` and `http.url` tag.
+#[derive(Debug)]
+struct Peer {
+    otlp_attributes: Vec<u8>,
+    zipkin_endpoint: Vec<u8>,
+    zipkin_tags: Vec<u8>,
+}
+
+impl Peer {
+    fn new(target: &Target) -> Peer {
+        let url = format!("http://{}{}", target.host, target.target);
+        // The URL's host without its port or an IPv6 literal's brackets.
+        let address = match target.host.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                host
+            }
+            _ => target.host.as_str(),
+        };
+        let address = address.trim_start_matches('[').trim_end_matches(']');
+        let json = |text: &str| {
+            let mut out = Vec::new();
+            crate::http::response::write_json_str(&mut out, text.as_bytes());
+            String::from_utf8(out).unwrap_or_default()
+        };
+        let port = target.addr.port();
+        let ip = match target.addr.ip() {
+            std::net::IpAddr::V4(ip) => format!("\"ipv4\":\"{ip}\""),
+            std::net::IpAddr::V6(ip) => format!("\"ipv6\":\"{ip}\""),
+        };
+        Peer {
+            otlp_attributes: format!(
+                ",{{\"key\":\"url.full\",\"value\":{{\"stringValue\":\"{}\"}}}}\
+                 ,{{\"key\":\"server.address\",\"value\":{{\"stringValue\":\"{}\"}}}}\
+                 ,{{\"key\":\"server.port\",\"value\":{{\"intValue\":\"{port}\"}}}}",
+                json(&url),
+                json(address)
+            )
+            .into_bytes(),
+            zipkin_endpoint: format!(",\"remoteEndpoint\":{{{ip},\"port\":{port}}}").into_bytes(),
+            zipkin_tags: format!(",\"http.url\":\"{}\"", json(&url)).into_bytes(),
+        }
+    }
 }
 
 /// A finished span, as it waits for export.
@@ -260,6 +356,8 @@ enum StopFlush {
 #[derive(Debug)]
 pub struct Tracer {
     config: TraceConfig,
+    /// The hosts client spans call, by [`SpanStart::peer`].
+    peers: Vec<Peer>,
     /// Requests are sampled when a draw falls below this.
     threshold: u64,
     rng: Rng,
@@ -285,7 +383,15 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn new(config: TraceConfig, seed: u64, now: Instant, wall: SystemTime) -> Tracer {
+    /// `peers`: the hosts client spans may call (the `--upstream` hosts, in
+    /// the order [`SpanStart::with_peer`] counts them).
+    pub fn new(
+        config: TraceConfig,
+        peers: &[Target],
+        seed: u64,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Tracer {
         let threshold = if config.sample_ratio >= 1.0 {
             u64::MAX
         } else {
@@ -297,6 +403,7 @@ impl Tracer {
         Tracer {
             spans: VecDeque::with_capacity(config.buffer_spans),
             config,
+            peers: peers.iter().map(Peer::new).collect(),
             threshold,
             rng: Rng(seed),
             epoch: now,
@@ -371,6 +478,8 @@ impl Tracer {
             name,
             method,
             started: now,
+            path: None,
+            peer: None,
         })
     }
 
@@ -393,6 +502,8 @@ impl Tracer {
             name,
             method,
             started: now,
+            path: None,
+            peer: None,
         }
     }
 
@@ -469,8 +580,8 @@ impl Tracer {
         self.body.clear();
         let batch = self.spans.range(..take);
         match self.config.format {
-            ExportFormat::Zipkin => encode_zipkin(&mut self.body, batch),
-            ExportFormat::Otlp => encode_otlp(&mut self.body, batch),
+            ExportFormat::Zipkin => encode_zipkin(&mut self.body, batch, &self.peers),
+            ExportFormat::Otlp => encode_otlp(&mut self.body, batch, &self.peers),
         }
         if client.post(
             &self.config.collector,
@@ -562,19 +673,20 @@ fn write_ids(out: &mut Vec<u8>, start: &SpanStart, span_key: &str, parent_key: &
 /// Zipkin v2 JSON: an array of spans (zipkin-api's `zipkin2-api.yaml`):
 /// lowercase hex ids, `timestamp` and `duration` in microseconds, `kind`,
 /// `localEndpoint.serviceName`, and string `tags`.
-pub fn encode_zipkin<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>) {
+fn encode_zipkin<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>, peers: &[Peer]) {
     out.push(b'[');
     for (i, span) in spans.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        encode_span(out, span);
+        encode_span(out, span, peers);
     }
     out.push(b']');
 }
 
-fn encode_span(out: &mut Vec<u8>, span: &Span) {
+fn encode_span(out: &mut Vec<u8>, span: &Span, peers: &[Peer]) {
     let start = &span.start;
+    let peer = start.peer.and_then(|p| peers.get(usize::from(p)));
     write_ids(out, start, "id", "parentId");
     let kind = match start.kind {
         SpanKind::Server => "SERVER",
@@ -592,11 +704,23 @@ fn encode_span(out: &mut Vec<u8>, span: &Span) {
     );
     out.extend_from_slice(b",\"localEndpoint\":{\"serviceName\":\"");
     out.extend_from_slice(SERVICE_NAME.as_bytes());
-    out.extend_from_slice(b"\"},\"tags\":{\"http.method\":\"");
+    out.extend_from_slice(b"\"}");
+    if let Some(peer) = peer {
+        out.extend_from_slice(&peer.zipkin_endpoint);
+    }
+    out.extend_from_slice(b",\"tags\":{\"http.method\":\"");
     out.extend_from_slice(start.method.as_bytes());
     out.extend_from_slice(b"\",\"http.route\":\"");
     crate::http::response::write_json_str(out, start.name.as_bytes());
     out.push(b'"');
+    if let Some(path) = &start.path {
+        out.extend_from_slice(b",\"http.path\":\"");
+        crate::http::response::write_json_str(out, path.as_bytes());
+        out.push(b'"');
+    }
+    if let Some(peer) = peer {
+        out.extend_from_slice(&peer.zipkin_tags);
+    }
     if span.status != 0 {
         let _ = write!(out, ",\"http.status_code\":\"{}\"", span.status);
         if span.status >= 500 {
@@ -622,7 +746,7 @@ fn encode_span(out: &mut Vec<u8>, span: &Span) {
 /// enums as integers, 64-bit integers as decimal strings, ids as lowercase
 /// hex). One resource (`service.name`, `service.version`) and one scope
 /// hold every span; attributes follow the HTTP semantic conventions.
-pub fn encode_otlp<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>) {
+fn encode_otlp<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Span>, peers: &[Peer]) {
     let _ = write!(
         out,
         "{{\"resourceSpans\":[{{\"resource\":{{\"attributes\":[\
@@ -635,7 +759,7 @@ pub fn encode_otlp<'s>(out: &mut Vec<u8>, spans: impl IntoIterator<Item = &'s Sp
         if i > 0 {
             out.push(b',');
         }
-        encode_otlp_span(out, span);
+        encode_otlp_span(out, span, peers);
     }
     out.extend_from_slice(b"]}]}]}");
 }
@@ -646,7 +770,7 @@ const OTLP_KIND_CLIENT: u8 = 3;
 /// `Status.StatusCode.STATUS_CODE_ERROR`; fibd leaves others unset.
 const OTLP_STATUS_ERROR: u8 = 2;
 
-fn encode_otlp_span(out: &mut Vec<u8>, span: &Span) {
+fn encode_otlp_span(out: &mut Vec<u8>, span: &Span, peers: &[Peer]) {
     let start = &span.start;
     write_ids(out, start, "spanId", "parentSpanId");
     // Semantic conventions: `{method} {route}` for a server span; a client
@@ -671,7 +795,18 @@ fn encode_otlp_span(out: &mut Vec<u8>, span: &Span) {
     if start.kind == SpanKind::Server {
         out.extend_from_slice(b",{\"key\":\"http.route\",\"value\":{\"stringValue\":\"");
         crate::http::response::write_json_str(out, start.name.as_bytes());
-        out.extend_from_slice(b"\"}}");
+        // fibd serves plain HTTP (a TLS proxy in front says so itself).
+        out.extend_from_slice(
+            b"\"}},{\"key\":\"url.scheme\",\"value\":{\"stringValue\":\"http\"}}",
+        );
+        if let Some(path) = &start.path {
+            out.extend_from_slice(b",{\"key\":\"url.path\",\"value\":{\"stringValue\":\"");
+            crate::http::response::write_json_str(out, path.as_bytes());
+            out.extend_from_slice(b"\"}}");
+        }
+    }
+    if let Some(peer) = start.peer.and_then(|p| peers.get(usize::from(p))) {
+        out.extend_from_slice(&peer.otlp_attributes);
     }
     if span.status != 0 {
         let _ = write!(
@@ -722,7 +857,8 @@ mod tests {
         let now = Instant::now();
         let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let config = config(ratio, buffer_spans, format);
-        (Tracer::new(config, 42, now, wall), now)
+        let peers = [Target::resolve("http://127.0.0.1:9000/api/data?city=x").unwrap()];
+        (Tracer::new(config, &peers, 42, now, wall), now)
     }
 
     fn id() -> RequestId {
@@ -849,10 +985,39 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_is_named_by_its_host_without_port_or_brackets() {
+        for (url, address, port, endpoint) in [
+            ("http://[::1]:8080/a", "::1", 8080, r#""ipv6":"::1""#),
+            // Whichever address localhost resolves to first, the port is the URL's.
+            ("http://localhost/b", "localhost", 80, r#","port":80}"#),
+            (
+                "http://127.0.0.1:9/c",
+                "127.0.0.1",
+                9,
+                r#""ipv4":"127.0.0.1""#,
+            ),
+        ] {
+            let peer = Peer::new(&Target::resolve(url).unwrap());
+            let attributes: serde_json::Value = serde_json::from_str(&format!(
+                "[{}]",
+                String::from_utf8_lossy(&peer.otlp_attributes[1..])
+            ))
+            .unwrap();
+            assert_eq!(attributes[0]["value"]["stringValue"], url);
+            assert_eq!(attributes[1]["value"]["stringValue"], address, "{url}");
+            assert_eq!(attributes[2]["value"]["intValue"], port.to_string());
+            let zipkin = String::from_utf8_lossy(&peer.zipkin_endpoint).into_owned();
+            assert!(zipkin.contains(endpoint), "{zipkin}");
+        }
+    }
+
+    #[test]
     fn exported_json_follows_the_zipkin_v2_span_model() {
         let (mut t, now) = tracer(0.0, 16);
         let server = t.start(Some(VALID), "/api/smart", "GET", now).unwrap();
+        let server = server.with_path(b"/api/smart");
         let attempt = t.child(&server, "upstream", "GET", now + Duration::from_micros(10));
+        let attempt = attempt.with_peer(0);
         let passed_on = parse_traceparent(attempt.context.traceparent().as_bytes()).unwrap();
         assert_eq!(passed_on.trace_id, server.context.trace_id);
         assert_eq!(passed_on.span_id, attempt.context.span_id);
@@ -908,6 +1073,16 @@ mod tests {
         );
         assert_eq!(client["tags"]["fibd.attempt"], "won");
         assert!(client["tags"].get("error").is_none());
+        assert_eq!(server["tags"]["http.path"], "/api/smart");
+        assert_eq!(
+            client["tags"]["http.url"],
+            "http://127.0.0.1:9000/api/data?city=x"
+        );
+        assert_eq!(
+            client["remoteEndpoint"],
+            serde_json::json!({"ipv4": "127.0.0.1", "port": 9000})
+        );
+        assert!(server.get("remoteEndpoint").is_none());
         t.export_finished(ExportOutcome::Delivered);
         assert_eq!(t.counts().exported, 2);
     }
@@ -1023,8 +1198,12 @@ mod tests {
     fn exported_otlp_json_is_an_export_trace_service_request() {
         let (mut t, now) = tracer_for(1.0, 16, ExportFormat::Otlp);
         let server = t.start(Some(VALID), "/api/smart", "GET", now).unwrap();
+        let server = server.with_path(b"/api/smart");
         let won = t.child(&server, "upstream", "GET", now + Duration::from_micros(10));
+        let won = won.with_peer(0);
         let failed = t.child(&server, "upstream", "GET", now + Duration::from_micros(20));
+        // A host the tracer was not told of: no peer attributes, no panic.
+        let failed = failed.with_peer(7);
         finish_at(
             &mut t,
             won,
@@ -1041,6 +1220,7 @@ mod tests {
         );
         finish_at(&mut t, server, 503, None, now + Duration::from_millis(2));
         let fresh = t.start(None, "/current", "GET", now).unwrap();
+        let fresh = fresh.with_path(&[b'x'; SPAN_PATH_BYTES_MAX + 1]);
         finish_at(&mut t, fresh, 200, None, now + Duration::from_micros(3));
         let mut collector = Collector::default();
         t.export_due(now + 2 * FLUSH_INTERVAL, &mut collector);
@@ -1089,6 +1269,8 @@ mod tests {
         assert_eq!(end_minus_start(server), 2_000_000);
         let attrs = attributes(server);
         assert_eq!(attrs["http.route"]["stringValue"], "/api/smart");
+        assert_eq!(attrs["url.path"]["stringValue"], "/api/smart");
+        assert_eq!(attrs["url.scheme"]["stringValue"], "http");
         assert_eq!(attrs["http.response.status_code"]["intValue"], "503");
         for attempt in [won, failed] {
             assert_eq!(attempt["kind"], 3);
@@ -1100,6 +1282,17 @@ mod tests {
             );
         }
         assert_eq!(end_minus_start(won), 890_000);
+        let peer = attributes(won);
+        assert_eq!(
+            peer["url.full"]["stringValue"],
+            "http://127.0.0.1:9000/api/data?city=x"
+        );
+        assert_eq!(peer["server.address"]["stringValue"], "127.0.0.1");
+        assert_eq!(peer["server.port"]["intValue"], "9000");
+        assert!(attributes(failed).get("url.full").is_none(), "unknown host");
+        let fresh_attrs = attributes(fresh);
+        assert!(fresh_attrs.get("url.path").is_none(), "too long to carry");
+        assert_eq!(fresh_attrs["url.scheme"]["stringValue"], "http");
         assert_eq!(attributes(won)["fibd.attempt"]["stringValue"], "won");
         assert_eq!(
             attributes(won)["http.response.status_code"]["intValue"],

@@ -171,7 +171,7 @@ impl App {
         let request_ids = RequestIds::new(random.next_u64().unwrap_or(0));
         let tracer = tracing.map(|config| {
             let seed = random.next_u64().unwrap_or(0);
-            Tracer::new(config, seed, now, wall)
+            Tracer::new(config, smart.upstreams(), seed, now, wall)
         });
         let records = stepper.cluster_config().map(|config| {
             TaskRecords::new(&config.name, config.endpoints.clone(), config.call_timeout)
@@ -834,7 +834,9 @@ impl Respond for App {
         let route = Route::from_path(request.path).filter(|&r| self.serves(r, from.listener));
         let span = self.tracer.as_mut().and_then(|tracer| {
             let name = route.map_or("other", Route::path);
-            tracer.start(request.traceparent, name, request.method.as_str(), self.now)
+            tracer
+                .start(request.traceparent, name, request.method.as_str(), self.now)
+                .map(|span| span.with_path(request.path))
         });
         let mut shape = Shape {
             route,

@@ -171,7 +171,7 @@ impl App {
         };
         let (deadline, tried, parent) = (live.deadline, live.tried, parked.payload.shape.span);
         let host = self.smart.pick_host(tried, self.now);
-        let span = self.child_span(parent, "upstream", "GET");
+        let span = self.child_span(parent, "upstream", "GET", host);
         let request = match &span {
             Some(span) => self.smart.traced_request(host, &span.context.traceparent()),
             None => self.smart.request(host).cloned(),

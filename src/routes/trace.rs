@@ -27,15 +27,21 @@ impl App {
         }
     }
 
-    /// A client span inside `parent`, if the request is sampled.
+    /// A client span inside `parent` calling the `host`th `--upstream`, if
+    /// the request is sampled.
     pub(super) fn child_span(
         &mut self,
         parent: Option<SpanStart>,
         name: &'static str,
         method: &'static str,
+        host: usize,
     ) -> Option<SpanStart> {
         let (tracer, parent) = (self.tracer.as_mut()?, parent?);
-        Some(tracer.child(&parent, name, method, self.now))
+        Some(
+            tracer
+                .child(&parent, name, method, self.now)
+                .with_peer(host),
+        )
     }
 
     /// Loop phase: hands the tracer's next batch to the outbound client when

@@ -141,6 +141,11 @@ impl SmartService {
         }
     }
 
+    /// The `--upstream` hosts, in the order attempts count them.
+    pub fn upstreams(&self) -> &[Target] {
+        &self.config.upstreams
+    }
+
     /// Whether any `--upstream` was given.
     pub fn is_configured(&self) -> bool {
         !self.requests.is_empty()
