@@ -245,8 +245,8 @@ impl ApiError {
             ApiError::Chunk(e) => e.message(),
             ApiError::NotFound => {
                 "no such resource; try /current, /next, /previous, /v1/fib?n=N, /v1/random, \
-                 POST /v1/primes/tasks, /api/smart?timeout=MS, /healthz or /readyz; \
-                 /openapi.json describes them all"
+                 POST /v1/primes/tasks, /api/smart?timeout=MS, /healthz, /readyz or /metrics; \
+                 /docs and /openapi.json describe them all"
             }
             ApiError::MethodNotAllowed { .. } => {
                 "method not allowed here; the Allow header lists the ones that are"
