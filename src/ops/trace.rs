@@ -27,7 +27,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::http::request_id::RequestId;
-use crate::net::upstream::Target;
+use crate::net::upstream::{HttpUrl, Target};
 
 /// A batch is due once this many spans wait.
 pub const BATCH_SPANS: usize = 128;
@@ -241,35 +241,33 @@ struct Peer {
 impl Peer {
     fn new(target: &Target) -> Peer {
         let url = format!("http://{}{}", target.host, target.target);
-        // The URL's host without its port or an IPv6 literal's brackets.
-        let address = match target.host.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-                host
-            }
-            _ => target.host.as_str(),
-        };
-        let address = address.trim_start_matches('[').trim_end_matches(']');
-        let json = |text: &str| {
-            let mut out = Vec::new();
-            crate::http::response::write_json_str(&mut out, text.as_bytes());
-            String::from_utf8(out).unwrap_or_default()
-        };
-        let port = target.addr.port();
+        // The one URL parser names the host without its port; the address
+        // drops an IPv6 literal's brackets.
+        let (host, port) = HttpUrl::parse(&url).map_or_else(
+            |_| (target.host.clone(), target.addr.port()),
+            |parsed| (parsed.host, parsed.port),
+        );
+        let address = host.trim_start_matches('[').trim_end_matches(']');
+        let mut otlp_attributes = b",{\"key\":\"url.full\",\"value\":{\"stringValue\":\"".to_vec();
+        crate::http::response::write_json_str(&mut otlp_attributes, url.as_bytes());
+        otlp_attributes
+            .extend_from_slice(b"\"}},{\"key\":\"server.address\",\"value\":{\"stringValue\":\"");
+        crate::http::response::write_json_str(&mut otlp_attributes, address.as_bytes());
+        let _ = write!(
+            otlp_attributes,
+            "\"}}}},{{\"key\":\"server.port\",\"value\":{{\"intValue\":\"{port}\"}}}}"
+        );
         let ip = match target.addr.ip() {
             std::net::IpAddr::V4(ip) => format!("\"ipv4\":\"{ip}\""),
             std::net::IpAddr::V6(ip) => format!("\"ipv6\":\"{ip}\""),
         };
+        let mut zipkin_tags = b",\"http.url\":\"".to_vec();
+        crate::http::response::write_json_str(&mut zipkin_tags, url.as_bytes());
+        zipkin_tags.push(b'"');
         Peer {
-            otlp_attributes: format!(
-                ",{{\"key\":\"url.full\",\"value\":{{\"stringValue\":\"{}\"}}}}\
-                 ,{{\"key\":\"server.address\",\"value\":{{\"stringValue\":\"{}\"}}}}\
-                 ,{{\"key\":\"server.port\",\"value\":{{\"intValue\":\"{port}\"}}}}",
-                json(&url),
-                json(address)
-            )
-            .into_bytes(),
+            otlp_attributes,
             zipkin_endpoint: format!(",\"remoteEndpoint\":{{{ip},\"port\":{port}}}").into_bytes(),
-            zipkin_tags: format!(",\"http.url\":\"{}\"", json(&url)).into_bytes(),
+            zipkin_tags,
         }
     }
 }
